@@ -1,0 +1,37 @@
+"""Fixtures and guards shared by every test tier."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_sessionstart(session):
+    # Tests start daemons that listen and connect; they must never reach another host.
+    # bin/test runs them in a network namespace with only `lo`: refuse anything else.
+    interfaces = set(os.listdir("/sys/class/net"))
+    if interfaces != {"lo"} and os.environ.get("DOCKERHOSTS_TEST_NETNS") != "1":
+        pytest.exit(
+            f"tests must run in a private network namespace (found interfaces {sorted(interfaces)});"
+            " run them through bin/test",
+            returncode=3,
+        )
+
+
+@pytest.fixture(scope="session")
+def repo_root():
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def salt_factories_default_root_dir(tmp_path_factory):
+    # The default is /tmp/<id> plus /tmp/scripts: keep everything under pytest's tmp dir.
+    return tmp_path_factory.mktemp("salt-factories")
+
+
+@pytest.fixture(scope="session")
+def salt_factories_config():
+    # slow_stop makes each daemon teardown take ~15 s longer for nothing.
+    return {"slow_stop": False}
