@@ -1,0 +1,14 @@
+{#- daemon.json from pillar docker:config plus the storage mode's settings
+    (docker_host.daemon_json). Changing it restarts Docker (service.sls watches it). #}
+{%- from tpldir ~ "/map.jinja" import docker with context %}
+
+docker-config:
+  file.serialize:
+    - name: {{ docker.config_file }}
+    - dataset: {{ docker.daemon_json|json }}
+    - serializer: json
+    - serializer_opts:
+      - indent: 2
+      - sort_keys: True
+    - makedirs: True
+    - mode: "0644"

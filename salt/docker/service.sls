@@ -1,0 +1,25 @@
+{%- from tpldir ~ "/map.jinja" import docker with context %}
+include:
+  - .config
+  - .storage
+
+{%- if docker.service.manage %}
+
+docker-service:
+  service.running:
+    - name: {{ docker.service.name }}
+    - enable: True
+    # Restarted only when daemon.json changes.
+    - watch:
+      - file: docker-config
+    - require:
+      - test: docker-storage-ready
+{%-   if docker.install.manage %}
+      - pkg: docker-packages
+{%-   endif %}
+{%- else %}
+
+# docker:service:manage is off (Docker runs under something else): nothing to start.
+docker-service:
+  test.nop: []
+{%- endif %}
