@@ -1,0 +1,214 @@
+"""A local EC2/IAM endpoint (moto) on 127.0.0.1, seeded with what the provider names.
+
+The repository's provider and profiles (cloud.providers.d/, cloud.profiles.d/) name a
+region, a key pair, a security group, an IAM instance profile and AMIs; moto must hold
+them before salt-cloud can launch anything.  It also gets a VPC 127.0.0.0/16 with a
+subnet 127.0.10.0/24, so instances launched there get loopback private addresses that
+a local sshd can answer on.
+
+Used by the tests, the benchmark, and bin/local-ec2 (``python ec2_endpoint.py``).
+"""
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+LOOPBACK_VPC_CIDR = "127.0.0.0/16"
+LOOPBACK_SUBNET_CIDR = "127.0.10.0/24"
+
+
+def _load_yaml_dir(path):
+    merged = {}
+    for conf in sorted(Path(path).glob("*.conf")):
+        merged.update(yaml.safe_load(conf.read_text()) or {})
+    return merged
+
+
+def provider_names(config_dir=REPO_ROOT):
+    """What the boto3_ec2 provider and its profiles expect to exist in EC2."""
+    providers = _load_yaml_dir(Path(config_dir, "cloud.providers.d"))
+    profiles = _load_yaml_dir(Path(config_dir, "cloud.profiles.d"))
+    provider = next(p for p in providers.values() if p.get("driver") == "boto3_ec2")
+    return {
+        "region": provider["location"],
+        "zone": provider.get("availability_zone", provider["location"] + "a"),
+        "keyname": provider.get("keyname"),
+        "securitygroup": provider.get("securitygroup"),
+        "images": sorted({p["image"] for p in profiles.values() if p.get("image")}),
+        "iam_profiles": sorted({p["iam_profile"] for p in profiles.values() if "iam_profile" in p}),
+    }
+
+
+def _ami(ami_id):
+    # The shape moto's MOTO_AMIS_PATH wants; a Debian 12 image like the profiles use.
+    return {
+        "ami_id": ami_id,
+        "name": f"debian-12-amd64-{ami_id}",
+        "description": "Debian 12 (bookworm) amd64 (local endpoint)",
+        "owner_id": "136693071363",
+        "public": True,
+        "state": "available",
+        "architecture": "x86_64",
+        "root_device_type": "ebs",
+        "root_device_name": "/dev/xvda",
+        "virtualization_type": "hvm",
+        "hypervisor": "xen",
+        "image_type": "machine",
+        "image_location": f"136693071363/debian-12-amd64-{ami_id}",
+        "sriov": "simple",
+        "platform": None,
+    }
+
+
+@dataclass
+class EC2Endpoint:
+    """A running moto server and the ids of what was seeded in it."""
+
+    url: str
+    region: str
+    server: object
+    ids: dict = field(default_factory=dict)
+    amis_file: str = ""
+
+    def env(self):
+        """Environment that points boto3 (and so salt-cloud) at this endpoint."""
+        return {
+            **FAKE_CREDENTIALS,
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+
+    def client(self, service):
+        import boto3  # noqa: PLC0415
+
+        return boto3.client(
+            service,
+            region_name=self.region,
+            endpoint_url=self.url,
+            aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def stop(self):
+        self.server.stop()
+        if self.amis_file:
+            Path(self.amis_file).unlink(missing_ok=True)
+
+
+def seed(endpoint, names, public_key=None):
+    """Create the key pair, security group, IAM instance profile and loopback subnet."""
+    ec2 = endpoint.client("ec2")
+    iam = endpoint.client("iam")
+    ids = {}
+    if names["keyname"]:
+        if public_key:
+            ec2.import_key_pair(KeyName=names["keyname"], PublicKeyMaterial=public_key.encode())
+        else:
+            ec2.create_key_pair(KeyName=names["keyname"])
+    default_vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    vpc_id = ec2.create_vpc(CidrBlock=LOOPBACK_VPC_CIDR)["Vpc"]["VpcId"]
+    ids["loopback_vpc"] = vpc_id
+    ids["loopback_subnet"] = ec2.create_subnet(
+        VpcId=vpc_id, CidrBlock=LOOPBACK_SUBNET_CIDR, AvailabilityZone=names["zone"]
+    )["Subnet"]["SubnetId"]
+    if names["securitygroup"]:
+        for vpc in [v["VpcId"] for v in default_vpc] + [vpc_id]:
+            group = ec2.create_security_group(
+                GroupName=names["securitygroup"], Description="docker hosts", VpcId=vpc
+            )["GroupId"]
+            ids.setdefault("securitygroup", {})[vpc] = group
+    # A role with no policy attached: the instance profile grants nothing.
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "ec2.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    for profile in names["iam_profiles"]:
+        iam.create_role(RoleName=profile, AssumeRolePolicyDocument=json.dumps(trust))
+        iam.create_instance_profile(InstanceProfileName=profile)
+        iam.add_role_to_instance_profile(InstanceProfileName=profile, RoleName=profile)
+    endpoint.ids.update(ids)
+    return ids
+
+
+def start(config_dir=REPO_ROOT, port=0, public_key=None, extra_images=()):
+    """Start moto on 127.0.0.1:port (0: any free port), seeded for config_dir's provider."""
+    names = provider_names(config_dir)
+    images = sorted({*names["images"], *extra_images})
+    # moto reads MOTO_AMIS_PATH when it is imported: only these AMIs exist, so an
+    # unknown AMI is unknown and --list-images stays short.
+    handle, amis_file = tempfile.mkstemp(prefix="moto-amis-", suffix=".json")
+    with os.fdopen(handle, "w") as out:
+        json.dump([_ami(ami_id) for ami_id in images], out)
+    if "moto" in sys.modules and os.environ.get("MOTO_AMIS_PATH") != amis_file:
+        loaded = sys.modules.get("moto.ec2.models.amis")
+        if loaded is not None:
+            raise RuntimeError("moto's EC2 models were imported before MOTO_AMIS_PATH was set")
+    os.environ["MOTO_AMIS_PATH"] = amis_file
+    from moto.server import ThreadedMotoServer  # noqa: PLC0415
+
+    # One access-log line per API call drowns everything else.
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    host, bound_port = server.get_host_and_port()
+    endpoint = EC2Endpoint(
+        url=f"http://{host}:{bound_port}",
+        region=names["region"],
+        server=server,
+        amis_file=amis_file,
+    )
+    try:
+        seed(endpoint, names, public_key)
+        served = {i["ImageId"] for i in endpoint.client("ec2").describe_images()["Images"]}
+        if not set(images) <= served:
+            raise RuntimeError(f"moto does not serve the profile AMIs {images} (got {served})")
+    except BaseException:
+        endpoint.stop()
+        raise
+    return endpoint
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Run a local EC2 endpoint (moto) seeded for this repository's provider."
+    )
+    parser.add_argument("--port", type=int, default=5050, help="port on 127.0.0.1 (0: any)")
+    parser.add_argument("--public-key", help="SSH public key file to import as the key pair")
+    args = parser.parse_args(argv)
+    public_key = Path(args.public_key).read_text() if args.public_key else None
+    endpoint = start(port=args.port, public_key=public_key)
+    print("# Local EC2 endpoint is up. In another shell, from the repository root:")
+    for key, value in endpoint.env().items():
+        print(f"export {key}={value}")
+    print(f"# Loopback subnet (instances get 127.0.10.x): {endpoint.ids['loopback_subnet']}")
+    print("# e.g. salt-cloud -p dataserver db1 --no-deploy ; salt-cloud -F")
+    print("# Ctrl-C stops it (everything it holds is lost).", flush=True)
+    # SIGTERM ends it like Ctrl-C: through finally, so the server stops cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        endpoint.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
