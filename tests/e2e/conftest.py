@@ -1,0 +1,54 @@
+"""The e2e tier: salt-cloud deploys into qemu VM nodes, highstate builds storage on a real kernel.
+
+Needs the node image (bin/build-node-image, run by bin/setup: it needs network, the tests
+have none). Stage timings of every node are printed at the end of the session.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+E2E_DIR = Path(__file__).resolve().parent
+
+
+def _load_stack():
+    if "e2e_stack" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("e2e_stack", E2E_DIR / "stack.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["e2e_stack"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["e2e_stack"]
+
+
+stack_module = _load_stack()
+_TIMINGS: list[str] = []
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(E2E_DIR):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """Endpoint + master + config copy, shared by the nodes of every storage mode."""
+    work = tmp_path_factory.mktemp("e2e")
+    local = stack_module.Stack(work, log=lambda message: print(message, flush=True))
+    try:
+        local.start()
+        yield local
+    finally:
+        try:
+            local.close()
+        finally:
+            _TIMINGS.append(local.timer.report())
+
+
+def pytest_terminal_summary(terminalreporter):
+    for report in _TIMINGS:
+        if report:
+            terminalreporter.write_sep("-", "e2e stage timings")
+            terminalreporter.write_line(report)

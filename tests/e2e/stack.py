@@ -1,0 +1,571 @@
+"""The main job, run locally: a local EC2 endpoint, a salt-master, salt-cloud, qemu VM nodes.
+
+Used by the e2e tier (tests/e2e/) and by bin/demo. Everything runs from a work directory:
+a copy of the repository's salt-cloud/master configuration (Saltfile, cloud, master,
+cloud.providers.d, cloud.profiles.d, cloud.deploy.d; `salt` links to the repository's states)
+plus what stands in for AWS and for the operator's secrets:
+
+- moto on 127.0.0.1 (tests/support/ec2_endpoint.py) with a VPC 127.0.0.0/16, so an
+  instance's private address is a loopback address; the node's VM forwards SSH from exactly
+  that address, so salt-cloud's own wait-for-SSH and deploy reach the VM;
+- a salt-master from the copy (`salt-master -c .`), on 127.0.0.1, which the guests reach as
+  10.0.2.2 (qemu user-mode networking);
+- a profile per node extending the repository's class profile: private key, loopback
+  subnet, the deploy script cloud.deploy.d/preinstalled-minion.sh (the image has Salt; no
+  salt-bootstrap download), the master's address as the guest sees it;
+- a throwaway GPG key for the master and a pillar whose container secret is encrypted for it;
+- a busybox image (docker save format, built from the host's static busybox) the highstate
+  loads from salt://: the guests have no registry to pull from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SUPPORT_DIR = REPO_ROOT / "tests" / "support"
+BIN_DIR = Path(sys.executable).parent
+CONFIG_PATHS = ("Saltfile", "cloud", "cloud.providers.d", "cloud.profiles.d", "cloud.deploy.d")
+# The Docker disk's device name in the class profiles (cloud.profiles.d, docker_disk).
+DOCKER_DISK_DEVICE = "/dev/sdb"
+APP_IMAGE = "e2e/busybox:latest"
+APP_CONTAINER = "app"
+APP_DATA_CONTAINER = "app_data"
+# What the app container's PID 1 runs: it exits on SIGTERM at once (Docker stops it fast on
+# reboot) and otherwise sleeps.
+APP_COMMAND = ["sh", "-c", 'trap "exit 0" TERM; while :; do sleep 1; done']
+
+
+def load_support(name):
+    """tests/support/<name>.py, imported by path (shared with the other tiers)."""
+    module_name = f"e2e_support_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, SUPPORT_DIR / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def json_document(text):
+    """The JSON document at the end of `text`: salt-cloud prints the deploy's output first."""
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if line.startswith("{"):
+            with contextlib.suppress(json.JSONDecodeError):
+                return json.loads("\n".join(lines[index:]))
+    raise ValueError(f"no JSON document in output:\n{text[-2000:]}")
+
+
+class StageTimer:
+    """Records how long each named stage took; `report()` is the table the docs quote."""
+
+    def __init__(self, log=None):
+        self.stages: list[tuple[str, float]] = []
+        self.log = log or (lambda message: None)
+
+    @contextlib.contextmanager
+    def __call__(self, name):
+        self.log(f"-> {name}")
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            seconds = time.monotonic() - started
+            self.stages.append((name, seconds))
+            self.log(f"<- {name}: {seconds:.1f} s")
+
+    def report(self):
+        return "\n".join(f"{seconds:7.1f} s  {name}" for name, seconds in self.stages)
+
+
+def busybox_image_tar(path: Path, repo_tag: str = APP_IMAGE, busybox="/bin/busybox"):
+    """A one-layer image in `docker save` format: the host's static busybox and its applets."""
+    applets = subprocess.run(
+        [busybox, "--list"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        for directory in ("bin", "data", "etc", "tmp", "proc", "sys", "dev", "run"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(busybox, arcname="bin/busybox")
+        for applet in applets:
+            if applet == "busybox":
+                continue
+            info = tarfile.TarInfo(f"bin/{applet}")
+            info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(info)
+    layer_bytes = layer.getvalue()
+    layer_id = hashlib.sha256(layer_bytes).hexdigest()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_id}"]},
+        }
+    ).encode()
+    config_name = f"{hashlib.sha256(config).hexdigest()}.json"
+    manifest = json.dumps(
+        [{"Config": config_name, "RepoTags": [repo_tag], "Layers": [f"{layer_id}/layer.tar"]}]
+    ).encode()
+    with tarfile.open(path, "w") as image:
+        for name, data in (
+            (f"{layer_id}/layer.tar", layer_bytes),
+            (config_name, config),
+            ("manifest.json", manifest),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            image.addfile(info, io.BytesIO(data))
+    return path
+
+
+class GPGKey:
+    """A throwaway GPG key pair for the master's encrypted pillar (gpg_keydir)."""
+
+    def __init__(self, homedir: Path, uid="e2e salt-master <salt-master@e2e.invalid>"):
+        self.homedir = homedir
+        self.uid = uid
+        homedir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._gpg(
+            "--passphrase",
+            "",
+            "--pinentry-mode",
+            "loopback",
+            "--quick-gen-key",
+            uid,
+            "default",
+            "default",
+            "never",
+        )
+
+    def _gpg(self, *args, stdin=None):
+        return subprocess.run(
+            ["gpg", "--homedir", str(self.homedir), "--batch", "--quiet", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    def encrypt(self, plaintext: str) -> str:
+        return self._gpg(
+            "--armor", "--trust-model", "always", "--encrypt", "-r", self.uid, stdin=plaintext
+        )
+
+    def close(self):
+        # gpg started an agent for this homedir: stop it (it is ours, found by its socket).
+        subprocess.run(
+            ["gpgconf", "--homedir", str(self.homedir), "--kill", "all"],
+            check=False,
+            capture_output=True,
+        )
+
+
+@dataclass
+class DeployedNode:
+    name: str
+    mode: str
+    node: object  # tests.support.vm.Node
+    instance_id: str
+    private_address: str
+    volume_id: str
+    cloud_output: dict = field(default_factory=dict)
+
+    def ssh(self, command, **kwargs):
+        return self.node.ssh(command, **kwargs)
+
+
+class Stack:
+    """Endpoint + master + config copy; `create_node` runs `salt-cloud -p` and boots the VM."""
+
+    def __init__(self, work_dir: Path, log=None, app_secret: str | None = None):
+        self.work_dir = Path(work_dir)
+        self.root = self.work_dir / "config"
+        self.log = log or (lambda message: None)
+        self.timer = StageTimer(self.log)
+        self.app_secret = app_secret or os.urandom(12).hex()
+        self.endpoint = None
+        self.master = None
+        self.gpg = None
+        self.nodes: dict[str, DeployedNode] = {}
+        self.ret_port = free_port()
+        self.publish_port = free_port()
+        self.vm = load_support("vm")
+        self.env = {
+            "PATH": f"{BIN_DIR}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+            "HOME": str(self.work_dir),
+            "LANG": "C.UTF-8",
+        }
+
+    # --- setup ---------------------------------------------------------------------------
+
+    def start(self):
+        self.image_dir = self.vm.node_image_dir()  # fail first if the image is not built
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.key = self.work_dir / "id_ed25519"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "e2e", "-f", str(self.key)],
+            check=True,
+        )
+        with self.timer("config copy, GPG key, pillar, busybox image"):
+            self._write_config()
+        with self.timer("local EC2 endpoint (moto)"):
+            endpoint_support = load_support("ec2_endpoint")
+            self.endpoint = endpoint_support.start(
+                self.root, public_key=self.key.with_suffix(".pub").read_text()
+            )
+            self.env.update(self.endpoint.env())
+        with self.timer("salt-master"):
+            self._start_master()
+        return self
+
+    def _write_config(self):
+        self.root.mkdir(parents=True)
+        for relative in CONFIG_PATHS:
+            source = REPO_ROOT / relative
+            if source.is_dir():
+                shutil.copytree(source, self.root / relative)
+            else:
+                shutil.copy2(source, self.root / relative)
+        # The states, modules and the driver are the repository's own, unchanged.
+        (self.root / "salt").symlink_to(REPO_ROOT / "salt")
+        files = self.work_dir / "files"
+        (files / "e2e").mkdir(parents=True)
+        busybox_image_tar(files / "e2e" / "busybox.tar")
+        self.gpg = GPGKey(self.work_dir / "gpg")
+        (self.work_dir / "pillar").mkdir()
+        master = yaml.safe_load((REPO_ROOT / "master").read_text())
+        master.update(
+            {
+                "root_dir": str(self.root / ".salt"),
+                "file_roots": {"base": [str(REPO_ROOT / "salt"), str(files)]},
+                "pillar_roots": {"base": [str(self.work_dir / "pillar")]},
+                "gpg_keydir": str(self.gpg.homedir),
+                # On the host's loopback; the guests reach it through qemu as 10.0.2.2.
+                "interface": "127.0.0.1",
+                "ret_port": self.ret_port,
+                "publish_port": self.publish_port,
+                "log_level_logfile": "info",
+            }
+        )
+        (self.root / "master").write_text(yaml.safe_dump(master))
+        self._write_pillar()
+
+    def _write_pillar(self):
+        """Pillar per node: its storage mode, the app containers, the encrypted secret."""
+        pillar_dir = self.work_dir / "pillar"
+        top = {"base": {name: [f"node_{name}"] for name in self.nodes}}
+        (pillar_dir / "top.sls").write_text(yaml.safe_dump(top))
+        secret = self.gpg.encrypt(self.app_secret)
+        for name, deployed in self.nodes.items():
+            pillar = {
+                "docker": {
+                    "storage": {"mode": deployed.mode, "volume_group": "docker_vol"},
+                    "images": {APP_IMAGE: {"load": "salt://e2e/busybox.tar"}},
+                    "containers": {
+                        APP_DATA_CONTAINER: {
+                            "image": APP_IMAGE,
+                            "command": ["true"],
+                            "start": False,
+                            "volumes": ["/data"],
+                        },
+                        APP_CONTAINER: {
+                            "image": APP_IMAGE,
+                            "command": APP_COMMAND,
+                            "volumes_from": [APP_DATA_CONTAINER],
+                            "environment": {"APP_TOKEN": {"secret": "app_token"}},
+                            "restart_policy": "always",
+                        },
+                    },
+                },
+                "docker.update_mine": False,
+                "docker_secrets": {"app_token": secret},
+            }
+            (pillar_dir / f"node_{name}.sls").write_text(
+                "#!yaml|gpg\n" + yaml.safe_dump(pillar, default_style=None, width=1000)
+            )
+
+    def _start_master(self):
+        log = open(self.work_dir / "salt-master.out", "ab")
+        with log:
+            self.master = subprocess.Popen(
+                [str(BIN_DIR / "salt-master"), "-c", ".", "-l", "warning"],
+                cwd=self.root,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            if self.master.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    "salt-master did not start:\n"
+                    + (self.work_dir / "salt-master.out").read_text(errors="replace")
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.ret_port), timeout=1),
+            ):
+                break
+            time.sleep(0.2)
+
+    # --- commands --------------------------------------------------------------------------
+
+    def run(self, program, *args, timeout=600, check=False):
+        """Run a Salt CLI (salt, salt-cloud, salt-key, salt-run) from the config copy."""
+        started = time.monotonic()
+        result = subprocess.run(
+            [str(BIN_DIR / program), *args],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        result.seconds = time.monotonic() - started
+        with open(self.work_dir / "commands.log", "a") as log:
+            log.write(
+                f"$ {program} {' '.join(args)}  (rc {result.returncode}, {result.seconds:.1f} s)\n"
+                f"{result.stdout}\n{result.stderr}\n"
+            )
+        if check and result.returncode != 0:
+            raise RuntimeError(
+                f"{program} {' '.join(args)} exited {result.returncode}\n"
+                f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+            )
+        return result
+
+    def salt(self, target, function, *args, timeout=900):
+        """`salt <target> <function>` through the master; returns the target's parsed return."""
+        result = self.run(
+            "salt",
+            "--out=json",
+            "--static",
+            f"--timeout={timeout}",
+            target,
+            function,
+            *args,
+            timeout=timeout + 60,
+        )
+        try:
+            data = json.loads(result.stdout) if result.stdout.strip() else {}
+        except json.JSONDecodeError:
+            data = {}
+        result.data = data.get(target) if isinstance(data, dict) else None
+        return result
+
+    def wait_for_minion(self, name, timeout=180):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = self.salt(name, "test.ping", timeout=10)
+            if result.data is True:
+                return
+            time.sleep(2)
+        raise RuntimeError(f"minion {name} did not answer test.ping within {timeout} s")
+
+    def highstate(self, name, timeout=1200):
+        """Run a highstate; returns (ProcessResult, {state id: ret}) with every state's ret."""
+        result = self.salt(name, "state.apply", timeout=timeout)
+        states = result.data if isinstance(result.data, dict) else {}
+        return result, states
+
+    # --- nodes -----------------------------------------------------------------------------
+
+    def add_profile(self, profile, base_class):
+        """A profile extending the repository's class profile, for nodes run as local VMs."""
+        overrides = {
+            profile: {
+                "extends": base_class,
+                "subnetid": self.endpoint.ids["loopback_subnet"],
+                "ssh_interface": "private_ips",
+                "private_key": str(self.key),
+                # The image has Salt: configure and start it (no salt-bootstrap download).
+                "script": "preinstalled-minion",
+                # The VM boots under TCG (~40 s to sshd): salt-cloud keeps trying meanwhile.
+                "wait_for_passwd_maxtries": 240,
+                "ssh_connect_timeout": 10,
+                "minion": {
+                    "master": self.vm.HOST_ADDRESS_FROM_GUEST,
+                    "master_port": self.ret_port,
+                    "publish_port": self.publish_port,
+                    # No resolver in the guest: do not wait on reverse lookups.
+                    "enable_fqdns_grains": False,
+                },
+            }
+        }
+        path = self.root / "cloud.profiles.d" / f"zz-local-{profile}.conf"
+        path.write_text(yaml.safe_dump(overrides))
+
+    def create_node(self, name, base_class="backends", mode="overlay2", extra_disks=()):
+        """`salt-cloud -p` a node; boot its VM as soon as EC2 gives it an address."""
+        profile = f"local-{base_class}"
+        self.add_profile(profile, base_class)
+        self.nodes[name] = DeployedNode(name, mode, None, "", "", "")
+        self._write_pillar()
+        ec2 = self.endpoint.client("ec2")
+        with self.timer(f"{name}: salt-cloud -p {profile} (launch, boot VM, SSH, deploy)"):
+            cloud = subprocess.Popen(
+                [str(BIN_DIR / "salt-cloud"), "--out=json", "-p", profile, name],
+                cwd=self.root,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                instance = self._wait_for_instance(ec2, name, cloud)
+                volume_id = next(
+                    mapping["Ebs"]["VolumeId"]
+                    for mapping in instance["BlockDeviceMappings"]
+                    if mapping["DeviceName"] == DOCKER_DISK_DEVICE
+                )
+                node = self.vm.Node(
+                    name=name,
+                    work_dir=self.work_dir / "vms" / name,
+                    ssh_address=instance["PrivateIpAddress"],
+                    public_key=self.key.with_suffix(".pub"),
+                    private_key=self.key,
+                    volume_id=volume_id,
+                    volume_size_gib=4,
+                    image_dir=self.image_dir,
+                    extra_disks=list(extra_disks),
+                )
+                deployed = DeployedNode(
+                    name,
+                    mode,
+                    node,
+                    instance["InstanceId"],
+                    instance["PrivateIpAddress"],
+                    volume_id,
+                )
+                self.nodes[name] = deployed
+                node.start()
+                stdout, stderr = cloud.communicate(timeout=900)
+            finally:
+                if cloud.poll() is None:
+                    cloud.kill()
+                    cloud.communicate()
+            with open(self.work_dir / "commands.log", "a") as log:
+                log.write(f"$ salt-cloud -p {profile} {name} (rc {cloud.returncode})\n")
+                log.write(f"{stdout}\n{stderr}\n")
+            if cloud.returncode != 0:
+                raise RuntimeError(
+                    f"salt-cloud -p {profile} {name} exited {cloud.returncode}\n{stderr[-4000:]}"
+                    f"\n{node.console_tail()}"
+                )
+            deployed.cloud_output = json_document(stdout)
+        with self.timer(f"{name}: minion answers the master"):
+            self.wait_for_minion(name)
+        return deployed
+
+    def _wait_for_instance(self, ec2, name, cloud, timeout=120):
+        """The instance as soon as it runs with a private address and its Docker disk."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cloud.poll() is not None:
+                raise RuntimeError(
+                    f"salt-cloud exited {cloud.returncode} before the instance ran:\n"
+                    + cloud.stderr.read()[-4000:]
+                )
+            reservations = ec2.describe_instances(
+                Filters=[
+                    {"Name": "tag:Name", "Values": [name]},
+                    {"Name": "instance-state-name", "Values": ["running"]},
+                ]
+            )["Reservations"]
+            for reservation in reservations:
+                for instance in reservation["Instances"]:
+                    disks = [m["DeviceName"] for m in instance.get("BlockDeviceMappings", [])]
+                    if instance.get("PrivateIpAddress") and DOCKER_DISK_DEVICE in disks:
+                        return instance
+            time.sleep(0.3)
+        raise RuntimeError(f"EC2 did not report a running instance {name} within {timeout} s")
+
+    def destroy_node(self, name):
+        """`salt-cloud -d` (terminates the instance, removes the key), then the VM goes."""
+        result = self.run("salt-cloud", "--out=json", "-y", "-d", name, timeout=300)
+        deployed = self.nodes.pop(name, None)
+        if deployed and deployed.node:
+            deployed.node.destroy()
+        self._write_pillar()
+        return result
+
+    def instance_state(self, instance_id):
+        ec2 = self.endpoint.client("ec2")
+        reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        return reservations[0]["Instances"][0]["State"]["Name"]
+
+    # --- teardown --------------------------------------------------------------------------
+
+    def close(self):
+        """Stop every VM, instance, the master, the endpoint; delete the work dir."""
+        errors = []
+        for deployed in list(self.nodes.values()):
+            if deployed.node:
+                try:
+                    deployed.node.destroy()
+                except Exception as error:
+                    errors.append(error)
+        self.nodes.clear()
+        if self.endpoint is not None:
+            with contextlib.suppress(Exception):
+                ec2 = self.endpoint.client("ec2")
+                live = [
+                    instance["InstanceId"]
+                    for reservation in ec2.describe_instances()["Reservations"]
+                    for instance in reservation["Instances"]
+                    if instance["State"]["Name"] != "terminated"
+                ]
+                if live:
+                    ec2.terminate_instances(InstanceIds=live)
+            self.endpoint.stop()
+            self.endpoint = None
+        if self.master is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.master.pid, 15)
+            try:
+                self.master.wait(30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.master.pid, 9)
+                self.master.wait(30)
+            self.master = None
+        if self.gpg is not None:
+            self.gpg.close()
+            self.gpg = None
+        if errors:
+            raise errors[0]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
