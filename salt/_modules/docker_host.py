@@ -324,7 +324,9 @@ def _check_container(name, options, secrets, path):
     policy = options.get("restart_policy")
     if policy is not None:
         base, _, count = str(policy).partition(":")
-        if base not in RESTART_POLICIES or (count and (base != "on-failure" or not count.isdigit())):
+        if base not in RESTART_POLICIES or (
+            count and (base != "on-failure" or not count.isdigit())
+        ):
             raise CommandExecutionError(
                 f"{path}:restart_policy: {policy!r} is not one of {', '.join(RESTART_POLICIES)}"
                 " (a retry count is only valid as on-failure:N)"
@@ -377,7 +379,7 @@ def validate(settings, secrets=None, root="/"):
             device = resolve_disk(storage["device"], storage.get("volume_id"), root=root)
         else:
             device = resolve_disk(root=root)
-        check_disk(device, storage["volume_group"])
+        check_disk(_under(root, device), storage["volume_group"])
         check_storage_driver(mode, engine_version())
         storage["device"] = device
     settings["storage"] = storage

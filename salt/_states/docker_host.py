@@ -174,7 +174,7 @@ def storage_driver_supported(name):
     ret = {"name": name, "result": True, "changes": {}, "comment": ""}
     try:
         __salt__["docker_host.check_storage_driver"](name, version)
-    except Exception as error:  # noqa: BLE001 - any failure must stop the storage states
+    except Exception as error:
         ret.update(result=False, comment=str(error))
         return ret
     ret["comment"] = f"{name} works with Docker Engine {version}"

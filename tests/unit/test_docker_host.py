@@ -179,7 +179,9 @@ def test_devicemapper_works_up_to_engine_24(docker_host, version):
 
 @pytest.mark.parametrize("version", ["25.0.0", "28.2.2"])
 def test_devicemapper_stops_on_engine_25_and_later(docker_host, version):
-    with pytest.raises(CommandExecutionError, match=r"devicemapper was removed in Docker Engine 25"):
+    with pytest.raises(
+        CommandExecutionError, match=r"devicemapper was removed in Docker Engine 25"
+    ):
         docker_host.check_storage_driver("devicemapper", version)
 
 
@@ -292,7 +294,7 @@ def test_storage_on_a_disk_with_a_filesystem_is_refused(docker_host, tmp_path):
     disk = _image(tmp_path / "dev" / "xvdb")
     subprocess.run(["mkfs.ext4", "-q", "-F", str(disk)], check=True)
     docker_host.__grains__["docker_disk"] = {"device": "/dev/sdb", "volume_id": "vol-1"}
-    with pytest.raises(CommandExecutionError, match="docker:storage: .*xvdb holds a ext4"):
+    with pytest.raises(CommandExecutionError, match=r"docker:storage: .*xvdb holds a ext4"):
         docker_host.validate(
             settings(storage__mode="overlay2"), secrets=SECRETS, root=str(tmp_path)
         )

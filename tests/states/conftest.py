@@ -1,0 +1,191 @@
+"""
+A real salt-master and salt-minions (pytest-salt-factories) serving this repository's salt/
+tree and a test copy of pillar/, and a real dockerd the minion manages.
+
+The test pillar is the repository's pillar with what cannot work on this host swapped out:
+secrets are encrypted for a throwaway key (the repository's ciphertext is for the real
+master's key), storage is off (this kernel has no device-mapper; the LVM states run in the
+VM tests), install/service are off (the host's own Docker packages and service are not the
+test's to touch), and the awslogs driver (no AWS here) becomes json-file.
+"""
+
+import importlib.util
+import secrets as random_secrets
+import shutil
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+SUPPORT = Path(__file__).resolve().parents[1] / "support"
+
+
+def _support(name):
+    # tests/ is not a package: load tests/support/<name>.py by path, once.
+    module_name = f"dockerhosts_support_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, SUPPORT / f"{name}.py")
+        sys.modules[module_name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[module_name])
+    return sys.modules[module_name]
+
+
+running_dockerd = _support("dockerd").running_dockerd
+encrypt, make_key, stop_agent = (
+    getattr(_support("gpg"), n) for n in ("encrypt", "make_key", "stop_agent")
+)
+import_busybox = _support("images").import_busybox
+
+TIMINGS = {}
+SECRET_NAMES = ("postgres_user", "postgres_password", "postgres_db", "registry_password")
+TEST_REGISTRY = "registry.test.invalid"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TIMINGS:
+        terminalreporter.write_line(
+            "highstate on the test minion: "
+            + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in TIMINGS.items())
+        )
+
+
+@pytest.fixture(scope="package")
+def dockerd(tmp_path_factory):
+    with running_dockerd(tmp_path_factory.mktemp("dockerd")) as daemon:
+        # The images the dataserver pillar names, built locally (no registry here).
+        import_busybox(daemon, "busybox:latest", "postgres:16")
+        yield daemon
+
+
+@pytest.fixture(scope="package")
+def gpg_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("gpg") / "master"
+    public = make_key(home)
+    yield {"home": home, "public": public}
+    stop_agent(home)
+
+
+@pytest.fixture(scope="package")
+def secret_values():
+    # Random per run, so finding one in a file proves it leaked there.
+    return {name: f"{name}-{random_secrets.token_hex(12)}" for name in SECRET_NAMES}
+
+
+def write_secrets(path, public_key, values):
+    """The `#!yaml|gpg` secrets file, exactly as the repository ships it (ciphertext only)."""
+    lines = ["#!yaml|gpg", "docker_secrets:"]
+    for name, value in values.items():
+        block = encrypt(public_key, value).splitlines()
+        lines.append(f"  {name}: {block[0]}")
+        lines.extend(f"  {line}" if line else "" for line in block[1:])
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="package")
+def test_paths(tmp_path_factory):
+    base = tmp_path_factory.mktemp("node")
+    return {
+        "daemon_json": base / "etc-docker" / "daemon.json",
+        "registry_config": base / "root-docker" / "config.json",
+        "ext4_disk": base / "used-disk.img",
+    }
+
+
+@pytest.fixture(scope="package")
+def pillar_root(tmp_path_factory, repo_root, gpg_home, secret_values, test_paths):
+    root = tmp_path_factory.mktemp("pillar")
+    shutil.copytree(repo_root / "pillar", root, dirs_exist_ok=True)
+
+    docker_sls = yaml.safe_load((root / "docker.sls").read_text())
+    docker_sls["docker"]["storage"]["mode"] = "none"
+    docker_sls["docker"]["install"] = {"manage": False}
+    docker_sls["docker"]["service"] = {"manage": False}
+    docker_sls["docker"]["config_file"] = str(test_paths["daemon_json"])
+    docker_sls["docker"]["registry_config"] = str(test_paths["registry_config"])
+    (root / "docker.sls").write_text(yaml.safe_dump(docker_sls))
+
+    dataserver = yaml.safe_load((root / "dataserver.sls").read_text())
+    postgres = dataserver["docker"]["containers"]["postgres"]
+    assert postgres["log_driver"] == "awslogs"
+    # busybox stands in for postgres: it answers on 5432 and stops at once on SIGTERM.
+    postgres["command"] = ["httpd", "-f", "-p", "5432", "-h", "/"]
+    postgres["log_driver"] = "json-file"
+    postgres["log_opt"] = {"max-size": "1m", "max-file": "2"}
+    postgres["port_bindings"] = ["127.0.0.1:15432:5432"]
+    postgres["networks"] = ["backend"]
+    postgres["labels"] = {"class": "dataserver"}
+    dataserver["docker"]["networks"] = {"backend": {"driver": "bridge"}}
+    dataserver["docker"]["registries"] = {
+        TEST_REGISTRY: {"username": "deploy", "password": {"secret": "registry_password"}}
+    }
+    (root / "dataserver.sls").write_text(yaml.safe_dump(dataserver))
+
+    write_secrets(root / "secrets" / "dataserver.sls", gpg_home["public"], secret_values)
+    return root
+
+
+@pytest.fixture(scope="package")
+def salt_master(salt_factories, repo_root, pillar_root, gpg_home):
+    factory = salt_factories.salt_master_daemon(
+        "dh-master",
+        overrides={
+            "file_roots": {"base": [str(repo_root / "salt")]},
+            "pillar_roots": {"base": [str(pillar_root)]},
+            "gpg_keydir": str(gpg_home["home"]),
+            "gpg_decrypt_must_succeed": True,
+        },
+    )
+    with factory.started():
+        yield factory
+
+
+def _minion(salt_master, minion_id, grains, dockerd):
+    return salt_master.salt_minion_daemon(
+        minion_id,
+        overrides={"grains": grains, "docker.url": dockerd.url},
+    )
+
+
+@pytest.fixture(scope="package")
+def dataserver_minion(salt_master, dockerd):
+    factory = _minion(salt_master, "dh-dataserver", {"class": "dataserver"}, dockerd)
+    with factory.started():
+        yield factory
+
+
+@pytest.fixture(scope="package")
+def other_minion(salt_master, dockerd):
+    factory = _minion(salt_master, "dh-webserver", {"class": "webserver"}, dockerd)
+    with factory.started():
+        yield factory
+
+
+@pytest.fixture(scope="package")
+def salt_cli(salt_master):
+    return salt_master.salt_cli(timeout=180)
+
+
+HELPERS = SimpleNamespace(
+    write_secrets=write_secrets,
+    make_key=make_key,
+    stop_agent=stop_agent,
+    timings=TIMINGS,
+    secret_names=SECRET_NAMES,
+    test_registry=TEST_REGISTRY,
+)
+
+
+@pytest.fixture(scope="package")
+def node(salt_cli, dataserver_minion, dockerd, test_paths, secret_values):
+    """The dataserver node under test: salt CLI, minion, its dockerd, paths, secrets."""
+    return SimpleNamespace(
+        cli=salt_cli,
+        minion=dataserver_minion,
+        dockerd=dockerd,
+        paths=test_paths,
+        secrets=secret_values,
+        # What the test modules share with this conftest (tests/ is not a package).
+        helpers=HELPERS,
+    )

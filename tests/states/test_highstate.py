@@ -1,0 +1,263 @@
+"""
+Highstate on a real master + minion + dockerd: bad pillar stops the run before any change;
+the dataserver containers converge (checked with `docker inspect`), a second run changes
+nothing, hand-made drift is repaired, `absent` removes; secrets are decrypted for the
+container only, never in the mine, the state output, the repository or another class.
+
+The tests in this module run in order and share one master, minion and dockerd.
+"""
+
+import json
+import socket
+import subprocess
+import time
+
+import pytest
+
+pytestmark = pytest.mark.states
+
+
+def apply(node, *args):
+    started = time.monotonic()
+    ret = node.cli.run("state.apply", *args, minion_tgt=node.minion.id, _timeout=240)
+    return ret, time.monotonic() - started
+
+
+def state_results(ret):
+    assert isinstance(ret.data, dict), f"highstate did not run: {ret.stdout}{ret.stderr}"
+    return ret.data
+
+
+def failed(ret):
+    return {
+        key: value["comment"] for key, value in state_results(ret).items() if not value["result"]
+    }
+
+
+def changed(ret):
+    return {v["__id__"]: v["changes"] for v in state_results(ret).values() if v["changes"]}
+
+
+def env_of(container):
+    return dict(item.split("=", 1) for item in container["Config"]["Env"])
+
+
+# --- bad pillar: the run fails before anything changes, naming the key --------------------
+
+
+BAD_PILLAR = [
+    ({"docker": {"containers": {"postgres": {"image": ""}}}}, "docker:containers:postgres:image"),
+    ({"docker": {"storage": {"mode": "btrfs"}}}, "docker:storage:mode: 'btrfs'"),
+    ({"docker": {"storage": {"mode": "overlay2"}}}, "grain docker_disk is missing"),
+    (
+        {"docker": {"containers": {"postgres": {"port_bindings": ["127.0.0.1:5432:5432:1"]}}}},
+        "docker:containers:postgres:port_bindings:0: malformed port",
+    ),
+    (
+        {"docker": {"containers": {"postgres": {"restart_policy": "sometimes"}}}},
+        "docker:containers:postgres:restart_policy: 'sometimes'",
+    ),
+    (
+        {"docker": {"containers": {"postgres": {"restart_retries": 10}}}},
+        "docker:containers:postgres:restart_retries is only valid with restart_policy on-failure",
+    ),
+    (
+        {"docker": {"containers": {"pg_data": {"environment": {"X": {"secret": "nope"}}}}}},
+        "docker:containers:pg_data:environment:X refers to secret 'nope'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_PILLAR, ids=lambda v: str(v)[:40])
+def test_bad_pillar_fails_before_any_change(node, override, message):
+    ret, _ = apply(node, f"pillar={json.dumps(override)}")
+    assert ret.returncode != 0
+    assert message in ret.stdout
+    assert node.dockerd.container_names() == []
+    assert not node.paths["daemon_json"].exists()
+    assert not node.paths["registry_config"].exists()
+
+
+def test_disk_holding_a_filesystem_is_refused(node):
+    disk = node.paths["ext4_disk"]
+    with open(disk, "wb") as handle:
+        handle.truncate(16 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(disk)], check=True)
+    override = {"docker": {"storage": {"mode": "overlay2", "device": str(disk)}}}
+    ret, _ = apply(node, f"pillar={json.dumps(override)}")
+    assert ret.returncode != 0
+    assert f"docker:storage: {disk} holds a ext4 filesystem; refusing" in ret.stdout
+    assert node.dockerd.container_names() == []
+
+
+# --- converge --------------------------------------------------------------------------------
+
+
+def test_first_highstate_runs_the_dataserver_containers(node):
+    ret, seconds = apply(node)
+    node.helpers.timings["first"] = seconds
+    assert ret.returncode == 0, ret.stdout
+    assert failed(ret) == {}
+
+    postgres = node.dockerd.inspect("postgres")
+    assert postgres["State"]["Running"]
+    env = env_of(postgres)
+    assert env["POSTGRES_USER"] == node.secrets["postgres_user"]
+    assert env["POSTGRES_PASSWORD"] == node.secrets["postgres_password"]
+    assert env["POSTGRES_DB"] == node.secrets["postgres_db"]
+    assert postgres["HostConfig"]["VolumesFrom"] == ["pg_data"]
+    assert postgres["HostConfig"]["RestartPolicy"]["Name"] == "always"
+    assert postgres["HostConfig"]["LogConfig"] == {
+        "Type": "json-file",
+        "Config": {"max-size": "1m", "max-file": "2"},
+    }
+    assert "backend" in postgres["NetworkSettings"]["Networks"]
+    assert postgres["HostConfig"]["PortBindings"]["5432/tcp"] == [
+        {"HostIp": "127.0.0.1", "HostPort": "15432"}
+    ]
+    assert postgres["Config"]["Labels"]["class"] == "dataserver"
+
+    pg_data = node.dockerd.inspect("pg_data")
+    assert not pg_data["State"]["Running"]
+    assert [mount["Destination"] for mount in pg_data["Mounts"]] == ["/var/lib/postgresql"]
+    # volumes_from shares pg_data's volume with postgres.
+    assert [mount["Name"] for mount in postgres["Mounts"]] == [
+        mount["Name"] for mount in pg_data["Mounts"]
+    ]
+
+    # The published port really answers (docker-proxy on 127.0.0.1).
+    with socket.create_connection(("127.0.0.1", 15432), timeout=5) as conn:
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert conn.recv(64).startswith(b"HTTP/1.")
+
+    daemon_json = json.loads(node.paths["daemon_json"].read_text())
+    assert daemon_json["log-driver"] == "json-file"
+    assert "storage-driver" not in daemon_json  # storage mode none in the test pillar
+
+    registry = json.loads(node.paths["registry_config"].read_text())
+    assert node.helpers.test_registry in registry["auths"]
+    assert ret.stdout.count("**********") >= 1
+
+
+def test_second_highstate_changes_nothing(node):
+    ret, seconds = apply(node)
+    node.helpers.timings["second"] = seconds
+    assert ret.returncode == 0, ret.stdout
+    assert failed(ret) == {}
+    assert changed(ret) == {}
+
+
+def test_stopped_container_is_started_again(node):
+    node.dockerd.cli("stop", "postgres")
+    ret, _ = apply(node)
+    assert ret.returncode == 0, ret.stdout
+    assert set(changed(ret)) == {"docker-container-postgres"}
+    assert node.dockerd.inspect("postgres")["State"]["Running"]
+
+
+def test_removed_container_is_recreated(node):
+    node.dockerd.cli("rm", "-f", "postgres")
+    ret, _ = apply(node)
+    assert ret.returncode == 0, ret.stdout
+    postgres = node.dockerd.inspect("postgres")
+    assert postgres["State"]["Running"]
+    assert env_of(postgres)["POSTGRES_PASSWORD"] == node.secrets["postgres_password"]
+    assert postgres["HostConfig"]["VolumesFrom"] == ["pg_data"]
+
+
+def test_container_moved_to_absent_is_removed(node):
+    legacy = {"image": "busybox:latest", "command": ["httpd", "-f", "-p", "8080"]}
+    add = {"docker": {"containers": {"legacy": legacy}}}
+    ret, _ = apply(node, f"pillar={json.dumps(add)}")
+    assert ret.returncode == 0, ret.stdout
+    assert "legacy" in node.dockerd.container_names()
+
+    drop = {"docker": {"absent": ["legacy"]}}
+    ret, _ = apply(node, f"pillar={json.dumps(drop)}")
+    assert ret.returncode == 0, ret.stdout
+    assert "docker-container-absent-legacy" in changed(ret)
+    assert node.dockerd.container_names() == ["pg_data", "postgres"]
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+def test_secrets_never_in_state_output(node):
+    # Force the container to be replaced so its env is in the diff Salt reports.
+    node.dockerd.cli("rm", "-f", "postgres")
+    node.dockerd.cli(
+        "create", "--name", "postgres", "-e", "POSTGRES_PASSWORD=old", "postgres:16", "true"
+    )
+    ret, _ = apply(node)
+    assert ret.returncode == 0, ret.stdout
+    assert "docker-container-postgres" in changed(ret)
+    output = ret.stdout + json.dumps(ret.data)
+    for name in ("postgres_password", "registry_password"):
+        assert node.secrets[name] not in output
+
+
+def test_secrets_never_in_the_mine(node):
+    ret = node.cli.run("mine.get", node.minion.id, "docker.ps", minion_tgt=node.minion.id)
+    assert ret.returncode == 0
+    assert not ret.data
+    assert node.secrets["postgres_password"] not in ret.stdout
+
+
+def test_secrets_never_in_repository_files(repo_root, node):
+    skip = {".git", ".venv", ".venv-salt3007", "__pycache__", ".ruff_cache", ".pytest_cache"}
+    leaks = []
+    for path in repo_root.rglob("*"):
+        if skip & set(path.relative_to(repo_root).parts) or not path.is_file():
+            continue
+        data = path.read_bytes()
+        leaks += [
+            str(path) for name in node.helpers.secret_names if node.secrets[name].encode() in data
+        ]
+    assert leaks == []
+
+
+def test_other_class_gets_no_secrets(node, other_minion):
+    ret = node.cli.run("pillar.items", minion_tgt=other_minion.id)
+    assert ret.returncode == 0
+    assert "docker_secrets" not in ret.data
+    assert "containers" not in ret.data.get("docker", {}) or not ret.data["docker"]["containers"]
+    assert node.secrets["postgres_password"] not in ret.stdout
+
+
+@pytest.fixture
+def restore_secrets(pillar_root, gpg_home, node):
+    yield pillar_root / "secrets" / "dataserver.sls"
+    node.helpers.write_secrets(
+        pillar_root / "secrets" / "dataserver.sls", gpg_home["public"], node.secrets
+    )
+    node.cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=node.minion.id)
+
+
+def _assert_apply_refused_and_nothing_changed(node):
+    before = node.dockerd.inspect("postgres")["Id"]
+    node.cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=node.minion.id)
+    ret, _ = apply(node)
+    assert ret.returncode != 0
+    assert "Rendering SLS 'secrets.dataserver' failed" in ret.stdout
+    assert node.dockerd.inspect("postgres")["Id"] == before
+
+
+def test_corrupt_ciphertext_stops_state_apply(node, restore_secrets):
+    text = restore_secrets.read_text().splitlines()
+    # Flip a character inside the first armored body line.
+    index = next(i for i, line in enumerate(text) if line.strip().startswith("hQ"))
+    line = text[index]
+    middle = len(line) // 2
+    text[index] = line[:middle] + ("A" if line[middle] != "A" else "B") + line[middle + 1 :]
+    restore_secrets.write_text("\n".join(text) + "\n")
+    _assert_apply_refused_and_nothing_changed(node)
+
+
+def test_secret_for_another_key_stops_state_apply(node, restore_secrets, tmp_path):
+    other_home = tmp_path / "other-gpg"
+    other_public = node.helpers.make_key(other_home, name="not-the-master")
+    try:
+        node.helpers.write_secrets(restore_secrets, other_public, node.secrets)
+    finally:
+        node.helpers.stop_agent(other_home)
+    _assert_apply_refused_and_nothing_changed(node)

@@ -1,0 +1,128 @@
+"""A private dockerd for the state tests: its own socket, bridge, data/exec roots, address
+pool and containerd namespace, no iptables; stopped and cleaned up (mounts, bridges, dirs)
+on exit, even when a test fails."""
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BRIDGE = "dh-test0"
+BRIDGE_CIDR = "10.213.0.1/24"
+ADDRESS_POOL = "base=10.214.0.0/16,size=24"
+START_TIMEOUT = 30
+
+
+@dataclass
+class Dockerd:
+    socket: Path
+    pid: int
+    workdir: Path
+
+    @property
+    def url(self):
+        return f"unix://{self.socket}"
+
+    def cli(self, *args, check=True):
+        """Run the docker CLI against this daemon; returns stdout."""
+        proc = subprocess.run(
+            ["docker", "-H", self.url, *args], capture_output=True, text=True, check=False
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed: {proc.stderr}")
+        return proc.stdout
+
+    def inspect(self, name):
+        return json.loads(self.cli("inspect", name))[0]
+
+    def container_names(self):
+        return sorted(self.cli("ps", "-a", "--format", "{{.Names}}").split())
+
+
+def _bridges():
+    return set(os.listdir("/sys/class/net"))
+
+
+def _unmount_under(*roots):
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        points = [line.split()[1] for line in mounts]
+    for point in sorted(points, key=len, reverse=True):
+        if any(point.startswith(str(root)) for root in roots):
+            subprocess.run(["umount", "-l", point], check=False)
+
+
+@contextlib.contextmanager
+def running_dockerd(base_dir):
+    """Start dockerd under ``base_dir`` (data root) with a short exec root in /tmp."""
+    base_dir = Path(base_dir)
+    data_root = base_dir / "data"
+    data_root.mkdir(parents=True)
+    # Unix socket paths are limited to 108 bytes: keep sockets and exec root short.
+    workdir = Path(tempfile.mkdtemp(prefix="dh-dockerd-", dir="/tmp"))
+    socket = workdir / "docker.sock"
+    bridges_before = _bridges()
+    subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+    process = None
+    try:
+        subprocess.run(["ip", "addr", "add", BRIDGE_CIDR, "dev", BRIDGE], check=True)
+        subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+        log = open(base_dir / "dockerd.log", "wb")
+        process = subprocess.Popen(
+            [
+                "dockerd",
+                "--host",
+                f"unix://{socket}",
+                "--data-root",
+                str(data_root),
+                "--exec-root",
+                str(workdir / "exec"),
+                "--pidfile",
+                str(workdir / "docker.pid"),
+                "--bridge",
+                BRIDGE,
+                "--iptables=false",
+                "--ip-masq=false",
+                "--default-address-pool",
+                ADDRESS_POOL,
+                "--containerd-namespace",
+                "dh-test",
+                "--containerd-plugins-namespace",
+                "dh-test-plugins",
+                "--shutdown-timeout",
+                "2",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        daemon = Dockerd(socket=socket, pid=process.pid, workdir=workdir)
+        deadline = time.monotonic() + START_TIMEOUT
+        while daemon.cli("version", check=False) == "" or not socket.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"dockerd did not start: {(base_dir / 'dockerd.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.2)
+        yield daemon
+    finally:
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+            log.close()
+        _unmount_under(data_root, workdir)
+        # User-defined networks leave br-* bridges behind once dockerd is gone.
+        for bridge in _bridges() - bridges_before:
+            subprocess.run(["ip", "link", "delete", bridge], check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(data_root, ignore_errors=True)
