@@ -57,6 +57,8 @@ INSTANCE_WAIT_TIMEOUT = 600
 WAITER_DELAY = 2
 
 SSH_INTERFACES = ("public_ips", "private_ips")
+# Fields -S shows when the cloud config sets no `query.selection`.
+DEFAULT_QUERY_SELECTION = ("id", "class", "state", "size", "private_ips", "public_ips")
 # Tags the driver owns: a profile's `tag` may add tags but not redefine these.
 RESERVED_TAGS = ("Name", "class", "container")
 # Instances in these states still own their name; terminated ones give it back.
@@ -247,9 +249,7 @@ def node_tags(name, node_class, extra_tags):
     if extra_tags is None:
         extra_tags = {}
     if not isinstance(extra_tags, dict):
-        raise SaltCloudConfigError(
-            f"'tag' must be a mapping of tag names to values, got {extra_tags!r}"
-        )
+        raise SaltCloudConfigError(f"'tag' must map tag names to values, got {extra_tags!r}")
     tags = {"Name": name, "class": node_class, "container": "docker"}
     for key, value in extra_tags.items():
         if key in RESERVED_TAGS:
@@ -780,16 +780,19 @@ def create(vm_):
             if "Error" in ret:
                 raise SaltCloudSystemExit(f"deploying salt failed: {ret['Error']}")
     except BaseException as exc:
-        log.error("Creating %s failed; terminating %s", name, instance_id)
         try:
             _terminate(client, instance_id, settings["instance_wait_timeout"])
+            cleanup = f"instance {instance_id} was terminated"
         except Exception as cleanup_exc:
-            log.error("Terminating %s failed: %s", instance_id, aws_error_message(cleanup_exc))
-        if isinstance(exc, SaltCloudSystemExit | KeyboardInterrupt | SystemExit):
+            cleanup = (
+                f"terminating instance {instance_id} FAILED "
+                f"({aws_error_message(cleanup_exc)}): terminate it by hand"
+            )
+        log.error("Creating %s failed: %s", name, cleanup)
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
-        raise SaltCloudSystemExit(
-            f"{name}: {aws_error_message(exc)}; instance {instance_id} was terminated"
-        ) from exc
+        reason = str(exc) if isinstance(exc, SaltCloudSystemExit) else aws_error_message(exc)
+        raise SaltCloudSystemExit(f"{name}: {reason}; {cleanup}") from exc
 
     ret.pop("Error", None)
     ret.update(
@@ -888,9 +891,8 @@ def list_nodes_full(call=None):
 
 def list_nodes_select(call=None):
     """The fields of list_nodes_full named by query.selection: salt-cloud -S."""
-    return __utils__["cloud.list_nodes_select"](
-        list_nodes_full("function"), __opts__["query.selection"], call
-    )
+    selection = __opts__.get("query.selection") or DEFAULT_QUERY_SELECTION
+    return __utils__["cloud.list_nodes_select"](list_nodes_full("function"), selection, call)
 
 
 def show_instance(name, call=None):

@@ -1,0 +1,126 @@
+"""Wall time of salt-cloud create and destroy with the boto3_ec2 driver, real CLI, local moto.
+
+    .venv/bin/python bench/cloud_create_destroy.py [--runs 5] [--map-size 20] [--no-master]
+
+Starts a local EC2 endpoint (moto on 127.0.0.1) and a salt-master from a temporary copy of
+the repository's salt-cloud config, then times whole `salt-cloud` processes:
+
+- create one node (`-p backends NAME --no-deploy`) and destroy it (`-d NAME -y`), --runs
+  times, median and range;
+- a map of --map-size nodes over two classes, created with `-m MAP -P` and destroyed with
+  `-d -m MAP -P`.
+
+--no-master skips the salt-master, to show what salt-cloud's event timeouts cost.
+Nothing listens beyond 127.0.0.1 and nothing is deployed (moto's addresses are not real).
+"""
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_harness():
+    spec = importlib.util.spec_from_file_location(
+        "cloud_harness", REPO_ROOT / "tests" / "cloud" / "harness.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cloud_harness"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def timed(cli, *args):
+    result = cli.run(*args)
+    if result.returncode != 0:
+        raise SystemExit(f"salt-cloud {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.seconds
+
+
+def single_nodes(cli, runs):
+    creates, destroys = [], []
+    for run in range(runs):
+        name = f"bench-{run}"
+        creates.append(timed(cli, "-p", "backends", name, "--no-deploy"))
+        if len(cli.instances(name)) != 1:
+            raise SystemExit(f"{name} was not created")
+        destroys.append(timed(cli, "-d", name, "-y"))
+        if cli.instances(name):
+            raise SystemExit(f"{name} was not destroyed")
+    return creates, destroys
+
+
+def node_map(cli, work_dir, size):
+    names = [f"bench-map-{index:02d}" for index in range(size)]
+    map_file = Path(work_dir) / "bench.map"
+    map_file.write_text(
+        yaml.safe_dump({"backends": names[: size // 2], "dataserver": names[size // 2 :]})
+    )
+    create = timed(cli, "-m", str(map_file), "-P", "-y", "--no-deploy")
+    live = {node["InstanceId"] for name in names for node in cli.instances(name)}
+    if len(live) != size:
+        raise SystemExit(f"the map created {len(live)} of {size} nodes")
+    destroy = timed(cli, "-d", "-m", str(map_file), "-P", "-y")
+    if cli.live_count():
+        raise SystemExit("the map's nodes were not all destroyed")
+    return create, destroy
+
+
+def row(label, values):
+    if len(values) == 1:
+        return f"| {label} | {values[0]:.2f} | - | 1 |"
+    return (
+        f"| {label} | {statistics.median(values):.2f} | "
+        f"{min(values):.2f}-{max(values):.2f} | {len(values)} |"
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--runs", type=int, default=5, help="single-node create/destroy runs")
+    parser.add_argument("--map-size", type=int, default=20, help="nodes in the map")
+    parser.add_argument("--no-master", action="store_true", help="run without a salt-master")
+    args = parser.parse_args(argv)
+
+    harness = _load_harness()
+    endpoint_support = harness.load_support("ec2_endpoint")
+    with tempfile.TemporaryDirectory(prefix="cloud-bench-") as work_dir:
+        root = harness.copy_config(Path(work_dir) / "config")
+        endpoint = endpoint_support.start(REPO_ROOT)
+        master = None
+        cli = harness.CloudCLI.for_endpoint(root, endpoint)
+        try:
+            master = None if args.no_master else harness.SaltMaster(root)
+            creates, destroys = single_nodes(cli, args.runs)
+            map_create, map_destroy = node_map(cli, work_dir, args.map_size)
+        finally:
+            cli.terminate_all()
+            if master:
+                master.stop()
+            endpoint.stop()
+
+    salt_version = harness.subprocess.run(
+        [str(harness.BIN_DIR / "salt-cloud"), "--version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    print(f"{salt_version}, salt-master {'off' if args.no_master else 'on'}, moto on 127.0.0.1")
+    print("| salt-cloud run (whole process) | median s | range s | runs |")
+    print("| --- | --- | --- | --- |")
+    print(row("create 1 node (-p)", creates))
+    print(row("destroy 1 node (-d)", destroys))
+    print(row(f"create {args.map_size}-node map (-m -P)", [map_create]))
+    print(row(f"destroy {args.map_size}-node map (-d -m -P)", [map_destroy]))
+    print(row(f"  per node, create map of {args.map_size}", [map_create / args.map_size]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

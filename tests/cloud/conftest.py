@@ -1,0 +1,143 @@
+"""The cloud tier: the real salt-cloud CLI, a real salt-master, moto on 127.0.0.1, sshd.
+
+Every salt-cloud run has cwd = a temporary copy of the repository's salt-cloud config
+(Saltfile, cloud, master, cloud.providers.d, cloud.profiles.d, salt/_clouds), so it reads
+the repository's provider and profiles through the repository's Saltfile, and its
+runtime state (.salt/) lands in the copy.  The copy adds only test plumbing: a profile
+file for the deploy and error-path tests, and master ports of its own.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def _load_harness():
+    # By path under a unique name: tests/ may or may not be a package.
+    if "cloud_harness" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "cloud_harness", Path(__file__).with_name("harness.py")
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["cloud_harness"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["cloud_harness"]
+
+
+harness = _load_harness()
+CloudCLI, SaltMaster = harness.CloudCLI, harness.SaltMaster
+copy_config, load_support = harness.copy_config, harness.load_support
+
+DEPLOY_SUBNET_CIDR = "127.0.20.0/28"
+# moto hands out a /28's addresses from .4 (AWS reserves the first four and the last).
+DEPLOY_ADDRESSES = [f"127.0.20.{host}" for host in range(4, 15)]
+
+
+@pytest.fixture(scope="session")
+def ssh_client_key(tmp_path_factory):
+    sshd = load_support("sshd")
+    private, public = sshd.generate_key(tmp_path_factory.mktemp("client-key") / "id_ed25519")
+    return private, public
+
+
+@pytest.fixture(scope="session")
+def ec2_endpoint(repo_root, ssh_client_key):
+    endpoint_support = load_support("ec2_endpoint")
+    endpoint = endpoint_support.start(repo_root, public_key=ssh_client_key[1].read_text())
+    try:
+        ec2 = endpoint.client("ec2")
+        zone = endpoint_support.provider_names(repo_root)["zone"]
+        endpoint.ids["deploy_subnet"] = ec2.create_subnet(
+            VpcId=endpoint.ids["loopback_vpc"],
+            CidrBlock=DEPLOY_SUBNET_CIDR,
+            AvailabilityZone=zone,
+        )["Subnet"]["SubnetId"]
+        yield endpoint
+    finally:
+        endpoint.stop()
+
+
+def _test_profiles(endpoint, client_key, sshd_port, tmp_dir):
+    """Profiles only the tests use: deploy over SSH, and one per error path."""
+    deploy = {
+        "extends": "backends",
+        "subnetid": endpoint.ids["deploy_subnet"],
+        "ssh_interface": "private_ips",
+        "ssh_username": "root",
+        "private_key": str(client_key),
+        "ssh_port": sshd_port,
+        "script": str(Path(__file__).parent / "deploy_capture.sh"),
+        "script_args": str(tmp_dir / "deployed"),
+        "tmp_dir": str(tmp_dir / "remote-tmp"),
+        "minion": {"master": "127.0.0.1"},
+        "wait_for_passwd_maxtries": 3,
+        # Keep the remote commands' output out of salt-cloud's (JSON) stdout.
+        "display_ssh_output": False,
+        # Skips five `rm` round trips over SSH (~1.7 s each): the upload dir is pytest's.
+        "keep_tmp": True,
+        "ssh_connect_timeout": 5,
+    }
+    return {
+        "test-deploy": deploy,
+        "test-unknown-ami": {"extends": "backends", "image": "ami-00000000000000000"},
+        "test-missing-iam-profile": {"extends": "backends", "iam_profile": "no-such-profile"},
+        "test-bad-device": {"extends": "backends", "docker_disk": {"DeviceName": "/dev/sda"}},
+        "test-aws-error": {"extends": "backends", "subnetid": "subnet-0000000000000000f"},
+        "test-bad-key": {"extends": "backends", "docker_disk": {"Ebs": {"VolumeSize": "big"}}},
+        "test-unknown-size": {"extends": "backends", "size": "t9.huge"},
+        "test-no-class": {"extends": "base"},
+        "test-device-clash": {
+            "extends": "backends",
+            "block_device_mappings": [{"DeviceName": "/dev/sdb", "Ebs": {"VolumeSize": 1}}],
+        },
+        # Launches, then fails: moto's default VPC gives a 54.x/172.31.x address, which
+        # the driver refuses to SSH to (it is not ours).  The instance must be terminated.
+        "test-fails-after-launch": {
+            "extends": "backends",
+            "private_key": str(client_key),
+            "ssh_interface": "public_ips",
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def cloud_root(repo_root, tmp_path_factory, ec2_endpoint, ssh_client_key, sshd_server):
+    root = copy_config(tmp_path_factory.mktemp("cloud-root"), repo_root)
+    work = tmp_path_factory.mktemp("deploy")
+    (root / "cloud.profiles.d" / "zz-tests.conf").write_text(
+        yaml.safe_dump(_test_profiles(ec2_endpoint, ssh_client_key[0], sshd_server.port, work))
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def salt_master(cloud_root):
+    """A real salt-master from the config copy: salt-cloud's events and key acceptance."""
+    master = SaltMaster(cloud_root)
+    try:
+        yield master
+    finally:
+        master.stop()
+
+
+@pytest.fixture(scope="session")
+def cloud(cloud_root, ec2_endpoint, salt_master):
+    cli = CloudCLI.for_endpoint(cloud_root, ec2_endpoint)
+    yield cli
+    # Nothing a test created may outlive the session, whatever happened.
+    cli.terminate_all()
+
+
+@pytest.fixture(scope="session")
+def sshd_server(tmp_path_factory, ssh_client_key):
+    sshd = load_support("sshd")
+    server = sshd.start(
+        tmp_path_factory.mktemp("sshd"), DEPLOY_ADDRESSES, authorized_key=ssh_client_key[1]
+    )
+    try:
+        yield server
+    finally:
+        server.stop()

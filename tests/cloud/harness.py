@@ -1,0 +1,180 @@
+"""Running the real salt-cloud against a local EC2 endpoint: used by the cloud tests and by
+bench/cloud_create_destroy.py.
+
+salt-cloud runs with cwd = a copy of the repository's salt-cloud config (Saltfile, cloud,
+master, cloud.providers.d, cloud.profiles.d, salt/_clouds), so it reads the repository's
+provider and profiles through the repository's Saltfile, and its runtime state (.salt/)
+lands in the copy.  A real salt-master runs from the same copy: salt-cloud fires its
+events to it (without one, every event waits a 1 s timeout) and accepts minion keys into
+its pki dir.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BIN_DIR = Path(sys.executable).parent
+CONFIG_PATHS = ("Saltfile", "cloud", "master", "cloud.providers.d", "cloud.profiles.d")
+LIVE_STATES = ("pending", "running", "stopping", "stopped")
+
+
+def load_support(name):
+    """tests/support/<name>.py, imported by path (tests/ is not necessarily a package)."""
+    module_name = f"cloud_support_{name}"
+    if module_name not in sys.modules:
+        path = REPO_ROOT / "tests" / "support" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def copy_config(dest, repo_root=REPO_ROOT):
+    """Copy the salt-cloud config of the repository into dest; master on loopback ports."""
+    dest = Path(dest)
+    for relative in CONFIG_PATHS:
+        source = repo_root / relative
+        if source.is_dir():
+            shutil.copytree(source, dest / relative)
+        else:
+            shutil.copy2(source, dest / relative)
+    (dest / "salt").mkdir()
+    shutil.copytree(
+        repo_root / "salt" / "_clouds",
+        dest / "salt" / "_clouds",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    with (dest / "master").open("a") as master:
+        master.write(
+            "\n# Test harness: a master on loopback, on ports of its own.\n"
+            f"interface: 127.0.0.1\npublish_port: {free_port()}\nret_port: {free_port()}\n"
+        )
+    return dest
+
+
+class SaltMaster:
+    """salt-master -c <config copy>, stopped by PID."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.log_path = self.root / "salt-master.log"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(BIN_DIR / "salt-master"), "-c", ".", "-l", "warning"],
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        pull_socket = self.root / ".salt/var/run/salt/master/master_event_pull.ipc"
+        deadline = time.monotonic() + 60
+        while not pull_socket.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"salt-master did not start:\n{self.log_path.read_text()}")
+            time.sleep(0.1)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class CloudCLI:
+    """The real salt-cloud, run from the config copy against the local endpoint."""
+
+    root: Path
+    env: dict
+    ec2_endpoint: object
+
+    @classmethod
+    def for_endpoint(cls, root, ec2_endpoint):
+        env = {
+            "PATH": f"{BIN_DIR}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            # ~ of the provider's private_key resolves inside the copy, not to a real key.
+            "HOME": str(root),
+            "LANG": "C.UTF-8",
+            **ec2_endpoint.env(),
+        }
+        return cls(root=Path(root), env=env, ec2_endpoint=ec2_endpoint)
+
+    def run(self, *args, timeout=300):
+        started = time.monotonic()
+        result = subprocess.run(
+            [str(BIN_DIR / "salt-cloud"), *args],
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        result.seconds = time.monotonic() - started
+        return result
+
+    def json(self, *args, timeout=300):
+        """Run with --out=json and return the parsed output; raise on rc != 0."""
+        result = self.run("--out=json", *args, timeout=timeout)
+        if result.returncode != 0:
+            raise AssertionError(
+                f"salt-cloud {' '.join(args)} -> {result.returncode}\n{result.stderr}"
+            )
+        return json.loads(result.stdout)
+
+    def popen(self, *args):
+        return subprocess.Popen(
+            [str(BIN_DIR / "salt-cloud"), *args],
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def ec2(self):
+        return self.ec2_endpoint.client("ec2")
+
+    def instances(self, name=None, states=LIVE_STATES):
+        filters = [{"Name": "instance-state-name", "Values": list(states)}]
+        if name:
+            filters.append({"Name": "tag:Name", "Values": [name]})
+        reservations = self.ec2().describe_instances(Filters=filters)["Reservations"]
+        return [i for r in reservations for i in r["Instances"]]
+
+    def instance(self, name):
+        found = self.instances(name)
+        assert len(found) == 1, f"expected one live instance named {name}, found {found}"
+        return found[0]
+
+    def volume(self, volume_id):
+        return self.ec2().describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
+
+    def live_count(self):
+        return len(self.instances())
+
+    def terminate_all(self):
+        """Terminate whatever is still live (clean-up after failures)."""
+        leftovers = [i["InstanceId"] for i in self.instances()]
+        if leftovers:
+            self.ec2().terminate_instances(InstanceIds=leftovers)
+        return leftovers

@@ -1,0 +1,270 @@
+"""salt-cloud with the boto3_ec2 driver, end to end: real CLI, local EC2 endpoint, sshd.
+
+What EC2 holds afterwards is checked with boto3, not through the driver.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.cloud
+
+EXPECTED_TYPE = {"backends": "t3.small", "dataserver": "t3.medium"}
+EXPECTED_DISK_GIB = {"backends": 8, "dataserver": 50}
+
+
+def tags_of(resource):
+    return {tag["Key"]: tag["Value"] for tag in resource.get("Tags", [])}
+
+
+def assert_docker_node(cloud, name, node_class):
+    """The node as the profiles describe it, read back from EC2."""
+    instance = cloud.instance(name)
+    assert instance["InstanceType"] == EXPECTED_TYPE[node_class]
+    assert tags_of(instance) == {"Name": name, "class": node_class, "container": "docker"}
+    assert instance["KeyName"] == "docker-hosts"
+    assert [group["GroupName"] for group in instance["SecurityGroups"]] == ["docker-hosts"]
+    assert instance["IamInstanceProfile"]["Arn"].endswith(":instance-profile/docker-host-minimal")
+    assert instance["MetadataOptions"]["HttpTokens"] == "required"
+    assert instance["MetadataOptions"]["HttpEndpoint"] == "enabled"
+    assert instance["Placement"]["AvailabilityZone"] == "eu-west-1a"
+    disks = {m["DeviceName"]: m["Ebs"] for m in instance["BlockDeviceMappings"]}
+    assert list(disks) == ["/dev/sdb"]
+    assert disks["/dev/sdb"]["DeleteOnTermination"] is True
+    volume = cloud.volume(disks["/dev/sdb"]["VolumeId"])
+    assert volume["Size"] == EXPECTED_DISK_GIB[node_class]
+    assert volume["VolumeType"] == "gp3"
+    assert volume["Encrypted"] is True
+    assert tags_of(volume) == {"Name": name, "class": node_class, "container": "docker"}
+    return instance, volume
+
+
+def output(result):
+    return result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("node_class", ["backends", "dataserver"])
+def test_profile_creates_the_class_node_once_and_destroy_removes_it(cloud, node_class):
+    name = f"{node_class}-p1"
+    created = cloud.json("-p", node_class, name, "--no-deploy")[name]
+    instance, volume = assert_docker_node(cloud, name, node_class)
+    assert created["instance_id"] == instance["InstanceId"]
+    assert created["class"] == node_class
+    assert created["docker_disk"] == {"device": "/dev/sdb", "volume_id": volume["VolumeId"]}
+
+    # Again: salt-cloud says it exists and EC2 still holds exactly one such node.
+    again = cloud.run("-p", node_class, name, "--no-deploy")
+    assert f"{name} already exists" in output(again)
+    assert cloud.instance(name)["InstanceId"] == instance["InstanceId"]
+
+    destroyed = cloud.json("-d", name, "-y")
+    assert destroyed["aws"]["boto3_ec2"][name]["state"] == "terminated"
+    assert cloud.instances(name) == []
+    gone = cloud.ec2().describe_instances(InstanceIds=[instance["InstanceId"]])
+    assert gone["Reservations"][0]["Instances"][0]["State"]["Name"] == "terminated"
+    # DeleteOnTermination: the Docker disk goes with the instance.
+    volumes = cloud.ec2().describe_volumes(
+        Filters=[{"Name": "volume-id", "Values": [volume["VolumeId"]]}]
+    )["Volumes"]
+    assert volumes == []
+
+
+@pytest.fixture(scope="module")
+def two_nodes(cloud):
+    """web1 (backends) and db1 (dataserver), created by two salt-cloud runs at once."""
+    runs = {
+        "web1": cloud.popen("-p", "backends", "web1", "--no-deploy"),
+        "db1": cloud.popen("-p", "dataserver", "db1", "--no-deploy"),
+    }
+    for name, process in runs.items():
+        out, err = process.communicate(timeout=180)
+        assert process.returncode == 0, f"{name}: {out}{err}"
+    yield {name: cloud.instance(name)["InstanceId"] for name in runs}
+    if cloud.instances("web1") or cloud.instances("db1"):
+        cloud.run("-d", "web1", "db1", "-y")
+
+
+def test_query_lists_nodes(cloud, two_nodes):
+    nodes = cloud.json("-Q")["aws"]["boto3_ec2"]
+    for name, instance_id in two_nodes.items():
+        assert nodes[name]["id"] == instance_id
+        assert nodes[name]["state"] == "running"
+        assert nodes[name]["image"] == "ami-0b4d2e6f8a1c3e5d7"
+    assert nodes["db1"]["size"] == "t3.medium"
+
+
+def test_full_query_shows_tags_disk_and_profile(cloud, two_nodes):
+    db1 = cloud.json("-F")["aws"]["boto3_ec2"]["db1"]
+    assert db1["id"] == two_nodes["db1"]
+    assert db1["class"] == "dataserver"
+    assert db1["tags"] == {"Name": "db1", "class": "dataserver", "container": "docker"}
+    disk = db1["volumes"]["/dev/sdb"]
+    assert (disk["size"], disk["type"], disk["encrypted"], disk["delete_on_termination"]) == (
+        50,
+        "gp3",
+        True,
+        True,
+    )
+    assert db1["metadata_options"]["HttpTokens"] == "required"
+    assert list(db1["security_groups"].values()) == ["docker-hosts"]
+    assert db1["iam_instance_profile"].endswith("/docker-host-minimal")
+
+
+def test_select_query_shows_the_selected_fields(cloud, two_nodes):
+    nodes = cloud.json("-S")["aws"]["boto3_ec2"]
+    assert nodes["web1"]["class"] == "backends"
+    assert nodes["web1"]["id"] == two_nodes["web1"]
+    assert "tags" not in nodes["web1"]
+
+
+def test_show_instance_action(cloud, two_nodes):
+    shown = cloud.json("-a", "show_instance", "web1", "-y")
+    web1 = shown["aws"]["boto3_ec2"]["web1"]
+    assert web1["id"] == two_nodes["web1"]
+    assert web1["size"] == "t3.small"
+    assert web1["volumes"]["/dev/sdb"]["size"] == 8
+
+
+def test_destroy_several_names(cloud, two_nodes):
+    destroyed = cloud.json("-d", "web1", "db1", "-y")["aws"]["boto3_ec2"]
+    assert set(destroyed) == {"web1", "db1"}
+    assert cloud.instances("web1") == [] and cloud.instances("db1") == []
+
+
+def test_list_images_sizes_locations(cloud):
+    images = cloud.json("--list-images", "aws")["aws"]["boto3_ec2"]
+    # The profiles' AMI (and the account's own), not the public catalogue.
+    assert list(images) == ["ami-0b4d2e6f8a1c3e5d7"]
+    assert images["ami-0b4d2e6f8a1c3e5d7"]["name"].startswith("debian-12-amd64")
+    sizes = cloud.json("--list-sizes", "aws")["aws"]["boto3_ec2"]
+    assert sizes["t3.nano"]["vcpus"] == 2
+    assert sizes["t3.medium"]["memory_mib"] == 4096
+    locations = cloud.json("--list-locations", "aws")["aws"]["boto3_ec2"]
+    assert "eu-west-1" in locations
+
+
+def test_map_in_parallel_over_two_classes(cloud, tmp_path):
+    names = {"map-web1": "backends", "map-web2": "backends", "map-db1": "dataserver"}
+    map_file = tmp_path / "nodes.map"
+    map_file.write_text(
+        yaml.safe_dump(
+            {
+                "backends": ["map-web1", "map-web2"],
+                "dataserver": ["map-db1"],
+            }
+        )
+    )
+    try:
+        result = cloud.run("-m", str(map_file), "-P", "-y", "--no-deploy", "--out=json")
+        assert result.returncode == 0, output(result)
+        for name, node_class in names.items():
+            assert_docker_node(cloud, name, node_class)
+
+        # Applying the map again creates nothing.
+        again = cloud.run("-m", str(map_file), "-P", "-y", "--no-deploy", "--out=json")
+        assert again.returncode == 0, output(again)
+        for name in names:
+            assert len(cloud.instances(name)) == 1
+
+        destroyed = cloud.run("-m", str(map_file), "-d", "-P", "-y", "--out=json")
+        assert destroyed.returncode == 0, output(destroyed)
+        for name in names:
+            assert cloud.instances(name) == []
+    finally:
+        leftover = [name for name in names if cloud.instances(name)]
+        if leftover:
+            cloud.run("-d", *leftover, "-y")
+
+
+# Each bad profile: what the error must say.  None is created or left running.
+ERROR_CASES = {
+    "test-unknown-ami": "'image' ami-00000000000000000: no such AMI",
+    "test-missing-iam-profile": "Instance profile no-such-profile not found",
+    "test-bad-device": "'docker_disk.DeviceName' '/dev/sda' is not a data disk name",
+    "test-aws-error": "InvalidSubnetID.NotFound",
+    "test-bad-key": "'docker_disk.Ebs.VolumeSize' must be an integer, got 'big'",
+    "test-unknown-size": "'size' t9.huge: DescribeInstanceTypes failed: InvalidInstanceType",
+    "test-no-class": "'class' (node class: use a class profile) is not set",
+    "test-device-clash": "uses /dev/sdb, which is the Docker disk",
+    "test-fails-after-launch": "refusing to SSH to",
+}
+
+
+@pytest.fixture(scope="module")
+def error_runs(cloud):
+    """Every bad profile at once (each run is independent): {profile: (result, live before)}."""
+    before = cloud.live_count()
+    # --no-deploy: the error must come from the profile or EC2, not from a missing SSH key.
+    processes = {
+        profile: cloud.popen("-p", profile, f"err-{profile}", "--no-deploy")
+        for profile in ERROR_CASES
+        if profile != "test-fails-after-launch"
+    }
+    # This one fails while deploying, after the launch.
+    processes["test-fails-after-launch"] = cloud.popen(
+        "-p", "test-fails-after-launch", "err-test-fails-after-launch"
+    )
+    results = {}
+    for profile, process in processes.items():
+        out, err = process.communicate(timeout=300)
+        results[profile] = (process.returncode, out + err)
+    return before, results
+
+
+@pytest.mark.parametrize("profile", sorted(ERROR_CASES))
+def test_error_is_reported_and_nothing_is_left(cloud, error_runs, profile):
+    before, results = error_runs
+    returncode, text = results[profile]
+    assert returncode != 0, text
+    assert ERROR_CASES[profile] in text, text
+    assert cloud.instances(f"err-{profile}") == []
+    assert cloud.live_count() == before
+
+
+def test_failure_after_launch_terminates_the_instance(cloud, error_runs):
+    _, results = error_runs
+    _, text = results["test-fails-after-launch"]
+    assert "was terminated" in text, text
+    terminated = cloud.instances("err-test-fails-after-launch", states=("terminated",))
+    assert len(terminated) == 1
+    assert terminated[0]["InstanceId"] in text
+
+
+def test_deploy_over_ssh_writes_minion_config_and_accepts_the_key(cloud, cloud_root, tmp_path):
+    name = "deploy1"
+    try:
+        result = cloud.run(
+            "-p",
+            "test-deploy",
+            name,
+            "--out=json",
+            "--log-file",
+            str(tmp_path / "cloud.log"),
+            "--log-file-level",
+            "debug",
+        )
+        assert result.returncode == 0, output(result)
+        created = json.loads(result.stdout)[name]
+        assert created["deployed"] is True
+        instance = cloud.instance(name)
+        # The deploy went to the node's private (loopback) address, where sshd listens.
+        assert instance["PrivateIpAddress"].startswith("127.0.20.")
+
+        profiles = yaml.safe_load((cloud_root / "cloud.profiles.d" / "zz-tests.conf").read_text())
+        captured = Path(profiles["test-deploy"]["script_args"]) / name
+        minion = yaml.safe_load((captured / "minion").read_text())
+        assert minion["master"] == "127.0.0.1"
+        assert minion["id"] == name
+        grains = yaml.safe_load((captured / "grains").read_text())
+        volume_id = instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+        assert grains["class"] == "backends"
+        assert grains["docker_disk"] == {"device": "/dev/sdb", "volume_id": volume_id}
+
+        accepted = cloud_root / ".salt" / "etc" / "salt" / "pki" / "master" / "minions" / name
+        assert accepted.read_text().strip() == (captured / "minion.pub").read_text().strip()
+    finally:
+        if cloud.instances(name):
+            cloud.run("-d", name, "-y")
+    assert cloud.instances(name) == []

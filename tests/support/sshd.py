@@ -1,0 +1,103 @@
+"""A private OpenSSH server for deploy tests: own config, host key, port and pid file.
+
+It listens only on the loopback addresses it is given (the private addresses the local
+EC2 endpoint hands out in its 127.0.0.0/8 subnet) and lets in one client key, as root.
+"""
+
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SSHD = "/usr/sbin/sshd"
+# sshd's compiled-in privilege separation directory; the distro's service creates it at
+# boot, so on a machine where sshd is not running as a service it may be missing.
+PRIVSEP_DIR = Path("/run/sshd")
+
+
+def generate_key(path):
+    """An ed25519 key pair at path and path.pub (no passphrase)."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "salt-cloud-test", "-f", str(path)],
+        check=True,
+    )
+    return Path(path), Path(f"{path}.pub")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Sshd:
+    process: subprocess.Popen
+    port: int
+    addresses: list
+    work_dir: Path
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self):
+        return (self.work_dir / "sshd.log").read_text(errors="replace")
+
+
+def start(work_dir, addresses, authorized_key, port=None):
+    """Start sshd on addresses:port letting in authorized_key (a public key file) as root."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    host_key, _ = generate_key(work_dir / "ssh_host_ed25519_key")
+    authorized = work_dir / "authorized_keys"
+    authorized.write_text(Path(authorized_key).read_text())
+    authorized.chmod(0o600)
+    listen = "\n".join(f"ListenAddress {address}:{port}" for address in addresses)
+    config = work_dir / "sshd_config"
+    config.write_text(
+        f"""{listen}
+HostKey {host_key}
+PidFile {work_dir / "sshd.pid"}
+AuthorizedKeysFile {authorized}
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+LogLevel VERBOSE
+"""
+    )
+    PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
+    subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
+    log = open(work_dir / "sshd.log", "ab")
+    with log:
+        process = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/bin")},
+        )
+    server = Sshd(process=process, port=port, addresses=list(addresses), work_dir=work_dir)
+    deadline = time.monotonic() + 10
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"sshd exited with {process.returncode}:\n{server.log()}")
+        try:
+            with socket.create_connection((addresses[0], port), timeout=0.5):
+                return server
+        except OSError:
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"sshd did not listen on {addresses[0]}:{port}") from None
+            time.sleep(0.05)
