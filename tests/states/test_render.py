@@ -1,0 +1,254 @@
+"""
+Render the whole docker formula for every OS family a user meets on EC2 (salt-call --local
+with grain overrides) and check packages, repositories, services, storage commands and
+daemon.json. The LVM states cannot run on this host (no device-mapper); they run for real in
+the VM tests. The extra disk here is a blank image file named by the docker_disk grain.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.states
+
+SALT_CALL = str(Path(sys.executable).with_name("salt-call"))
+
+OS_GRAINS = {
+    "debian12": {
+        "os_family": "Debian",
+        "os": "Debian",
+        "osrelease": "12",
+        "oscodename": "bookworm",
+    },
+    "ubuntu2404": {
+        "os_family": "Debian",
+        "os": "Ubuntu",
+        "osrelease": "24.04",
+        "oscodename": "noble",
+    },
+    "rocky9": {"os_family": "RedHat", "os": "Rocky", "osrelease": "9.5", "oscodename": "Blue Onyx"},
+    "alma9": {"os_family": "RedHat", "os": "AlmaLinux", "osrelease": "9.5", "oscodename": "x"},
+    "amazon2023": {"os_family": "RedHat", "os": "Amazon", "osrelease": "2023", "oscodename": ""},
+}
+EXPECTED_PACKAGES = {
+    "debian12": ["docker.io"],
+    "ubuntu2404": ["docker.io"],
+    "rocky9": ["docker-ce", "docker-ce-cli", "containerd.io"],
+    "alma9": ["docker-ce", "docker-ce-cli", "containerd.io"],
+    "amazon2023": ["docker"],
+}
+EXPECTED_STORAGE_PACKAGES = {
+    "Debian": ["lvm2", "thin-provisioning-tools", "xfsprogs"],
+    "RedHat": ["lvm2", "device-mapper-persistent-data", "xfsprogs"],
+}
+
+
+@pytest.fixture(scope="module")
+def render_pillar(tmp_path_factory, repo_root):
+    """The repository's pillar; the encrypted file swapped for plain test values."""
+    root = tmp_path_factory.mktemp("render-pillar")
+    shutil.copytree(repo_root / "pillar", root, dirs_exist_ok=True)
+    secrets = {name: "not-a-secret" for name in ("postgres_user", "postgres_password")}
+    secrets["postgres_db"] = "not-a-secret"
+    (root / "secrets" / "dataserver.sls").write_text(yaml.safe_dump({"docker_secrets": secrets}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def blank_disk(tmp_path_factory):
+    disk = tmp_path_factory.mktemp("disk") / "xvdb"
+    with open(disk, "wb") as handle:
+        handle.truncate(64 * 1024 * 1024)
+    return disk
+
+
+def salt_call(config_dir, *args):
+    proc = subprocess.run(
+        [SALT_CALL, "-c", str(config_dir), "--local", "--out", "json", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return proc
+
+
+@pytest.fixture(params=sorted(OS_GRAINS), scope="module")
+def node_os(request, tmp_path_factory, repo_root, render_pillar, blank_disk):
+    name = request.param
+    config_dir = tmp_path_factory.mktemp(f"render-{name}")
+    grains = dict(OS_GRAINS[name], **{"class": "dataserver"})
+    grains["docker_disk"] = {"device": str(blank_disk), "volume_id": "vol-0123456789abcdef0"}
+    config = {
+        "id": f"render-{name}",
+        "file_client": "local",
+        "root_dir": str(config_dir),
+        "file_roots": {"base": [str(repo_root / "salt")]},
+        "pillar_roots": {"base": [str(render_pillar)]},
+        "grains": grains,
+    }
+    (config_dir / "minion").write_text(yaml.safe_dump(config))
+    assert salt_call(config_dir, "saltutil.sync_all").returncode == 0
+    return name, config_dir
+
+
+RENDERED = {}
+
+
+def show_sls(config_dir, pillar=None):
+    # Several tests check the same rendering: render each (OS, pillar) once.
+    key = (str(config_dir), json.dumps(pillar))
+    if key not in RENDERED:
+        RENDERED[key] = _show_sls(config_dir, pillar)
+    return RENDERED[key]
+
+
+def _show_sls(config_dir, pillar):
+    args = ["state.show_sls", "docker"]
+    if pillar:
+        args.append(f"pillar={json.dumps(pillar)}")
+    proc = salt_call(config_dir, *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)["local"]
+
+
+def state(rendered, state_id):
+    """(module.function, merged arguments) of one rendered state."""
+    body = rendered[state_id]
+    module = next(key for key in body if not key.startswith("__"))
+    function = next(item for item in body[module] if isinstance(item, str))
+    args = {}
+    for item in body[module]:
+        if isinstance(item, dict):
+            args.update(item)
+    args.pop("order", None)
+    return f"{module}.{function}", args
+
+
+def test_overlay2_storage_packages_and_service(node_os, blank_disk):
+    name, config_dir = node_os
+    rendered = show_sls(config_dir)
+    family = OS_GRAINS[name]["os_family"]
+
+    assert state(rendered, "docker-packages") == (
+        "pkg.installed",
+        {"pkgs": EXPECTED_PACKAGES[name]},
+    )
+    assert (
+        state(rendered, "docker-storage-packages")[1]["pkgs"] == (EXPECTED_STORAGE_PACKAGES[family])
+    )
+    if name in ("rocky9", "alma9"):
+        repo = state(rendered, "docker-repo")[1]
+        assert (
+            repo["baseurl"] == "https://download.docker.com/linux/rhel/$releasever/$basearch/stable"
+        )
+    else:
+        assert "docker-repo" not in rendered
+
+    pv = state(rendered, "docker-storage-pv")
+    assert (pv[0], pv[1]["name"]) == ("lvm.pv_present", str(blank_disk))
+    vg = state(rendered, "docker-storage-vg")[1]
+    assert (vg["name"], vg["devices"]) == ("docker_vol", str(blank_disk))
+    lv_cmd = state(rendered, "docker-storage-lv")[1]
+    assert lv_cmd["name"] == "lvcreate --wipesignatures y -n docker -l 100%FREE docker_vol"
+    assert lv_cmd["unless"] == "lvs docker_vol/docker"
+    mkfs = state(rendered, "docker-storage-filesystem")[1]
+    assert mkfs["name"] == "mkfs.xfs -n ftype=1 /dev/docker_vol/docker"
+    assert mkfs["unless"] == "blkid -p /dev/docker_vol/docker"
+    mounted = state(rendered, "docker-storage-mounted")
+    assert mounted[0] == "mount.mounted"
+    assert mounted[1]["name"] == "/var/lib/docker"
+    assert mounted[1]["persist"] is True
+    assert {"docker_host": "docker-storage-data-root-moved"} in mounted[1]["require"]
+
+    service = state(rendered, "docker-service")
+    assert service[0] == "service.running"
+    assert service[1]["name"] == "docker"
+    assert service[1]["enable"] is True
+    assert service[1]["watch"] == [{"file": "docker-config"}]
+    assert {"test": "docker-storage-ready"} in service[1]["require"]
+
+    config = state(rendered, "docker-config")[1]
+    assert config["name"] == "/etc/docker/daemon.json"
+    assert config["dataset"]["storage-driver"] == "overlay2"
+
+
+def test_devicemapper_direct_lvm(node_os, blank_disk):
+    _, config_dir = node_os
+    rendered = show_sls(config_dir, {"docker": {"storage": {"mode": "devicemapper"}}})
+    assert state(rendered, "docker-storage-driver-supported") == (
+        "docker_host.storage_driver_supported",
+        {"name": "devicemapper", "require": [{"pkg": "docker-packages"}]},
+    )
+    assert state(rendered, "docker-storage-thinpool-lv")[1]["name"] == (
+        "lvcreate --wipesignatures y -n thinpool docker_vol -l 95%VG"
+    )
+    assert state(rendered, "docker-storage-metadata-lv")[1]["name"] == (
+        "lvcreate --wipesignatures y -n thinpoolmeta docker_vol -l 1%VG"
+    )
+    assert state(rendered, "docker-storage-thinpool")[1]["name"] == (
+        "lvconvert -y --zero n -c 512K --thinpool docker_vol/thinpool"
+        " --poolmetadata docker_vol/thinpoolmeta"
+    )
+    profile = state(rendered, "docker-storage-thinpool-profile")[1]
+    assert profile["name"] == "/etc/lvm/profile/docker-thinpool.profile"
+    assert "thin_pool_autoextend_threshold=80" in profile["contents"]
+    assert "thin_pool_autoextend_percent=20" in profile["contents"]
+    assert state(rendered, "docker-storage-thinpool-profile-applied")[1]["name"] == (
+        "lvchange --metadataprofile docker-thinpool docker_vol/thinpool"
+    )
+    assert state(rendered, "docker-config")[1]["dataset"]["storage-opts"] == [
+        "dm.thinpooldev=/dev/mapper/docker_vol-thinpool",
+        "dm.use_deferred_removal=true",
+        "dm.use_deferred_deletion=true",
+    ]
+    assert "docker-storage-mounted" not in rendered
+
+
+def test_docker_repository_option(node_os):
+    name, config_dir = node_os
+    override = {"docker": {"install": {"source": "docker"}}}
+    if name == "amazon2023":
+        proc = salt_call(config_dir, "state.show_sls", "docker", f"pillar={json.dumps(override)}")
+        assert proc.returncode != 0
+        assert "docker:install:source: 'docker' has no packages for this OS" in proc.stdout
+        return
+    rendered = show_sls(config_dir, override)
+    assert state(rendered, "docker-packages")[1]["pkgs"] == [
+        "docker-ce",
+        "docker-ce-cli",
+        "containerd.io",
+    ]
+    if OS_GRAINS[name]["os_family"] == "Debian":
+        distro = OS_GRAINS[name]["os"].lower()
+        codename = OS_GRAINS[name]["oscodename"]
+        assert state(rendered, "docker-repo")[1]["name"] == (
+            "deb [signed-by=/etc/apt/keyrings/docker.asc] "
+            f"https://download.docker.com/linux/{distro} {codename} stable"
+        )
+
+
+def test_shipped_dataserver_containers(node_os):
+    _, config_dir = node_os
+    rendered = show_sls(config_dir)
+    kind, postgres = state(rendered, "docker-container-postgres")
+    assert kind == "docker_host.container_running"
+    assert postgres["log_driver"] == "awslogs"
+    assert postgres["log_opt"] == {
+        "awslogs-region": "cn-north-1",
+        "awslogs-group": "dataserver",
+        "awslogs-stream": "postgres",
+    }
+    assert postgres["restart_policy"] == "always"
+    assert "restart_retries" not in postgres
+    assert postgres["volumes_from"] == ["pg_data"]
+    # Secrets stay references in the rendered states; resolved only when the state runs.
+    assert postgres["environment"]["POSTGRES_PASSWORD"] == {"secret": "postgres_password"}
+    assert {"docker_host": "docker-container-pg_data"} in postgres["require"]
+    pg_data = state(rendered, "docker-container-pg_data")[1]
+    assert pg_data["start"] is False
+    assert pg_data["volumes"] == ["/var/lib/postgresql"]
