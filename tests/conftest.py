@@ -14,8 +14,8 @@ def pytest_sessionstart(session):
     interfaces = set(os.listdir("/sys/class/net"))
     if interfaces != {"lo"}:
         pytest.exit(
-            f"tests must run in a private network namespace (found interfaces {sorted(interfaces)});"
-            " run them through bin/test",
+            "tests must run in a private network namespace with only `lo`"
+            f" (found {sorted(interfaces)}): run them through bin/test",
             returncode=3,
         )
 
