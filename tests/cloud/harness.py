@@ -47,6 +47,7 @@ def free_port():
 def copy_config(dest, repo_root=REPO_ROOT):
     """Copy the salt-cloud config of the repository into dest; master on loopback ports."""
     dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
     for relative in CONFIG_PATHS:
         source = repo_root / relative
         if source.is_dir():
