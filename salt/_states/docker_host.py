@@ -133,10 +133,11 @@ def _mounted_device(mountpoint):
     return None
 
 
-def data_root_moved(name, device, fstype):
+def data_root_moved(name, device, fstype, services=("docker.socket", "docker")):
     """
-    If ``name`` (/var/lib/docker) is not yet the mountpoint of ``device`` and has content,
-    stop Docker and move that content into ``device``. Run before ``mount.mounted``.
+    If ``name`` (/var/lib/docker) is not yet a mountpoint and has content, stop ``services``
+    (Docker must not write there meanwhile) and move that content into ``device``.
+    Run before ``mount.mounted``.
     """
     ret = {"name": name, "result": True, "changes": {}, "comment": ""}
     if _mounted_device(name) is not None:
@@ -149,7 +150,7 @@ def data_root_moved(name, device, fstype):
     if __opts__["test"]:
         ret.update(result=None, comment=f"{len(entries)} entries of {name} would move to {device}")
         return ret
-    for unit in ("docker.socket", "docker"):
+    for unit in services:
         if __salt__["service.available"](unit) and __salt__["service.status"](unit):
             __salt__["service.stop"](unit)
     staging = tempfile.mkdtemp(prefix="docker-data-root-")

@@ -154,7 +154,7 @@ def test_overlay2_storage_packages_and_service(node_os, blank_disk):
     vg = state(rendered, "docker-storage-vg")[1]
     assert (vg["name"], vg["devices"]) == ("docker_vol", str(blank_disk))
     lv_cmd = state(rendered, "docker-storage-lv")[1]
-    assert lv_cmd["name"] == "lvcreate --wipesignatures y -n docker -l 100%FREE docker_vol"
+    assert lv_cmd["name"] == "lvcreate --yes --wipesignatures y -n docker -l 100%FREE docker_vol"
     assert lv_cmd["unless"] == "lvs docker_vol/docker"
     mkfs = state(rendered, "docker-storage-filesystem")[1]
     assert mkfs["name"] == "mkfs.xfs -n ftype=1 /dev/docker_vol/docker"
@@ -185,10 +185,10 @@ def test_devicemapper_direct_lvm(node_os, blank_disk):
         {"name": "devicemapper", "require": [{"pkg": "docker-packages"}]},
     )
     assert state(rendered, "docker-storage-thinpool-lv")[1]["name"] == (
-        "lvcreate --wipesignatures y -n thinpool docker_vol -l 95%VG"
+        "lvcreate --yes --wipesignatures y -n thinpool docker_vol -l 95%VG"
     )
     assert state(rendered, "docker-storage-metadata-lv")[1]["name"] == (
-        "lvcreate --wipesignatures y -n thinpoolmeta docker_vol -l 1%VG"
+        "lvcreate --yes --wipesignatures y -n thinpoolmeta docker_vol -l 1%VG"
     )
     assert state(rendered, "docker-storage-thinpool")[1]["name"] == (
         "lvconvert -y --zero n -c 512K --thinpool docker_vol/thinpool"

@@ -36,14 +36,14 @@ docker-storage-vg:
 
 docker-storage-thinpool-lv:
   cmd.run:
-    - name: lvcreate --wipesignatures y -n {{ dm.thinpool }} {{ vg }} -l {{ dm.thinpool_extents }}
+    - name: lvcreate --yes --wipesignatures y -n {{ dm.thinpool }} {{ vg }} -l {{ dm.thinpool_extents }}
     - unless: lvs {{ vg }}/{{ dm.thinpool }}
     - require:
       - lvm: docker-storage-vg
 
 docker-storage-metadata-lv:
   cmd.run:
-    - name: lvcreate --wipesignatures y -n {{ dm.metadata }} {{ vg }} -l {{ dm.metadata_extents }}
+    - name: lvcreate --yes --wipesignatures y -n {{ dm.metadata }} {{ vg }} -l {{ dm.metadata_extents }}
     # After lvconvert the metadata LV lives on hidden inside the pool.
     - unless: lvs {{ vg }}/{{ dm.metadata }} || {{ is_thin_pool }}
     - python_shell: True

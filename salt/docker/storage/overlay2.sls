@@ -24,7 +24,7 @@ docker-storage-vg:
 
 docker-storage-lv:
   cmd.run:
-    - name: lvcreate --wipesignatures y -n {{ overlay.logical_volume }} -l {{ overlay.extents }} {{ storage.volume_group }}
+    - name: lvcreate --yes --wipesignatures y -n {{ overlay.logical_volume }} -l {{ overlay.extents }} {{ storage.volume_group }}
     - unless: lvs {{ storage.volume_group }}/{{ overlay.logical_volume }}
     - require:
       - lvm: docker-storage-vg

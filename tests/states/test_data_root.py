@@ -1,0 +1,127 @@
+"""
+docker_host.data_root_moved for real (salt-call --local): an existing Docker data root is
+moved into a new volume (a loop device with a filesystem, standing in for the LV the VM
+tests create) once, then the volume is mounted there; nothing is deleted, and a second run
+changes nothing.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.states
+
+SALT_CALL = str(Path(sys.executable).with_name("salt-call"))
+
+
+@pytest.fixture
+def volume(tmp_path):
+    """A loop device holding an empty ext4 filesystem; detached afterwards."""
+    image = tmp_path / "volume.img"
+    with open(image, "wb") as handle:
+        handle.truncate(32 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    device = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False)
+
+
+@pytest.fixture
+def salt_call(tmp_path, repo_root):
+    config_dir = tmp_path / "minion-config"
+    config_dir.mkdir()
+    config = {
+        "id": "data-root",
+        "file_client": "local",
+        "root_dir": str(config_dir),
+        "file_roots": {"base": [str(repo_root / "salt")]},
+        "pillar_roots": {"base": [str(tmp_path / "no-pillar")]},
+    }
+    (config_dir / "minion").write_text(yaml.safe_dump(config))
+
+    def run(*args):
+        proc = subprocess.run(
+            [SALT_CALL, "-c", str(config_dir), "--local", "--out", "json", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return json.loads(proc.stdout)["local"]
+
+    run("saltutil.sync_all")
+    return run
+
+
+def only_result(ret):
+    (result,) = ret.values()
+    return result
+
+
+def test_existing_data_root_is_moved_once_then_mounted(tmp_path, volume, salt_call):
+    data_root = tmp_path / "var-lib-docker"
+    (data_root / "image" / "overlay2").mkdir(parents=True)
+    (data_root / "image" / "overlay2" / "repositories.json").write_text('{"Repositories": {}}')
+    (data_root / "volumes").mkdir()
+    move = [
+        "state.single",
+        "docker_host.data_root_moved",
+        f"name={data_root}",
+        f"device={volume}",
+        "fstype=ext4",
+        # The host's own Docker service is not this test's to stop.
+        "services=[]",
+    ]
+    try:
+        moved = only_result(salt_call(*move))
+        assert moved["result"] is True
+        assert moved["changes"]["moved"] == ["image", "volumes"]
+        assert list(data_root.iterdir()) == []
+
+        mounted = only_result(
+            salt_call(
+                "state.single",
+                "mount.mounted",
+                f"name={data_root}",
+                f"device={volume}",
+                "fstype=ext4",
+                "persist=False",
+            )
+        )
+        assert mounted["result"] is True
+        content = data_root / "image" / "overlay2" / "repositories.json"
+        assert content.read_text() == '{"Repositories": {}}'
+
+        # Second run: the data root is the volume's mountpoint; nothing to move.
+        again = only_result(salt_call(*move))
+        assert again["result"] is True
+        assert again["changes"] == {}
+        assert content.exists()
+    finally:
+        subprocess.run(["umount", str(data_root)], check=False, capture_output=True)
+
+
+def test_empty_data_root_needs_no_move(tmp_path, volume, salt_call):
+    data_root = tmp_path / "fresh"
+    data_root.mkdir()
+    ret = only_result(
+        salt_call(
+            "state.single",
+            "docker_host.data_root_moved",
+            f"name={data_root}",
+            f"device={volume}",
+            "fstype=ext4",
+            "services=[]",
+        )
+    )
+    assert ret["result"] is True
+    assert ret["changes"] == {}
+    assert "nothing to move" in ret["comment"]
