@@ -131,6 +131,9 @@ def probe_signatures(device):
 
 
 def _pv_volume_group(device):
+    if not shutil.which("pvs"):
+        # An LVM label but no LVM tools yet (first run): cannot tell whose; refuse.
+        return "unknown (lvm2 is not installed)"
     rc, out, err = _run(["pvs", "--noheadings", "-o", "vg_name", device])
     if rc != 0:
         raise CommandExecutionError(f"pvs {device} failed: {err.strip()}")

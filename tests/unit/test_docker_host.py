@@ -354,3 +354,20 @@ def test_missing_secret_fails_the_container_state(host_states):
     ret = host_states.container_running("web", image="x", environment={"A": {"secret": "a"}})
     assert ret["result"] is False
     assert "secret 'a' is not in pillar docker_secrets" in ret["comment"]
+
+
+# --- docker SDK for the minion's own Python ----------------------------------------------------
+
+
+def test_sdk_is_installed_with_salt_pip_on_onedir(docker_host, tmp_path, monkeypatch):
+    (tmp_path / "salt-pip").write_text("#!/bin/sh\n")
+    monkeypatch.setattr(docker_host.sys, "RELENV", tmp_path, raising=False)
+    assert docker_host.python_sdk()["bin_env"] == str(tmp_path / "salt-pip")
+
+
+def test_sdk_is_installed_into_a_pip_installed_salts_own_python(docker_host, monkeypatch):
+    monkeypatch.delattr(docker_host.sys, "RELENV", raising=False)
+    sdk = docker_host.python_sdk()
+    assert sdk["bin_env"] == docker_host.sys.executable
+    # This test environment has docker 7.2 (requirements-common.txt).
+    assert sdk["usable"] is True
