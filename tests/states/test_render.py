@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -77,41 +78,65 @@ def salt_call(config_dir, *args):
     return proc
 
 
-@pytest.fixture(params=sorted(OS_GRAINS), scope="module")
-def node_os(request, tmp_path_factory, repo_root, render_pillar, blank_disk):
+PILLAR_VARIANTS = (
+    None,
+    {"docker": {"storage": {"mode": "devicemapper"}}},
+    {"docker": {"install": {"source": "docker"}}},
+)
+
+
+@pytest.fixture(scope="module")
+def renders(tmp_path_factory, repo_root, render_pillar, blank_disk):
+    """salt-call results of `state.show_sls docker` per (OS, pillar variant), made up front
+    in parallel (each salt-call spends ~2 s starting up)."""
+    base = tmp_path_factory.mktemp("render")
+    configs = {}
+    for name, os_grains in OS_GRAINS.items():
+        config_dir = base / name
+        config_dir.mkdir()
+        grains = dict(os_grains, **{"class": "dataserver"})
+        grains["docker_disk"] = {"device": str(blank_disk), "volume_id": "vol-0123456789abcdef0"}
+        config = {
+            "id": f"render-{name}",
+            "file_client": "local",
+            "root_dir": str(config_dir),
+            "file_roots": {"base": [str(repo_root / "salt")]},
+            "pillar_roots": {"base": [str(render_pillar)]},
+            "grains": grains,
+        }
+        (config_dir / "minion").write_text(yaml.safe_dump(config))
+        configs[name] = config_dir
+
+    def render_os(name):
+        synced = salt_call(configs[name], "saltutil.sync_all")
+        assert synced.returncode == 0, synced.stderr
+        results = {}
+        for pillar in PILLAR_VARIANTS:
+            args = ["state.show_sls", "docker"]
+            if pillar:
+                args.append(f"pillar={json.dumps(pillar)}")
+            results[(name, json.dumps(pillar))] = salt_call(configs[name], *args)
+        return results
+
+    renders = {}
+    with ThreadPoolExecutor(max_workers=len(OS_GRAINS)) as pool:
+        for results in pool.map(render_os, OS_GRAINS):
+            renders.update(results)
+    return renders
+
+
+@pytest.fixture(params=sorted(OS_GRAINS))
+def node_os(request, renders):
     name = request.param
-    config_dir = tmp_path_factory.mktemp(f"render-{name}")
-    grains = dict(OS_GRAINS[name], **{"class": "dataserver"})
-    grains["docker_disk"] = {"device": str(blank_disk), "volume_id": "vol-0123456789abcdef0"}
-    config = {
-        "id": f"render-{name}",
-        "file_client": "local",
-        "root_dir": str(config_dir),
-        "file_roots": {"base": [str(repo_root / "salt")]},
-        "pillar_roots": {"base": [str(render_pillar)]},
-        "grains": grains,
-    }
-    (config_dir / "minion").write_text(yaml.safe_dump(config))
-    assert salt_call(config_dir, "saltutil.sync_all").returncode == 0
-    return name, config_dir
+
+    def show(pillar=None):
+        return renders[(name, json.dumps(pillar))]
+
+    return name, show
 
 
-RENDERED = {}
-
-
-def show_sls(config_dir, pillar=None):
-    # Several tests check the same rendering: render each (OS, pillar) once.
-    key = (str(config_dir), json.dumps(pillar))
-    if key not in RENDERED:
-        RENDERED[key] = _show_sls(config_dir, pillar)
-    return RENDERED[key]
-
-
-def _show_sls(config_dir, pillar):
-    args = ["state.show_sls", "docker"]
-    if pillar:
-        args.append(f"pillar={json.dumps(pillar)}")
-    proc = salt_call(config_dir, *args)
+def show_sls(show, pillar=None):
+    proc = show(pillar)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(proc.stdout)["local"]
 
@@ -130,8 +155,8 @@ def state(rendered, state_id):
 
 
 def test_overlay2_storage_packages_and_service(node_os, blank_disk):
-    name, config_dir = node_os
-    rendered = show_sls(config_dir)
+    name, show = node_os
+    rendered = show_sls(show)
     family = OS_GRAINS[name]["os_family"]
 
     assert state(rendered, "docker-packages") == (
@@ -178,8 +203,8 @@ def test_overlay2_storage_packages_and_service(node_os, blank_disk):
 
 
 def test_devicemapper_direct_lvm(node_os, blank_disk):
-    _, config_dir = node_os
-    rendered = show_sls(config_dir, {"docker": {"storage": {"mode": "devicemapper"}}})
+    _, show = node_os
+    rendered = show_sls(show, {"docker": {"storage": {"mode": "devicemapper"}}})
     assert state(rendered, "docker-storage-driver-supported") == (
         "docker_host.storage_driver_supported",
         {"name": "devicemapper", "require": [{"pkg": "docker-packages"}]},
@@ -210,14 +235,14 @@ def test_devicemapper_direct_lvm(node_os, blank_disk):
 
 
 def test_docker_repository_option(node_os):
-    name, config_dir = node_os
+    name, show = node_os
     override = {"docker": {"install": {"source": "docker"}}}
     if name == "amazon2023":
-        proc = salt_call(config_dir, "state.show_sls", "docker", f"pillar={json.dumps(override)}")
+        proc = show(override)
         assert proc.returncode != 0
         assert "docker:install:source: 'docker' has no packages for this OS" in proc.stdout
         return
-    rendered = show_sls(config_dir, override)
+    rendered = show_sls(show, override)
     assert state(rendered, "docker-packages")[1]["pkgs"] == [
         "docker-ce",
         "docker-ce-cli",
@@ -233,8 +258,8 @@ def test_docker_repository_option(node_os):
 
 
 def test_shipped_dataserver_containers(node_os):
-    _, config_dir = node_os
-    rendered = show_sls(config_dir)
+    _, show = node_os
+    rendered = show_sls(show)
     kind, postgres = state(rendered, "docker-container-postgres")
     assert kind == "docker_host.container_running"
     assert postgres["log_driver"] == "awslogs"
