@@ -704,17 +704,31 @@ def _terminate(client, instance_id, timeout):
     _wait(client, "instance_terminated", instance_id, timeout)
 
 
-def _fire(vm_, what, suffix):
+def _master_listening():
+    """False when no salt-master has its event socket here: an event would only wait out
+    a 1 s connect timeout and be dropped (salt-cloud run without a master)."""
+    if __opts__.get("ipc_mode", "ipc") != "ipc":
+        return True
+    return os.path.exists(os.path.join(__opts__["sock_dir"], "master_event_pull.ipc"))
+
+
+def _fire(name, what, suffix, args):
+    if not _master_listening():
+        log.debug("No salt-master listening: not firing salt/cloud/%s/%s", name, suffix)
+        return
     __utils__["cloud.fire_event"](
         "event",
         what,
-        f"salt/cloud/{vm_['name']}/{suffix}",
-        args=__utils__["cloud.filter_event"](
-            suffix, vm_, ["name", "profile", "provider", "driver"]
-        ),
+        f"salt/cloud/{name}/{suffix}",
+        args=args,
         sock_dir=__opts__["sock_dir"],
         transport=__opts__["transport"],
     )
+
+
+def _fire_vm(vm_, what, suffix):
+    args = __utils__["cloud.filter_event"](suffix, vm_, ["name", "profile", "provider", "driver"])
+    _fire(vm_["name"], what, suffix, args)
 
 
 def create(vm_):
@@ -729,7 +743,7 @@ def create(vm_):
             "SSH key of 'keyname' (or use deploy: False / --no-deploy)"
         )
     name = settings["name"]
-    _fire(vm_, "starting create", "creating")
+    _fire_vm(vm_, "starting create", "creating")
     client = ec2_client(conn)
 
     try:
@@ -741,7 +755,7 @@ def create(vm_):
             )
         _check_launch_inputs(client, settings)
         kwargs = run_instances_kwargs(settings, _security_group_ids(client, settings))
-        _fire(vm_, "requesting instance", "requesting")
+        _fire_vm(vm_, "requesting instance", "requesting")
         log.info(
             "Launching %s: %s from %s, class %s",
             name,
@@ -806,7 +820,7 @@ def create(vm_):
         }
     )
     log.info("Created %s (%s)", name, instance_id)
-    _fire(vm_, "created instance", "created")
+    _fire_vm(vm_, "created instance", "created")
     return ret
 
 
@@ -818,14 +832,7 @@ def destroy(name, call=None):
     instances = _instances_named(client, name)
     if not instances:
         raise SaltCloudSystemExit(f"no instance named {name!r}")
-    __utils__["cloud.fire_event"](
-        "event",
-        "destroying instance",
-        f"salt/cloud/{name}/destroying",
-        args={"name": name},
-        sock_dir=__opts__["sock_dir"],
-        transport=__opts__["transport"],
-    )
+    _fire(name, "destroying instance", "destroying", {"name": name})
     ids = [instance["InstanceId"] for instance in instances]
     _call(f"terminating {name}", client.terminate_instances, InstanceIds=ids)
     try:
@@ -838,14 +845,7 @@ def destroy(name, call=None):
         )
     except botocore.exceptions.WaiterError as exc:
         raise SaltCloudSystemExit(f"terminating {name}: {aws_error_message(exc)}") from exc
-    __utils__["cloud.fire_event"](
-        "event",
-        "destroyed instance",
-        f"salt/cloud/{name}/destroyed",
-        args={"name": name},
-        sock_dir=__opts__["sock_dir"],
-        transport=__opts__["transport"],
-    )
+    _fire(name, "destroyed instance", "destroyed", {"name": name})
     if __opts__.get("update_cachedir", False):
         __utils__["cloud.delete_minion_cachedir"](
             name, _get_active_provider_name().split(":")[0], __opts__

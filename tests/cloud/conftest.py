@@ -76,8 +76,6 @@ def _test_profiles(endpoint, client_key, sshd_port, tmp_dir):
         "wait_for_passwd_maxtries": 3,
         # Keep the remote commands' output out of salt-cloud's (JSON) stdout.
         "display_ssh_output": False,
-        # Skips five `rm` round trips over SSH (~1.7 s each): the upload dir is pytest's.
-        "keep_tmp": True,
         "ssh_connect_timeout": 5,
     }
     return {

@@ -4,6 +4,11 @@ What EC2 holds afterwards is checked with boto3, not through the driver.
 """
 
 import json
+import queue
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -268,3 +273,63 @@ def test_deploy_over_ssh_writes_minion_config_and_accepts_the_key(cloud, cloud_r
         if cloud.instances(name):
             cloud.run("-d", name, "-y")
     assert cloud.instances(name) == []
+
+
+def test_create_and_destroy_fire_events_on_the_master(cloud):
+    name = "events1"
+    salt_run = str(Path(sys.executable).parent / "salt-run")
+    listener = subprocess.Popen(
+        [salt_run, "state.event", f"tagmatch=salt/cloud/{name}/*"],
+        cwd=cloud.root,
+        env=cloud.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in listener.stdout], daemon=True
+    ).start()
+
+    def wait_for(tag, seconds=30):
+        seen = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            seen.append(line.split()[0])
+            if seen[-1] == tag:
+                return seen
+        raise AssertionError(f"no {tag} event within {seconds} s; saw {seen}")
+
+    try:
+        # Until the listener has subscribed, events are lost: probe until one arrives.
+        probe = f"salt/cloud/{name}/probe"
+        for _ in range(10):
+            subprocess.run(
+                [salt_run, "event.send", probe],
+                cwd=cloud.root,
+                env=cloud.env,
+                check=True,
+                capture_output=True,
+            )
+            try:
+                wait_for(probe, seconds=2)
+                break
+            except AssertionError:
+                continue
+        cloud.json("-p", "backends", name, "--no-deploy")
+        cloud.json("-d", name, "-y")
+        tags = [tag for tag in wait_for(f"salt/cloud/{name}/destroyed") if tag != probe]
+    finally:
+        listener.kill()
+        listener.wait()
+    assert tags == [
+        f"salt/cloud/{name}/creating",
+        f"salt/cloud/{name}/requesting",
+        f"salt/cloud/{name}/created",
+        f"salt/cloud/{name}/destroying",
+        f"salt/cloud/{name}/destroyed",
+    ]
