@@ -287,6 +287,7 @@ def test_create_and_destroy_fire_events_on_the_master(cloud):
         text=True,
     )
     lines = queue.Queue()
+    # state.event prints one "<tag>\t<data>" line per event: read them in the background.
     threading.Thread(
         target=lambda: [lines.put(line) for line in listener.stdout], daemon=True
     ).start()
