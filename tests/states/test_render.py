@@ -200,6 +200,8 @@ def test_overlay2_storage_packages_and_service(node_os, blank_disk):
     config = state(rendered, "docker-config")[1]
     assert config["name"] == "/etc/docker/daemon.json"
     assert config["dataset"]["storage-driver"] == "overlay2"
+    # daemon.json names the storage: written only after the storage states succeeded.
+    assert config["require"] == [{"test": "docker-storage-ready"}]
 
 
 def test_devicemapper_direct_lvm(node_os, blank_disk):
