@@ -1,6 +1,6 @@
 """Fixtures and guards shared by every test tier."""
 
-import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -11,7 +11,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def pytest_sessionstart(session):
     # Tests start daemons that listen and connect; they must never reach another host.
     # bin/test runs them in a network namespace with only `lo`: refuse anything else.
-    interfaces = set(os.listdir("/sys/class/net"))
+    # if_nameindex asks the kernel for this namespace's interfaces (/sys/class/net does not
+    # follow `unshare --net` unless sysfs is remounted).
+    interfaces = {name for _, name in socket.if_nameindex()}
     if interfaces != {"lo"}:
         pytest.exit(
             "tests must run in a private network namespace with only `lo`"
