@@ -731,8 +731,41 @@ def _fire_vm(vm_, what, suffix):
     _fire(vm_["name"], what, suffix, args)
 
 
+def _forget_accepted_key(vm_):
+    """Remove the minion key salt-cloud accepted on the master for this create, if any.
+
+    salt-cloud pre-accepts the new minion's key before it calls the driver; when the
+    create fails, that key would stay accepted for a node that does not exist.  Only a
+    key identical to the one generated for this run is removed.
+    """
+    pub_key = vm_.get("pub_key")
+    if not pub_key or not __opts__.get("pki_dir"):
+        return
+    minion = vm_.get("minion") or {}
+    key_id = minion.get("id", vm_["name"])
+    if minion.get("append_domain"):
+        key_id = f"{key_id}.{minion['append_domain']}"
+    key_path = os.path.join(__opts__["pki_dir"], "minions", key_id)
+    try:
+        with open(key_path, encoding="utf-8") as handle:
+            if handle.read().strip() != pub_key.strip():
+                return
+        os.remove(key_path)
+        log.info("Removed the minion key accepted for %s", key_id)
+    except FileNotFoundError:
+        pass
+
+
 def create(vm_):
     """Create one node from a profile (salt-cloud -p / -m), then deploy salt to it."""
+    try:
+        return _create(vm_)
+    except BaseException:
+        _forget_accepted_key(vm_)
+        raise
+
+
+def _create(vm_):
     provider = _vm_provider_config(vm_)
     settings = node_settings(vm_, provider)
     conn = connection_settings(provider)

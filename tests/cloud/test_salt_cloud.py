@@ -235,6 +235,10 @@ def test_failure_after_launch_terminates_the_instance(cloud, error_runs):
     terminated = cloud.instances("err-test-fails-after-launch", states=("terminated",))
     assert len(terminated) == 1
     assert terminated[0]["InstanceId"] in text
+    # salt-cloud accepted a key for the node before the create; it must not stay accepted.
+    minions = cloud.root / ".salt" / "etc" / "salt" / "pki" / "master" / "minions"
+    assert minions.is_dir()
+    assert not (minions / "err-test-fails-after-launch").exists()
 
 
 def test_deploy_over_ssh_writes_minion_config_and_accepts_the_key(cloud, cloud_root, tmp_path):
