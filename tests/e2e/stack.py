@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,6 +214,9 @@ class Stack:
         self.master = None
         self.gpg = None
         self.nodes: dict[str, DeployedNode] = {}
+        # Nodes of several storage modes are created and driven from parallel threads.
+        self.lock = threading.Lock()
+        self._ec2 = None
         self.ret_port = free_port()
         self.publish_port = free_port()
         self.vm = load_support("vm")
@@ -418,19 +422,24 @@ class Stack:
                     "publish_port": self.publish_port,
                     # No resolver in the guest: do not wait on reverse lookups.
                     "enable_fqdns_grains": False,
+                    # Under TCG each highstate's automatic sync of all ~20 extension module
+                    # types costs ~85 s; create_node syncs modules and states once instead.
+                    "autoload_dynamic_modules": False,
                 },
             }
         }
-        path = self.root / "cloud.profiles.d" / f"zz-local-{profile}.conf"
-        path.write_text(yaml.safe_dump(overrides))
+        path = self.root / "cloud.profiles.d" / f"zz-{profile}.conf"
+        if not path.exists():  # nodes of one class share it; salt-cloud may be reading it
+            path.write_text(yaml.safe_dump(overrides))
 
     def create_node(self, name, base_class="backends", mode="overlay2", extra_disks=()):
         """`salt-cloud -p` a node; boot its VM as soon as EC2 gives it an address."""
         profile = f"local-{base_class}"
-        self.add_profile(profile, base_class)
-        self.nodes[name] = DeployedNode(name, mode, None, "", "", "")
-        self._write_pillar()
-        ec2 = self.endpoint.client("ec2")
+        with self.lock:
+            self.add_profile(profile, base_class)
+            self.nodes[name] = DeployedNode(name, mode, None, "", "", "")
+            self._write_pillar()
+        ec2 = self.ec2()
         with self.timer(f"{name}: salt-cloud -p {profile} (launch, boot VM, SSH, deploy)"):
             cloud = subprocess.Popen(
                 [str(BIN_DIR / "salt-cloud"), "--out=json", "-p", profile, name],
@@ -482,9 +491,17 @@ class Stack:
                     f"\n{node.console_tail()}"
                 )
             deployed.cloud_output = json_document(stdout)
-        with self.timer(f"{name}: minion answers the master"):
+        with self.timer(f"{name}: minion answers the master, custom modules synced"):
             self.wait_for_minion(name)
+            self.salt(name, "saltutil.sync_modules,saltutil.sync_states", ",", timeout=300)
         return deployed
+
+    def ec2(self):
+        """One EC2 client for all threads (creating boto3 clients is not thread-safe)."""
+        with self.lock:
+            if self._ec2 is None:
+                self._ec2 = self.endpoint.client("ec2")
+            return self._ec2
 
     def _wait_for_instance(self, ec2, name, cloud, timeout=120):
         """The instance as soon as it runs with a private address and its Docker disk."""
@@ -512,14 +529,15 @@ class Stack:
     def destroy_node(self, name):
         """`salt-cloud -d` (terminates the instance, removes the key), then the VM goes."""
         result = self.run("salt-cloud", "--out=json", "-y", "-d", name, timeout=300)
-        deployed = self.nodes.pop(name, None)
+        with self.lock:
+            deployed = self.nodes.pop(name, None)
+            self._write_pillar()
         if deployed and deployed.node:
             deployed.node.destroy()
-        self._write_pillar()
         return result
 
     def instance_state(self, instance_id):
-        ec2 = self.endpoint.client("ec2")
+        ec2 = self.ec2()
         reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
         return reservations[0]["Instances"][0]["State"]["Name"]
 
@@ -537,7 +555,7 @@ class Stack:
         self.nodes.clear()
         if self.endpoint is not None:
             with contextlib.suppress(Exception):
-                ec2 = self.endpoint.client("ec2")
+                ec2 = self.ec2()
                 live = [
                     instance["InstanceId"]
                     for reservation in ec2.describe_instances()["Reservations"]

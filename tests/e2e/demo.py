@@ -1,0 +1,157 @@
+"""bin/demo: the main job end to end on this machine, no AWS account (see docs/e2e.md).
+
+Local EC2 endpoint, salt-master, then per requested class: `salt-cloud -p` (the boto3_ec2
+driver launches the instance; its deploy reaches a qemu VM standing in for it), highstate,
+and a summary of what was built. Everything is removed on exit, error or Ctrl-C.
+"""
+
+import argparse
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import stack as stack_module
+
+STORAGE_MODES = ("overlay2", "devicemapper")
+
+
+def class_profiles():
+    profiles = {}
+    for conf in sorted((stack_module.REPO_ROOT / "cloud.profiles.d").glob("*.conf")):
+        profiles.update(yaml.safe_load(conf.read_text()) or {})
+    return sorted(name for name, profile in profiles.items() if profile.get("class"))
+
+
+def say(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def show_node(local, deployed):
+    """What a user checks after provisioning: instance, tags, disk, containers, storage."""
+    ec2 = local.ec2()
+    instance = ec2.describe_instances(InstanceIds=[deployed.instance_id])["Reservations"][0][
+        "Instances"
+    ][0]
+    volume = ec2.describe_volumes(VolumeIds=[deployed.volume_id])["Volumes"][0]
+    tags = ", ".join(f"{t['Key']}={t['Value']}" for t in sorted(instance["Tags"], key=str))
+    node = deployed.node
+    lines = [
+        f"== {deployed.name}",
+        f"instance  {instance['InstanceId']}  {instance['InstanceType']}  "
+        f"{instance['State']['Name']}  private {instance['PrivateIpAddress']}  "
+        f"(VM: qemu, SSH forwarded from that address)",
+        f"tags      {tags}",
+        f"disk      {volume['VolumeId']}  {volume['Size']} GiB {volume['VolumeType']}  "
+        f"as /dev/sdb -> in the guest {node.guest_volume_device} (NVMe serial "
+        f"{deployed.volume_id.replace('-', '')})",
+        "docker ps:",
+        node.ssh("docker ps --format 'table {{.Names}}\\t{{.Image}}\\t{{.Status}}'", check=False)
+        .stdout.rstrip()
+        .replace("\n", "\n  ")
+        .join(["  ", ""]),
+        "storage:",
+        node.ssh(
+            "docker info --format 'driver {{.Driver}}'; "
+            "lvs --noheadings -o lv_name,vg_name,lv_attr,lv_size,devices 2>/dev/null; "
+            "findmnt -n -o SOURCE,TARGET,FSTYPE --mountpoint /var/lib/docker || true",
+            check=False,
+        )
+        .stdout.rstrip()
+        .replace("\n", "\n  ")
+        .join(["  ", ""]),
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def provision(local, node_class, mode):
+    name = f"demo-{node_class}"
+    deployed = local.create_node(name, node_class, mode)
+    with local.timer(f"{name}: highstate"):
+        result, states = local.highstate(name)
+    failed = {key: ret.get("comment") for key, ret in states.items() if not ret.get("result")}
+    if result.returncode != 0 or failed or not states:
+        detail = "\n".join(f"  {key}: {comment}" for key, comment in failed.items())
+        raise RuntimeError(
+            f"highstate of {name} failed (rc {result.returncode}):\n"
+            f"{detail or result.stdout[-3000:]}"
+        )
+    changed = sum(1 for ret in states.values() if ret.get("changes"))
+    say(f"{name}: highstate ok, {len(states)} states, {changed} changed")
+    return deployed
+
+
+def main(argv=None):
+    classes = class_profiles()
+    parser = argparse.ArgumentParser(
+        prog="bin/demo",
+        description="Provision Docker hosts end to end on this machine: local EC2 endpoint, "
+        "salt-master, salt-cloud, one qemu VM per class, highstate. Cleans up on exit.",
+    )
+    parser.add_argument(
+        "classes", nargs="*", default=["backends"], help=f"node classes ({', '.join(classes)})"
+    )
+    parser.add_argument("--storage", choices=STORAGE_MODES, default="overlay2")
+    parser.add_argument(
+        "--keep", action="store_true", help="after the summary, wait for Enter before cleaning up"
+    )
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.classes) - set(classes))
+    if unknown:
+        parser.error(f"unknown class {unknown}: cloud.profiles.d has {classes}")
+    # SIGTERM cleans up like Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="dockerhosts-demo-"))
+    local = stack_module.Stack(work, log=say)
+    outcome = {}
+    try:
+        local.start()
+
+        def run(node_class):
+            try:
+                outcome[node_class] = provision(local, node_class, args.storage)
+            except Exception as error:
+                outcome[node_class] = error
+
+        # One VM per class, all at once (each guest keeps about one host core busy).
+        threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in args.classes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5)
+        failures = {c: e for c, e in outcome.items() if isinstance(e, Exception)}
+        for node_class, deployed in outcome.items():
+            if node_class not in failures:
+                show_node(local, deployed)
+        for node_class, error in failures.items():
+            say(f"FAILED {node_class}: {error}")
+        if args.keep:
+            input("Press Enter to destroy everything... ")
+        for name in list(local.nodes):
+            with local.timer(f"{name}: salt-cloud -d"):
+                local.destroy_node(name)
+        return 1 if failures else 0
+    except KeyboardInterrupt:
+        say("interrupted: cleaning up")
+        return 130
+    finally:
+        with local.timer("cleanup (VMs, instances, master, endpoint)"):
+            local.close()
+        import shutil  # noqa: PLC0415
+
+        shutil.rmtree(work, ignore_errors=True)
+        print("\nstage timings:\n" + local.timer.report(), flush=True)
+        say(f"total {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
