@@ -243,6 +243,7 @@ def test_failure_after_launch_terminates_the_instance(cloud, error_runs):
 
 def test_deploy_over_ssh_writes_minion_config_and_accepts_the_key(cloud, cloud_root, tmp_path):
     name = "deploy1"
+    accepted = cloud_root / ".salt" / "etc" / "salt" / "pki" / "master" / "minions" / name
     try:
         result = cloud.run(
             "-p",
@@ -271,12 +272,13 @@ def test_deploy_over_ssh_writes_minion_config_and_accepts_the_key(cloud, cloud_r
         assert grains["class"] == "backends"
         assert grains["docker_disk"] == {"device": "/dev/sdb", "volume_id": volume_id}
 
-        accepted = cloud_root / ".salt" / "etc" / "salt" / "pki" / "master" / "minions" / name
         assert accepted.read_text().strip() == (captured / "minion.pub").read_text().strip()
     finally:
         if cloud.instances(name):
             cloud.run("-d", name, "-y")
     assert cloud.instances(name) == []
+    # Destroying the node also removes its key from the master.
+    assert not accepted.exists()
 
 
 def test_create_and_destroy_fire_events_on_the_master(cloud):
