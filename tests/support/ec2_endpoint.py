@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import tempfile
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +79,6 @@ class EC2Endpoint:
     region: str
     server: object
     ids: dict = field(default_factory=dict)
-    amis_file: str = ""
 
     def env(self):
         """Environment that points boto3 (and so salt-cloud) at this endpoint."""
@@ -101,8 +101,6 @@ class EC2Endpoint:
 
     def stop(self):
         self.server.stop()
-        if self.amis_file:
-            Path(self.amis_file).unlink(missing_ok=True)
 
 
 def seed(endpoint, names, public_key=None):
@@ -146,20 +144,39 @@ def seed(endpoint, names, public_key=None):
     return ids
 
 
+def _load_moto_amis(images):
+    """Make moto serve exactly these AMIs (plus any it already serves in this process).
+
+    moto reads MOTO_AMIS_PATH once, when its EC2 models are imported: only these AMIs
+    exist then, so an unknown AMI is unknown and --list-images stays short.
+    """
+    amis_module = sys.modules.get("moto.ec2.models.amis")
+    if amis_module is None:
+        handle, amis_file = tempfile.mkstemp(prefix="moto-amis-", suffix=".json")
+        with os.fdopen(handle, "w") as out:
+            json.dump([_ami(ami_id) for ami_id in images], out)
+        os.environ["MOTO_AMIS_PATH"] = amis_file
+        try:
+            import moto.ec2.models.amis as amis_module  # noqa: PLC0415
+        finally:
+            Path(amis_file).unlink()
+    served = {ami["ami_id"] for ami in amis_module.AMIS}
+    if not set(images) <= served:
+        raise RuntimeError(
+            f"moto was loaded in this process with the AMIs {sorted(served)}, "
+            f"not {sorted(images)} (MOTO_AMIS_PATH is read once, at import)"
+        )
+
+
 def start(config_dir=REPO_ROOT, port=0, public_key=None, extra_images=()):
-    """Start moto on 127.0.0.1:port (0: any free port), seeded for config_dir's provider."""
+    """Start moto on 127.0.0.1:port (0: any free port), seeded for config_dir's provider.
+
+    moto keeps its state per process, not per server: starting an endpoint resets it, so
+    run one endpoint at a time in a process.
+    """
     names = provider_names(config_dir)
     images = sorted({*names["images"], *extra_images})
-    # moto reads MOTO_AMIS_PATH when it is imported: only these AMIs exist, so an
-    # unknown AMI is unknown and --list-images stays short.
-    handle, amis_file = tempfile.mkstemp(prefix="moto-amis-", suffix=".json")
-    with os.fdopen(handle, "w") as out:
-        json.dump([_ami(ami_id) for ami_id in images], out)
-    if "moto" in sys.modules and os.environ.get("MOTO_AMIS_PATH") != amis_file:
-        loaded = sys.modules.get("moto.ec2.models.amis")
-        if loaded is not None:
-            raise RuntimeError("moto's EC2 models were imported before MOTO_AMIS_PATH was set")
-    os.environ["MOTO_AMIS_PATH"] = amis_file
+    _load_moto_amis(images)
     from moto.server import ThreadedMotoServer  # noqa: PLC0415
 
     # One access-log line per API call drowns everything else.
@@ -167,13 +184,12 @@ def start(config_dir=REPO_ROOT, port=0, public_key=None, extra_images=()):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     host, bound_port = server.get_host_and_port()
-    endpoint = EC2Endpoint(
-        url=f"http://{host}:{bound_port}",
-        region=names["region"],
-        server=server,
-        amis_file=amis_file,
-    )
+    endpoint = EC2Endpoint(url=f"http://{host}:{bound_port}", region=names["region"], server=server)
     try:
+        # A fresh endpoint holds only what seed() creates.
+        request = urllib.request.Request(f"{endpoint.url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=30):
+            pass
         seed(endpoint, names, public_key)
         served = {i["ImageId"] for i in endpoint.client("ec2").describe_images()["Images"]}
         if not set(images) <= served:
