@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket as socket_module
 import subprocess
 import tempfile
 import time
@@ -46,7 +47,8 @@ class Dockerd:
 
 
 def _bridges():
-    return set(os.listdir("/sys/class/net"))
+    # The kernel's view of this network namespace (/sys/class/net may show the host's).
+    return {name for _, name in socket_module.if_nameindex()}
 
 
 def _unmount_under(*roots):
