@@ -5,6 +5,7 @@ have none). Stage timings of every node are printed at the end of the session.
 """
 
 import importlib.util
+import logging
 import sys
 from pathlib import Path
 
@@ -23,6 +24,9 @@ def _load_stack():
 
 
 stack_module = _load_stack()
+# A failing node test would otherwise print every EC2 call boto made, in full.
+for noisy in ("botocore", "boto3", "urllib3"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
 _TIMINGS: list[str] = []
 
 

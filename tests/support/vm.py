@@ -82,6 +82,7 @@ class Node:
     volume_size_gib: int = 4
     disk_bus: str = "nvme"  # or "virtio"
     memory_mib: int = 2048
+    cpu: str = "max"
     image_dir: Path | None = None
     ssh_port: int = 22
     ssh_user: str = "root"
@@ -147,7 +148,7 @@ class Node:
             "-accel",
             "tcg,thread=multi",
             "-cpu",
-            "max",
+            self.cpu,
             "-smp",
             "2",
             "-m",
