@@ -1,5 +1,6 @@
 """Fixtures and guards shared by every test tier."""
 
+import logging
 import socket
 from pathlib import Path
 
@@ -20,6 +21,13 @@ def pytest_sessionstart(session):
             f" (found {sorted(interfaces)}): run them through bin/test",
             returncode=3,
         )
+
+
+def pytest_unconfigure(config):
+    # Salt's log handlers flush records forwarded by the test daemons at interpreter exit,
+    # after pytest closed its streams; each would print a "--- Logging error ---" traceback.
+    # Those records are in the daemons' own logs already.
+    logging.raiseExceptions = False
 
 
 @pytest.fixture(scope="session")
