@@ -44,7 +44,10 @@ BIN_DIR = Path(sys.executable).parent
 CONFIG_PATHS = ("Saltfile", "cloud", "cloud.providers.d", "cloud.profiles.d", "cloud.deploy.d")
 # The Docker disk's device name in the class profiles (cloud.profiles.d, docker_disk).
 DOCKER_DISK_DEVICE = "/dev/sdb"
-APP_IMAGE = "e2e/busybox:latest"
+# Containers name it without a tag (docker adds :latest); docker_image.present with `load`
+# wants the repository and the tag apart.
+APP_IMAGE = "e2e/busybox"
+APP_IMAGE_TAG = "latest"
 APP_CONTAINER = "app"
 APP_DATA_CONTAINER = "app_data"
 # What the app container's PID 1 runs: it exits on SIGTERM at once (Docker stops it fast on
@@ -101,7 +104,9 @@ class StageTimer:
         return "\n".join(f"{seconds:7.1f} s  {name}" for name, seconds in self.stages)
 
 
-def busybox_image_tar(path: Path, repo_tag: str = APP_IMAGE, busybox="/bin/busybox"):
+def busybox_image_tar(
+    path: Path, repo_tag: str = f"{APP_IMAGE}:{APP_IMAGE_TAG}", busybox="/bin/busybox"
+):
     """A one-layer image in `docker save` format: the host's static busybox and its applets."""
     applets = subprocess.run(
         [busybox, "--list"], check=True, capture_output=True, text=True
@@ -290,7 +295,7 @@ class Stack:
             pillar = {
                 "docker": {
                     "storage": {"mode": deployed.mode, "volume_group": "docker_vol"},
-                    "images": {APP_IMAGE: {"load": "salt://e2e/busybox.tar"}},
+                    "images": {APP_IMAGE: {"load": "salt://e2e/busybox.tar", "tag": APP_IMAGE_TAG}},
                     "containers": {
                         APP_DATA_CONTAINER: {
                             "image": APP_IMAGE,
