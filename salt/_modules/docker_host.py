@@ -252,8 +252,19 @@ def move_data_root(source, destination):
         raise CommandExecutionError(
             f"cannot move {source} into {destination}: it already holds {sorted(leftovers)}"
         )
-    for name in entries:
-        shutil.move(os.path.join(source, name), os.path.join(destination, name))
+    # GNU mv, in one call: across filesystems it recreates device nodes, FIFOs and sockets as
+    # such (Docker keeps a block device node, volumes/backingFsBlockDev, that shutil.move
+    # would copy by reading the whole device) and keeps hard links between the entries.
+    result = subprocess.run(
+        ["mv", "--", *(os.path.join(source, name) for name in entries), destination],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise CommandExecutionError(
+            f"moving {source} into {destination} failed: {result.stderr.strip()}"
+        )
     return entries
 
 

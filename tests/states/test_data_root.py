@@ -6,6 +6,8 @@ changes nothing.
 """
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +73,10 @@ def test_existing_data_root_is_moved_once_then_mounted(tmp_path, volume, salt_ca
     (data_root / "image" / "overlay2").mkdir(parents=True)
     (data_root / "image" / "overlay2" / "repositories.json").write_text('{"Repositories": {}}')
     (data_root / "volumes").mkdir()
+    # Docker keeps a device node of its backing filesystem here; it must move as a node, not
+    # be copied by reading the device (which would fill the volume).
+    backing_node = data_root / "volumes" / "backingFsBlockDev"
+    os.mknod(backing_node, stat.S_IFBLK | 0o600, os.stat(volume).st_rdev)
     move = [
         "state.single",
         "docker_host.data_root_moved",
@@ -99,6 +105,8 @@ def test_existing_data_root_is_moved_once_then_mounted(tmp_path, volume, salt_ca
         assert mounted["result"] is True
         content = data_root / "image" / "overlay2" / "repositories.json"
         assert content.read_text() == '{"Repositories": {}}'
+        assert stat.S_ISBLK(backing_node.lstat().st_mode)
+        assert backing_node.lstat().st_rdev == os.stat(volume).st_rdev
 
         # Second run: the data root is the volume's mountpoint; nothing to move.
         again = only_result(salt_call(*move))
