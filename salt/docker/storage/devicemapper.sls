@@ -46,7 +46,6 @@ docker-storage-metadata-lv:
     - name: lvcreate --yes --wipesignatures y -n {{ dm.metadata }} {{ vg }} -l {{ dm.metadata_extents }}
     # After lvconvert the metadata LV lives on hidden inside the pool.
     - unless: lvs {{ vg }}/{{ dm.metadata }} || {{ is_thin_pool }}
-    - python_shell: True
     - require:
       - cmd: docker-storage-thinpool-lv
 
@@ -54,7 +53,6 @@ docker-storage-thinpool:
   cmd.run:
     - name: lvconvert -y --zero n -c 512K --thinpool {{ vg }}/{{ dm.thinpool }} --poolmetadata {{ vg }}/{{ dm.metadata }}
     - unless: {{ is_thin_pool }}
-    - python_shell: True
     - require:
       - cmd: docker-storage-metadata-lv
 
@@ -72,7 +70,6 @@ docker-storage-thinpool-profile-applied:
   cmd.run:
     - name: lvchange --metadataprofile {{ dm.profile }} {{ vg }}/{{ dm.thinpool }}
     - unless: lvs --noheadings -o lv_profile {{ vg }}/{{ dm.thinpool }} | grep -qw {{ dm.profile }}
-    - python_shell: True
     - require:
       - cmd: docker-storage-thinpool
       - file: docker-storage-thinpool-profile
