@@ -15,7 +15,6 @@ Nothing listens beyond 127.0.0.1 and nothing is deployed (moto's addresses are n
 """
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -24,16 +23,11 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Run as a script: make the repository root importable for tests.*.
+sys.path.insert(0, str(REPO_ROOT))
 
-
-def _load_harness():
-    spec = importlib.util.spec_from_file_location(
-        "cloud_harness", REPO_ROOT / "tests" / "cloud" / "harness.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cloud_harness"] = module
-    spec.loader.exec_module(module)
-    return module
+from tests.cloud import harness  # noqa: E402
+from tests.support import ec2_endpoint  # noqa: E402
 
 
 def timed(cli, *args):
@@ -91,11 +85,9 @@ def main(argv=None):
     parser.add_argument("--no-master", action="store_true", help="run without a salt-master")
     args = parser.parse_args(argv)
 
-    harness = _load_harness()
-    endpoint_support = harness.load_support("ec2_endpoint")
     with tempfile.TemporaryDirectory(prefix="cloud-bench-") as work_dir:
         root = harness.copy_config(Path(work_dir) / "config")
-        endpoint = endpoint_support.start(REPO_ROOT)
+        endpoint = ec2_endpoint.start(REPO_ROOT)
         master = None
         cli = harness.CloudCLI.for_endpoint(root, endpoint)
         try:

@@ -7,29 +7,17 @@ runtime state (.salt/) lands in the copy.  The copy adds only test plumbing: a p
 file for the deploy and error-path tests, and master ports of its own.
 """
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.cloud import harness
+from tests.support import ec2_endpoint as ec2_endpoint_support
+from tests.support import sshd
 
-def _load_harness():
-    # By path under a unique name: tests/ may or may not be a package.
-    if "cloud_harness" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "cloud_harness", Path(__file__).with_name("harness.py")
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["cloud_harness"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["cloud_harness"]
-
-
-harness = _load_harness()
 CloudCLI, SaltMaster = harness.CloudCLI, harness.SaltMaster
-copy_config, load_support = harness.copy_config, harness.load_support
+copy_config = harness.copy_config
 
 DEPLOY_SUBNET_CIDR = "127.0.20.0/28"
 # moto hands out a /28's addresses from .4 (AWS reserves the first four and the last).
@@ -38,18 +26,16 @@ DEPLOY_ADDRESSES = [f"127.0.20.{host}" for host in range(4, 15)]
 
 @pytest.fixture(scope="session")
 def ssh_client_key(tmp_path_factory):
-    sshd = load_support("sshd")
     private, public = sshd.generate_key(tmp_path_factory.mktemp("client-key") / "id_ed25519")
     return private, public
 
 
 @pytest.fixture(scope="session")
 def ec2_endpoint(repo_root, ssh_client_key):
-    endpoint_support = load_support("ec2_endpoint")
-    endpoint = endpoint_support.start(repo_root, public_key=ssh_client_key[1].read_text())
+    endpoint = ec2_endpoint_support.start(repo_root, public_key=ssh_client_key[1].read_text())
     try:
         ec2 = endpoint.client("ec2")
-        zone = endpoint_support.provider_names(repo_root)["zone"]
+        zone = ec2_endpoint_support.provider_names(repo_root)["zone"]
         endpoint.ids["deploy_subnet"] = ec2.create_subnet(
             VpcId=endpoint.ids["loopback_vpc"],
             CidrBlock=DEPLOY_SUBNET_CIDR,
@@ -131,7 +117,6 @@ def cloud(cloud_root, ec2_endpoint, salt_master):
 
 @pytest.fixture(scope="session")
 def sshd_server(tmp_path_factory, ssh_client_key):
-    sshd = load_support("sshd")
     server = sshd.start(
         tmp_path_factory.mktemp("sshd"), DEPLOY_ADDRESSES, authorized_key=ssh_client_key[1]
     )

@@ -9,39 +9,21 @@ events to it (without one, every event waits a 1 s timeout) and accepts minion k
 its pki dir.
 """
 
-import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.net import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent
 CONFIG_PATHS = ("Saltfile", "cloud", "master", "cloud.providers.d", "cloud.profiles.d")
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
-
-
-def load_support(name):
-    """tests/support/<name>.py, imported by path (tests/ is not necessarily a package)."""
-    module_name = f"cloud_support_{name}"
-    if module_name not in sys.modules:
-        path = REPO_ROOT / "tests" / "support" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def copy_config(dest, repo_root=REPO_ROOT):

@@ -4,26 +4,16 @@ Needs the node image (bin/build-node-image, run by bin/setup: it needs network, 
 have none). Stage timings of every node are printed at the end of the session.
 """
 
-import importlib.util
 import logging
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.e2e import stack as stack_module
+
 E2E_DIR = Path(__file__).resolve().parent
 
 
-def _load_stack():
-    if "e2e_stack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("e2e_stack", E2E_DIR / "stack.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["e2e_stack"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["e2e_stack"]
-
-
-stack_module = _load_stack()
 # A failing node test would otherwise print every EC2 call boto made, in full.
 for noisy in ("botocore", "boto3", "urllib3"):
     logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Run as a script (bin/demo): make the repository root importable for tests.*.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import stack as stack_module
+from tests.e2e import stack as stack_module
 
 STORAGE_MODES = ("overlay2", "devicemapper")
 

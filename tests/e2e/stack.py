@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -37,6 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from tests.support import ec2_endpoint, vm
+from tests.support.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUPPORT_DIR = REPO_ROOT / "tests" / "support"
@@ -53,23 +55,6 @@ APP_DATA_CONTAINER = "app_data"
 # What the app container's PID 1 runs: it exits on SIGTERM at once (Docker stops it fast on
 # reboot) and otherwise sleeps.
 APP_COMMAND = ["sh", "-c", 'trap "exit 0" TERM; while :; do sleep 1; done']
-
-
-def load_support(name):
-    """tests/support/<name>.py, imported by path (shared with the other tiers)."""
-    module_name = f"e2e_support_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, SUPPORT_DIR / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def json_document(text):
@@ -224,7 +209,7 @@ class Stack:
         self._ec2 = None
         self.ret_port = free_port()
         self.publish_port = free_port()
-        self.vm = load_support("vm")
+        self.vm = vm
         self.env = {
             "PATH": f"{BIN_DIR}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
             "HOME": str(self.work_dir),
@@ -244,8 +229,7 @@ class Stack:
         with self.timer("config copy, GPG key, pillar, busybox image"):
             self._write_config()
         with self.timer("local EC2 endpoint (moto)"):
-            endpoint_support = load_support("ec2_endpoint")
-            self.endpoint = endpoint_support.start(
+            self.endpoint = ec2_endpoint.start(
                 self.root, public_key=self.key.with_suffix(".pub").read_text()
             )
             self.env.update(self.endpoint.env())

@@ -15,7 +15,8 @@ import threading
 import time
 
 import pytest
-from e2e_stack import APP_CONTAINER, DOCKER_DISK_DEVICE
+
+from tests.e2e.stack import APP_CONTAINER, DOCKER_DISK_DEVICE
 
 pytestmark = pytest.mark.e2e
 

@@ -9,34 +9,16 @@ VM tests), install/service are off (the host's own Docker packages and service a
 test's to touch), and the awslogs driver (no AWS here) becomes json-file.
 """
 
-import importlib.util
 import secrets as random_secrets
 import shutil
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
 
-SUPPORT = Path(__file__).resolve().parents[1] / "support"
-
-
-def _support(name):
-    # tests/ is not a package: load tests/support/<name>.py by path, once.
-    module_name = f"dockerhosts_support_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, SUPPORT / f"{name}.py")
-        sys.modules[module_name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[module_name])
-    return sys.modules[module_name]
-
-
-running_dockerd = _support("dockerd").running_dockerd
-encrypt, make_key, stop_agent = (
-    getattr(_support("gpg"), n) for n in ("encrypt", "make_key", "stop_agent")
-)
-import_busybox = _support("images").import_busybox
+from tests.support.dockerd import running_dockerd
+from tests.support.gpg import encrypt, make_key, stop_agent
+from tests.support.images import import_busybox
 
 TIMINGS = {}
 SECRET_NAMES = ("postgres_user", "postgres_password", "postgres_db", "registry_password")

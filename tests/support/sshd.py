@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.net import free_port
+
 SSHD = "/usr/sbin/sshd"
 # sshd's compiled-in privilege separation directory; the distro's service creates it at
 # boot, so on a machine where sshd is not running as a service it may be missing.
@@ -24,12 +26,6 @@ def generate_key(path):
         check=True,
     )
     return Path(path), Path(f"{path}.pub")
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
