@@ -1,6 +1,6 @@
 """Wall time of salt-cloud create and destroy with the boto3_ec2 driver, real CLI, local moto.
 
-    .venv/bin/python bench/cloud_create_destroy.py [--runs 5] [--map-size 20] [--no-master]
+    .venv/bin/python -m bench.cloud_create_destroy [--runs 5] [--map-size 20] [--no-master]
 
 Starts a local EC2 endpoint (moto on 127.0.0.1) and a salt-master from a temporary copy of
 the repository's salt-cloud config, then times whole `salt-cloud` processes:
@@ -22,12 +22,10 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# Run as a script: make the repository root importable for tests.*.
-sys.path.insert(0, str(REPO_ROOT))
+from tools import cloud_harness as harness
+from tools import ec2_endpoint
 
-from tests.cloud import harness  # noqa: E402
-from tests.support import ec2_endpoint  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(cli, *args):

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cloud import harness
-from tests.support import ec2_endpoint as ec2_endpoint_support
-from tests.support import sshd
+from tools import cloud_harness as harness
+from tools import ec2_endpoint as ec2_endpoint_support
+from tools import sshd
 
 CloudCLI, SaltMaster = harness.CloudCLI, harness.SaltMaster
 copy_config = harness.copy_config

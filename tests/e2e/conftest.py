@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import stack as stack_module
+from tools import stack as stack_module
 
 E2E_DIR = Path(__file__).resolve().parent
 

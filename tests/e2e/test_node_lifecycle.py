@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.e2e.stack import APP_CONTAINER, DOCKER_DISK_DEVICE
+from tools.stack import APP_CONTAINER, DOCKER_DISK_DEVICE
 
 pytestmark = pytest.mark.e2e
 

@@ -16,9 +16,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.support.dockerd import running_dockerd
-from tests.support.gpg import encrypt, make_key, stop_agent
-from tests.support.images import import_busybox
+from tools.dockerd import running_dockerd
+from tools.gpg import encrypt, make_key, stop_agent
+from tools.images import import_busybox
 
 TIMINGS = {}
 SECRET_NAMES = ("postgres_user", "postgres_password", "postgres_db", "registry_password")

@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.net import free_port
+from tools.net import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
 CONFIG_PATHS = ("Saltfile", "cloud", "master", "cloud.providers.d", "cloud.profiles.d")
 LIVE_STATES = ("pending", "running", "stopping", "stopped")

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.net import free_port
+from tools.net import free_port
 
 SSHD = "/usr/sbin/sshd"
 # sshd's compiled-in privilege separation directory; the distro's service creates it at

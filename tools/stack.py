@@ -5,7 +5,7 @@ a copy of the repository's salt-cloud/master configuration (Saltfile, cloud, mas
 cloud.providers.d, cloud.profiles.d, cloud.deploy.d; `salt` links to the repository's states)
 plus what stands in for AWS and for the operator's secrets:
 
-- moto on 127.0.0.1 (tests/support/ec2_endpoint.py) with a VPC 127.0.0.0/16, so an
+- moto on 127.0.0.1 (tools/ec2_endpoint.py) with a VPC 127.0.0.0/16, so an
   instance's private address is a loopback address; the node's VM forwards SSH from exactly
   that address, so salt-cloud's own wait-for-SSH and deploy reach the VM;
 - a salt-master from the copy (`salt-master -c .`), on 127.0.0.1, which the guests reach as
@@ -21,15 +21,12 @@ plus what stands in for AWS and for the operator's secrets:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,11 +34,10 @@ from pathlib import Path
 
 import yaml
 
-from tests.support import ec2_endpoint, vm
-from tests.support.net import free_port
+from tools import ec2_endpoint, gpg, images, vm
+from tools.net import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SUPPORT_DIR = REPO_ROOT / "tests" / "support"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
 CONFIG_PATHS = ("Saltfile", "cloud", "cloud.providers.d", "cloud.profiles.d", "cloud.deploy.d")
 # The Docker disk's device name in the class profiles (cloud.profiles.d, docker_disk).
@@ -89,99 +85,11 @@ class StageTimer:
         return "\n".join(f"{seconds:7.1f} s  {name}" for name, seconds in self.stages)
 
 
-def busybox_image_tar(
-    path: Path, repo_tag: str = f"{APP_IMAGE}:{APP_IMAGE_TAG}", busybox="/bin/busybox"
-):
-    """A one-layer image in `docker save` format: the host's static busybox and its applets."""
-    applets = subprocess.run(
-        [busybox, "--list"], check=True, capture_output=True, text=True
-    ).stdout.split()
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as tar:
-        for directory in ("bin", "data", "etc", "tmp", "proc", "sys", "dev", "run"):
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
-            tar.addfile(info)
-        tar.add(busybox, arcname="bin/busybox")
-        for applet in applets:
-            if applet == "busybox":
-                continue
-            info = tarfile.TarInfo(f"bin/{applet}")
-            info.type, info.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(info)
-    layer_bytes = layer.getvalue()
-    layer_id = hashlib.sha256(layer_bytes).hexdigest()
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]},
-            "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_id}"]},
-        }
-    ).encode()
-    config_name = f"{hashlib.sha256(config).hexdigest()}.json"
-    manifest = json.dumps(
-        [{"Config": config_name, "RepoTags": [repo_tag], "Layers": [f"{layer_id}/layer.tar"]}]
-    ).encode()
-    with tarfile.open(path, "w") as image:
-        for name, data in (
-            (f"{layer_id}/layer.tar", layer_bytes),
-            (config_name, config),
-            ("manifest.json", manifest),
-        ):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            image.addfile(info, io.BytesIO(data))
-    return path
-
-
-class GPGKey:
-    """A throwaway GPG key pair for the master's encrypted pillar (gpg_keydir)."""
-
-    def __init__(self, homedir: Path, uid="e2e salt-master <salt-master@e2e.invalid>"):
-        self.homedir = homedir
-        self.uid = uid
-        homedir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._gpg(
-            "--passphrase",
-            "",
-            "--pinentry-mode",
-            "loopback",
-            "--quick-gen-key",
-            uid,
-            "default",
-            "default",
-            "never",
-        )
-
-    def _gpg(self, *args, stdin=None):
-        return subprocess.run(
-            ["gpg", "--homedir", str(self.homedir), "--batch", "--quiet", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-
-    def encrypt(self, plaintext: str) -> str:
-        return self._gpg(
-            "--armor", "--trust-model", "always", "--encrypt", "-r", self.uid, stdin=plaintext
-        )
-
-    def close(self):
-        # gpg started an agent for this homedir: stop it (it is ours, found by its socket).
-        subprocess.run(
-            ["gpgconf", "--homedir", str(self.homedir), "--kill", "all"],
-            check=False,
-            capture_output=True,
-        )
-
-
 @dataclass
 class DeployedNode:
     name: str
     mode: str
-    node: object  # tests.support.vm.Node
+    node: object  # tools.vm.Node
     instance_id: str
     private_address: str
     volume_id: str
@@ -202,7 +110,7 @@ class Stack:
         self.app_secret = app_secret or os.urandom(12).hex()
         self.endpoint = None
         self.master = None
-        self.gpg = None
+        self.gpg_home = None
         self.nodes: dict[str, DeployedNode] = {}
         # Nodes of several storage modes are created and driven from parallel threads.
         self.lock = threading.Lock()
@@ -249,8 +157,9 @@ class Stack:
         (self.root / "salt").symlink_to(REPO_ROOT / "salt")
         files = self.work_dir / "files"
         (files / "e2e").mkdir(parents=True)
-        busybox_image_tar(files / "e2e" / "busybox.tar")
-        self.gpg = GPGKey(self.work_dir / "gpg")
+        images.busybox_image_tar(files / "e2e" / "busybox.tar", f"{APP_IMAGE}:{APP_IMAGE_TAG}")
+        self.gpg_home = self.work_dir / "gpg"
+        self.gpg_public = gpg.make_key(self.gpg_home, name="e2e-salt-master")
         (self.work_dir / "pillar").mkdir()
         master = yaml.safe_load((REPO_ROOT / "master").read_text())
         master.update(
@@ -258,7 +167,7 @@ class Stack:
                 "root_dir": str(self.root / ".salt"),
                 "file_roots": {"base": [str(REPO_ROOT / "salt"), str(files)]},
                 "pillar_roots": {"base": [str(self.work_dir / "pillar")]},
-                "gpg_keydir": str(self.gpg.homedir),
+                "gpg_keydir": str(self.gpg_home),
                 # On the host's loopback; the guests reach it through qemu as 10.0.2.2.
                 "interface": "127.0.0.1",
                 "ret_port": self.ret_port,
@@ -274,7 +183,7 @@ class Stack:
         pillar_dir = self.work_dir / "pillar"
         top = {"base": {name: [f"node_{name}"] for name in self.nodes}}
         (pillar_dir / "top.sls").write_text(yaml.safe_dump(top))
-        secret = self.gpg.encrypt(self.app_secret)
+        secret = gpg.armored(self.gpg_public, self.app_secret)
         for name, deployed in self.nodes.items():
             pillar = {
                 "docker": {
@@ -565,9 +474,9 @@ class Stack:
                     os.killpg(self.master.pid, 9)
                 self.master.wait(30)
             self.master = None
-        if self.gpg is not None:
-            self.gpg.close()
-            self.gpg = None
+        if self.gpg_home is not None:
+            gpg.stop_agent(self.gpg_home)
+            self.gpg_home = None
         if errors:
             raise errors[0]
 

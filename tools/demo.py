@@ -15,10 +15,7 @@ from pathlib import Path
 
 import yaml
 
-# Run as a script (bin/demo): make the repository root importable for tests.*.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from tests.e2e import stack as stack_module
+from tools import stack as stack_module
 
 STORAGE_MODES = ("overlay2", "devicemapper")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 LOOPBACK_VPC_CIDR = "127.0.0.0/16"
 LOOPBACK_SUBNET_CIDR = "127.0.10.0/24"

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO_ROOT / "bin" / "build-node-image"
 # The guest reaches the host's 127.0.0.1 at this address (qemu user-mode networking).
 HOST_ADDRESS_FROM_GUEST = "10.0.2.2"
