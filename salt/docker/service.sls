@@ -1,4 +1,4 @@
-{%- from tpldir ~ "/map.jinja" import docker with context %}
+{%- from tpldir ~ "/settings.jinja" import docker with context %}
 include:
   - .config
   - .storage
