@@ -276,9 +276,14 @@ class Context:
 
 
 def suggestion(word, candidates):
-    """`` (did you mean x?)`` with the nearest candidate, or an empty string."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
+    """`` (did you mean x?)`` with the nearest candidate, or an empty string. Ties go to
+    the candidate listed first."""
+    scored = []
+    for index, candidate in enumerate(str(c) for c in candidates):
+        ratio = difflib.SequenceMatcher(None, str(word), candidate).ratio()
+        if ratio >= 0.6:
+            scored.append((-ratio, index, candidate))
+    return f" (did you mean {min(scored)[2]}?)" if scored else ""
 
 
 def describe(value):
@@ -755,9 +760,14 @@ def _port_range(text):
 
 
 def port_binding(value, path, ctx):
-    """One binding as `docker run -p` writes it: [ip:][host:]container[/proto]."""
+    """One binding as `docker run -p` writes it: [ip:][host:]container[/proto], a string."""
     if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
+        ctx.error(
+            path,
+            f"the number {value} must be a string in quotes (YAML reads an unquoted "
+            "host:container such as 22:22 as a base-60 number)",
+        )
+        return value
     match = PORT_BINDING.fullmatch(value) if isinstance(value, str) else None
     if not match:
         ctx.error(
@@ -807,7 +817,7 @@ def exposed_port(value, path, ctx):
 
 
 def command(value, path, ctx):
-    if isinstance(value, str):
+    if isinstance(value, str) or refuse_secret(value, path, ctx):
         return value
     return list_of(map_string)(value, path, ctx)
 
@@ -951,7 +961,9 @@ def _option(section, key, value, path, ctx):
     where = f"{path}:{key}"
     kind = accepted.get(key)
     if kind is None:
-        ctx.unknown(path, key, [k for k, v in accepted.items() if v != "reserved"])
+        canonical, aliases = _suggestable(accepted)
+        hint = suggestion(key, canonical) or suggestion(key, aliases)
+        ctx.error(where, "unknown key" + hint)
         return value
     if kind == "reserved":
         ctx.error(where, f"cannot be set here: it {RESERVED.get(key, 'is set by the formula')}")
@@ -965,6 +977,13 @@ def _option(section, key, value, path, ctx):
     if len(ctx.problems) == before:
         _salt_translator_check(section, key, value, where, ctx)
     return value
+
+
+def _suggestable(accepted):
+    """Options to suggest: canonical names, then aliases (only when no canonical is close)."""
+    canonical = [k for k, v in accepted.items() if v != "reserved" and not v.startswith("alias:")]
+    aliases = [k for k, v in accepted.items() if v.startswith("alias:")]
+    return canonical, aliases
 
 
 def _salt_translator_check(section, key, value, path, ctx):

@@ -9,7 +9,6 @@ The tests in this module run in order and share one master, minion and dockerd.
 
 import json
 import socket
-import subprocess
 import time
 
 import pytest
@@ -51,11 +50,10 @@ def env_of(container):
 
 BAD_PILLAR = [
     ({"docker": {"containers": {"postgres": {"image": ""}}}}, "docker:containers:postgres:image"),
-    ({"docker": {"storage": {"mode": "btrfs"}}}, "docker:storage:mode: 'btrfs'"),
-    ({"docker": {"storage": {"mode": "overlay2"}}}, "grain docker_disk is missing"),
+    ({"docker": {"storage": {"mode": "btrfs"}}}, "docker:storage:mode: the string 'btrfs'"),
     (
         {"docker": {"containers": {"postgres": {"port_bindings": ["127.0.0.1:5432:5432:1"]}}}},
-        "docker:containers:postgres:port_bindings:0: malformed port",
+        "docker:containers:postgres:port_bindings:0: the string '127.0.0.1:5432:5432:1' is not",
     ),
     (
         {"docker": {"containers": {"postgres": {"restart_policy": "sometimes"}}}},
@@ -63,12 +61,17 @@ BAD_PILLAR = [
     ),
     (
         {"docker": {"containers": {"postgres": {"restart_retries": 10}}}},
-        "docker:containers:postgres:restart_retries is only valid with restart_policy on-failure",
+        "docker:containers:postgres:restart_retries: unknown key (did you mean restart_policy?)",
     ),
     (
         {"docker": {"containers": {"pg_data": {"environment": {"X": {"secret": "nope"}}}}}},
-        "docker:containers:pg_data:environment:X refers to secret 'nope'",
+        "docker:containers:pg_data:environment:X: refers to secret 'nope'",
     ),
+    (
+        {"docker": {"containers": {"postgres": {"volumes_form": ["pg_data"]}}}},
+        "docker:containers:postgres:volumes_form: unknown key (did you mean volumes_from?)",
+    ),
+    ({"docker": {"install": {"manage": "false"}}}, "docker:install:manage: must be true or false"),
 ]
 
 
@@ -82,16 +85,15 @@ def test_bad_pillar_fails_before_any_change(node, override, message):
     assert not node.paths["registry_config"].exists()
 
 
-def test_disk_holding_a_filesystem_is_refused(node):
-    disk = node.paths["ext4_disk"]
-    with open(disk, "wb") as handle:
-        handle.truncate(16 * 1024 * 1024)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(disk)], check=True)
-    override = {"docker": {"storage": {"mode": "overlay2", "device": str(disk)}}}
+def test_storage_without_a_disk_stops_before_the_disk_and_docker(node):
+    """No docker_ebs_volume grain and no docker:storage:device: the disk gate fails when it
+    runs, and nothing that needs storage (daemon.json, containers) is touched."""
+    override = {"docker": {"storage": {"mode": "overlay2"}}}
     ret, _ = apply(node, f"pillar={json.dumps(override)}")
     assert ret.returncode != 0
-    assert f"docker:storage: {disk} holds a ext4 filesystem; refusing" in ret.stdout
+    assert "grain docker_ebs_volume is missing" in ret.stdout
     assert node.dockerd.container_names() == []
+    assert not node.paths["daemon_json"].exists()
 
 
 # --- converge --------------------------------------------------------------------------------

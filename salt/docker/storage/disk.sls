@@ -4,9 +4,17 @@
 {%- from tpldir.split("/")[0] ~ "/settings.jinja" import docker with context %}
 {%- set storage = docker.storage %}
 
+{%- if docker.storage_pkgs %}
+
 docker-storage-packages:
   pkg.installed:
     - pkgs: {{ docker.storage_pkgs|json }}
+{%- else %}
+
+# docker:storage_pkgs is empty: the LVM tools are someone else's to install.
+docker-storage-packages:
+  test.nop: []
+{%- endif %}
 
 # Refuses anything but a blank whole disk, or one that already is (or half is) our VG.
 docker-storage-disk:
@@ -15,7 +23,7 @@ docker-storage-disk:
     - device: {{ storage.device|json }}
     - volume_id: {{ storage.volume_id|json }}
     - require:
-      - pkg: docker-storage-packages
+      - docker-storage-packages
 
 docker-storage-vg:
   docker_storage.volume_group_present:
