@@ -138,6 +138,11 @@ def pv_marker(disk_id):
     return "-".join(parts)
 
 
+def _run(cmd):
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 def _run_checked(cmd, what):
     """Run ``cmd`` (an argument list); any failure to run it is an error, never "nothing"."""
     try:
