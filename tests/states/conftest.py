@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from tests.states import corpus
 from tools.dockerd import running_dockerd
 from tools.gpg import encrypt, make_key, stop_agent
 from tools.images import import_busybox
@@ -42,6 +43,8 @@ NODE_CLASSES = {"dh-dataserver": "dataserver", "dh-webserver": "backends"}
 
 
 def pytest_terminal_summary(terminalreporter):
+    if corpus.refused_summary():
+        terminalreporter.write_line(corpus.refused_summary())
     if TIMINGS:
         terminalreporter.write_line(
             "highstate on the test minion: "

@@ -10,6 +10,8 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).with_name("bad_pillars.yaml")
+# Per tier, whether each entry run was refused before any change (the terminal summary).
+REFUSED = {"render": [], "highstate": []}
 TEST_SECRETS = {
     "postgres_user": "corpus-user",
     "postgres_password": "corpus-password",
@@ -61,3 +63,8 @@ def mapdata(pillar, defaults):
     if not isinstance(overrides, dict):
         return overrides
     return salt.utils.dictupdate.merge(defaults, overrides, strategy="recurse")
+
+
+def refused_summary():
+    parts = [f"{tier} {sum(runs)}/{len(runs)}" for tier, runs in REFUSED.items() if runs]
+    return "bad pillars refused before any change: " + ", ".join(parts) if parts else None

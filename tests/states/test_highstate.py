@@ -48,41 +48,7 @@ def env_of(container):
 # --- bad pillar: the run fails before anything changes, naming the key --------------------
 
 
-BAD_PILLAR = [
-    ({"docker": {"containers": {"postgres": {"image": ""}}}}, "docker:containers:postgres:image"),
-    ({"docker": {"storage": {"mode": "btrfs"}}}, "docker:storage:mode: the string 'btrfs'"),
-    (
-        {"docker": {"containers": {"postgres": {"port_bindings": ["127.0.0.1:5432:5432:1"]}}}},
-        "docker:containers:postgres:port_bindings:0: the string '127.0.0.1:5432:5432:1' is not",
-    ),
-    (
-        {"docker": {"containers": {"postgres": {"restart_policy": "sometimes"}}}},
-        "docker:containers:postgres:restart_policy: 'sometimes'",
-    ),
-    (
-        {"docker": {"containers": {"postgres": {"restart_retries": 10}}}},
-        "docker:containers:postgres:restart_retries: unknown key (did you mean restart_policy?)",
-    ),
-    (
-        {"docker": {"containers": {"pg_data": {"environment": {"X": {"secret": "nope"}}}}}},
-        "docker:containers:pg_data:environment:X: refers to secret 'nope'",
-    ),
-    (
-        {"docker": {"containers": {"postgres": {"volumes_form": ["pg_data"]}}}},
-        "docker:containers:postgres:volumes_form: unknown key (did you mean volumes_from?)",
-    ),
-    ({"docker": {"install": {"manage": "false"}}}, "docker:install:manage: must be true or false"),
-]
-
-
-@pytest.mark.parametrize(("override", "message"), BAD_PILLAR, ids=lambda v: str(v)[:40])
-def test_bad_pillar_fails_before_any_change(node, override, message):
-    ret, _ = apply(node, f"pillar={json.dumps(override)}")
-    assert ret.returncode != 0
-    assert message in ret.stdout
-    assert node.dockerd.container_names() == []
-    assert not node.paths["daemon_json"].exists()
-    assert not node.paths["registry_config"].exists()
+# Bad pillar: tests/states/test_bad_pillars.py runs the corpus through this node.
 
 
 def test_storage_without_a_disk_stops_before_the_disk_and_docker(node):
