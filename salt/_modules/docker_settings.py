@@ -122,6 +122,8 @@ CONSUMERS = {
     "registries": (("docker_host.registry_login",), None),
 }
 REQUIRED_STATES = ("docker_container.running", "docker_image.present")
+# Options that have no default: null is refused for them.
+REQUIRED_OPTIONS = ("image", "username", "password")
 # Parameters the formula sets itself, or that would switch Salt's own checks off.
 RESERVED = {
     "name": "is set from the key above it",
@@ -973,6 +975,8 @@ def _option(section, key, value, path, ctx):
     if kind == "reserved":
         ctx.error(where, f"cannot be set here: it {RESERVED.get(key, 'is set by the formula')}")
         return value
+    if value is None and key not in REQUIRED_OPTIONS:
+        return value  # null: the state's own default
     target = kind.split(":", 1)[1] if kind.startswith("alias:") else key
     checker = OPTION_CHECKERS.get(target) or OPTION_CHECKERS.get(key)
     if checker is None:

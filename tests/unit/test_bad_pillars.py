@@ -49,6 +49,23 @@ def test_shipped_dataserver_pillar_passes(settings_module, consumers):
     assert checked["containers"]["postgres"]["port_bindings"] == ["5432:5432"]
 
 
+def test_pillar_example_passes(settings_module, consumers):
+    example = corpus.yaml.safe_load((corpus.REPO_ROOT / "pillar.example").read_text())
+    example["docker_secrets"] = {"postgres_password": "x", "registry_password": "y"}
+    checked = check(settings_module, consumers, example)
+    assert checked["storage"]["mode"] == "overlay2"
+
+
+def test_string_maps_take_integers_as_strings(settings_module, consumers):
+    pillar = corpus.with_override(
+        corpus.dataserver_pillar(),
+        {"docker": {"containers": {"postgres": {"log_opt": {"max-file": 3}, "labels": {"v": 2}}}}},
+    )
+    checked = check(settings_module, consumers, pillar)["containers"]["postgres"]
+    assert checked["log_opt"]["max-file"] == "3"
+    assert checked["labels"] == {"v": "2"}
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e["id"] for e in ENTRIES])
 def test_bad_pillar_is_refused_naming_the_key(settings_module, consumers, entry):
     pillar = corpus.with_override(corpus.dataserver_pillar(), entry["pillar"])
