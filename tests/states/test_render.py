@@ -248,6 +248,7 @@ def test_devicemapper_direct_lvm(node_os):
             "metadata_extents": "1%VG",
             "profile": "docker-thinpool",
             "require": [{"file": "docker-storage-thinpool-profile"}],
+            "require_in": [{"test": "docker-storage-ready"}],
         },
     )
     profile = state(rendered, "docker-storage-thinpool-profile")[1]

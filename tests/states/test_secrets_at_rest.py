@@ -2,8 +2,11 @@
 Where decrypted secrets land, measured with a real GPG pillar: after a highstate that
 re-creates the secret-holding container (so its environment is in play), a pillar refresh
 and a `salt-call` run of the same minion logging at trace, every file under the master's and
-the minion's root (caches, job cache, pillar cache, minion data cache, logs at each level)
-and every event on the master's bus are searched for each secret value (random per run).
+the minion's root written during the measurement (caches, job cache, pillar cache, minion
+data cache, logs at each level) and every event on the master's bus are searched for each
+secret value (random per run). Other modules of this package ask for pillar on purpose
+(`pillar.items`): such a request's return does land in the master's job cache and both
+daemons' debug logs, like any job's return; it is an explicit request for the secrets.
 
 The master runs with the repository's `master` settings (minion_data_cache off, pillar_cache
 off); both daemons log to file at debug (salt-factories' default), the extra salt-call at
@@ -15,6 +18,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,11 +34,11 @@ def secret_hits(data, secrets):
     return sorted(name for name, value in secrets.items() if value.encode() in data)
 
 
-def log_hits(path, secrets):
-    """{level: [secret names]} for the lines of a Salt log file (tracebacks count with the
-    record they belong to)."""
+def log_hits(path, secrets, offset=0):
+    """{level: [secret names]} for the lines of a Salt log file from byte ``offset`` on
+    (tracebacks count with the record they belong to)."""
     hits, level = {}, "UNKNOWN"
-    for line in path.read_bytes().splitlines():
+    for line in path.read_bytes()[offset:].splitlines():
         match = LOG_LEVEL.match(line)
         if match:
             level = match.group("level").decode()
@@ -43,25 +47,34 @@ def log_hits(path, secrets):
     return {level: sorted(names) for level, names in hits.items()}
 
 
-def where_secrets_are(root, secrets):
-    """{relative path: what was found} for every file under ``root``."""
+def log_sizes(root):
+    return {str(p): p.stat().st_size for p in Path(root).rglob("*.log") if p.is_file()}
+
+
+def where_secrets_are(root, secrets, since):
+    """{relative path: what was found} for every file under ``root`` written after ``since``
+    (the measurement's start: other test modules ask for pillar on purpose), and for the
+    part of each log written after it."""
     found = {}
     for path in sorted(Path(root).rglob("*")):
         if not path.is_file() or path.is_symlink():
             continue
-        relative = str(path.relative_to(root))
         if path.suffix == ".log":
-            hits = log_hits(path, secrets)
-        else:
+            hits = log_hits(path, secrets, since["logs"].get(str(path), 0))
+        elif path.stat().st_mtime >= since["time"]:
             hits = secret_hits(path.read_bytes(), secrets)
+        else:
+            continue
         if hits:
-            found[relative] = hits
+            found[str(path.relative_to(root))] = hits
     return found
 
 
 @pytest.fixture(scope="module")
 def measured(node, salt_master, salt_factories):
     """Run the flows that handle secrets, then search everything."""
+    master_root, minion_root = salt_master.config["root_dir"], node.minion.config["root_dir"]
+    since = {"time": time.time(), "logs": {**log_sizes(master_root), **log_sizes(minion_root)}}
     # Converge, then put a stale postgres in place, so the container state compares its
     # environment and re-creates it for real.
     node.cli.run("state.apply", minion_tgt=node.minion.id, _timeout=240)
@@ -93,8 +106,8 @@ def measured(node, salt_master, salt_factories):
     events = salt_factories.event_listener.get_events([(salt_master.id, "*")])
     return {
         "state output": ret.stdout + json.dumps(ret.data),
-        "master": where_secrets_are(salt_master.config["root_dir"], node.secrets),
-        "minion": where_secrets_are(node.minion.config["root_dir"], node.secrets),
+        "master": where_secrets_are(master_root, node.secrets, since),
+        "minion": where_secrets_are(minion_root, node.secrets, since),
         "events": [e.tag for e in events if secret_hits(json.dumps(e.data).encode(), node.secrets)],
     }
 
