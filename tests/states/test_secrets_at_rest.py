@@ -103,7 +103,9 @@ def measured(node, salt_master, salt_factories):
         check=False,
         timeout=300,
     )
-    events = salt_factories.event_listener.get_events([(salt_master.id, "*")])
+    events = salt_factories.event_listener.get_events(
+        [(salt_master.id, "*")], after_time=since["time"]
+    )
     return {
         "state output": ret.stdout + json.dumps(ret.data),
         "master": where_secrets_are(master_root, node.secrets, since),
