@@ -13,6 +13,8 @@ States for Docker's storage on the extra disk, each command an argument list (no
 - ``thin_pool_present``: Docker's direct-lvm thin pool (devicemapper, Engine <= 24).
 """
 
+import os
+
 __virtualname__ = "docker_storage"
 
 
@@ -79,6 +81,10 @@ def volume_group_present(name, device=None, volume_id=None):
         return ret
     if verdict == "our-vg":
         ret["comment"] = f"volume group {name} is on {disk}"
+        return ret
+    if os.path.exists(f"/dev/{name}"):
+        # /dev/<vg> becomes the new VG's directory: a name already taken there is refused.
+        ret.update(result=False, comment=f"/dev/{name} already exists: choose another VG name")
         return ret
     steps = _vg_steps(name, disk, disk_id, verdict)
     if __opts__["test"]:
