@@ -51,17 +51,6 @@ def env_of(container):
 # Bad pillar: tests/states/test_bad_pillars.py runs the corpus through this node.
 
 
-def test_storage_without_a_disk_stops_before_the_disk_and_docker(node):
-    """No docker_ebs_volume grain and no docker:storage:device: the disk gate fails when it
-    runs, and nothing that needs storage (daemon.json, containers) is touched."""
-    override = {"docker": {"storage": {"mode": "overlay2"}}}
-    ret, _ = apply(node, f"pillar={json.dumps(override)}")
-    assert ret.returncode != 0
-    assert "grain docker_ebs_volume is missing" in ret.stdout
-    assert node.dockerd.container_names() == []
-    assert not node.paths["daemon_json"].exists()
-
-
 # --- converge --------------------------------------------------------------------------------
 
 
@@ -256,3 +245,16 @@ def test_secret_for_another_key_stops_state_apply(node, restore_secrets, tmp_pat
     finally:
         node.helpers.stop_agent(other_home)
     _assert_apply_refused_and_nothing_changed(node)
+
+
+def test_storage_without_a_disk_stops_before_docker(node):
+    """No docker_ebs_volume grain and no docker:storage:device: the disk gate fails when it
+    runs, and nothing that needs storage (daemon.json, containers) is touched."""
+    before = (node.dockerd.cli("ps", "-aq", "--no-trunc"), node.paths["daemon_json"].read_text())
+    override = {"docker": {"storage": {"mode": "overlay2"}}}
+    ret, _ = apply(node, f"pillar={json.dumps(override)}")
+    assert ret.returncode != 0
+    assert "grain docker_ebs_volume is missing" in ret.stdout
+    assert failed(ret)["docker_storage_|-docker-storage-disk_|-docker_vol_|-disk_checked"]
+    after = (node.dockerd.cli("ps", "-aq", "--no-trunc"), node.paths["daemon_json"].read_text())
+    assert after == before
