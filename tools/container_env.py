@@ -45,6 +45,7 @@ class ContainerEnv:
     gpg_public: Path
     registry: object = None
     moto_url: str = None
+    etc_overlays: dict = None
 
     def write_pillar(self, minion_id, data):
         """Replace what the test adds to ``minion_id``'s pillar (merged over the rest)."""
@@ -162,7 +163,7 @@ def running_env(minion_ids, registry_users=None, moto=False, minion_extra=None):
         }
         master_extra = {"gpg_keydir": str(gpg_home), "gpg_decrypt_must_succeed": True}
         nodes = stack.enter_context(running_salt(pillar_root, minions, master_extra))
-        env = ContainerEnv(nodes, dockerds, pillar_root, public, registry, moto_url)
+        env = ContainerEnv(nodes, dockerds, pillar_root, public, registry, moto_url, overlays)
         for minion_id in minion_ids:
             _paths_pillar(env, minion_id)
         # state.apply <sls> does not sync salt/_modules and _states as a highstate does.

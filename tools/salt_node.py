@@ -45,9 +45,13 @@ class SaltNodes:
         return self.minion_dir(minion_id) / "minion.log"
 
     def salt(self, target, function, *args, tgt_type=None, batch=None, timeout=300):
-        """Run ``salt`` from the master; returns (returncode, parsed JSON or None, stdout)."""
+        """Run ``salt`` from the master; returns (returncode, parsed JSON or None, output);
+        with ``batch``, the JSON is not parsed (one document per return)."""
         command = [str(BIN / "salt"), "-c", str(self.master_config_dir), "--out=json"]
-        command += ["--static", f"--timeout={timeout}"]
+        # --static gathers all returns into one document; batches then say nothing of their
+        # progress ("Executing run on [...]").
+        command += [] if batch else ["--static"]
+        command.append(f"--timeout={timeout}")
         if tgt_type:
             command.append(f"--{tgt_type}")
         if batch:
