@@ -157,8 +157,14 @@ def running_env(minion_ids, registry_users=None, moto=False, minion_extra=None):
         pillar_root = workdir / "pillar"
         pillar_root.mkdir()
         _base_pillar(pillar_root, minion_ids)
+        # The repository's execution and state modules straight from the checkout: what
+        # `saltutil.sync_all` (or a highstate) would copy, without a sync per test run.
+        modules = {
+            "module_dirs": [str(REPO_ROOT / "salt" / "_modules")],
+            "states_dirs": [str(REPO_ROOT / "salt" / "_states")],
+        }
         minions = {
-            minion_id: {"docker.url": dockerds[minion_id].url, **(minion_extra or {})}
+            minion_id: {"docker.url": dockerds[minion_id].url, **modules, **(minion_extra or {})}
             for minion_id in minion_ids
         }
         master_extra = {"gpg_keydir": str(gpg_home), "gpg_decrypt_must_succeed": True}
@@ -166,6 +172,4 @@ def running_env(minion_ids, registry_users=None, moto=False, minion_extra=None):
         env = ContainerEnv(nodes, dockerds, pillar_root, public, registry, moto_url, overlays)
         for minion_id in minion_ids:
             _paths_pillar(env, minion_id)
-        # state.apply <sls> does not sync salt/_modules and _states as a highstate does.
-        nodes.salt("*", "saltutil.sync_all")
         yield env

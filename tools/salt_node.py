@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tools.net import free_port
 
@@ -114,18 +117,29 @@ def _minion_config(root, minion_id, ports, extra):
         "master_port": ports[1],
         "publish_port": ports[0],
         "user": "root",
+        # Retry the master every second while it starts (default: 10 s).
+        "acceptance_wait_time": 1,
+        "random_reauth_delay": 0,
         **extra,
     }
 
 
 def _accept_key(root, minion_id):
+    """The minion's key pair (as salt-key --gen-keys writes it), pre-accepted on the master."""
     pki = root / "minions" / minion_id / "pki"
     pki.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [str(BIN / "salt-key"), "--gen-keys=minion", f"--gen-keys-dir={pki}"],
-        capture_output=True,
-        check=True,
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
     )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (pki / "minion.pem").write_bytes(private)
+    (pki / "minion.pem").chmod(0o400)
+    (pki / "minion.pub").write_bytes(public)
     accepted = root / "master" / "pki" / "minions"
     accepted.mkdir(parents=True, exist_ok=True)
     shutil.copy(pki / "minion.pub", accepted / minion_id)
@@ -142,10 +156,27 @@ def _start(nodes, name, program, config_dir):
     nodes.processes[name] = (process, log)
 
 
-def _wait_for_minions(nodes):
+def _wait_for_port(port, process):
     deadline = time.monotonic() + START_TIMEOUT
     while True:
-        _, data, _ = nodes.salt("*", "test.ping", timeout=5)
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"salt-master did not listen on {port}")
+        time.sleep(0.2)
+
+
+def _wait_for_minions(nodes):
+    deadline = time.monotonic() + START_TIMEOUT
+    # A minion has authenticated once it has cached the master's key; a ping (one CLI run)
+    # then confirms it listens.
+    for minion_id in nodes.minions:
+        while not (nodes.minion_dir(minion_id) / "pki" / "minion_master.pub").exists():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    while True:
+        _, data, _ = nodes.salt("*", "test.ping", timeout=10)
         if data and all(data.get(minion) is True for minion in nodes.minions):
             return
         if time.monotonic() > deadline:
@@ -157,11 +188,14 @@ def _wait_for_minions(nodes):
 
 
 def _stop(nodes):
-    for process, log in reversed(list(nodes.processes.values())):
+    for process, _ in nodes.processes.values():
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
+    for process, log in nodes.processes.values():
+        if process.poll() is None:
+            # salt-master takes ~10 s to stop its workers on SIGTERM; nothing of it is kept.
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
@@ -185,6 +219,7 @@ def running_salt(pillar_root, minions, master_extra=None):
                 _minion_config(root, minion_id, ports, extra),
             )
         _start(nodes, "master", "salt-master", root / "master")
+        _wait_for_port(ports[1], nodes.processes["master"][0])
         for minion_id in minions:
             _start(nodes, minion_id, "salt-minion", root / "minions" / minion_id)
         _wait_for_minions(nodes)
