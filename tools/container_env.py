@@ -135,8 +135,11 @@ def _dockerd(stack, workdir, index, overlays):
 
 
 @contextlib.contextmanager
-def running_env(minion_ids, registry_users=None, moto=False, minion_extra=None):
-    """Start everything; ``registry_users`` ({user: password}) adds a real registry."""
+def running_env(
+    minion_ids, registry_users=None, moto=False, minion_extra=None, minion_extra_by_id=None
+):
+    """Start everything; ``registry_users`` ({user: password}) adds a real registry;
+    ``minion_extra`` is added to every minion's config, ``minion_extra_by_id`` to one's."""
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dh-env-")))
         registry = None
@@ -164,7 +167,12 @@ def running_env(minion_ids, registry_users=None, moto=False, minion_extra=None):
             "states_dirs": [str(REPO_ROOT / "salt" / "_states")],
         }
         minions = {
-            minion_id: {"docker.url": dockerds[minion_id].url, **modules, **(minion_extra or {})}
+            minion_id: {
+                "docker.url": dockerds[minion_id].url,
+                **modules,
+                **(minion_extra or {}),
+                **(minion_extra_by_id or {}).get(minion_id, {}),
+            }
             for minion_id in minion_ids
         }
         master_extra = {"gpg_keydir": str(gpg_home), "gpg_decrypt_must_succeed": True}

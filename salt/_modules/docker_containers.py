@@ -96,24 +96,24 @@ def _api_error(error):
     return explanation or str(error)
 
 
-def container_names():
-    """Names of every container on the host (one listing, cached for the run)."""
-    if "docker_containers.names" not in __context__:
-        listing = client().containers(all=True)
-        __context__["docker_containers.names"] = {
+def leftover_names():
+    """Names of containers an interrupted replacement left (one filtered listing per run:
+    the daemon matches the names, so unmanaged containers cost next to nothing)."""
+    if "docker_containers.leftovers" not in __context__:
+        pattern = f"({re.escape(NEXT_SUFFIX)}|{re.escape(PREVIOUS_SUFFIX)})$"
+        listing = client().containers(all=True, filters={"name": pattern})
+        __context__["docker_containers.leftovers"] = {
             name.lstrip("/") for item in listing for name in item.get("Names") or []
         }
-    return __context__["docker_containers.names"]
+    return __context__["docker_containers.leftovers"]
 
 
 def _forget_names():
-    __context__.pop("docker_containers.names", None)
+    __context__.pop("docker_containers.leftovers", None)
 
 
 def inspect_container(name):
     """``docker inspect`` of container ``name``, or None when there is none."""
-    if name not in container_names():
-        return None
     try:
         return client().inspect_container(name)
     except docker.errors.NotFound:
@@ -493,13 +493,13 @@ def recover(name):
     when ``name`` is missing, else removed (its volumes are mounted by ``name``).
     Returns what was done, for the state's changes.
     """
-    names = container_names()
+    names = leftover_names()
     done = {}
     if name + NEXT_SUFFIX in names:
         _remove_leftover(name + NEXT_SUFFIX)
         done["removed"] = name + NEXT_SUFFIX
     if name + PREVIOUS_SUFFIX in names:
-        if name in names:
+        if inspect_container(name) is not None:
             _remove_leftover(name + PREVIOUS_SUFFIX)
             done["removed_previous"] = name + PREVIOUS_SUFFIX
         else:

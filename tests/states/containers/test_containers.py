@@ -172,7 +172,9 @@ def test_interrupted_replacement_is_finished(node):
 
 def test_failed_start_keeps_the_old_container(node):
     before = inspect(node, "web")["Id"]
+    # Without an init, Docker's start call itself fails on a missing program.
     broken = {**WEB, "labels": {"role": "web", "v": "2"}, "command": ["/no/such/program"]}
+    broken["init"] = False
     node.write_pillar(NODE1, pillar(web=broken, web2={**WEB, "labels": {"n": "2"}}, data=DATA_ONLY))
     states = converge(node, NODE1, ok=False)
     assert "container web failed to start" in failed(states)["docker-container-web"]
