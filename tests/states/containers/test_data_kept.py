@@ -71,18 +71,17 @@ def marker(env):
 
 
 def change_data_container(env, data):
-    pg_data = data["docker"]["containers"]["pg_data"]
-    for change in (
-        {"labels": {"changed": "label"}},
-        {"environment": {"CHANGED": "env"}},
-        {"image": "busybox:1.36"},
-    ):
-        pg_data.update(change)
-        env.write_pillar(NODE2, data)
-        states = converge(env, NODE2)
-        assert "docker-container-pg_data" in changed(states), change
-        assert changed(converge(env, NODE2)) == {}  # and the second converge is a no-op
-        assert marker(env) == "kept", change
+    before = env.dockerds[NODE2].inspect("pg_data")
+    data["docker"]["containers"]["pg_data"].update(
+        labels={"changed": "label"}, environment={"CHANGED": "env"}, image="busybox:1.36"
+    )
+    env.write_pillar(NODE2, data)
+    states = converge(env, NODE2)
+    assert "docker-container-pg_data" in changed(states)
+    after = env.dockerds[NODE2].inspect("pg_data")
+    assert after["Id"] != before["Id"] and after["Image"] != before["Image"]
+    assert changed(converge(env, NODE2)) == {}  # the second converge is a no-op
+    assert marker(env) == "kept"
 
 
 def force_recreate_postgres(env, data):
