@@ -93,9 +93,6 @@ def force_recreate_postgres(env, data):
     assert env.dockerds[NODE2].inspect("postgres")["Id"] != before
     assert marker(env) == "kept"
     env.write_pillar(NODE2, data)
-    env.dockerds[NODE2].cli("rm", "-f", "postgres")
-    converge(env, NODE2)
-    assert marker(env) == "kept"
 
 
 def test_shipped_dataserver_keeps_its_database_on_a_named_volume(node):
