@@ -156,23 +156,25 @@ def _wait_for_tls(address, port, ca_cert, hostname, process):
 def running_registry(hostname, address, users, port=5443, interface="dh-reg0"):
     """Run a registry at ``hostname:port`` (listening on ``address``) for ``users``."""
     workdir = Path(tempfile.mkdtemp(prefix="dh-registry-"))
-    ca_cert, cert, key = make_certificates(workdir, hostname, address)
-    bcrypt_htpasswd(workdir / "htpasswd", users)
-    config = {
-        "version": 0.1,
-        "log": {"level": "warn"},
-        "storage": {"filesystem": {"rootdirectory": str(workdir / "data")}},
-        "http": {
-            "addr": f"{address}:{port}",
-            "secret": os.urandom(16).hex(),
-            "tls": {"certificate": str(cert), "key": str(key)},
-        },
-        "auth": {"htpasswd": {"realm": "docker-hosts-test", "path": str(workdir / "htpasswd")}},
-    }
-    (workdir / "config.yml").write_text(yaml.safe_dump(config))
-    _address_interface(interface, address)
     process = None
+    interface_made = False
     try:
+        ca_cert, cert, key = make_certificates(workdir, hostname, address)
+        bcrypt_htpasswd(workdir / "htpasswd", users)
+        config = {
+            "version": 0.1,
+            "log": {"level": "warn"},
+            "storage": {"filesystem": {"rootdirectory": str(workdir / "data")}},
+            "http": {
+                "addr": f"{address}:{port}",
+                "secret": os.urandom(16).hex(),
+                "tls": {"certificate": str(cert), "key": str(key)},
+            },
+            "auth": {"htpasswd": {"realm": "docker-hosts-test", "path": str(workdir / "htpasswd")}},
+        }
+        (workdir / "config.yml").write_text(yaml.safe_dump(config))
+        _address_interface(interface, address)
+        interface_made = True
         with open(workdir / "registry.log", "wb") as log:
             process = subprocess.Popen(
                 [REGISTRY_BINARY, "serve", str(workdir / "config.yml")],
@@ -196,7 +198,8 @@ def running_registry(hostname, address, users, port=5443, interface="dh-reg0"):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        subprocess.run(["ip", "link", "delete", interface], check=False)
+        if interface_made:
+            subprocess.run(["ip", "link", "delete", interface], check=False)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
