@@ -115,11 +115,11 @@ STATE_MODULES = {
 }
 # section -> (state functions whose parameters it accepts, Salt translator of their **kwargs)
 CONSUMERS = {
-    "containers": (("docker_container.running", "docker_host.container_running"), "container"),
-    "images": (("docker_image.present", "docker_host.image_present"), None),
+    "containers": (("docker_container.running", "docker_containers.running"), "container"),
+    "images": (("docker_image.present", "docker_containers.image_present"), None),
     "networks": (("docker_network.present",), "network"),
     "volumes": (("docker_volume.present",), None),
-    "registries": (("docker_host.registry_login",), None),
+    "registries": (("docker_containers.registry_login",), None),
 }
 REQUIRED_STATES = ("docker_container.running", "docker_image.present")
 # Options that have no default: null is refused for them.
@@ -131,7 +131,10 @@ RESERVED = {
     "ignore_collisions": "would switch off Salt's checks of the other options",
     "validate_ip_addrs": "would switch off Salt's checks of IP addresses",
     "config_path": "is set from docker:registry_config",
+    "registry_config": "is set from docker:registry_config",
 }
+# This formula's own state modules (salt/_states), read from the minion's synced copy.
+OWN_STATE_MODULES = ("docker_host", "docker_containers")
 
 
 def _state_function(ref):
@@ -140,7 +143,7 @@ def _state_function(ref):
     Read from the module's file, not through Salt's state loader: asking the loader for a
     function that does not exist makes it load every state module (seconds per render)."""
     module_name, _, function_name = ref.partition(".")
-    if module_name == "docker_host":
+    if module_name in OWN_STATE_MODULES:
         return _synced_state(module_name, function_name)
     return _imported_state(ref)
 
@@ -560,6 +563,22 @@ def string_list(value, path, ctx):
 # Docker: container, network and volume names ([a-zA-Z0-9][a-zA-Z0-9_.-]+).
 DOCKER_NAME = r"[a-zA-Z0-9][a-zA-Z0-9_.-]+"
 docker_name = string(DOCKER_NAME, "a Docker name ([a-zA-Z0-9][a-zA-Z0-9_.-]+)")
+# docker_containers.running names a container's replacement and its predecessor so.
+REPLACEMENT_SUFFIXES = ("..next", "..previous")
+
+
+def container_name(value, path, ctx):
+    """A Docker name the container state can replace in place (not one of its own names)."""
+    docker_name(value, path, ctx)
+    if isinstance(value, str) and value.endswith(REPLACEMENT_SUFFIXES):
+        ctx.error(
+            path,
+            f"{value!r}: names ending in {' or '.join(REPLACEMENT_SUFFIXES)} are kept for "
+            "the container state's replacements",
+        )
+    return value
+
+
 PACKAGE_NAME = r"[A-Za-z0-9][A-Za-z0-9+._~:=-]*"
 package_name = string(PACKAGE_NAME, "a package name")
 unit_name = string(r"[A-Za-z0-9_.@:][A-Za-z0-9_.@:-]*", "a service name")
@@ -928,7 +947,7 @@ OPTION_CHECKERS = {
     "mem_swappiness": integer(0, 100),
     "oom_score_adj": integer(-1000, 1000),
     "pids_limit": integer(-1),
-    "pull_policy": one_of(("missing", "always", "never")),
+    "pull": one_of(("missing", "always", "never")),
     "watch_action": one_of(
         ("force", "SIGHUP", "SIGTERM", "SIGKILL", "SIGINT", "SIGUSR1", "SIGUSR2")
     ),
@@ -1135,7 +1154,7 @@ def settings_schema(ctx):
         "images": map_of(image_reference, options_of("images")),
         "networks": map_of(docker_name, options_of("networks")),
         "volumes": map_of(docker_name, options_of("volumes")),
-        "containers": map_of(docker_name, container),
+        "containers": map_of(container_name, container),
         "absent": list_of(docker_name),
     }
     for key, default in ctx.defaults.items():

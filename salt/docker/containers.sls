@@ -2,7 +2,7 @@
     Secret references ({secret: name}) stay unresolved here; the docker_containers states
     resolve them at run time. A container requires its image, which requires the login of
     its registry: refused credentials leave the containers of that registry untouched. #}
-{%- from tpldir ~ "/map.jinja" import docker with context %}
+{%- from tpldir ~ "/settings.jinja" import docker with context %}
 {%- set tplroot = tpldir.split("/")[0] %}
 {%- set eagerness = {"never": 0, "missing": 1, "always": 2} %}
 include:

@@ -28,7 +28,6 @@ from tools.images import import_busybox
 
 TIMINGS = {}
 SECRET_NAMES = ("postgres_user", "postgres_password", "postgres_db", "registry_password")
-TEST_REGISTRY = "registry.test.invalid"
 # The repository's `master` settings that the test master takes over (paths made absolute).
 MASTER_SETTINGS = (
     "module_dirs",
@@ -121,9 +120,6 @@ def pillar_root(tmp_path_factory, repo_root, gpg_home, secret_values, test_paths
     postgres["networks"] = ["backend"]
     postgres["labels"] = {"class": "dataserver"}
     dataserver["docker"]["networks"] = {"backend": {"driver": "bridge"}}
-    dataserver["docker"]["registries"] = {
-        TEST_REGISTRY: {"username": "deploy", "password": {"secret": "registry_password"}}
-    }
     (root / "dataserver.sls").write_text(yaml.safe_dump(dataserver))
 
     write_secrets(root / "secrets" / "dataserver.sls", gpg_home["public"], secret_values)
@@ -206,7 +202,6 @@ HELPERS = SimpleNamespace(
     stop_agent=stop_agent,
     timings=TIMINGS,
     secret_names=SECRET_NAMES,
-    test_registry=TEST_REGISTRY,
 )
 
 

@@ -292,19 +292,22 @@ def test_shipped_dataserver_containers(node_os):
     _, show = node_os
     rendered = show_sls(show)
     kind, postgres = state(rendered, "docker-container-postgres")
-    assert kind == "docker_host.container_running"
+    assert kind == "docker_containers.running"
     assert postgres["log_driver"] == "awslogs"
     assert postgres["log_opt"] == {
         "awslogs-region": "cn-north-1",
         "awslogs-group": "dataserver",
         "awslogs-stream": "postgres",
+        "awslogs-create-group": "true",
     }
     assert postgres["restart_policy"] == "always"
     assert "restart_retries" not in postgres
     assert postgres["volumes_from"] == ["pg_data"]
     # Secrets stay references in the rendered states; resolved only when the state runs.
     assert postgres["environment"]["POSTGRES_PASSWORD"] == {"secret": "postgres_password"}
-    assert {"docker_host": "docker-container-pg_data"} in postgres["require"]
+    assert {"docker_containers": "docker-container-pg_data"} in postgres["require"]
     pg_data = state(rendered, "docker-container-pg_data")[1]
     assert pg_data["start"] is False
-    assert pg_data["volumes"] == ["/var/lib/postgresql"]
+    # The database is on a named volume, which outlives every container that mounts it.
+    assert pg_data["binds"] == ["pgdata:/var/lib/postgresql"]
+    assert {"docker_volume": "docker-volume-pgdata"} in postgres["require"]

@@ -149,12 +149,6 @@ def test_no_secret_in_the_minion_cache(measured):
     assert cache == {}, report(cache)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Salt's docker module logs container create arguments (environment included) at "
-    "debug on the minion; the containers branch replaces that code path. Remove this mark "
-    "when both branches are merged.",
-)
 def test_no_secret_in_minion_logs_at_debug(measured):
     logs = {
         path: {level: names for level, names in hits.items() if level in LEVELS_ALWAYS_ON}

@@ -20,12 +20,14 @@ def settings_module():
 
 @pytest.fixture(scope="module")
 def consumers(settings_module):
-    host_states = corpus.load_salt_module("states", "docker_host")
+    own_states = {
+        name: corpus.load_salt_module("states", name) for name in settings_module.OWN_STATE_MODULES
+    }
 
     def lookup(ref):
         module, _, function = ref.partition(".")
-        if module == "docker_host":
-            return getattr(host_states, function, None)
+        if module in own_states:
+            return getattr(own_states[module], function, None)
         return settings_module._imported_state(ref)
 
     return settings_module.build_consumer_options(lookup)

@@ -31,11 +31,6 @@ def docker_host():
     return module
 
 
-@pytest.fixture
-def host_states():
-    return _load("states", "docker_host")
-
-
 def make_tree(root, devices=(), nvme_serials=None):
     """A fake node: /dev/<name> files and /sys/block/nvmeXn1/device/serial."""
     (root / "dev").mkdir(parents=True, exist_ok=True)
@@ -201,30 +196,6 @@ def test_devicemapper_daemon_json_points_at_the_thin_pool(docker_host):
             "dm.use_deferred_deletion=true",
         ],
     }
-
-
-# --- secrets in the container state -----------------------------------------------------------
-
-
-def test_secret_references_resolve_and_mask(host_states):
-    used = []
-    resolved = host_states._resolve(
-        {"environment": {"A": {"secret": "a"}, "B": "plain"}, "command": ["x"]},
-        {"a": "hunter2"},
-        used,
-    )
-    assert resolved == {"environment": {"A": "hunter2", "B": "plain"}, "command": ["x"]}
-    output = {"changes": {"env": {"old": ["A=old"], "new": ["A=hunter2"]}}, "comment": "hunter2"}
-    masked = host_states._mask(output, used)
-    assert "hunter2" not in repr(masked)
-    assert masked["changes"]["env"]["new"] == ["A=**********"]
-
-
-def test_missing_secret_fails_the_container_state(host_states):
-    host_states.__pillar__ = {"docker_secrets": {}}
-    ret = host_states.container_running("web", image="x", environment={"A": {"secret": "a"}})
-    assert ret["result"] is False
-    assert "secret 'a' is not in pillar docker_secrets" in ret["comment"]
 
 
 # --- docker SDK for the minion's own Python ----------------------------------------------------
