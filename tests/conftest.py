@@ -1,6 +1,7 @@
 """Fixtures and guards shared by every test tier."""
 
 import logging
+import signal
 import socket
 from pathlib import Path
 
@@ -21,6 +22,16 @@ def pytest_sessionstart(session):
             f" (found {sorted(interfaces)}): run them through bin/test",
             returncode=3,
         )
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config):
+    # SIGTERM (CI timeouts, `kill`) ends the run like Ctrl-C does: pytest then tears the
+    # fixtures down, so the daemons, namespaces and loop devices they started are removed.
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def pytest_unconfigure(config):

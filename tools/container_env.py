@@ -70,9 +70,10 @@ class ContainerEnv:
 
 def _base_pillar(root, minion_ids):
     common = yaml.safe_load((REPO_ROOT / "pillar" / "docker.sls").read_text())
-    common["docker"]["storage"]["mode"] = "none"
-    common["docker"]["install"] = {"manage": False}
-    common["docker"]["service"] = {"manage": False}
+    docker = common.setdefault("docker", {})
+    docker["storage"] = {"mode": "none"}
+    docker["install"] = {"manage": False}
+    docker["service"] = {"manage": False}
     (root / "common.sls").write_text(yaml.safe_dump(common))
     top = {"base": {"*": ["common", "secrets"]}}
     for minion_id in minion_ids:

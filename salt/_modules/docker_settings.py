@@ -132,7 +132,13 @@ RESERVED = {
     "validate_ip_addrs": "would switch off Salt's checks of IP addresses",
     "config_path": "is set from docker:registry_config",
     "registry_config": "is set from docker:registry_config",
+    "host_config": "is built by the container state from the other options",
+    "networking_config": "is built by the container state from `networks`",
+    "detach": "is set by the container state",
+    "log_config": "is built from log_driver and log_opt",
 }
+# docker SDK arguments the container state builds itself from the pillar's options.
+SDK_ARGS_THE_STATE_BUILDS = ("host_config", "networking_config", "detach", "log_config")
 # This formula's own state modules (salt/_states), read from the minion's synced copy.
 OWN_STATE_MODULES = ("docker_host", "docker_containers")
 
@@ -148,11 +154,26 @@ def _state_function(ref):
     return _imported_state(ref)
 
 
+def _own_state_path(module_name):
+    """Where the loader finds this formula's state module: the minion's synced copy
+    (extension_modules), else ``states_dirs`` or ``module_dirs`` (a minion run from a
+    checkout), as Salt's loader looks for it."""
+    candidates = [os.path.join(__opts__["extension_modules"], "states")]
+    candidates += list(__opts__.get("states_dirs") or [])
+    for directory in __opts__.get("module_dirs") or []:
+        candidates += [os.path.join(directory, "states"), os.path.join(directory, "_states")]
+    for directory in candidates:
+        path = os.path.join(directory, f"{module_name}.py")
+        if os.path.exists(path):
+            return path
+    raise CommandExecutionError(
+        f"state module {module_name} is not in {candidates[0]}: run saltutil.sync_states"
+    )
+
+
 def _synced_state(module_name, function_name):
-    """A function of one of this formula's state modules, as synced to the minion."""
-    path = os.path.join(__opts__["extension_modules"], "states", f"{module_name}.py")
-    if not os.path.exists(path):
-        raise CommandExecutionError(f"{path} is missing: run saltutil.sync_states")
+    """A function of one of this formula's state modules, as the minion's loader sees it."""
+    path = _own_state_path(module_name)
     spec = importlib.util.spec_from_file_location(f"docker_settings_{module_name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -175,6 +196,10 @@ def build_consumer_options(lookup):
     sections = {}
     for section, (refs, translator) in CONSUMERS.items():
         options = translator_kinds(translator) if translator else {}
+        if section == "containers":
+            # Salt's translator passes options it does not know on to the docker SDK.
+            options = {**dict.fromkeys(sdk_container_args(), "any"), **options}
+            options.update(dict.fromkeys(SDK_ARGS_THE_STATE_BUILDS, "reserved"))
         for ref in refs:
             function = lookup(ref)
             if function is None and ref in REQUIRED_STATES:
@@ -186,6 +211,39 @@ def build_consumer_options(lookup):
                 options.update(parameter_kinds(function))
         sections[section] = options
     return sections
+
+
+# The docker SDK's create_container/create_host_config arguments (docker 7.2.0): used only
+# when the SDK is not importable yet (a fresh node renders before install.sls installs it);
+# tests/unit/test_bad_pillars.py checks this list against the installed SDK.
+SDK_CONTAINER_ARGS = (
+    "auto_remove", "binds", "blkio_weight", "blkio_weight_device", "cap_add", "cap_drop",
+    "cgroup_parent", "cgroupns", "command", "cpu_count", "cpu_percent", "cpu_period",
+    "cpu_quota", "cpu_rt_period", "cpu_rt_runtime", "cpu_shares", "cpuset_cpus", "cpuset_mems",
+    "detach", "device_cgroup_rules", "device_read_bps", "device_read_iops", "device_requests",
+    "device_write_bps", "device_write_iops", "devices", "dns", "dns_opt", "dns_search",
+    "domainname", "entrypoint", "environment", "extra_hosts", "group_add", "healthcheck",
+    "host_config", "hostname", "image", "init", "init_path", "ipc_mode", "isolation",
+    "kernel_memory", "labels", "links", "log_config", "lxc_conf", "mem_limit",
+    "mem_reservation", "mem_swappiness", "memswap_limit", "mounts", "name", "nano_cpus",
+    "network_disabled", "network_mode", "networking_config", "oom_kill_disable",
+    "oom_score_adj", "pid_mode", "pids_limit", "platform", "port_bindings", "ports",
+    "privileged", "publish_all_ports", "read_only", "restart_policy", "runtime", "security_opt",
+    "shm_size", "stdin_open", "stop_signal", "stop_timeout", "storage_opt", "sysctls", "tmpfs",
+    "tty", "ulimits", "use_config_proxy", "user", "userns_mode", "uts_mode", "volume_driver",
+    "volumes", "volumes_from", "working_dir",
+)  # fmt: skip
+
+
+def sdk_container_args():
+    """The container options the installed docker SDK takes (else SDK_CONTAINER_ARGS)."""
+    try:
+        import salt.utils.dockermod  # noqa: PLC0415 - needs the docker SDK, which may be absent
+
+        accepted = salt.utils.dockermod.get_client_args(["create_container", "host_config"])
+    except Exception:  # no SDK yet, or one Salt cannot read: the pinned version's list
+        return SDK_CONTAINER_ARGS
+    return tuple(sorted(set(accepted["create_container"]) | set(accepted["host_config"])))
 
 
 def parameter_kinds(function):

@@ -76,3 +76,13 @@ def test_bad_pillar_is_refused_naming_the_key(settings_module, consumers, entry)
     assert entry["expect"] in str(refused.value)
     for value in corpus.TEST_SECRETS.values():
         assert value not in str(refused.value)
+
+
+def test_sdk_container_args_fallback_is_the_installed_sdks(settings_module):
+    # The fallback list (used before the docker SDK is installed on a node) is the pinned
+    # SDK's own: regenerate it when requirements-common.txt moves the docker version.
+    import salt.utils.dockermod  # noqa: PLC0415
+
+    accepted = salt.utils.dockermod.get_client_args(["create_container", "host_config"])
+    installed = set(accepted["create_container"]) | set(accepted["host_config"])
+    assert set(settings_module.SDK_CONTAINER_ARGS) == installed
