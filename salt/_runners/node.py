@@ -13,12 +13,14 @@ Runner ``node``: what the master does around a node's life (salt/reactor/, salt/
   accepted key (and a class in the node class registry) before it is converged, and is
   forgotten only once salt-cloud has removed its key or EC2 no longer has it.
 - ``forget``: remove what the master keeps about a destroyed node.
-- ``class_plan``: which nodes a class needs created to have ``count`` live ones, and which
-  are extra (salt/orch/ensure_class.sls).
+- ``class_plan`` / ``ensure_plan``: which nodes a class needs created to have ``count`` live
+  ones, and which are extra; ``converge_nodes`` converges the new ones (salt/orch/).
 """
 
+import concurrent.futures
 import contextlib
 import copy
+import difflib
 import fcntl
 import hashlib
 import json
@@ -129,10 +131,17 @@ def _converge_lock(name, timeout):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _returning(result, ok):
+    """``result`` with the exit code salt-run takes from it (a top-level ``retcode``); the
+    orchestrate runner and the salt.runner state read ``__context__``."""
+    retcode = 0 if ok else 1
+    __context__["retcode"] = retcode
+    return {**result, "retcode": retcode}
+
+
 def _fail(message, **extra):
-    __context__["retcode"] = 1
     log.warning("node: %s", message)
-    return {"result": False, "comment": message, **extra}
+    return _returning({"result": False, "comment": message, **extra}, ok=False)
 
 
 # --- the node class registry (runner node_class, built on the formula branch) -------------
@@ -207,7 +216,7 @@ def summarize(ret):
         "states": len(states),
         "changed": changed,
         "failed": failed,
-        "retcode": ret.get("retcode"),
+        "highstate_retcode": ret.get("retcode"),
     }
 
 
@@ -253,9 +262,27 @@ def converge(name, timeout=3600, minion_wait=600, source="cli"):
             record["finished"] = time.time()
             _write_record(name, record)
             _fire(name, record)
-    if not record.get("result"):
-        __context__["retcode"] = 1
-    return {name: record}
+    return _returning({name: record}, ok=record.get("result"))
+
+
+def converge_nodes(nodes, timeout=3600, minion_wait=600, source="orchestrate"):
+    """
+    ``converge`` for each node of ``nodes`` (a list), all at once; fails if any fails.
+
+    CLI Example: ``salt-run node.converge_nodes '[backends-1, backends-2]'``
+    """
+    names = [check_name(name) for name in nodes]
+    results = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        futures = {
+            name: pool.submit(converge, name, timeout, minion_wait, source) for name in names
+        }
+        for name, future in futures.items():
+            returned = future.result()
+            results[name] = returned.get(name) or {
+                key: value for key, value in returned.items() if key != "retcode"
+            }
+    return _returning(results, ok=all(record.get("result") for record in results.values()))
 
 
 def wait_converged(name, timeout=3600):
@@ -273,9 +300,7 @@ def wait_converged(name, timeout=3600):
             return _fail(f"{name}: no accepted minion key (not created, or destroyed)")
         record = read_record(name)
         if record and record.get("key") == fingerprint and record.get("finished"):
-            if not record.get("result"):
-                __context__["retcode"] = 1
-            return {name: record}
+            return _returning({name: record}, ok=record.get("result"))
         if time.monotonic() > deadline:
             state = "still running" if record and record.get("key") == fingerprint else "none"
             return _fail(f"{name}: not converged after {timeout} s (converge: {state})")
@@ -304,7 +329,7 @@ def event_problem(tag, data, expected):
 
 def _start(fun, **kwargs):
     """Run runner ``fun`` in a process of its own (the reactor's threads stay free)."""
-    return _runner_client().asynchronous(fun, {"kwarg": kwargs})
+    return _runner_client().asynchronous(fun, {"arg": [], "kwarg": kwargs})
 
 
 def on_created(tag, data):
@@ -383,24 +408,26 @@ def _remove_master_data(name):
     _unset_node_class(name)
 
 
-def forget(name, grace=60):
+def forget(name, grace=10):
     """
     Remove what the master keeps about destroyed node ``name``: its key (salt-cloud -d removes
-    it first), cached grains/pillar/mine, converge record and node class registry entry.
-    Refused while the key is accepted and EC2 still has (or cannot say it has not) the node.
+    it right after the destroy event), cached grains/pillar/mine, converge record and node
+    class registry entry. Refused while the key is accepted and EC2 still has the node, or
+    cannot be asked.
 
     CLI Example: ``salt-run node.forget db1``
     """
     name = check_name(name)
-    deadline = time.monotonic() + float(grace)
-    while key_fingerprint(name) is not None and time.monotonic() < deadline:
-        time.sleep(2)
     removed = []
     if key_fingerprint(name) is not None:
         if not _instance_gone(name):
             return _fail(f"{name}: key still accepted and the node is not known to be gone")
-        salt.wheel.WheelClient(__opts__).cmd("key.delete", [name])
-        removed.append("key")
+        deadline = time.monotonic() + float(grace)
+        while key_fingerprint(name) is not None and time.monotonic() < deadline:
+            time.sleep(1)
+        if key_fingerprint(name) is not None:
+            salt.wheel.WheelClient(__opts__).cmd("key.delete", [name])
+            removed.append("key")
     _remove_master_data(name)
     removed += ["cache", "converge record", "node class"]
     return {"result": True, "comment": f"forgot {name}", "removed": removed}
@@ -433,6 +460,42 @@ def _check_plan_args(node_class_name, count):
         raise ValueError(f"class: {node_class_name!r} is not a class name")
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 1000:
         raise ValueError(f"count: {count!r} is not a whole number from 0 to 1000")
+
+
+REQUEST_KEYS = ("class", "count", "profile", "prefix", "remove_extra")
+
+
+def check_request(request):
+    """The ensure_class request ({class, count, profile, prefix, remove_extra}) checked:
+    required keys, types, and a key that looks like a misspelt one is refused."""
+    if not isinstance(request, dict):
+        raise ValueError("the request must be a mapping: {class: <name>, count: <n>}")
+    for key in request:
+        close = difflib.get_close_matches(str(key), REQUEST_KEYS, n=1, cutoff=0.7)
+        if key not in REQUEST_KEYS and close:
+            raise ValueError(f"{key}: unknown key (did you mean {close[0]}?)")
+    for key in ("class", "count"):
+        if key not in request:
+            raise ValueError(f"{key}: missing (the request is {{class: <name>, count: <n>}})")
+    if not isinstance(request.get("remove_extra", False), bool):
+        raise ValueError(f"remove_extra: {request['remove_extra']!r} is not true or false")
+    _check_plan_args(request["class"], request["count"])
+    return request
+
+
+def ensure_plan(request):
+    """
+    ``class_plan`` for an ensure_class request (the orchestration's pillar), plus whether the
+    extra nodes are to be removed. Raises on a bad request, before anything is created.
+
+    CLI Example: ``salt-run node.ensure_plan '{class: backends, count: 3}'``
+    """
+    request = check_request(request)
+    plan_ = class_plan(
+        request["class"], request["count"], request.get("profile"), request.get("prefix")
+    )
+    plan_["remove_extra"] = request.get("remove_extra", False)
+    return plan_
 
 
 def class_plan(node_class, count, profile=None, prefix=None):

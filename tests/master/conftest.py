@@ -9,6 +9,7 @@ deploys through the local sshd, and the deploy script (tests/master/deploy_host_
 """
 
 import contextlib
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -61,9 +62,10 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="package")
 def work_dir():
     # Short: the master's and minions' Unix sockets live below it.
-    path = Path(tempfile.mkdtemp(prefix="dh-", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="dhm-", dir="/tmp"))
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if not os.environ.get("DOCKERHOSTS_KEEP_TEST_DIR"):  # keep it to debug a failure
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="package")
