@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from tools import ec2_endpoint, gpg, images, vm
+from tools import checkout_paths, ec2_endpoint, gpg, images, vm
 from tools.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +94,7 @@ class DeployedNode:
     private_address: str
     volume_id: str
     cloud_output: dict = field(default_factory=dict)
+    converge: dict = field(default_factory=dict)
 
     def ssh(self, command, **kwargs):
         return self.node.ssh(command, **kwargs)
@@ -126,8 +127,9 @@ class Stack:
 
     # --- setup ---------------------------------------------------------------------------
 
-    def start(self):
-        self.image_dir = self.vm.node_image_dir()  # fail first if the image is not built
+    def start(self, releases=("bookworm",)):
+        # Fail first if an image is not built.
+        self.image_dirs = {release: self.vm.node_image_dir(release) for release in releases}
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.key = self.work_dir / "id_ed25519"
         subprocess.run(
@@ -162,6 +164,10 @@ class Stack:
         self.gpg_public = gpg.make_key(self.gpg_home, name="e2e-salt-master")
         (self.work_dir / "pillar").mkdir()
         master = yaml.safe_load((REPO_ROOT / "master").read_text())
+        # The repository's master with its paths absolute (as bin/salt-master makes them):
+        # reactor, runner_dirs, ...; then the stack's own pki/cache, pillar and ports.
+        master.pop("include", None)
+        master.update(checkout_paths.absolute_paths(master, REPO_ROOT))
         master.update(
             {
                 "root_dir": str(self.root / ".salt"),
@@ -330,8 +336,11 @@ class Stack:
         if not path.exists():  # nodes of one class share it; salt-cloud may be reading it
             path.write_text(yaml.safe_dump(overrides))
 
-    def create_node(self, name, base_class="backends", mode="overlay2", extra_disks=()):
-        """`salt-cloud -p` a node; boot its VM as soon as EC2 gives it an address."""
+    def create_node(
+        self, name, base_class="backends", mode="overlay2", extra_disks=(), release="bookworm"
+    ):
+        """`salt-cloud -p` a node, booting its VM as soon as EC2 gives it an address; the
+        master's reactor then converges it: `salt-run node.wait_converged` waits for that."""
         profile = f"local-{base_class}"
         with self.lock:
             self.add_profile(profile, base_class)
@@ -362,7 +371,8 @@ class Stack:
                     private_key=self.key,
                     volume_id=volume_id,
                     volume_size_gib=4,
-                    image_dir=self.image_dir,
+                    image_dir=self.image_dirs[release],
+                    release=release,
                     extra_disks=list(extra_disks),
                 )
                 deployed = DeployedNode(
@@ -389,10 +399,32 @@ class Stack:
                     f"\n{node.console_tail()}"
                 )
             deployed.cloud_output = json_document(stdout)
-        with self.timer(f"{name}: minion answers the master, custom modules synced"):
-            self.wait_for_minion(name)
-            self.salt(name, "saltutil.sync_modules,saltutil.sync_states", ",", timeout=300)
+        with self.timer(f"{name}: reactor: minion joins, modules synced, highstate"):
+            deployed.converge = self.wait_converged(name)
+        seconds = deployed.converge.get("seconds") or {}
+        self.log(f"{name}: converge by the reactor: {seconds}")
         return deployed
+
+    def wait_converged(self, name, timeout=1800):
+        """`salt-run node.wait_converged <name>`: the reactor's converge record (raises if it
+        did not finish or failed)."""
+        result = self.run(
+            "salt-run",
+            "--out=json",
+            "node.wait_converged",
+            name,
+            f"timeout={timeout}",
+            timeout=timeout + 120,
+        )
+        try:
+            record = json.loads(result.stdout).get(name) or {}
+        except (json.JSONDecodeError, AttributeError):
+            record = {}
+        if result.returncode != 0 or not record.get("result"):
+            raise RuntimeError(
+                f"{name} did not converge (rc {result.returncode}):\n{result.stdout[-4000:]}"
+            )
+        return record
 
     def ec2(self):
         """One EC2 client for all threads (creating boto3 clients is not thread-safe)."""

@@ -226,12 +226,21 @@ def _fire(name, summary):
 
 
 def _run_highstate(name, timeout, minion_wait):
+    """Wait for the minion, sync, highstate; the summary says how long each step took."""
     local = _local()
+    started = time.monotonic()
     if not _wait_for_minion(local, name, minion_wait):
         return {"result": False, "comment": f"minion {name} did not answer in {minion_wait} s"}
+    joined = time.monotonic()
     _sync(local, name, timeout=300)
+    synced = time.monotonic()
     returns = local.cmd(name, "state.apply", timeout=timeout, full_return=True)
     summary = summarize(returns.get(name))
+    summary["seconds"] = {
+        "minion": round(joined - started, 1),
+        "sync": round(synced - joined, 1),
+        "highstate": round(time.monotonic() - synced, 1),
+    }
     jid = (returns.get(name) or {}).get("jid")
     if jid:
         summary["jid"] = jid

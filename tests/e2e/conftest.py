@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tools import stack as stack_module
+from tools import vm
 
 E2E_DIR = Path(__file__).resolve().parent
 
@@ -32,7 +33,7 @@ def stack(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     local = stack_module.Stack(work, log=lambda message: print(message, flush=True))
     try:
-        local.start()
+        local.start(releases=vm.RELEASES)
         yield local
     finally:
         try:

@@ -26,6 +26,7 @@ DEPLOY_SUBNET_CIDR = "127.0.30.0/28"
 # at most 16 addresses).
 DEPLOY_ADDRESSES = [f"127.0.30.{host}" for host in range(4, 15)]
 PROFILE = "test-backends"
+WORKERS_PROFILE = "test-workers"
 # Nodes whose name starts with this get a pillar whose highstate fails (daemon.json in /proc).
 BROKEN_PREFIX = "broken"
 
@@ -119,7 +120,9 @@ def test_profile(clone, endpoint, ssh_server, client_key, work_dir):
             "display_ssh_output": False,
             "wait_for_passwd_maxtries": 3,
             "ssh_connect_timeout": 5,
-        }
+        },
+        # A class of its own for the ensure_class orchestration.
+        WORKERS_PROFILE: {"extends": PROFILE, "class": "workers"},
     }
     (clone / "cloud.profiles.d" / "zz-test.conf").write_text(yaml.safe_dump(profile))
     return PROFILE

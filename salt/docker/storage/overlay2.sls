@@ -54,7 +54,10 @@ docker-storage-mounted:
     - name: {{ overlay.mountpoint }}
     - device: {{ lv_device }}
     - fstype: {{ overlay.filesystem }}
-    - opts: defaults
+    - opts: {{ overlay.mount_options[overlay.filesystem]|join(",")|json }}
+    # XFS reports pquota as prjquota once mounted: not a reason to remount.
+    - extra_mount_translate_options:
+        pquota: prjquota
     - mkmnt: True
     - persist: True
     - require:
