@@ -1,8 +1,9 @@
 """bin/demo: the main job end to end on this machine, no AWS account (see docs/e2e.md).
 
-Local EC2 endpoint, salt-master, then per requested class: `salt-cloud -p` (the boto3_ec2
-driver launches the instance; its deploy reaches a qemu VM standing in for it), highstate,
-and a summary of what was built. Everything is removed on exit, error or Ctrl-C.
+Local EC2 endpoint, salt-master, then per requested class one command, `salt-cloud -p` (the
+boto3_ec2 driver launches the instance; its deploy reaches a qemu VM standing in for it; the
+master's reactor then converges the node, which `salt-run node.wait_converged` waits for), and
+a summary of what was built. Everything is removed on exit, error or Ctrl-C.
 """
 
 import argparse
@@ -68,20 +69,17 @@ def show_node(local, deployed):
     print("\n".join(lines), flush=True)
 
 
-def provision(local, node_class, mode):
+def provision(local, node_class, mode, release):
+    """One command: `salt-cloud -p`; the reactor converges the node (raises if it failed)."""
     name = f"demo-{node_class}"
-    deployed = local.create_node(name, node_class, mode)
-    with local.timer(f"{name}: highstate"):
-        result, states = local.highstate(name)
-    failed = {key: ret.get("comment") for key, ret in states.items() if not ret.get("result")}
-    if result.returncode != 0 or failed or not states:
-        detail = "\n".join(f"  {key}: {comment}" for key, comment in failed.items())
-        raise RuntimeError(
-            f"highstate of {name} failed (rc {result.returncode}):\n"
-            f"{detail or result.stdout[-3000:]}"
-        )
-    changed = sum(1 for ret in states.values() if ret.get("changes"))
-    say(f"{name}: highstate ok, {len(states)} states, {changed} changed")
+    deployed = local.create_node(name, node_class, mode, release=release)
+    record = deployed.converge
+    seconds = record.get("seconds") or {}
+    say(
+        f"{name}: converged by the reactor: {record.get('states')} states, "
+        f"{record.get('changed')} changed (minion joined {seconds.get('minion')} s, "
+        f"modules synced {seconds.get('sync')} s, highstate {seconds.get('highstate')} s)"
+    )
     return deployed
 
 
@@ -97,12 +95,21 @@ def main(argv=None):
     )
     parser.add_argument("--storage", choices=STORAGE_MODES, default="overlay2")
     parser.add_argument(
+        "--release",
+        choices=stack_module.vm.RELEASES,
+        default="trixie",
+        help="Debian release of the nodes: trixie (13, Engine 26) or bookworm (12, Engine 20.10,"
+        " the only one with devicemapper)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="after the summary, wait for Enter before cleaning up"
     )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.classes) - set(classes))
     if unknown:
         parser.error(f"unknown class {unknown}: cloud.profiles.d has {classes}")
+    if args.storage == "devicemapper" and args.release != "bookworm":
+        parser.error("devicemapper needs Docker Engine <= 24: use --release bookworm")
     # SIGTERM cleans up like Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
 
@@ -111,11 +118,11 @@ def main(argv=None):
     local = stack_module.Stack(work, log=say)
     outcome = {}
     try:
-        local.start()
+        local.start(releases=(args.release,))
 
         def run(node_class):
             try:
-                outcome[node_class] = provision(local, node_class, args.storage)
+                outcome[node_class] = provision(local, node_class, args.storage, args.release)
             except Exception as error:
                 outcome[node_class] = error
 

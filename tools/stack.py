@@ -47,6 +47,10 @@ DOCKER_DISK_DEVICE = "/dev/sdb"
 APP_IMAGE = "e2e/busybox"
 APP_IMAGE_TAG = "latest"
 APP_CONTAINER = "app"
+# overlay2 nodes: a container limited to QUOTA_SIZE of writable layer (storage_opt size:
+# XFS project quotas, the LV mounted with pquota).
+QUOTA_CONTAINER = "quota"
+QUOTA_SIZE = "64M"
 APP_DATA_CONTAINER = "app_data"
 # What the app container's PID 1 runs: it exits on SIGTERM at once (Docker stops it fast on
 # reboot) and otherwise sleeps.
@@ -214,6 +218,12 @@ class Stack:
                 "docker.update_mine": False,
                 "docker_secrets": {"app_token": secret},
             }
+            if deployed.mode == "overlay2":
+                pillar["docker"]["containers"][QUOTA_CONTAINER] = {
+                    "image": APP_IMAGE,
+                    "command": APP_COMMAND,
+                    "storage_opt": {"size": QUOTA_SIZE},
+                }
             (pillar_dir / f"node_{name}.sls").write_text(
                 "#!yaml|gpg\n" + yaml.safe_dump(pillar, default_style=None, width=1000)
             )

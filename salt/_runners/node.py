@@ -377,8 +377,11 @@ def _cloud_client():
     """salt-cloud's client for this checkout's `cloud` config, usable from the master's
     processes (working directory /): relative cloud_dirs are taken from the checkout."""
     root = _checkout_dir()
+    # The master's options without any cloud configuration they may carry already (3007
+    # refuses providers given twice).
+    master = {k: v for k, v in __opts__.items() if k not in ("providers", "profiles")}
     opts = salt.config.cloud_config(
-        os.path.join(root, "cloud"), master_config=copy.deepcopy(dict(__opts__))
+        os.path.join(root, "cloud"), master_config=copy.deepcopy(master)
     )
     opts["cloud_dirs"] = [os.path.join(root, path) for path in opts.get("cloud_dirs") or []]
     return salt.cloud.CloudClient(opts=opts)

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from tools.stack import APP_CONTAINER, DOCKER_DISK_DEVICE
+from tools.stack import APP_CONTAINER, DOCKER_DISK_DEVICE, QUOTA_CONTAINER
 
 pytestmark = pytest.mark.e2e
 
@@ -166,6 +166,66 @@ def check_disk_with_filesystem_refused(stack, deployed, data_disk):
     assert_storage(deployed)
 
 
+def check_pquota(deployed):
+    """The overlay2 LV is mounted with project quotas (and so in fstab): a container with
+    storage_opt size=64M writes 40 MiB, not 100."""
+    node = deployed.node
+    options = node.ssh("findmnt -n -o OPTIONS --mountpoint /var/lib/docker").stdout
+    assert "prjquota" in options.split(","), options
+    fstab = node.ssh("grep -w /var/lib/docker /etc/fstab").stdout
+    assert "pquota" in fstab, fstab
+    fits = node.ssh(f"docker exec {QUOTA_CONTAINER} dd if=/dev/zero of=/fits bs=1M count=40")
+    assert fits.returncode == 0
+    beyond = node.ssh(
+        f"docker exec {QUOTA_CONTAINER} dd if=/dev/zero of=/beyond bs=1M count=100", check=False
+    )
+    assert beyond.returncode != 0, beyond.stdout + beyond.stderr
+    assert "quota" in beyond.stderr.lower() or "no space" in beyond.stderr.lower(), beyond.stderr
+
+
+def storage_bytes(deployed):
+    """(the LV Docker's storage lives in, the filesystem on it (overlay2) or None)."""
+    node = deployed.node
+    lv = "docker_vol/thinpool" if deployed.mode == "devicemapper" else "docker_vol/docker"
+    size = int(node.ssh(f"lvs --noheadings --units b --nosuffix -o lv_size {lv}").stdout)
+    if deployed.mode == "devicemapper":
+        return size, None
+    filesystem = node.ssh("df -B1 --output=size /var/lib/docker | tail -1").stdout
+    return size, int(filesystem)
+
+
+def started_at(node):
+    return node.ssh(f"docker inspect -f '{{{{.State.StartedAt}}}}' {APP_CONTAINER}").stdout
+
+
+def check_growth(stack, deployed):
+    """The EBS volume grows from 4 to 6 GiB under the running node (qemu block_resize, as
+    EC2's ModifyVolume): the next highstate grows PV, LV and filesystem (or the thin pool)
+    online; the container keeps running, its data stays."""
+    node = deployed.node
+    marker = f"written before growth {time.time()}"
+    node.ssh(f"docker exec {APP_CONTAINER} sh -c 'echo \"{marker}\" > /data/grown'")
+    lv_before, fs_before = storage_bytes(deployed)
+    running_since = started_at(node)
+    with stack.timer(f"{deployed.name}: disk 4 -> 6 GiB, highstate grows storage online"):
+        node.grow_volume(6)
+        device = node.guest_volume_device
+        deadline = time.monotonic() + 60
+        while int(node.ssh(f"blockdev --getsize64 {device}").stdout) != 6 * 1024**3:
+            assert time.monotonic() < deadline, "the guest did not see the larger disk"
+            time.sleep(1)
+        result, states = stack.highstate(deployed.name)
+    assert_converged(result, states, stack.app_secret, expect_changes=True)
+    changed = changed_states(states)
+    assert len(changed) == 1 and "docker-storage-grown" in next(iter(changed)), changed
+    lv_after, fs_after = storage_bytes(deployed)
+    assert lv_after > lv_before + 1024**3, (lv_before, lv_after)
+    if fs_before is not None:
+        assert fs_after > fs_before + 1024**3, (fs_before, fs_after)
+    assert started_at(node) == running_since, "the container was restarted"
+    assert node.ssh(f"docker exec {APP_CONTAINER} cat /data/grown").stdout.strip() == marker
+
+
 def check_reboot(stack, deployed):
     node = deployed.node
     marker = f"written before reboot {time.time()}"
@@ -215,9 +275,11 @@ def node_lifecycle(stack, name, tmp_path):
         if release == "trixie":
             with stack.timer(f"{name}: devicemapper on Engine 26 (refused)"):
                 check_devicemapper_refused_on_engine_26(stack, deployed, blank_disk)
+            check_pquota(deployed)
         else:
             with stack.timer(f"{name}: storage on a disk holding a filesystem (refused)"):
                 check_disk_with_filesystem_refused(stack, deployed, data_disk)
+        check_growth(stack, deployed)
         check_reboot(stack, deployed)
         check_destroyed(stack, deployed)
     finally:
