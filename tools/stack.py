@@ -99,6 +99,8 @@ class DeployedNode:
     volume_id: str
     cloud_output: dict = field(default_factory=dict)
     converge: dict = field(default_factory=dict)
+    # Merged over the node's docker: pillar (e.g. {"config": {"features": {...}}}).
+    docker_pillar: dict = field(default_factory=dict)
 
     def ssh(self, command, **kwargs):
         return self.node.ssh(command, **kwargs)
@@ -218,6 +220,8 @@ class Stack:
                 "docker.update_mine": False,
                 "docker_secrets": {"app_token": secret},
             }
+            for key, value in deployed.docker_pillar.items():
+                pillar["docker"][key] = value
             if deployed.mode == "overlay2":
                 pillar["docker"]["containers"][QUOTA_CONTAINER] = {
                     "image": APP_IMAGE,
@@ -435,6 +439,12 @@ class Stack:
                 f"{name} did not converge (rc {result.returncode}):\n{result.stdout[-4000:]}"
             )
         return record
+
+    def set_docker_pillar(self, name, **sections):
+        """Change sections of node `name`'s docker: pillar (the next highstate applies it)."""
+        with self.lock:
+            self.nodes[name].docker_pillar.update(sections)
+            self._write_pillar()
 
     def ec2(self):
         """One EC2 client for all threads (creating boto3 clients is not thread-safe)."""

@@ -226,6 +226,61 @@ def check_growth(stack, deployed):
     assert node.ssh(f"docker exec {APP_CONTAINER} cat /data/grown").stdout.strip() == marker
 
 
+# A 48 MiB image layer of random bytes, streamed into `docker import` (no file on the root fs).
+IMPORT_RANDOM_IMAGE = (
+    "python3 -c 'import io, os, sys, tarfile; t = tarfile.open(fileobj=sys.stdout.buffer, "
+    'mode="w|"); i = tarfile.TarInfo("big"); i.size = 48 << 20; '
+    "t.addfile(i, io.BytesIO(os.urandom(48 << 20))); t.close()' | docker import - {}"
+)
+
+
+def used_bytes(node, path):
+    return int(node.ssh(f"sync; df -B1 --output=used {path} | tail -1").stdout)
+
+
+def check_image_lands_on_the_volume(deployed, tag):
+    """An image loaded now takes space on the Docker volume, not on the root filesystem."""
+    node = deployed.node
+    volume, root = used_bytes(node, "/var/lib/docker"), used_bytes(node, "/")
+    node.ssh(IMPORT_RANDOM_IMAGE.format(tag))
+    grown_volume = used_bytes(node, "/var/lib/docker") - volume
+    grown_root = used_bytes(node, "/") - root
+    assert grown_volume > 40 * 1024**2, f"volume +{grown_volume}, root +{grown_root}"
+    assert grown_root < 16 * 1024**2, f"volume +{grown_volume}, root +{grown_root}"
+    return grown_volume, grown_root
+
+
+def check_graph_driver_store(deployed):
+    """Default: the containerd image store off (daemon.json says so, whatever the engine's
+    default), images in Docker's data-root on the volume."""
+    node = deployed.node
+    config = json.loads(node.ssh("cat /etc/docker/daemon.json").stdout)
+    assert config["features"] == {"containerd-snapshotter": False}, config
+    info = docker_info(node)
+    assert info["Driver"] == "overlay2", info["Driver"]
+    check_image_lands_on_the_volume(deployed, "e2e/random:graph-driver")
+
+
+def check_containerd_store(stack, deployed):
+    """containerd-snapshotter on (pillar switch): containerd's root is bind-mounted from the
+    volume, so images loaded through the containerd store land on it too."""
+    node = deployed.node
+    stack.set_docker_pillar(
+        deployed.name,
+        config={"features": {"containerd-snapshotter": True}, "log-driver": "json-file"},
+    )
+    with stack.timer(f"{deployed.name}: containerd image store on (highstate)"):
+        result, states = stack.highstate(deployed.name)
+    assert_converged(result, states, stack.app_secret, expect_changes=True)
+    info = docker_info(node)
+    status = dict(info.get("DriverStatus") or [])
+    assert status.get("driver-type") == "io.containerd.snapshotter.v1", (info["Driver"], status)
+    source = node.ssh("findmnt -n -o SOURCE --mountpoint /var/lib/containerd").stdout.strip()
+    assert source == "/dev/mapper/docker_vol-docker[/containerd-root]", source
+    assert "/var/lib/containerd" in node.ssh("cat /etc/fstab").stdout
+    check_image_lands_on_the_volume(deployed, "e2e/random:containerd")
+
+
 def check_reboot(stack, deployed):
     node = deployed.node
     marker = f"written before reboot {time.time()}"
@@ -276,11 +331,15 @@ def node_lifecycle(stack, name, tmp_path):
             with stack.timer(f"{name}: devicemapper on Engine 26 (refused)"):
                 check_devicemapper_refused_on_engine_26(stack, deployed, blank_disk)
             check_pquota(deployed)
+            with stack.timer(f"{name}: image store: graph driver (default)"):
+                check_graph_driver_store(deployed)
         else:
             with stack.timer(f"{name}: storage on a disk holding a filesystem (refused)"):
                 check_disk_with_filesystem_refused(stack, deployed, data_disk)
         check_growth(stack, deployed)
         check_reboot(stack, deployed)
+        if release == "trixie":
+            check_containerd_store(stack, deployed)
         check_destroyed(stack, deployed)
     finally:
         if name in stack.nodes:
