@@ -7,6 +7,7 @@ a summary of what was built. Everything is removed on exit, error or Ctrl-C.
 """
 
 import argparse
+import shutil
 import signal
 import sys
 import tempfile
@@ -83,12 +84,13 @@ def provision(local, node_class, mode, release):
     return deployed
 
 
-def main(argv=None):
+def parse_args(argv):
     classes = class_profiles()
     parser = argparse.ArgumentParser(
         prog="bin/demo",
         description="Provision Docker hosts end to end on this machine: local EC2 endpoint, "
-        "salt-master, salt-cloud, one qemu VM per class, highstate. Cleans up on exit.",
+        "salt-master, one `salt-cloud -p` per class (a qemu VM plays the instance, the "
+        "master's reactor converges it). Cleans up on exit.",
     )
     parser.add_argument(
         "classes", nargs="*", default=["backends"], help=f"node classes ({', '.join(classes)})"
@@ -110,49 +112,61 @@ def main(argv=None):
         parser.error(f"unknown class {unknown}: cloud.profiles.d has {classes}")
     if args.storage == "devicemapper" and args.release != "bookworm":
         parser.error("devicemapper needs Docker Engine <= 24: use --release bookworm")
+    return args
+
+
+def provision_all(local, args):
+    """One VM per class, all at once (each guest keeps about one host core busy); returns
+    {class: deployed node or the exception it failed with}."""
+    outcome = {}
+
+    def run(node_class):
+        try:
+            outcome[node_class] = provision(local, node_class, args.storage, args.release)
+        except Exception as error:
+            outcome[node_class] = error
+
+    threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in args.classes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.5)
+    return outcome
+
+
+def run_demo(local, args):
+    local.start(releases=(args.release,))
+    outcome = provision_all(local, args)
+    failures = {c: e for c, e in outcome.items() if isinstance(e, Exception)}
+    for node_class, deployed in outcome.items():
+        if node_class not in failures:
+            show_node(local, deployed)
+    for node_class, error in failures.items():
+        say(f"FAILED {node_class}: {error}")
+    if args.keep:
+        input("Press Enter to destroy everything... ")
+    for name in list(local.nodes):
+        with local.timer(f"{name}: salt-cloud -d"):
+            local.destroy_node(name)
+    return 1 if failures else 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
     # SIGTERM cleans up like Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="dockerhosts-demo-"))
     local = stack_module.Stack(work, log=say)
-    outcome = {}
     try:
-        local.start(releases=(args.release,))
-
-        def run(node_class):
-            try:
-                outcome[node_class] = provision(local, node_class, args.storage, args.release)
-            except Exception as error:
-                outcome[node_class] = error
-
-        # One VM per class, all at once (each guest keeps about one host core busy).
-        threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in args.classes]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.5)
-        failures = {c: e for c, e in outcome.items() if isinstance(e, Exception)}
-        for node_class, deployed in outcome.items():
-            if node_class not in failures:
-                show_node(local, deployed)
-        for node_class, error in failures.items():
-            say(f"FAILED {node_class}: {error}")
-        if args.keep:
-            input("Press Enter to destroy everything... ")
-        for name in list(local.nodes):
-            with local.timer(f"{name}: salt-cloud -d"):
-                local.destroy_node(name)
-        return 1 if failures else 0
+        return run_demo(local, args)
     except KeyboardInterrupt:
         say("interrupted: cleaning up")
         return 130
     finally:
         with local.timer("cleanup (VMs, instances, master, endpoint)"):
             local.close()
-        import shutil  # noqa: PLC0415
-
         shutil.rmtree(work, ignore_errors=True)
         print("\nstage timings:\n" + local.timer.report(), flush=True)
         say(f"total {time.monotonic() - started:.0f} s")
