@@ -385,7 +385,7 @@ class Stack:
                     private_key=self.key,
                     volume_id=volume_id,
                     volume_size_gib=4,
-                    image_dir=self.image_dirs[release],
+                    image_dir=self.image_dirs.get(release) or self.vm.node_image_dir(release),
                     release=release,
                     extra_disks=list(extra_disks),
                 )
