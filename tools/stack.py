@@ -172,7 +172,7 @@ class Stack:
         master = yaml.safe_load((REPO_ROOT / "master").read_text())
         # The repository's master with its paths absolute (as bin/salt-master makes them):
         # reactor, runner_dirs, ...; then the stack's own pki/cache, pillar and ports.
-        master.pop("include", None)
+        master.pop("default_include", None)
         master.update(checkout_paths.absolute_paths(master, REPO_ROOT))
         master.update(
             {

@@ -36,6 +36,7 @@ import salt.cloud
 import salt.config
 import salt.fileserver
 import salt.runner
+import salt.utils.context
 import salt.utils.event
 import salt.wheel
 
@@ -388,19 +389,21 @@ def _cloud_client():
 
 
 def live_nodes():
-    """{name: details} of every live node of every configured provider (list_nodes_full).
-    Raises when a configured provider did not answer: never read as "no nodes"."""
+    """{name: details} of every live node of every configured provider (its driver's
+    list_nodes_full). Raises when a configured provider's driver cannot be asked: never
+    read as "no nodes"."""
     client = _cloud_client()
-    found = client.full_query()
+    cloud = salt.cloud.Cloud(client.opts)
     nodes = {}
-    for provider in client.opts["providers"]:
-        drivers = found.get(provider)
-        if not isinstance(drivers, dict) or not drivers:
-            raise RuntimeError(f"cloud provider {provider!r} did not answer")
-        for listing in drivers.values():
-            if not isinstance(listing, dict):
-                raise RuntimeError(f"cloud provider {provider!r}: {listing}")
-            nodes.update(listing)
+    for alias, drivers in client.opts["providers"].items():
+        for driver in drivers:
+            function = f"{driver}.list_nodes_full"
+            if function not in cloud.clouds:
+                raise RuntimeError(f"cloud provider {alias!r}: driver {driver!r} did not load")
+            with salt.utils.context.func_globals_inject(
+                cloud.clouds[function], __active_provider_name__=f"{alias}:{driver}"
+            ):
+                nodes.update(cloud.clouds[function]())
     return nodes
 
 

@@ -8,10 +8,12 @@
     request and asks EC2 which nodes of the class are live, before anything changes; the new
     nodes are created in parallel and converged (joining the converge the reactor started).
     A second run changes nothing. #}
+{#- The request: the pillar's plain top-level values (so a misspelt key reaches the check;
+    nothing nested, such as secrets, is passed on). #}
 {%- set request = {} %}
-{%- for key in ("class", "count", "profile", "prefix", "remove_extra") %}
-{%-   if pillar.get(key) is not none %}
-{%-     do request.update({key: pillar[key]}) %}
+{%- for key, value in pillar.items() %}
+{%-   if value is not none and (value is string or value is not iterable) %}
+{%-     do request.update({key: value}) %}
 {%-   endif %}
 {%- endfor %}
 {%- set plan = salt["saltutil.runner"]("node.ensure_plan", kwarg={"request": request}) %}

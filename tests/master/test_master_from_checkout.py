@@ -93,7 +93,7 @@ def test_every_relative_path_of_master_is_made_absolute(checkout):
     path; a path option added to `master` later is covered too, or this fails."""
     config = yaml.safe_load((checkout.root / "master").read_text())
     generated = yaml.safe_load((checkout.root / ".salt" / "checkout.conf").read_text())
-    assert config["include"] == ".salt/checkout.conf"
+    assert config["default_include"] == ".salt/checkout.conf"
     relative = {
         key
         for key, value in config.items()
