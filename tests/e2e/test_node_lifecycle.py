@@ -16,6 +16,7 @@ container volume, reboot -> storage, data, container back and a highstate change
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 
@@ -147,7 +148,7 @@ def check_created(stack, deployed):
 
 def check_devicemapper_refused_on_engine_26(stack, deployed, blank_disk):
     """Debian 13's Engine 26 has no devicemapper: refused, naming it, the blank disk untouched."""
-    version = docker_info(deployed.node)["ServerVersion"]
+    version = re.match(r"\d+\.\d+\.\d+", docker_info(deployed.node)["ServerVersion"]).group()
     assert version.startswith("26."), version
     before = sha256_file(blank_disk)
     errors = refused_storage(
