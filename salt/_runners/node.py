@@ -35,6 +35,7 @@ import salt.client
 import salt.cloud
 import salt.config
 import salt.fileserver
+import salt.loader
 import salt.runner
 import salt.utils.context
 import salt.utils.event
@@ -174,12 +175,32 @@ def _local():
     return salt.client.LocalClient(mopts=__opts__)
 
 
-def _wait_for_minion(local, name, timeout):
+def _run_job(local, name, fun, arg=(), timeout=60):
+    """Publish one job to minion ``name`` and wait for its return in the master's job cache:
+    ``{"ret", "retcode", "jid"}``, or None after ``timeout``. (Not LocalClient.cmd: while it
+    waits it asks the minion every 10 s whether the job still runs, a process each time on
+    the minion, which a slow node pays for dearly.)"""
+    jid = local.cmd_async(name, fun, list(arg))
+    if not jid:
+        return None
+    get_jid = salt.loader.returners(__opts__, {})[f"{__opts__['master_job_cache']}.get_jid"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if local.cmd(name, "test.ping", timeout=10).get(name) is True:
+        found = (get_jid(jid) or {}).get(name)
+        if found is not None:
+            return {"ret": found.get("return"), "retcode": found.get("retcode", 0), "jid": jid}
+        time.sleep(2)
+    return None
+
+
+def _wait_for_minion(local, name, timeout):
+    """One ping at a time (each waits 30 s for its answer) until the minion answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = _run_job(local, name, "test.ping", timeout=30)
+        if answer and answer["ret"] is True:
             return True
-        time.sleep(3)
+        time.sleep(5)
     return False
 
 
@@ -192,11 +213,11 @@ def _sync(local, name, timeout):
     directories = salt.fileserver.Fileserver(__opts__).dir_list({"saltenv": "base"})
     functions = sync_functions(d for d in directories if "/" not in d)
     if functions:
-        local.cmd(name, functions, [[] for _ in functions], timeout=timeout)
+        _run_job(local, name, functions, [[] for _ in functions], timeout=timeout)
 
 
 def summarize(ret):
-    """A highstate's full return (LocalClient, full_return=True) -> a summary without the
+    """A highstate job's return ({ret, retcode, jid}, from the job cache) -> a summary without the
     states' changes (they may hold data the record has no business keeping)."""
     if not isinstance(ret, dict) or "ret" not in ret:
         return {"result": False, "comment": "the minion did not return", "failed": {}}
@@ -235,20 +256,19 @@ def _run_highstate(name, timeout, minion_wait):
     joined = time.monotonic()
     _sync(local, name, timeout=300)
     synced = time.monotonic()
-    returns = local.cmd(name, "state.apply", timeout=timeout, full_return=True)
-    summary = summarize(returns.get(name))
+    returned = _run_job(local, name, "state.apply", timeout=timeout)
+    summary = summarize(returned)
     summary["seconds"] = {
         "minion": round(joined - started, 1),
         "sync": round(synced - joined, 1),
         "highstate": round(time.monotonic() - synced, 1),
     }
-    jid = (returns.get(name) or {}).get("jid")
-    if jid:
-        summary["jid"] = jid
+    if returned:
+        summary["jid"] = returned["jid"]
     return summary
 
 
-def converge(name, timeout=3600, minion_wait=600, source="cli"):
+def converge(name, timeout=3600, minion_wait=900, source="cli"):
     """
     Converge node ``name`` once: wait for its minion, sync custom modules, highstate.
 
@@ -275,7 +295,7 @@ def converge(name, timeout=3600, minion_wait=600, source="cli"):
     return _returning({name: record}, ok=record.get("result"))
 
 
-def converge_nodes(nodes, timeout=3600, minion_wait=600, source="orchestrate"):
+def converge_nodes(nodes, timeout=3600, minion_wait=900, source="orchestrate"):
     """
     ``converge`` for each node of ``nodes`` (a list), all at once; fails if any fails.
 
