@@ -185,6 +185,10 @@ class Stack:
                 "ret_port": self.ret_port,
                 "publish_port": self.publish_port,
                 "log_level_logfile": "info",
+                # The salt CLI asks a minion whether a job still runs every
+                # gather_job_timeout seconds, a new process on the minion each time: costly
+                # under TCG during a long highstate.
+                "gather_job_timeout": 60,
             }
         )
         (self.root / "master").write_text(yaml.safe_dump(master))
@@ -304,13 +308,14 @@ class Stack:
         result.data = data.get(target) if isinstance(data, dict) else None
         return result
 
-    def wait_for_minion(self, name, timeout=180):
+    def wait_for_minion(self, name, timeout=600):
+        # One ping at a time, each given 30 s: under TCG every job is a slow new process.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            result = self.salt(name, "test.ping", timeout=10)
+            result = self.salt(name, "test.ping", timeout=30)
             if result.data is True:
                 return
-            time.sleep(2)
+            time.sleep(5)
         raise RuntimeError(f"minion {name} did not answer test.ping within {timeout} s")
 
     def highstate(self, name, timeout=1200):

@@ -172,7 +172,7 @@ def check_pquota(deployed):
     """The overlay2 LV is mounted with project quotas (and so in fstab): a container with
     storage_opt size=64M writes 40 MiB, not 100."""
     node = deployed.node
-    options = node.ssh("findmnt -n -o OPTIONS --mountpoint /var/lib/docker").stdout
+    options = node.ssh("findmnt -n -o OPTIONS --mountpoint /var/lib/docker").stdout.strip()
     assert "prjquota" in options.split(","), options
     fstab = node.ssh("grep -w /var/lib/docker /etc/fstab").stdout
     assert "pquota" in fstab, fstab
@@ -196,6 +196,23 @@ def storage_bytes(deployed):
     return size, int(filesystem)
 
 
+def wait_for_disk_size(node, size, timeout=90):
+    """Until the guest's kernel shows the grown disk. Nitro tells the NVMe driver with an
+    event; if qemu's emulated controller does not, rescan it as that event would."""
+    device = node.guest_volume_device
+    controller = device.removeprefix("/dev/").split("n1")[0]
+    started = time.monotonic()
+    rescanned = False
+    while int(node.ssh(f"blockdev --getsize64 {device}").stdout) != size:
+        waited = time.monotonic() - started
+        assert waited < timeout, "the guest did not see the larger disk"
+        if waited > 15 and not rescanned and device.startswith("/dev/nvme"):
+            print(f"{node.name}: no resize event after 15 s: rescanning {controller}")
+            node.ssh(f"echo 1 > /sys/class/nvme/{controller}/rescan_controller", check=False)
+            rescanned = True
+        time.sleep(2)
+
+
 def started_at(node):
     return node.ssh(f"docker inspect -f '{{{{.State.StartedAt}}}}' {APP_CONTAINER}").stdout
 
@@ -211,11 +228,7 @@ def check_growth(stack, deployed):
     running_since = started_at(node)
     with stack.timer(f"{deployed.name}: disk 4 -> 6 GiB, highstate grows storage online"):
         node.grow_volume(6)
-        device = node.guest_volume_device
-        deadline = time.monotonic() + 60
-        while int(node.ssh(f"blockdev --getsize64 {device}").stdout) != 6 * 1024**3:
-            assert time.monotonic() < deadline, "the guest did not see the larger disk"
-            time.sleep(1)
+        wait_for_disk_size(node, 6 * 1024**3)
         result, states = stack.highstate(deployed.name)
     assert_converged(result, states, stack.app_secret, expect_changes=True)
     changed = changed_states(states)
@@ -271,8 +284,12 @@ def check_containerd_store(stack, deployed):
         deployed.name,
         config={"features": {"containerd-snapshotter": True}, "log-driver": "json-file"},
     )
-    with stack.timer(f"{deployed.name}: containerd image store on (highstate)"):
-        result, states = stack.highstate(deployed.name)
+    # The store switch only (containers made under the graph driver are not the point here).
+    with stack.timer(f"{deployed.name}: containerd image store on"):
+        result = stack.salt(
+            deployed.name, "state.apply", "docker.containerd,docker.config,docker.service"
+        )
+    states = result.data if isinstance(result.data, dict) else {}
     assert_converged(result, states, stack.app_secret, expect_changes=True)
     info = docker_info(node)
     status = dict(info.get("DriverStatus") or [])
