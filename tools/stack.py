@@ -225,7 +225,10 @@ class Stack:
                 "docker_secrets": {"app_token": secret},
             }
             for key, value in deployed.docker_pillar.items():
-                pillar["docker"][key] = value
+                if isinstance(value, dict) and isinstance(pillar["docker"].get(key), dict):
+                    pillar["docker"][key] = {**pillar["docker"][key], **value}
+                else:
+                    pillar["docker"][key] = value
             if deployed.mode == "overlay2":
                 pillar["docker"]["containers"][QUOTA_CONTAINER] = {
                     "image": APP_IMAGE,
@@ -356,14 +359,26 @@ class Stack:
             path.write_text(yaml.safe_dump(overrides))
 
     def create_node(
-        self, name, base_class="backends", mode="overlay2", extra_disks=(), release="bookworm"
+        self,
+        name,
+        base_class="backends",
+        mode="overlay2",
+        *,
+        extra_disks=(),
+        release="bookworm",
+        disk_bus="nvme",
     ):
         """`salt-cloud -p` a node, booting its VM as soon as EC2 gives it an address; the
         master's reactor then converges it: `salt-run node.wait_converged` waits for that."""
         profile = f"local-{base_class}"
         with self.lock:
             self.add_profile(profile, base_class)
-            self.nodes[name] = DeployedNode(name, mode, None, "", "", "")
+            placeholder = DeployedNode(name, mode, None, "", "", "")
+            if disk_bus == "virtio":
+                # No NVMe serial to find the volume by (and /dev/sdb is not its name): the
+                # operator's override, docker:storage:device. The root disk is vda.
+                placeholder.docker_pillar["storage"] = {"device": "/dev/vdb"}
+            self.nodes[name] = placeholder
             self._write_pillar()
         ec2 = self.ec2()
         with self.timer(f"{name}: salt-cloud -p {profile} (launch, boot VM, SSH, deploy)"):
@@ -392,6 +407,7 @@ class Stack:
                     volume_size_gib=4,
                     image_dir=self.image_dirs.get(release) or self.vm.node_image_dir(release),
                     release=release,
+                    disk_bus=disk_bus,
                     extra_disks=list(extra_disks),
                 )
                 deployed = DeployedNode(
@@ -401,6 +417,7 @@ class Stack:
                     instance["InstanceId"],
                     instance["PrivateIpAddress"],
                     volume_id,
+                    docker_pillar=placeholder.docker_pillar,
                 )
                 self.nodes[name] = deployed
                 node.start()
