@@ -302,7 +302,8 @@ class Stack:
             target,
             function,
             *args,
-            timeout=timeout + 60,
+            # The CLI may wait gather_job_timeout (60 s, below) after its own timeout.
+            timeout=timeout + 180,
         )
         try:
             data = json.loads(result.stdout) if result.stdout.strip() else {}
@@ -315,9 +316,9 @@ class Stack:
         # One ping at a time, each given 30 s: under TCG every job is a slow new process.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            result = self.salt(name, "test.ping", timeout=30)
-            if result.data is True:
-                return
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                if self.salt(name, "test.ping", timeout=30).data is True:
+                    return
             time.sleep(5)
         raise RuntimeError(f"minion {name} did not answer test.ping within {timeout} s")
 
