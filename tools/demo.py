@@ -1,11 +1,13 @@
 """bin/demo: the main job end to end on this machine, no AWS account (see docs/e2e.md).
 
-Local EC2 endpoint, salt-master, then per requested class: `salt-cloud -p` (the boto3_ec2
-driver launches the instance; its deploy reaches a qemu VM standing in for it), highstate,
-and a summary of what was built. Everything is removed on exit, error or Ctrl-C.
+Local EC2 endpoint, salt-master, then per requested class one command, `salt-cloud -p` (the
+boto3_ec2 driver launches the instance; its deploy reaches a qemu VM standing in for it; the
+master's reactor then converges the node, which `salt-run node.wait_converged` waits for), and
+a summary of what was built. Everything is removed on exit, error or Ctrl-C.
 """
 
 import argparse
+import shutil
 import signal
 import sys
 import tempfile
@@ -68,34 +70,39 @@ def show_node(local, deployed):
     print("\n".join(lines), flush=True)
 
 
-def provision(local, node_class, mode):
+def provision(local, node_class, mode, release):
+    """One command: `salt-cloud -p`; the reactor converges the node (raises if it failed)."""
     name = f"demo-{node_class}"
-    deployed = local.create_node(name, node_class, mode)
-    with local.timer(f"{name}: highstate"):
-        result, states = local.highstate(name)
-    failed = {key: ret.get("comment") for key, ret in states.items() if not ret.get("result")}
-    if result.returncode != 0 or failed or not states:
-        detail = "\n".join(f"  {key}: {comment}" for key, comment in failed.items())
-        raise RuntimeError(
-            f"highstate of {name} failed (rc {result.returncode}):\n"
-            f"{detail or result.stdout[-3000:]}"
-        )
-    changed = sum(1 for ret in states.values() if ret.get("changes"))
-    say(f"{name}: highstate ok, {len(states)} states, {changed} changed")
+    deployed = local.create_node(name, node_class, mode, release=release)
+    record = deployed.converge
+    seconds = record.get("seconds") or {}
+    say(
+        f"{name}: converged by the reactor: {record.get('states')} states, "
+        f"{record.get('changed')} changed (minion joined {seconds.get('minion')} s, "
+        f"modules synced {seconds.get('sync')} s, highstate {seconds.get('highstate')} s)"
+    )
     return deployed
 
 
-def main(argv=None):
+def parse_args(argv):
     classes = class_profiles()
     parser = argparse.ArgumentParser(
         prog="bin/demo",
         description="Provision Docker hosts end to end on this machine: local EC2 endpoint, "
-        "salt-master, salt-cloud, one qemu VM per class, highstate. Cleans up on exit.",
+        "salt-master, one `salt-cloud -p` per class (a qemu VM plays the instance, the "
+        "master's reactor converges it). Cleans up on exit.",
     )
     parser.add_argument(
         "classes", nargs="*", default=["backends"], help=f"node classes ({', '.join(classes)})"
     )
     parser.add_argument("--storage", choices=STORAGE_MODES, default="overlay2")
+    parser.add_argument(
+        "--release",
+        choices=stack_module.vm.RELEASES,
+        default="trixie",
+        help="Debian release of the nodes: trixie (13, Engine 26) or bookworm (12, Engine 20.10,"
+        " the only one with devicemapper)",
+    )
     parser.add_argument(
         "--keep", action="store_true", help="after the summary, wait for Enter before cleaning up"
     )
@@ -103,49 +110,63 @@ def main(argv=None):
     unknown = sorted(set(args.classes) - set(classes))
     if unknown:
         parser.error(f"unknown class {unknown}: cloud.profiles.d has {classes}")
+    if args.storage == "devicemapper" and args.release != "bookworm":
+        parser.error("devicemapper needs Docker Engine <= 24: use --release bookworm")
+    return args
+
+
+def provision_all(local, args):
+    """One VM per class, all at once (each guest keeps about one host core busy); returns
+    {class: deployed node or the exception it failed with}."""
+    outcome = {}
+
+    def run(node_class):
+        try:
+            outcome[node_class] = provision(local, node_class, args.storage, args.release)
+        except Exception as error:
+            outcome[node_class] = error
+
+    threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in args.classes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.5)
+    return outcome
+
+
+def run_demo(local, args):
+    local.start(releases=(args.release,))
+    outcome = provision_all(local, args)
+    failures = {c: e for c, e in outcome.items() if isinstance(e, Exception)}
+    for node_class, deployed in outcome.items():
+        if node_class not in failures:
+            show_node(local, deployed)
+    for node_class, error in failures.items():
+        say(f"FAILED {node_class}: {error}")
+    if args.keep:
+        input("Press Enter to destroy everything... ")
+    for name in list(local.nodes):
+        with local.timer(f"{name}: salt-cloud -d"):
+            local.destroy_node(name)
+    return 1 if failures else 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
     # SIGTERM cleans up like Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="dockerhosts-demo-"))
     local = stack_module.Stack(work, log=say)
-    outcome = {}
     try:
-        local.start()
-
-        def run(node_class):
-            try:
-                outcome[node_class] = provision(local, node_class, args.storage)
-            except Exception as error:
-                outcome[node_class] = error
-
-        # One VM per class, all at once (each guest keeps about one host core busy).
-        threads = [threading.Thread(target=run, args=(c,), daemon=True) for c in args.classes]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.5)
-        failures = {c: e for c, e in outcome.items() if isinstance(e, Exception)}
-        for node_class, deployed in outcome.items():
-            if node_class not in failures:
-                show_node(local, deployed)
-        for node_class, error in failures.items():
-            say(f"FAILED {node_class}: {error}")
-        if args.keep:
-            input("Press Enter to destroy everything... ")
-        for name in list(local.nodes):
-            with local.timer(f"{name}: salt-cloud -d"):
-                local.destroy_node(name)
-        return 1 if failures else 0
+        return run_demo(local, args)
     except KeyboardInterrupt:
         say("interrupted: cleaning up")
         return 130
     finally:
         with local.timer("cleanup (VMs, instances, master, endpoint)"):
             local.close()
-        import shutil  # noqa: PLC0415
-
         shutil.rmtree(work, ignore_errors=True)
         print("\nstage timings:\n" + local.timer.report(), flush=True)
         say(f"total {time.monotonic() - started:.0f} s")

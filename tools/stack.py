@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from tools import ec2_endpoint, gpg, images, vm
+from tools import checkout_paths, ec2_endpoint, gpg, images, vm
 from tools.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +47,10 @@ DOCKER_DISK_DEVICE = "/dev/sdb"
 APP_IMAGE = "e2e/busybox"
 APP_IMAGE_TAG = "latest"
 APP_CONTAINER = "app"
+# overlay2 nodes: a container limited to QUOTA_SIZE of writable layer (storage_opt size:
+# XFS project quotas, the LV mounted with pquota).
+QUOTA_CONTAINER = "quota"
+QUOTA_SIZE = "64M"
 APP_DATA_CONTAINER = "app_data"
 # What the app container's PID 1 runs: it exits on SIGTERM at once (Docker stops it fast on
 # reboot) and otherwise sleeps.
@@ -94,6 +98,9 @@ class DeployedNode:
     private_address: str
     volume_id: str
     cloud_output: dict = field(default_factory=dict)
+    converge: dict = field(default_factory=dict)
+    # Merged over the node's docker: pillar (e.g. {"config": {"features": {...}}}).
+    docker_pillar: dict = field(default_factory=dict)
 
     def ssh(self, command, **kwargs):
         return self.node.ssh(command, **kwargs)
@@ -126,8 +133,9 @@ class Stack:
 
     # --- setup ---------------------------------------------------------------------------
 
-    def start(self):
-        self.image_dir = self.vm.node_image_dir()  # fail first if the image is not built
+    def start(self, releases=("bookworm",)):
+        # Fail first if an image is not built.
+        self.image_dirs = {release: self.vm.node_image_dir(release) for release in releases}
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.key = self.work_dir / "id_ed25519"
         subprocess.run(
@@ -162,6 +170,10 @@ class Stack:
         self.gpg_public = gpg.make_key(self.gpg_home, name="e2e-salt-master")
         (self.work_dir / "pillar").mkdir()
         master = yaml.safe_load((REPO_ROOT / "master").read_text())
+        # The repository's master with its paths absolute (as bin/salt-master makes them):
+        # reactor, module_dirs, ...; then the stack's own pki/cache, pillar and ports.
+        master.pop("default_include", None)
+        master.update(checkout_paths.absolute_paths(master, REPO_ROOT))
         master.update(
             {
                 "root_dir": str(self.root / ".salt"),
@@ -173,6 +185,10 @@ class Stack:
                 "ret_port": self.ret_port,
                 "publish_port": self.publish_port,
                 "log_level_logfile": "info",
+                # The salt CLI asks a minion whether a job still runs every
+                # gather_job_timeout seconds, a new process on the minion each time: costly
+                # under TCG during a long highstate.
+                "gather_job_timeout": 60,
             }
         )
         (self.root / "master").write_text(yaml.safe_dump(master))
@@ -208,6 +224,17 @@ class Stack:
                 "docker.update_mine": False,
                 "docker_secrets": {"app_token": secret},
             }
+            for key, value in deployed.docker_pillar.items():
+                if isinstance(value, dict) and isinstance(pillar["docker"].get(key), dict):
+                    pillar["docker"][key] = {**pillar["docker"][key], **value}
+                else:
+                    pillar["docker"][key] = value
+            if deployed.mode == "overlay2":
+                pillar["docker"]["containers"][QUOTA_CONTAINER] = {
+                    "image": APP_IMAGE,
+                    "command": APP_COMMAND,
+                    "storage_opt": {"size": QUOTA_SIZE},
+                }
             (pillar_dir / f"node_{name}.sls").write_text(
                 "#!yaml|gpg\n" + yaml.safe_dump(pillar, default_style=None, width=1000)
             )
@@ -275,7 +302,8 @@ class Stack:
             target,
             function,
             *args,
-            timeout=timeout + 60,
+            # The CLI may wait gather_job_timeout (60 s, below) after its own timeout.
+            timeout=timeout + 180,
         )
         try:
             data = json.loads(result.stdout) if result.stdout.strip() else {}
@@ -284,13 +312,14 @@ class Stack:
         result.data = data.get(target) if isinstance(data, dict) else None
         return result
 
-    def wait_for_minion(self, name, timeout=180):
+    def wait_for_minion(self, name, timeout=600):
+        # One ping at a time, each given 30 s: under TCG every job is a slow new process.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            result = self.salt(name, "test.ping", timeout=10)
-            if result.data is True:
-                return
-            time.sleep(2)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                if self.salt(name, "test.ping", timeout=30).data is True:
+                    return
+            time.sleep(5)
         raise RuntimeError(f"minion {name} did not answer test.ping within {timeout} s")
 
     def highstate(self, name, timeout=1200):
@@ -330,12 +359,27 @@ class Stack:
         if not path.exists():  # nodes of one class share it; salt-cloud may be reading it
             path.write_text(yaml.safe_dump(overrides))
 
-    def create_node(self, name, base_class="backends", mode="overlay2", extra_disks=()):
-        """`salt-cloud -p` a node; boot its VM as soon as EC2 gives it an address."""
+    def create_node(
+        self,
+        name,
+        base_class="backends",
+        mode="overlay2",
+        *,
+        extra_disks=(),
+        release="bookworm",
+        disk_bus="nvme",
+    ):
+        """`salt-cloud -p` a node, booting its VM as soon as EC2 gives it an address; the
+        master's reactor then converges it: `salt-run node.wait_converged` waits for that."""
         profile = f"local-{base_class}"
         with self.lock:
             self.add_profile(profile, base_class)
-            self.nodes[name] = DeployedNode(name, mode, None, "", "", "")
+            placeholder = DeployedNode(name, mode, None, "", "", "")
+            if disk_bus == "virtio":
+                # No NVMe serial to find the volume by (and /dev/sdb is not its name): the
+                # operator's override, docker:storage:device. The root disk is vda.
+                placeholder.docker_pillar["storage"] = {"device": "/dev/vdb"}
+            self.nodes[name] = placeholder
             self._write_pillar()
         ec2 = self.ec2()
         with self.timer(f"{name}: salt-cloud -p {profile} (launch, boot VM, SSH, deploy)"):
@@ -362,7 +406,9 @@ class Stack:
                     private_key=self.key,
                     volume_id=volume_id,
                     volume_size_gib=4,
-                    image_dir=self.image_dir,
+                    image_dir=self.image_dirs.get(release) or self.vm.node_image_dir(release),
+                    release=release,
+                    disk_bus=disk_bus,
                     extra_disks=list(extra_disks),
                 )
                 deployed = DeployedNode(
@@ -372,6 +418,7 @@ class Stack:
                     instance["InstanceId"],
                     instance["PrivateIpAddress"],
                     volume_id,
+                    docker_pillar=placeholder.docker_pillar,
                 )
                 self.nodes[name] = deployed
                 node.start()
@@ -389,10 +436,38 @@ class Stack:
                     f"\n{node.console_tail()}"
                 )
             deployed.cloud_output = json_document(stdout)
-        with self.timer(f"{name}: minion answers the master, custom modules synced"):
-            self.wait_for_minion(name)
-            self.salt(name, "saltutil.sync_modules,saltutil.sync_states", ",", timeout=300)
+        with self.timer(f"{name}: reactor: minion joins, modules synced, highstate"):
+            deployed.converge = self.wait_converged(name)
+        seconds = deployed.converge.get("seconds") or {}
+        self.log(f"{name}: converge by the reactor: {seconds}")
         return deployed
+
+    def wait_converged(self, name, timeout=1800):
+        """`salt-run node.wait_converged <name>`: the reactor's converge record (raises if it
+        did not finish or failed)."""
+        result = self.run(
+            "salt-run",
+            "--out=json",
+            "node.wait_converged",
+            name,
+            f"timeout={timeout}",
+            timeout=timeout + 120,
+        )
+        try:
+            record = json.loads(result.stdout).get(name) or {}
+        except (json.JSONDecodeError, AttributeError):
+            record = {}
+        if result.returncode != 0 or not record.get("result"):
+            raise RuntimeError(
+                f"{name} did not converge (rc {result.returncode}):\n{result.stdout[-4000:]}"
+            )
+        return record
+
+    def set_docker_pillar(self, name, **sections):
+        """Change sections of node `name`'s docker: pillar (the next highstate applies it)."""
+        with self.lock:
+            self.nodes[name].docker_pillar.update(sections)
+            self._write_pillar()
 
     def ec2(self):
         """One EC2 client for all threads (creating boto3 clients is not thread-safe)."""

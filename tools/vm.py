@@ -14,6 +14,7 @@ Everything a node creates lives in its work dir and dies with `destroy()`, also 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -46,20 +47,25 @@ class NodeError(RuntimeError):
     """A node failed to boot, answer or stop; the message says which and shows the console."""
 
 
-def node_image_dir() -> Path:
-    """The built image for the current inputs; the tests cannot build it (no network)."""
-    override = os.environ.get("DOCKERHOSTS_NODE_IMAGE_DIR")
-    if override:
-        image_dir = Path(override)
-    else:
-        printed = subprocess.run(
-            [str(BUILD_SCRIPT), "--print-dir"], check=True, capture_output=True, text=True
-        )
-        image_dir = Path(printed.stdout.strip())
+RELEASES = ("bookworm", "trixie")  # Debian 12 (docker.io 20.10), Debian 13 (docker.io 26.1)
+
+
+def node_image_dir(release: str = "bookworm") -> Path:
+    """The built image of `release` for the current inputs; the tests cannot build it (no
+    network)."""
+    if release not in RELEASES:
+        raise ValueError(f"release must be one of {RELEASES}, not {release!r}")
+    printed = subprocess.run(
+        [str(BUILD_SCRIPT), "--release", release, "--print-dir"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    image_dir = Path(printed.stdout.strip())
     if not (image_dir / "COMPLETE").is_file():
         raise NodeError(
-            f"node image {image_dir} is not built: run bin/build-node-image (needs network)"
-            " before the e2e tier, e.g. through bin/setup"
+            f"node image {image_dir} is not built: run bin/build-node-image --release {release}"
+            " (needs network) before the e2e tier, e.g. through bin/setup"
         )
     return image_dir
 
@@ -84,6 +90,7 @@ class Node:
     memory_mib: int = 2048
     cpu: str = "max"
     image_dir: Path | None = None
+    release: str = "bookworm"
     ssh_port: int = 22
     ssh_user: str = "root"
     # Extra raw disks: (file, bus, serial) attached after the EBS volume.
@@ -94,7 +101,7 @@ class Node:
         if self.disk_bus not in ("nvme", "virtio"):
             raise ValueError(f"disk_bus must be 'nvme' or 'virtio', not {self.disk_bus!r}")
         self.work_dir = Path(self.work_dir)
-        self.image_dir = Path(self.image_dir) if self.image_dir else node_image_dir()
+        self.image_dir = Path(self.image_dir) if self.image_dir else node_image_dir(self.release)
 
     # Files in the work dir.
     @property
@@ -195,8 +202,41 @@ class Node:
             f"name=opt/dockerhosts/ssh_key,file={self.public_key}",
             "-fw_cfg",
             f"name=opt/dockerhosts/hostname,file={self.work_dir / 'hostname'}",
+            # QMP: grow the EBS volume while the guest runs (what EC2's ModifyVolume does).
+            "-qmp",
+            f"unix:{self.qmp_socket},server=on,wait=off",
         ]
         return command
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.work_dir / "qmp.sock"
+
+    def qmp(self, command: str, **arguments):
+        """One QMP command to this node's qemu; returns its "return" or raises NodeError."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(30)
+            conn.connect(str(self.qmp_socket))
+            stream = conn.makefile("rw")
+            json.loads(stream.readline())  # the greeting
+            for request in ({"execute": "qmp_capabilities"}, {"execute": command}):
+                if request["execute"] == command and arguments:
+                    request["arguments"] = arguments
+                stream.write(json.dumps(request) + "\n")
+                stream.flush()
+                while True:
+                    reply = json.loads(stream.readline())
+                    if "return" in reply or "error" in reply:
+                        break  # skip asynchronous events
+                if "error" in reply:
+                    raise NodeError(f"node {self.name}: QMP {request['execute']}: {reply['error']}")
+        return reply["return"]
+
+    def grow_volume(self, size_gib: int):
+        """Grow the EBS volume to size_gib while the guest runs (qemu block_resize): the guest
+        sees the new size at once, as after EC2's ModifyVolume."""
+        self.qmp("block_resize", device="ebs", size=size_gib * 1024**3)
+        self.volume_size_gib = size_gib
 
     def boot(self, timeout: float = 240):
         """Start qemu and wait until SSH answers."""

@@ -1145,6 +1145,8 @@ DAEMON_JSON_CHECKERS = {
     "max-concurrent-uploads": integer(1),
     "mtu": integer(0),
     "shutdown-timeout": integer(0),
+    # dockerd reads features as a map of names to booleans (containerd-snapshotter, cdi ...).
+    "features": map_of(string(r"[a-z0-9][a-z0-9-]*", "a feature name"), boolean),
 }
 STORAGE_MANAGED_KEYS = ("storage-driver", "storage-opts")
 
@@ -1177,6 +1179,18 @@ def _json_value(value, path, ctx):
 INSTALL_SOURCES = ("distribution", "docker")
 STORAGE_MODES = ("none", "overlay2", "devicemapper")
 FILESYSTEMS = ("xfs", "ext4")
+# One mount(8) option, as mount.mounted passes it on: a word, or word=value (no comma, space).
+MOUNT_OPTION = r"[A-Za-z0-9_]+(=[A-Za-z0-9_.:/+@-]+)?"
+
+
+def mount_options(value, path, ctx):
+    """A non-empty list of mount options (they are joined with commas into -o)."""
+    result = list_of(string(MOUNT_OPTION, "a mount option (name or name=value)"))(value, path, ctx)
+    if value == []:
+        ctx.error(path, "must name at least one option (defaults, when there is none)")
+    return result
+
+
 REPO_FIELDS = {
     "url": https_url,
     "key_url": https_url,
@@ -1233,6 +1247,7 @@ def storage_schema():
                     "extents": extents,
                     "filesystem": one_of(FILESYSTEMS),
                     "mountpoint": mountpoint,
+                    "mount_options": fixed({fs: mount_options for fs in FILESYSTEMS}),
                 }
             ),
             "devicemapper": fixed(
@@ -1297,6 +1312,17 @@ def _mountpoint_is_data_root(settings, ctx):
         )
 
 
+def _image_store_fits_storage(settings, ctx):
+    features = settings.get("config", {}).get("features") or {}
+    mode = settings.get("storage", {}).get("mode")
+    if features.get("containerd-snapshotter") is True and mode == "devicemapper":
+        ctx.error(
+            "docker:config:features:containerd-snapshotter",
+            "true needs docker:storage:mode overlay2 (the containerd image store does not use "
+            "Docker's devicemapper thin pool)",
+        )
+
+
 def _names_fit_lvm(settings, ctx):
     storage = settings.get("storage", {})
     vg = storage.get("volume_group", "")
@@ -1323,6 +1349,7 @@ CROSS_CHECKS = (
     _absent_not_managed,
     _storage_owns_its_keys,
     _mountpoint_is_data_root,
+    _image_store_fits_storage,
     _names_fit_lvm,
     _volumes_from_known,
 )

@@ -3,6 +3,7 @@
 include:
   - .install
   - .storage
+  - .containerd
   - .config
   - .service
   - .containers

@@ -5,11 +5,13 @@ have none). Stage timings of every node are printed at the end of the session.
 """
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
 from tools import stack as stack_module
+from tools import vm
 
 E2E_DIR = Path(__file__).resolve().parent
 
@@ -32,7 +34,8 @@ def stack(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     local = stack_module.Stack(work, log=lambda message: print(message, flush=True))
     try:
-        local.start()
+        # Both images must be built, unless DOCKERHOSTS_E2E_NODES picks nodes (a partial run).
+        local.start(releases=() if os.environ.get("DOCKERHOSTS_E2E_NODES") else vm.RELEASES)
         yield local
     finally:
         try:

@@ -1,30 +1,49 @@
-"""A node's whole life, per storage mode, on a real kernel (qemu VM):
+"""Nodes' whole life on a real kernel (qemu VMs), one per Debian release, in parallel:
 
-salt-cloud -p (the boto3_ec2 driver against the local endpoint; its own wait-for-SSH and
-deploy reach the VM) -> the minion joins -> highstate installs Docker from the node's local
-apt repository, builds LVM storage on the EBS volume (NVMe, serial = volume id) and starts
-the containers with the GPG-decrypted secret -> highstate again changes nothing -> data
-written into the container volume, reboot -> storage, data, containers (restart policy) back
-and highstate still changes nothing -> the storage state pointed at a disk holding a
-filesystem refuses and leaves the disk byte-for-byte intact -> salt-cloud -d.
+- Debian 12 (docker.io 20.10): devicemapper on an LVM thin pool;
+- Debian 13 (docker.io 26.1): overlay2 on an XFS LV; devicemapper refused (removed in Engine 25)
+  before any disk is touched.
+
+Each: `salt-cloud -p` (the boto3_ec2 driver against the local endpoint; its own wait-for-SSH and
+deploy reach the VM) and nothing else: the master's reactor converges the node (minion joins,
+modules synced, highstate: Docker from the node's local apt repository, LVM storage on the EBS
+volume (NVMe, serial = volume id), containers with the GPG-decrypted secret), and
+`salt-run node.wait_converged` reports it -> node-specific checks -> data written into the
+container volume, reboot -> storage, data, container back and a highstate changes nothing ->
+`salt-cloud -d`, after which the master has forgotten the node.
 """
 
 import hashlib
 import json
+import os
+import re
 import threading
 import time
 
 import pytest
 
-from tools.stack import APP_CONTAINER, DOCKER_DISK_DEVICE
+from tools.stack import APP_CONTAINER, DOCKER_DISK_DEVICE, QUOTA_CONTAINER
 
 pytestmark = pytest.mark.e2e
 
-# A disk that already holds a filesystem with data (attached besides the EBS volume).
-DATA_DISK_SERIAL = "e2e-data"
-DATA_DISK_GUEST_PATH = f"/dev/disk/by-id/virtio-{DATA_DISK_SERIAL}"
 NODE_CLASS = "backends"
-STORAGE_MODES = ("devicemapper", "overlay2")
+# A disk that already holds a filesystem with data, and a blank one (attached besides the EBS
+# volume): storage must never be built on either.
+DATA_DISK_SERIAL = "e2e-data"
+BLANK_DISK_SERIAL = "e2e-blank"
+NODES = {
+    # name: (Debian release, storage mode, how the EBS volume is attached)
+    # QEMU 7.2's NVMe device refuses block_resize ("permissions 'resize' ... unshared"), so
+    # the node that proves online growth of overlay2 gets its volume on virtio-blk (resizes
+    # online, the guest is told), found through docker:storage:device; the other node keeps
+    # NVMe with the volume id as serial, as on Nitro.
+    "e2e-deb12-dm": ("bookworm", "devicemapper", "nvme"),
+    "e2e-deb13-ov": ("trixie", "overlay2", "virtio"),
+}
+
+
+def by_id(serial):
+    return f"/dev/disk/by-id/virtio-{serial}"
 
 
 def failed_states(states):
@@ -60,11 +79,8 @@ def sha256_file(path):
     return digest.hexdigest()
 
 
-def docker_storage(node):
-    """(driver, driver status as a dict) from `docker info`."""
-    info = node.ssh("docker info --format '{{json .}}'").stdout
-    info = json.loads(info)
-    return info["Driver"], dict(info.get("DriverStatus") or [])
+def docker_info(node):
+    return json.loads(node.ssh("docker info --format '{{json .}}'").stdout)
 
 
 def assert_storage(deployed):
@@ -72,14 +88,15 @@ def assert_storage(deployed):
     volume = node.guest_volume_device
     pvs = node.ssh("pvs --noheadings -o pv_name,vg_name").stdout.split()
     assert pvs == [volume, "docker_vol"], f"LVM physical volumes: {pvs}"
-    driver, status = docker_storage(node)
+    info = docker_info(node)
+    status = dict(info.get("DriverStatus") or [])
     if deployed.mode == "devicemapper":
-        assert driver == "devicemapper"
+        assert info["Driver"] == "devicemapper"
         assert status.get("Pool Name") == "docker_vol-thinpool", status
         attr = node.ssh("lvs --noheadings -o lv_attr docker_vol/thinpool").stdout.strip()
         assert attr.startswith("t"), f"docker_vol/thinpool is not a thin pool: {attr}"
     else:
-        assert driver == "overlay2"
+        assert info["Driver"] == "overlay2"
         mount = node.ssh("findmnt -n -o SOURCE,FSTYPE --mountpoint /var/lib/docker").stdout
         assert mount.split() == ["/dev/mapper/docker_vol-docker", "xfs"], mount
 
@@ -98,89 +115,258 @@ def wait_for_container(node, timeout=180):
     raise AssertionError(f"{APP_CONTAINER} not running {timeout} s after boot")
 
 
-def node_lifecycle(stack, mode, tmp_path):
+def refused_storage(stack, name, storage):
+    """`state.apply docker.storage` with a pillar override; the errors it was refused with.
+    (Refused while rendering, before any state ran: the salt CLI exits 0 for a render error,
+    the minion's return is the list of errors.)"""
+    override = {"docker": {"storage": storage}}
+    refused = stack.salt(name, "state.apply", "docker.storage", f"pillar={json.dumps(override)}")
+    assert isinstance(refused.data, list), refused.stdout[-3000:]
+    return " ".join(refused.data)
+
+
+def check_created(stack, deployed):
+    """What salt-cloud reported, what EC2 holds, what the reactor's converge did."""
+    name = deployed.name
+    reported = deployed.cloud_output[name]
+    assert reported["instance_id"] == deployed.instance_id
+    assert reported["docker_disk"] == {
+        "device": DOCKER_DISK_DEVICE,
+        "volume_id": deployed.volume_id,
+    }
+    ec2 = stack.endpoint.client("ec2")
+    instance = ec2.describe_instances(InstanceIds=[deployed.instance_id])["Reservations"][0][
+        "Instances"
+    ][0]
+    tags = {tag["Key"]: tag["Value"] for tag in instance["Tags"]}
+    assert tags["Name"] == name and tags["class"] == NODE_CLASS
+    assert deployed.converge["source"] == "reactor" and deployed.converge["failed"] == {}
+    assert_storage(deployed)
+    node = deployed.node
+    assert container_state(node) == ["true", "always"]
+    token = node.ssh(
+        f"docker exec {APP_CONTAINER} sh -c 'printf %s \"$APP_TOKEN\" | sha256sum'"
+    ).stdout.split()[0]
+    assert token == hashlib.sha256(stack.app_secret.encode()).hexdigest(), "secret not delivered"
+
+
+def check_devicemapper_refused_on_engine_26(stack, deployed, blank_disk):
+    """Debian 13's Engine 26 has no devicemapper: refused, naming it, the blank disk untouched."""
+    version = re.match(r"\d+\.\d+\.\d+", docker_info(deployed.node)["ServerVersion"]).group()
+    assert version.startswith("26."), version
+    before = sha256_file(blank_disk)
+    errors = refused_storage(
+        stack, deployed.name, {"mode": "devicemapper", "device": by_id(BLANK_DISK_SERIAL)}
+    )
+    assert "devicemapper" in errors and version in errors, errors
+    assert sha256_file(blank_disk) == before, "the blank disk was written to"
+    assert deployed.node.ssh(f"blkid -p {by_id(BLANK_DISK_SERIAL)}", check=False).returncode == 2
+    assert_storage(deployed)
+
+
+def check_disk_with_filesystem_refused(stack, deployed, data_disk):
+    before = sha256_file(data_disk)
+    errors = refused_storage(stack, deployed.name, {"device": by_id(DATA_DISK_SERIAL)})
+    assert f"{by_id(DATA_DISK_SERIAL)} holds a ext4 filesystem" in errors, errors
+    assert sha256_file(data_disk) == before, "the data disk was written to"
+    assert_storage(deployed)
+
+
+def check_pquota(deployed):
+    """The overlay2 LV is mounted with project quotas (and so in fstab): a container with
+    storage_opt size=64M writes 40 MiB, not 100."""
+    node = deployed.node
+    options = node.ssh("findmnt -n -o OPTIONS --mountpoint /var/lib/docker").stdout.strip()
+    assert "prjquota" in options.split(","), options
+    fstab = node.ssh("grep -w /var/lib/docker /etc/fstab").stdout
+    assert "pquota" in fstab, fstab
+    fits = node.ssh(f"docker exec {QUOTA_CONTAINER} dd if=/dev/zero of=/fits bs=1M count=40")
+    assert fits.returncode == 0
+    beyond = node.ssh(
+        f"docker exec {QUOTA_CONTAINER} dd if=/dev/zero of=/beyond bs=1M count=100", check=False
+    )
+    assert beyond.returncode != 0, beyond.stdout + beyond.stderr
+    assert "quota" in beyond.stderr.lower() or "no space" in beyond.stderr.lower(), beyond.stderr
+
+
+def storage_bytes(deployed):
+    """(the LV Docker's storage lives in, the filesystem on it (overlay2) or None)."""
+    node = deployed.node
+    lv = "docker_vol/thinpool" if deployed.mode == "devicemapper" else "docker_vol/docker"
+    size = int(node.ssh(f"lvs --noheadings --units b --nosuffix -o lv_size {lv}").stdout)
+    if deployed.mode == "devicemapper":
+        return size, None
+    filesystem = node.ssh("df -B1 --output=size /var/lib/docker | tail -1").stdout
+    return size, int(filesystem)
+
+
+def wait_for_disk_size(node, size, timeout=90):
+    """Until the guest's kernel shows the grown disk. Nitro tells the NVMe driver with an
+    event; if qemu's emulated controller does not, rescan it as that event would."""
+    device = node.guest_volume_device
+    controller = device.removeprefix("/dev/").split("n1")[0]
+    started = time.monotonic()
+    rescanned = False
+    while int(node.ssh(f"blockdev --getsize64 {device}").stdout) != size:
+        waited = time.monotonic() - started
+        assert waited < timeout, "the guest did not see the larger disk"
+        if waited > 15 and not rescanned and device.startswith("/dev/nvme"):
+            print(f"{node.name}: no resize event after 15 s: rescanning {controller}")
+            node.ssh(f"echo 1 > /sys/class/nvme/{controller}/rescan_controller", check=False)
+            rescanned = True
+        time.sleep(2)
+
+
+def started_at(node):
+    return node.ssh(f"docker inspect -f '{{{{.State.StartedAt}}}}' {APP_CONTAINER}").stdout
+
+
+def check_growth(stack, deployed):
+    """The EBS volume grows from 4 to 6 GiB under the running node (qemu block_resize, as
+    EC2's ModifyVolume): the next highstate grows PV, LV and filesystem (or the thin pool)
+    online; the container keeps running, its data stays."""
+    node = deployed.node
+    marker = f"written before growth {time.time()}"
+    node.ssh(f"docker exec {APP_CONTAINER} sh -c 'echo \"{marker}\" > /data/grown'")
+    lv_before, fs_before = storage_bytes(deployed)
+    running_since = started_at(node)
+    with stack.timer(f"{deployed.name}: disk 4 -> 6 GiB, highstate grows storage online"):
+        node.grow_volume(6)
+        wait_for_disk_size(node, 6 * 1024**3)
+        result, states = stack.highstate(deployed.name)
+    assert_converged(result, states, stack.app_secret, expect_changes=True)
+    changed = changed_states(states)
+    assert len(changed) == 1 and "docker-storage-grown" in next(iter(changed)), changed
+    lv_after, fs_after = storage_bytes(deployed)
+    assert lv_after > lv_before + 1024**3, (lv_before, lv_after)
+    if fs_before is not None:
+        assert fs_after > fs_before + 1024**3, (fs_before, fs_after)
+    assert started_at(node) == running_since, "the container was restarted"
+    assert node.ssh(f"docker exec {APP_CONTAINER} cat /data/grown").stdout.strip() == marker
+
+
+# A 48 MiB image layer of random bytes, streamed into `docker import` (no file on the root fs).
+IMPORT_RANDOM_IMAGE = (
+    "python3 -c 'import io, os, sys, tarfile; t = tarfile.open(fileobj=sys.stdout.buffer, "
+    'mode="w|"); i = tarfile.TarInfo("big"); i.size = 48 << 20; '
+    "t.addfile(i, io.BytesIO(os.urandom(48 << 20))); t.close()' | docker import - {}"
+)
+
+
+def used_bytes(node, path):
+    return int(node.ssh(f"sync; df -B1 --output=used {path} | tail -1").stdout)
+
+
+def check_image_lands_on_the_volume(deployed, tag):
+    """An image loaded now takes space on the Docker volume, not on the root filesystem."""
+    node = deployed.node
+    volume, root = used_bytes(node, "/var/lib/docker"), used_bytes(node, "/")
+    node.ssh(IMPORT_RANDOM_IMAGE.format(tag))
+    grown_volume = used_bytes(node, "/var/lib/docker") - volume
+    grown_root = used_bytes(node, "/") - root
+    assert grown_volume > 40 * 1024**2, f"volume +{grown_volume}, root +{grown_root}"
+    assert grown_root < 16 * 1024**2, f"volume +{grown_volume}, root +{grown_root}"
+    return grown_volume, grown_root
+
+
+def check_graph_driver_store(deployed):
+    """Default: the containerd image store off (daemon.json says so, whatever the engine's
+    default), images in Docker's data-root on the volume."""
+    node = deployed.node
+    config = json.loads(node.ssh("cat /etc/docker/daemon.json").stdout)
+    assert config["features"] == {"containerd-snapshotter": False}, config
+    info = docker_info(node)
+    assert info["Driver"] == "overlay2", info["Driver"]
+    check_image_lands_on_the_volume(deployed, "e2e/random:graph-driver")
+
+
+def check_containerd_store(stack, deployed):
+    """containerd-snapshotter on (pillar switch): containerd's root is bind-mounted from the
+    volume, so images loaded through the containerd store land on it too."""
+    node = deployed.node
+    stack.set_docker_pillar(
+        deployed.name,
+        config={"features": {"containerd-snapshotter": True}, "log-driver": "json-file"},
+    )
+    # The store switch only (containers made under the graph driver are not the point here).
+    with stack.timer(f"{deployed.name}: containerd image store on"):
+        result = stack.salt(
+            deployed.name, "state.apply", "docker.containerd,docker.config,docker.service"
+        )
+    states = result.data if isinstance(result.data, dict) else {}
+    assert_converged(result, states, stack.app_secret, expect_changes=True)
+    info = docker_info(node)
+    status = dict(info.get("DriverStatus") or [])
+    assert status.get("driver-type") == "io.containerd.snapshotter.v1", (info["Driver"], status)
+    source = node.ssh("findmnt -n -o SOURCE --mountpoint /var/lib/containerd").stdout.strip()
+    assert source == "/dev/mapper/docker_vol-docker[/containerd-root]", source
+    assert "/var/lib/containerd" in node.ssh("cat /etc/fstab").stdout
+    check_image_lands_on_the_volume(deployed, "e2e/random:containerd")
+
+
+def check_reboot(stack, deployed):
+    node = deployed.node
+    marker = f"written before reboot {time.time()}"
+    node.ssh(f"docker exec {APP_CONTAINER} sh -c 'echo \"{marker}\" > /data/marker'")
+    with stack.timer(f"{deployed.name}: reboot, minion back, container back"):
+        node.reboot()
+        stack.wait_for_minion(deployed.name)
+        wait_for_container(node)
+    assert_storage(deployed)
+    assert container_state(node) == ["true", "always"]
+    assert node.ssh(f"docker exec {APP_CONTAINER} cat /data/marker").stdout.strip() == marker
+    with stack.timer(f"{deployed.name}: highstate after reboot (no changes)"):
+        result, states = stack.highstate(deployed.name)
+    assert_converged(result, states, stack.app_secret, expect_changes=False)
+
+
+def check_destroyed(stack, deployed):
+    name = deployed.name
+    with stack.timer(f"{name}: salt-cloud -d"):
+        destroyed = stack.destroy_node(name)
+    assert destroyed.returncode == 0, destroyed.stderr[-3000:]
+    assert stack.instance_state(deployed.instance_id) in ("shutting-down", "terminated")
+    keys = json.loads(stack.run("salt-key", "--out=json", "-L", check=True).stdout)
+    assert name not in keys.get("minions", []), keys
+    # The destroy reactor: the master forgot the node (converge record gone).
+    record = stack.root / ".salt" / "var" / "cache" / "salt" / "master" / "node_converge"
+    deadline = time.monotonic() + 60
+    while (record / f"{name}.json").exists():
+        assert time.monotonic() < deadline, f"the master did not forget {name}"
+        time.sleep(1)
+
+
+def node_lifecycle(stack, name, tmp_path):
     """Every stage of one node, asserting as it goes; raises at the first failure."""
-    name = f"e2e-{mode}"
-    stage = stack.timer
-    secret_digest = hashlib.sha256(stack.app_secret.encode()).hexdigest()
+    release, mode, disk_bus = NODES[name]
     vm = stack.vm
     data_disk = vm.make_filesystem_disk(
         tmp_path / "data-disk.raw", {"keep.txt": "customer data, must survive\n"}
     )
-    data_disk_digest = sha256_file(data_disk)
-
+    blank_disk = tmp_path / "blank-disk.raw"
+    with open(blank_disk, "wb") as disk:
+        disk.truncate(64 * 1024**2)
+    extra = [(data_disk, "virtio", DATA_DISK_SERIAL), (blank_disk, "virtio", BLANK_DISK_SERIAL)]
     deployed = stack.create_node(
-        name, NODE_CLASS, mode, extra_disks=[(data_disk, "virtio", DATA_DISK_SERIAL)]
+        name, NODE_CLASS, mode, extra_disks=extra, release=release, disk_bus=disk_bus
     )
-    node = deployed.node
     try:
-        # What salt-cloud reported and what EC2 holds.
-        reported = deployed.cloud_output[name]
-        assert reported["instance_id"] == deployed.instance_id
-        assert reported["docker_disk"] == {
-            "device": DOCKER_DISK_DEVICE,
-            "volume_id": deployed.volume_id,
-        }
-        ec2 = stack.endpoint.client("ec2")
-        instance = ec2.describe_instances(InstanceIds=[deployed.instance_id])["Reservations"][0][
-            "Instances"
-        ][0]
-        tags = {tag["Key"]: tag["Value"] for tag in instance["Tags"]}
-        assert tags["Name"] == name and tags["class"] == NODE_CLASS
-        # The minion got its grains through salt-cloud's deploy.
-        grains = stack.salt(name, "grains.item", "class", "docker_disk").data
-        assert grains == {"class": NODE_CLASS, "docker_disk": reported["docker_disk"]}
-
-        with stage(f"{name}: highstate 1 (Docker, storage, containers)"):
-            result, states = stack.highstate(name)
-        assert_converged(result, states, stack.app_secret, expect_changes=True)
-        assert_storage(deployed)
-        assert container_state(node) == ["true", "always"]
-        token = node.ssh(
-            f"docker exec {APP_CONTAINER} sh -c 'printf %s \"$APP_TOKEN\" | sha256sum'"
-        ).stdout.split()[0]
-        assert token == secret_digest, "the container did not get the decrypted secret"
-
-        with stage(f"{name}: highstate 2 (no changes)"):
-            result, states = stack.highstate(name)
-        assert_converged(result, states, stack.app_secret, expect_changes=False)
-
-        marker = f"written before reboot {time.time()}"
-        node.ssh(f"docker exec {APP_CONTAINER} sh -c 'echo \"{marker}\" > /data/marker'")
-        with stage(f"{name}: reboot, minion back, container back"):
-            node.reboot()
-            stack.wait_for_minion(name)
-            wait_for_container(node)
-        assert_storage(deployed)
-        assert container_state(node) == ["true", "always"]
-        kept = node.ssh(f"docker exec {APP_CONTAINER} cat /data/marker").stdout.strip()
-        assert kept == marker
-
-        with stage(f"{name}: highstate 3 after reboot (no changes)"):
-            result, states = stack.highstate(name)
-        assert_converged(result, states, stack.app_secret, expect_changes=False)
-
-        with stage(f"{name}: storage state on a disk holding a filesystem (refused)"):
-            override = {"docker": {"storage": {"device": DATA_DISK_GUEST_PATH}}}
-            refused = stack.salt(
-                name, "state.apply", "docker.storage", f"pillar={json.dumps(override)}"
-            )
-        # Refused while rendering (docker_host.validate), before any state ran. (The salt CLI
-        # exits 0 for a render error: the minion's return is the list of errors.)
-        refusal = f"{DATA_DISK_GUEST_PATH} holds a ext4 filesystem"
-        assert isinstance(refused.data, list), refused.stdout[-3000:]
-        assert refusal in " ".join(refused.data), refused.stdout[-3000:]
-        assert node.ssh(f"blkid -o value -s TYPE {DATA_DISK_GUEST_PATH}").stdout.strip() == "ext4"
-        assert sha256_file(data_disk) == data_disk_digest, "the data disk was written to"
-        # The real storage is untouched by the refused run.
-        assert_storage(deployed)
-
-        with stage(f"{name}: salt-cloud -d"):
-            destroyed = stack.destroy_node(name)
-        assert destroyed.returncode == 0, destroyed.stderr[-3000:]
-        assert stack.instance_state(deployed.instance_id) in ("shutting-down", "terminated")
-        keys = json.loads(stack.run("salt-key", "--out=json", "-L", check=True).stdout)
-        assert name not in keys.get("minions", []), keys
+        check_created(stack, deployed)
+        if release == "trixie":
+            with stack.timer(f"{name}: devicemapper on Engine 26 (refused)"):
+                check_devicemapper_refused_on_engine_26(stack, deployed, blank_disk)
+            check_pquota(deployed)
+            with stack.timer(f"{name}: image store: graph driver (default)"):
+                check_graph_driver_store(deployed)
+        else:
+            with stack.timer(f"{name}: storage on a disk holding a filesystem (refused)"):
+                check_disk_with_filesystem_refused(stack, deployed, data_disk)
+        if disk_bus != "nvme":  # see NODES
+            check_growth(stack, deployed)
+        check_reboot(stack, deployed)
+        if release == "trixie":
+            check_containerd_store(stack, deployed)
+        check_destroyed(stack, deployed)
     finally:
         if name in stack.nodes:
             stack.destroy_node(name)
@@ -188,18 +374,21 @@ def node_lifecycle(stack, mode, tmp_path):
 
 @pytest.fixture(scope="module")
 def lifecycles(stack, tmp_path_factory):
-    """Both storage modes' nodes at once: TCG runs each guest on about one host core, so two
-    nodes in parallel take little longer than one. Maps mode -> the exception it raised."""
+    """All nodes at once: TCG runs each guest on about one host core, so two nodes in parallel
+    take little longer than one. Maps node name -> the exception it raised."""
     outcome = {}
 
-    def run(mode):
+    def run(name):
         try:
-            node_lifecycle(stack, mode, tmp_path_factory.mktemp(f"node-{mode}"))
-            outcome[mode] = None
-        except BaseException as error:  # reported by that mode's test
-            outcome[mode] = error
+            node_lifecycle(stack, name, tmp_path_factory.mktemp(f"node-{name}"))
+            outcome[name] = None
+        except BaseException as error:  # reported by that node's test
+            outcome[name] = error
 
-    threads = [threading.Thread(target=run, args=(mode,), name=mode) for mode in STORAGE_MODES]
+    # DOCKERHOSTS_E2E_NODES=e2e-deb13-ov (comma-separated) runs only those nodes.
+    wanted = os.environ.get("DOCKERHOSTS_E2E_NODES")
+    names = [n for n in NODES if not wanted or n in wanted.split(",")]
+    threads = [threading.Thread(target=run, args=(name,), name=name) for name in names]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -207,8 +396,10 @@ def lifecycles(stack, tmp_path_factory):
     return outcome
 
 
-@pytest.mark.parametrize("mode", STORAGE_MODES)
-def test_node_lifecycle(lifecycles, mode):
-    error = lifecycles[mode]
+@pytest.mark.parametrize("name", list(NODES))
+def test_node_lifecycle(lifecycles, name):
+    if name not in lifecycles:
+        pytest.skip("not selected by DOCKERHOSTS_E2E_NODES")
+    error = lifecycles[name]
     if error is not None:
         raise error

@@ -5,6 +5,7 @@
 {%- if docker.storage.mode != "none" %}
 include:
   - .{{ docker.storage.mode }}
+  - .grow
 {%- endif %}
 
 # The service requires this: Docker starts only once its storage is in place.

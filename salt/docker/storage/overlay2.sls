@@ -36,7 +36,10 @@ docker-storage-mounted:
     - name: {{ overlay.mountpoint|json }}
     - device: {{ lv_device|json }}
     - fstype: {{ overlay.filesystem|json }}
-    - opts: defaults
+    - opts: {{ overlay.mount_options[overlay.filesystem]|join(",")|json }}
+    # XFS reports pquota as prjquota once mounted: not a reason to remount.
+    - extra_mount_translate_options:
+        pquota: prjquota
     - mkmnt: True
     - persist: True
     - require:

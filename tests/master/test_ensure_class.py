@@ -1,0 +1,119 @@
+"""`salt-run state.orchestrate orch.ensure_class pillar='{class, count}'`: the class gets exactly
+`count` live nodes — the missing ones created in parallel by salt-cloud and converged, extra
+ones reported and removed only when asked; a second run changes nothing; a bad request is
+refused before EC2 is touched."""
+
+import json
+import time
+
+import pytest
+
+from tests.master.conftest import WORKERS_PROFILE
+from tools.checkout_master import HostMinion
+
+CLASS = "workers"
+
+
+def orchestrate(checkout, **request):
+    result = checkout.master.run(
+        "salt-run",
+        "--out=json",
+        "state.orchestrate",
+        "orch.ensure_class",
+        f"pillar={json.dumps(request)}",
+        timeout=900,
+    )
+    try:
+        states = next(iter(json.loads(result.stdout)["data"].values()))
+    except (ValueError, KeyError, StopIteration, AttributeError):
+        states = {}
+    return result, states
+
+
+def live(checkout, node_class=CLASS):
+    reservations = checkout.ec2.describe_instances(
+        Filters=[
+            {"Name": "tag:class", "Values": [node_class]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )["Reservations"]
+    return sorted(
+        next(t["Value"] for t in i["Tags"] if t["Key"] == "Name")
+        for r in reservations
+        for i in r["Instances"]
+    )
+
+
+def record(checkout, name):
+    path = checkout.cachedir / "node_converge" / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def comments(states):
+    return " ".join(str(ret.get("comment")) for ret in states.values())
+
+
+@pytest.fixture
+def workers(checkout):
+    yield
+    for name in live(checkout):
+        checkout.master.run("salt-cloud", "-y", "-d", name, timeout=300)
+    for name in ("workers-1", "workers-2", "workers-3"):
+        HostMinion(checkout.nodes, name).stop()
+
+
+def test_ensure_class_creates_converges_reports_and_removes_when_asked(checkout, workers):
+    request = {"class": CLASS, "count": 2, "profile": WORKERS_PROFILE}
+    result, states = orchestrate(checkout, **request)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert live(checkout) == ["workers-1", "workers-2"]
+    for name in ("workers-1", "workers-2"):
+        assert record(checkout, name)["result"] is True, record(checkout, name)
+    created = [key for key, ret in states.items() if key.startswith("cloud_") and ret["changes"]]
+    assert len(created) == 2, states
+
+    # Idempotent: nothing created, nothing converged, nothing changed.
+    again, states = orchestrate(checkout, **request)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert not {key: ret["changes"] for key, ret in states.items() if ret["changes"]}
+    assert "created: none" in comments(states)
+
+    # One too many: reported, kept.
+    fewer, states = orchestrate(checkout, **{**request, "count": 1})
+    assert fewer.returncode == 0, fewer.stdout[-4000:]
+    assert "extra: workers-2" in comments(states) and "kept" in comments(states)
+    assert live(checkout) == ["workers-1", "workers-2"]
+
+    # Removed only when asked; the destroy reactor then forgets it.
+    removed, states = orchestrate(checkout, **{**request, "count": 1, "remove_extra": True})
+    assert removed.returncode == 0, removed.stdout[-4000:]
+    HostMinion(checkout.nodes, "workers-2").stop()
+    assert live(checkout) == ["workers-1"]
+    deadline = time.monotonic() + 60
+    while record(checkout, "workers-2") is not None:
+        assert time.monotonic() < deadline, "the master did not forget workers-2"
+        time.sleep(0.5)
+    assert record(checkout, "workers-1")["result"] is True
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        ({"class": CLASS, "cont": 2}, "cont: unknown key (did you mean count?)"),
+        ({"class": CLASS}, "count: missing"),
+        ({"count": 1}, "class: missing"),
+        ({"class": CLASS, "count": -1}, "count: -1 is not a whole number"),
+        ({"class": CLASS, "count": "3"}, "count: '3' is not a whole number"),
+        ({"class": CLASS, "count": True}, "count: True is not a whole number"),
+        ({"class": "no such/class", "count": 1}, "is not a class name"),
+        ({"class": CLASS, "count": 1, "profile": "nope"}, "profile: 'nope' is not a salt-cloud"),
+        ({"class": CLASS, "count": 1, "remove_extra": "yes"}, "remove_extra: 'yes' is not"),
+        ({"class": CLASS, "count": 1, "prefix": "../x"}, "is not a node name"),
+    ],
+)
+def test_a_bad_request_is_refused_before_ec2_is_touched(checkout, request_, message):
+    before = checkout.ec2.describe_instances()["Reservations"]
+    result, _ = orchestrate(checkout, **request_)
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert message in result.stdout, result.stdout[-3000:]
+    assert checkout.ec2.describe_instances()["Reservations"] == before
