@@ -6,7 +6,12 @@ them before salt-cloud can launch anything.  It also gets a VPC 127.0.0.0/16 wit
 subnet 127.0.10.0/24, so instances launched there get loopback private addresses that
 a local sshd can answer on.
 
-Used by the tests, the benchmark, and bin/local-ec2 (``python ec2_endpoint.py``).
+moto lacks two EC2 behaviours the driver relies on for exactly-once creates; this module
+adds them (``_teach_moto_client_tokens``): RunInstances is idempotent per ``ClientToken``
+(a retry of the same call returns the first call's reservation instead of launching again),
+and DescribeInstances filters by ``client-token``.
+
+Used by the tests, the benchmark, and bin/local-ec2 (``python -m tools.ec2_endpoint``).
 """
 
 import argparse
@@ -168,6 +173,36 @@ def _load_moto_amis(images):
         )
 
 
+def _teach_moto_client_tokens():
+    """Make moto honour RunInstances' ClientToken and the `client-token` filter, as EC2 does.
+
+    EC2: a RunInstances retried with the same ClientToken returns the original reservation
+    (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).  moto 5.2
+    stores the token but launches again, so a lost answer would show two instances here
+    where EC2 holds one.
+    """
+    from moto.ec2 import utils as ec2_utils  # noqa: PLC0415
+    from moto.ec2.responses.instances import InstanceResponse  # noqa: PLC0415
+
+    ec2_utils.filter_dict_attribute_mapping.setdefault("client-token", "client_token")
+    if getattr(InstanceResponse.run_instances, "honours_client_token", False):
+        return
+    launch = InstanceResponse.run_instances
+
+    def run_instances(self):
+        token = self._get_param("ClientToken")
+        if token:
+            for reservation in self.ec2_backend.reservations.values():
+                if any(i.client_token == token for i in reservation.instances):
+                    from moto.core.responses import ActionResult  # noqa: PLC0415
+
+                    return ActionResult(reservation)
+        return launch(self)
+
+    run_instances.honours_client_token = True
+    InstanceResponse.run_instances = run_instances
+
+
 def start(config_dir=REPO_ROOT, port=0, public_key=None, extra_images=()):
     """Start moto on 127.0.0.1:port (0: any free port), seeded for config_dir's provider.
 
@@ -177,6 +212,7 @@ def start(config_dir=REPO_ROOT, port=0, public_key=None, extra_images=()):
     names = provider_names(config_dir)
     images = sorted({*names["images"], *extra_images})
     _load_moto_amis(images)
+    _teach_moto_client_tokens()
     from moto.server import ThreadedMotoServer  # noqa: PLC0415
 
     # One access-log line per API call drowns everything else.
