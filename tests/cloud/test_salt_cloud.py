@@ -28,7 +28,12 @@ def assert_docker_node(cloud, name, node_class):
     """The node as the profiles describe it, read back from EC2."""
     instance = cloud.instance(name)
     assert instance["InstanceType"] == EXPECTED_TYPE[node_class]
-    assert tags_of(instance) == {"Name": name, "class": node_class, "container": "docker"}
+    assert tags_of(instance) == {
+        "Name": name,
+        "class": node_class,
+        "container": "docker",
+        "docker_volume_device": "/dev/sdb",
+    }
     assert instance["KeyName"] == "docker-hosts"
     assert [group["GroupName"] for group in instance["SecurityGroups"]] == ["docker-hosts"]
     assert instance["IamInstanceProfile"]["Arn"].endswith(":instance-profile/docker-host-minimal")
@@ -57,7 +62,15 @@ def test_profile_creates_the_class_node_once_and_destroy_removes_it(cloud, node_
     instance, volume = assert_docker_node(cloud, name, node_class)
     assert created["instance_id"] == instance["InstanceId"]
     assert created["class"] == node_class
+    assert created["docker_ebs_volume"] == {
+        "device_name": "/dev/sdb",
+        "volume_id": volume["VolumeId"],
+    }
     assert created["docker_disk"] == {"device": "/dev/sdb", "volume_id": volume["VolumeId"]}
+    # The master knows the node's class (the node class registry).
+    registry = cloud.pki_dir / "node_classes"
+    assert (registry / name).read_text() == f"{node_class}\n"
+    assert oct(registry.stat().st_mode & 0o777) == "0o700"
 
     # Again: salt-cloud says it exists and EC2 still holds exactly one such node.
     again = cloud.run("-p", node_class, name, "--no-deploy")
@@ -74,6 +87,7 @@ def test_profile_creates_the_class_node_once_and_destroy_removes_it(cloud, node_
         Filters=[{"Name": "volume-id", "Values": [volume["VolumeId"]]}]
     )["Volumes"]
     assert volumes == []
+    assert not (registry / name).exists()
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +118,13 @@ def test_full_query_shows_tags_disk_and_profile(cloud, two_nodes):
     db1 = cloud.json("-F")["aws"]["boto3_ec2"]["db1"]
     assert db1["id"] == two_nodes["db1"]
     assert db1["class"] == "dataserver"
-    assert db1["tags"] == {"Name": "db1", "class": "dataserver", "container": "docker"}
+    assert db1["tags"] == {
+        "Name": "db1",
+        "class": "dataserver",
+        "container": "docker",
+        "docker_volume_device": "/dev/sdb",
+    }
+    assert db1["lifecycle"] == "on-demand"
     disk = db1["volumes"]["/dev/sdb"]
     assert (disk["size"], disk["type"], disk["encrypted"], disk["delete_on_termination"]) == (
         50,
@@ -187,12 +207,12 @@ def test_map_in_parallel_over_two_classes(cloud, tmp_path):
 ERROR_CASES = {
     "test-unknown-ami": "'image' ami-00000000000000000: no such AMI",
     "test-missing-iam-profile": "Instance profile no-such-profile not found",
-    "test-bad-device": "'docker_disk.DeviceName' '/dev/sda' is not a data disk name",
+    "test-bad-device": "'docker_volume.DeviceName' '/dev/sda' is not a data volume name",
     "test-aws-error": "InvalidSubnetID.NotFound",
-    "test-bad-key": "'docker_disk.Ebs.VolumeSize' must be an integer, got 'big'",
+    "test-bad-key": "'docker_volume.Ebs.VolumeSize' has the wrong type ('big'; wanted int)",
     "test-unknown-size": "'size' t9.huge: DescribeInstanceTypes failed: InvalidInstanceType",
     "test-no-class": "'class' (node class: use a class profile) is not set",
-    "test-device-clash": "uses /dev/sdb, which is the Docker disk",
+    "test-device-clash": "uses /dev/sdb, which is the Docker volume",
     "test-fails-after-launch": "refusing to SSH to",
 }
 
@@ -235,15 +255,17 @@ def test_failure_after_launch_terminates_the_instance(cloud, error_runs):
     terminated = cloud.instances("err-test-fails-after-launch", states=("terminated",))
     assert len(terminated) == 1
     assert terminated[0]["InstanceId"] in text
-    # salt-cloud accepted a key for the node before the create; it must not stay accepted.
-    minions = cloud.root / ".salt" / "etc" / "salt" / "pki" / "master" / "minions"
+    # salt-cloud accepted a key for the node before the create; it must not stay accepted,
+    # and the master must not keep a class for it.
+    minions = cloud.pki_dir / "minions"
     assert minions.is_dir()
     assert not (minions / "err-test-fails-after-launch").exists()
+    assert not (cloud.pki_dir / "node_classes" / "err-test-fails-after-launch").exists()
 
 
 def test_deploy_over_ssh_writes_minion_config_and_accepts_the_key(cloud, cloud_root, tmp_path):
     name = "deploy1"
-    accepted = cloud_root / ".salt" / "etc" / "salt" / "pki" / "master" / "minions" / name
+    accepted = cloud.pki_dir / "minions" / name
     try:
         result = cloud.run(
             "-p",
@@ -270,15 +292,19 @@ def test_deploy_over_ssh_writes_minion_config_and_accepts_the_key(cloud, cloud_r
         grains = yaml.safe_load((captured / "grains").read_text())
         volume_id = instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
         assert grains["class"] == "backends"
+        assert grains["docker_ebs_volume"] == {"device_name": "/dev/sdb", "volume_id": volume_id}
+        # The old grain, for minions whose formula code predates docker_ebs_volume.
         assert grains["docker_disk"] == {"device": "/dev/sdb", "volume_id": volume_id}
 
         assert accepted.read_text().strip() == (captured / "minion.pub").read_text().strip()
+        assert (cloud.pki_dir / "node_classes" / name).read_text() == "backends\n"
     finally:
         if cloud.instances(name):
             cloud.run("-d", name, "-y")
     assert cloud.instances(name) == []
-    # Destroying the node also removes its key from the master.
+    # Destroying the node also removes its key and its class from the master.
     assert not accepted.exists()
+    assert not (cloud.pki_dir / "node_classes" / name).exists()
 
 
 def test_create_and_destroy_fire_events_on_the_master(cloud):
