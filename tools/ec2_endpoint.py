@@ -6,10 +6,12 @@ them before salt-cloud can launch anything.  It also gets a VPC 127.0.0.0/16 wit
 subnet 127.0.10.0/24, so instances launched there get loopback private addresses that
 a local sshd can answer on.
 
-moto lacks two EC2 behaviours the driver relies on for exactly-once creates; this module
-adds them (``_teach_moto_client_tokens``): RunInstances is idempotent per ``ClientToken``
-(a retry of the same call returns the first call's reservation instead of launching again),
-and DescribeInstances filters by ``client-token``.
+moto lacks EC2 behaviours the driver relies on; this module adds them:
+RunInstances is idempotent per ``ClientToken`` (a retry of the same call returns the first
+call's reservation instead of launching again), DescribeInstances filters by
+``client-token`` (``_teach_moto_client_tokens``), and requests are atomic: moto's backends
+are not thread-safe, so concurrent requests (parallel salt-cloud runs) could fail with HTTP
+500 where EC2 answers; the server handles one request at a time (``_serialize_moto``).
 
 Used by the tests, the benchmark, and bin/local-ec2 (``python -m tools.ec2_endpoint``).
 """
@@ -21,6 +23,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,6 +206,25 @@ def _teach_moto_client_tokens():
     InstanceResponse.run_instances = run_instances
 
 
+_MOTO_LOCK = threading.Lock()
+
+
+def _serialize_moto():
+    """One request at a time through moto's WSGI app (its backends are plain dicts)."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication  # noqa: PLC0415
+
+    if getattr(DomainDispatcherApplication.__call__, "serialized", False):
+        return
+    call = DomainDispatcherApplication.__call__
+
+    def serialized(self, environ, start_response):
+        with _MOTO_LOCK:
+            return call(self, environ, start_response)
+
+    serialized.serialized = True
+    DomainDispatcherApplication.__call__ = serialized
+
+
 def start(config_dir=REPO_ROOT, port=0, public_key=None, extra_images=()):
     """Start moto on 127.0.0.1:port (0: any free port), seeded for config_dir's provider.
 
@@ -213,6 +235,7 @@ def start(config_dir=REPO_ROOT, port=0, public_key=None, extra_images=()):
     images = sorted({*names["images"], *extra_images})
     _load_moto_amis(images)
     _teach_moto_client_tokens()
+    _serialize_moto()
     from moto.server import ThreadedMotoServer  # noqa: PLC0415
 
     # One access-log line per API call drowns everything else.

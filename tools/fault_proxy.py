@@ -9,7 +9,10 @@ Query API request to the endpoint, except when a rule for its Action says otherw
 - ``unavailable``: answer HTTP 503 ``ServiceUnavailable``;
 - ``delay``: wait ``seconds``, then relay;
 - ``hold``: relay, then keep the answer until ``release()`` (or ``seconds``) -- a window in
-  which a test can signal the client while EC2 has already acted.
+  which a test can signal the client while EC2 has already acted;
+- ``pause``: keep the request back (EC2 has not seen it) until ``release()`` (or ``seconds``);
+- ``gather``: keep requests back until ``count`` of them are waiting, then relay them all
+  (two clients that must both be past their checks before either acts).
 
 ``outage(seconds)`` drops every connection for a while, now or when a request for a given
 Action first arrives.  Every request is logged (Action, ClientToken, outcome), so a test can
@@ -27,10 +30,10 @@ import struct
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import parse_qs, urlparse
 
-FAULTS = ("lose", "reset", "throttle", "unavailable", "delay", "hold")
+FAULTS = ("lose", "reset", "throttle", "unavailable", "delay", "hold", "pause", "gather")
 ERROR_BODY = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
     "<Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
@@ -66,6 +69,7 @@ class Rule:
 class Outage:
     seconds: float
     trigger: str | None = None  # an Action: the outage starts when it first arrives
+    match: str | None = None  # ... in a request whose body contains this
     until: float | None = None
 
 
@@ -75,7 +79,7 @@ class Entry:
     action: str | None
     token: str | None
     outcome: str
-    filters: list = field(default_factory=list)
+    body: str = ""
 
 
 class FaultProxy:
@@ -90,6 +94,7 @@ class FaultProxy:
         self.relayed = set()
         self._lock = threading.Condition()
         self._release = threading.Event()
+        self._gathered = {}
         self._server = None
         self._thread = None
 
@@ -114,16 +119,17 @@ class FaultProxy:
         with self._lock:
             self.rules.append(Rule(action, fault, count, skip, seconds, after, match))
 
-    def outage(self, seconds, trigger=None):
-        """Drop every connection for `seconds`, from now or from the first `trigger` request."""
+    def outage(self, seconds, trigger=None, match=None):
+        """Drop every connection for `seconds`, from now or from the first `trigger` request
+        (whose body contains `match`)."""
         with self._lock:
             start = None if trigger else time.monotonic() + seconds
-            self.outages.append(Outage(seconds, trigger, start))
+            self.outages.append(Outage(seconds, trigger, match, start))
 
     def release(self):
         """Let held answers go, and stop holding."""
         with self._lock:
-            self.rules = [rule for rule in self.rules if rule.fault != "hold"]
+            self.rules = [rule for rule in self.rules if rule.fault not in ("hold", "pause")]
         self._release.set()
 
     def clear(self):
@@ -138,48 +144,56 @@ class FaultProxy:
             self._server.shutdown()
             self._server.server_close()
 
-    def count(self, action=None, outcome=None):
+    def count(self, action=None, outcome=None, match=None):
         with self._lock:
-            return sum(
-                1
-                for entry in self.log
-                if (action is None or entry.action == action)
-                and (outcome is None or entry.outcome == outcome)
-            )
+            return self.count_unlocked(action, outcome, match)
 
     def tokens(self, action="RunInstances"):
         with self._lock:
             return [entry.token for entry in self.log if entry.action == action]
 
-    def wait_for(self, action, outcome=None, count=1, timeout=60):
-        """Block until `count` requests for `action` had `outcome`; raise on timeout."""
+    def wait_for(self, action, outcome=None, count=1, timeout=60, match=None):
+        """Block until `count` requests for `action` (bodies containing `match`) had
+        `outcome`; raise on timeout."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self.count_unlocked(action, outcome) < count:
+            while self.count_unlocked(action, outcome, match) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     seen = [(e.action, e.outcome) for e in self.log]
                     raise TimeoutError(f"no {count}x {action}/{outcome} in {timeout} s: {seen}")
                 self._lock.wait(min(left, 0.2))
 
-    def count_unlocked(self, action, outcome):
+    def count_unlocked(self, action, outcome, match=None):
         return sum(
             1
             for entry in self.log
-            if entry.action == action and (outcome is None or entry.outcome == outcome)
+            if (action is None or entry.action == action)
+            and (outcome is None or entry.outcome == outcome)
+            and (match is None or match in entry.body)
         )
 
     # ------------------------------------------------------------------ decisions
-    def _record(self, action, token, outcome, filters=()):
+    def _record(self, action, token, outcome, body=""):
         with self._lock:
-            self.log.append(Entry(time.monotonic(), action, token, outcome, list(filters)))
+            self.log.append(Entry(time.monotonic(), action, token, outcome, body))
             self._lock.notify_all()
 
-    def _in_outage(self, action):
+    def _gather(self, rule):
+        """Wait until rule.count requests of this rule are waiting (or rule.seconds)."""
+        deadline = time.monotonic() + rule.seconds
+        with self._lock:
+            self._gathered[id(rule)] = self._gathered.get(id(rule), 0) + 1
+            self._lock.notify_all()
+            while self._gathered[id(rule)] < rule.count and time.monotonic() < deadline:
+                self._lock.wait(0.1)
+
+    def _in_outage(self, action, body):
         now = time.monotonic()
         with self._lock:
             for outage in self.outages:
-                if outage.until is None and outage.trigger == action:
+                triggered = outage.trigger == action and (outage.match or "") in body
+                if outage.until is None and triggered:
                     outage.until = now + outage.seconds
                 if outage.until is not None and now < outage.until:
                     return True
@@ -231,32 +245,34 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         form = parse_qs(text)
         action = (form.get("Action") or [None])[0]
         token = (form.get("ClientToken") or [None])[0]
-        filters = [
-            value for key, values in form.items() if key.endswith(".Value.1") for value in values
-        ]
-        if proxy._in_outage(action):
-            proxy._record(action, token, "outage", filters)
+        if proxy._in_outage(action, text):
+            proxy._record(action, token, "outage", text)
             return self._drop()
         rule = proxy._rule_for(action, text)
         fault = rule.fault if rule else None
         if fault == "reset":
-            proxy._record(action, token, "reset", filters)
+            proxy._record(action, token, "reset", text)
             return self._drop()
         if fault in ERRORS:
-            proxy._record(action, token, fault, filters)
+            proxy._record(action, token, fault, text)
             return self._answer(*_error_response(fault))
         if fault == "delay":
             time.sleep(rule.seconds)
+        if fault == "gather":
+            proxy._gather(rule)
+        if fault == "pause":
+            proxy._record(action, token, "paused", text)
+            proxy._release.wait(rule.seconds)
         status, headers, answer = self._relay(body)
         proxy._relayed(action)
         if fault == "lose":
-            proxy._record(action, token, "lost", filters)
+            proxy._record(action, token, "lost", text)
             return self._drop()
         if fault == "hold":
-            proxy._record(action, token, "held", filters)
+            proxy._record(action, token, "held", text)
             proxy._release.wait(rule.seconds)
         else:
-            proxy._record(action, token, "relayed", filters)
+            proxy._record(action, token, "relayed", text)
         return self._answer(status, headers, answer)
 
     def _relay(self, body):

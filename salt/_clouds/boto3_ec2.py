@@ -46,6 +46,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
+import salt.utils.event
 from salt.exceptions import SaltCloudConfigError, SaltCloudSystemExit
 
 from salt import config
@@ -178,7 +179,13 @@ ID_BATCH = 200
 # Per-process state.  salt's loader executes this file anew for every loader it builds
 # (salt-cloud builds several per run), so what must outlive one loader lives here.
 _PROCESS = sys.modules.setdefault("_boto3_ec2_process", types.ModuleType("_boto3_ec2_process"))
-for _name, _default in (("sessions", {}), ("clients", {}), ("destroyed", {}), ("guard", None)):
+for _name, _default in (
+    ("sessions", {}),
+    ("clients", {}),
+    ("destroyed", {}),
+    ("events", {}),
+    ("guard", None),
+):
     if not hasattr(_PROCESS, _name):
         setattr(_PROCESS, _name, _default)
 
@@ -217,6 +224,7 @@ def create(vm_):
                 return _create(job)
             finally:
                 job.interruptible = False
+                _close_events()
         except BaseException as exc:
             raise _create_failed(job, exc) from None
 
@@ -694,7 +702,10 @@ def _destroy_in_batch(name):
                 names = [n for n in _batch_names() if n not in results] or [name]
                 if name not in names:
                     names.append(name)
-                results.update(_destroy_names(names))
+                try:
+                    results.update(_destroy_names(names))
+                finally:
+                    _close_events()
                 shared.write(results)
     return results.get(name) or {"error": f"no instance named {name!r}"}
 
@@ -1631,7 +1642,8 @@ def _client(conn, fresh=False):
                 region_name=conn.get("location"),
             )
             _PROCESS.sessions[key] = session
-        retries = {"mode": conn.get("retry_mode"), "max_attempts": conn.get("max_attempts")}
+        # total_max_attempts counts the first attempt (botocore's max_attempts does not).
+        retries = {"mode": conn["retry_mode"], "total_max_attempts": conn["max_attempts"]}
         _PROCESS.clients[client_key] = session.client(
             "ec2",
             endpoint_url=conn.get("endpoint_url"),
@@ -1857,7 +1869,10 @@ def _profile_images():
 
 
 def is_transient(exc):
-    """botocore's own view: would its standard retry mode retry this error?"""
+    """botocore's own view: would its standard retry mode retry this error?  (Plus an answer
+    that is not EC2's XML, e.g. a proxy's HTML error page: botocore says retries may help.)"""
+    if isinstance(exc, botocore.exceptions.ResponseParserError):
+        return True
     response = getattr(exc, "response", None)
     status = (response or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
     context = botocore.retries.standard.RetryContext(
@@ -2070,17 +2085,29 @@ def _master_listening():
 
 
 def _fire(name, what, suffix, args):
+    """Fire salt/cloud/<name>/<suffix> on the master's bus, as salt-cloud's drivers do, over
+    one connection per process (a connection per event costs ~0.1 s)."""
+    tag = f"salt/cloud/{name}/{suffix}"
     if not _master_listening():
-        log.debug("No salt-master listening: not firing salt/cloud/%s/%s", name, suffix)
+        log.debug("No salt-master listening: not firing %s", tag)
         return
-    __utils__["cloud.fire_event"](
-        "event",
-        what,
-        f"salt/cloud/{name}/{suffix}",
-        args=args,
-        sock_dir=__opts__["sock_dir"],
-        transport=__opts__["transport"],
-    )
+    key = (os.getpid(), __opts__["sock_dir"])
+    try:
+        if key not in _PROCESS.events:
+            _PROCESS.events[key] = salt.utils.event.get_event(
+                "master", __opts__["sock_dir"], listen=False
+            )
+        _PROCESS.events[key].fire_event({**(args or {}), "event": what}, tag)
+    except Exception as exc:  # an event is news, not part of the job
+        log.warning("Could not fire %s: %s", tag, exc)
+
+
+def _close_events():
+    key = (os.getpid(), __opts__.get("sock_dir"))
+    bus = _PROCESS.events.pop(key, None)
+    if bus is not None:
+        with contextlib.suppress(Exception):
+            bus.destroy()
 
 
 def _fire_vm(vm_, what, suffix):

@@ -6,4 +6,4 @@ upload_dir=$(dirname "$0")
 minion_id=$(sed -n 's/^id: *//p' "$upload_dir/minion")
 mkdir -p "$1"
 touch "$1/$minion_id.started"
-sleep 60
+sleep 20
