@@ -65,7 +65,8 @@ def copy_config(dest, repo_root=REPO_ROOT, provider=None):
 
 def write_profiles(root, profiles, name="zz-tests.conf"):
     """Add profiles to a config copy (they may extend the repository's)."""
-    (Path(root) / "cloud.profiles.d" / name).write_text(yaml.safe_dump(profiles))
+    # In order: salt-cloud resolves `extends` in file order, one level at a time.
+    (Path(root) / "cloud.profiles.d" / name).write_text(yaml.safe_dump(profiles, sort_keys=False))
 
 
 class SaltMaster:

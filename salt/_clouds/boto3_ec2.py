@@ -55,10 +55,18 @@ try:
     import boto3
     import botocore.config
     import botocore.exceptions
+    import botocore.parsers
     import botocore.retries.standard
     import botocore.validate
 
     HAS_BOTO3 = True
+    # What a boto3 call raises when EC2 (or the way to it) fails; a garbled answer (e.g. a
+    # proxy's HTML error page) is a ResponseParserError, which is no BotoCoreError.
+    AWS_ERRORS = (
+        botocore.exceptions.BotoCoreError,
+        botocore.exceptions.ClientError,
+        botocore.parsers.ResponseParserError,
+    )
 except ImportError:
     HAS_BOTO3 = False
 
@@ -502,7 +510,7 @@ def _launch(job):
     job.launch_sent = True
     try:
         reservation = job.client.run_instances(**job.request)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+    except AWS_ERRORS as exc:
         found = _launched_by_token(job, job.settings["cleanup_timeout"])
         if found is None:
             raise SaltCloudSystemExit(
@@ -1655,7 +1663,7 @@ def _client(conn, fresh=False):
 def _call(what, function, **kwargs):
     try:
         return function(**kwargs)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+    except AWS_ERRORS as exc:
         raise SaltCloudSystemExit(f"{what}: {aws_error_message(exc)}") from exc
 
 
@@ -1664,7 +1672,7 @@ def _paginate(client, operation, key, **kwargs):
     try:
         for page in client.get_paginator(operation).paginate(**kwargs):
             items.extend(page[key])
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+    except AWS_ERRORS as exc:
         raise SaltCloudSystemExit(f"{operation}: {aws_error_message(exc)}") from exc
     return items
 
@@ -1684,7 +1692,7 @@ def _poll(check, timeout, what, not_found_is_pending=False):
             last_error = None
             if result is not None:
                 return result
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        except AWS_ERRORS as exc:
             if not (is_transient(exc) or (not_found_is_pending and is_not_found(exc))):
                 raise SaltCloudSystemExit(f"waiting for {what}: {aws_error_message(exc)}") from exc
             last_error = exc
@@ -1740,7 +1748,7 @@ def _instances_named(client, names, translate=True):
         batch = names[start_at : start_at + ID_BATCH]
         try:
             found += describe_instances(client, [{"Name": "tag:Name", "Values": batch}])
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        except AWS_ERRORS as exc:
             if not translate:
                 raise
             raise SaltCloudSystemExit(f"listing instances: {aws_error_message(exc)}") from exc
@@ -1871,7 +1879,7 @@ def _profile_images():
 def is_transient(exc):
     """botocore's own view: would its standard retry mode retry this error?  (Plus an answer
     that is not EC2's XML, e.g. a proxy's HTML error page: botocore says retries may help.)"""
-    if isinstance(exc, botocore.exceptions.ResponseParserError):
+    if isinstance(exc, botocore.parsers.ResponseParserError):
         return True
     response = getattr(exc, "response", None)
     status = (response or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -2206,13 +2214,22 @@ def _on_cli_load():
     _warm_up()
     if not _creating():
         return
-    for name in __opts__.get("names") or ():
-        try:
-            check_node_name(name, "name")
-        except SaltCloudConfigError as exc:
-            raise SystemExit(f"Error: {exc}; nothing was created") from None
+    try:
+        _check_cli_names()
+    except SaltCloudConfigError as exc:
+        raise SystemExit(f"Error: {exc}; nothing was created") from None
     if __opts__.get("parallel") and _PROCESS.guard is None:
         _install_parallel_guard()
+
+
+def _check_cli_names():
+    """The node names and minion ids of `-p <profile> <names>`, before salt-cloud uses them
+    (it writes each minion id's pre-accepted key before calling create)."""
+    profile = (__opts__.get("profiles") or {}).get(__opts__.get("profile")) or {}
+    for name in __opts__.get("names") or ():
+        check_node_name(name, "name")
+        if profile:
+            check_node_name(minion_id_of({**profile, "name": name}), "minion.id")
 
 
 def _warm_up():

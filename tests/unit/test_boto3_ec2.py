@@ -10,6 +10,7 @@ from pathlib import Path
 
 import boto3
 import botocore.exceptions
+import botocore.parsers
 import pytest
 import yaml
 from salt.exceptions import SaltCloudConfigError, SaltCloudSystemExit
@@ -648,6 +649,8 @@ def test_transient_errors_are_botocores():
     assert ec2.is_transient(throttle("ServiceUnavailable", 503))
     assert ec2.is_transient(botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"))
     assert ec2.is_transient(botocore.exceptions.ConnectionClosedError(endpoint_url="http://x"))
+    # A garbled answer (an HTML error page from something in between) is no BotoCoreError.
+    assert ec2.is_transient(botocore.parsers.ResponseParserError("invalid XML received"))
     assert not ec2.is_transient(throttle("UnauthorizedOperation", 403))
     assert not ec2.is_transient(throttle("InvalidParameterValue", 400))
 
