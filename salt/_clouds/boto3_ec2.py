@@ -1378,16 +1378,30 @@ def check_growth(volume, size):
 # --------------------------------------------------------------------------- the request
 
 
+# Where each part of the RunInstances request comes from: request path -> profile key.
+REQUEST_ORIGINS = {
+    "ImageId": "image",
+    "InstanceType": "size",
+    "EbsOptimized": "ebs_optimized",
+    "KeyName": "keyname",
+    "SecurityGroupIds": "securitygroupid",
+    "SubnetId": "subnetid",
+    "Placement.AvailabilityZone": "availability_zone",
+    "IamInstanceProfile": "iam_profile",
+    "UserData": "userdata",
+    "MetadataOptions": "metadata_options",
+    "InstanceMarketOptions": "spot",
+    "InstanceMarketOptions.SpotOptions.MaxPrice": "spot.max_price",
+    "InstanceMarketOptions.SpotOptions.InstanceInterruptionBehavior": "spot.interruption_behavior",
+}
+
+
 def run_instances_request(settings, client_token):
     """boto3 RunInstances arguments for one node, and which profile key each part came from."""
-    origins = {"ImageId": "image", "InstanceType": "size", "EbsOptimized": "ebs_optimized"}
-    mappings = []
-    for index, given in enumerate(settings["block_device_mappings"]):
-        mapping = dict(given)
-        origins[f"BlockDeviceMappings[{index}]"] = mapping.pop(
-            "origin", f"block_device_mappings[{index}]"
-        )
-        mappings.append(mapping)
+    mappings = [
+        {key: value for key, value in mapping.items() if key != "origin"}
+        for mapping in settings["block_device_mappings"]
+    ]
     instance_tags = [
         *settings["tags"],
         {"Key": DOCKER_DEVICE_TAG, "Value": settings["docker_device"]},
@@ -1405,32 +1419,31 @@ def run_instances_request(settings, client_token):
             {"ResourceType": "instance", "Tags": instance_tags},
             {"ResourceType": "volume", "Tags": settings["tags"]},
         ],
+        "KeyName": settings["keyname"],
+        "SecurityGroupIds": settings["securitygroupid"],
+        "SubnetId": settings["subnetid"],
+        "IamInstanceProfile": settings["iam_profile"],
+        "UserData": settings["userdata"],
+        "InstanceMarketOptions": settings["spot"],
     }
+    if settings["availability_zone"]:
+        request["Placement"] = {"AvailabilityZone": settings["availability_zone"]}
+    request = {key: value for key, value in request.items() if value not in (None, "", [])}
+    return request, request_origins(settings)
+
+
+def request_origins(settings):
+    """REQUEST_ORIGINS plus the block device mappings and tags of these settings."""
+    origins = dict(REQUEST_ORIGINS)
+    for index, mapping in enumerate(settings["block_device_mappings"]):
+        origins[f"BlockDeviceMappings[{index}]"] = mapping.get(
+            "origin", f"block_device_mappings[{index}]"
+        )
     for spec_index in (0, 1):
         for index, tag in enumerate(settings["tags"]):
             where = "name" if tag["Key"] == "Name" else f"tag.{tag['Key']}"
             origins[f"TagSpecifications[{spec_index}].Tags[{index}]"] = where
-    optional = (
-        ("KeyName", "keyname", settings["keyname"]),
-        ("SecurityGroupIds", "securitygroupid", settings["securitygroupid"] or None),
-        ("SubnetId", "subnetid", settings["subnetid"]),
-        ("IamInstanceProfile", "iam_profile", settings["iam_profile"]),
-        ("UserData", "userdata", settings["userdata"]),
-        ("InstanceMarketOptions", "spot", settings["spot"]),
-    )
-    origins["MetadataOptions"] = "metadata_options"
-    for param, key, value in optional:
-        origins[param] = key
-        if value:
-            request[param] = value
-    if settings["availability_zone"]:
-        request["Placement"] = {"AvailabilityZone": settings["availability_zone"]}
-        origins["Placement.AvailabilityZone"] = "availability_zone"
-    origins["InstanceMarketOptions.SpotOptions.MaxPrice"] = "spot.max_price"
-    origins["InstanceMarketOptions.SpotOptions.InstanceInterruptionBehavior"] = (
-        "spot.interruption_behavior"
-    )
-    return request, origins
+    return origins
 
 
 def with_security_groups(request, group_ids):
@@ -1501,16 +1514,7 @@ def model_value_problems(value, shape, path=""):
 
 def scalar_problem(value, shape):
     if shape.type_name == "string" and shape.enum and isinstance(value, str):
-        if value in shape.enum or shape.name in LIVE_CHECKED_ENUMS:
-            return None
-        hint = difflib.get_close_matches(value, shape.enum, n=3)
-        if len(shape.enum) > 12:
-            return f"{value!r} is not one of botocore's {len(shape.enum)} values" + (
-                f" (close: {', '.join(hint)})" if hint else ""
-            )
-        return f"must be one of {shape.enum}, got {value!r}" + (
-            f" (did you mean {hint[0]}?)" if hint else ""
-        )
+        return enum_problem(value, shape)
     if shape.type_name not in ("integer", "long"):
         return None
     if isinstance(value, bool):
@@ -1519,6 +1523,17 @@ def scalar_problem(value, shape):
     if isinstance(value, int) and high is not None and value > high:
         return f"must be at most {high}, got {value}"
     return None
+
+
+def enum_problem(value, shape):
+    if value in shape.enum or shape.name in LIVE_CHECKED_ENUMS:
+        return None
+    hint = difflib.get_close_matches(value, shape.enum, n=3)
+    if len(shape.enum) > 12:
+        close = f" (close: {', '.join(hint)})" if hint else ""
+        return f"{value!r} is not one of botocore's {len(shape.enum)} values{close}"
+    suggestion = f" (did you mean {hint[0]}?)" if hint else ""
+    return f"must be one of {shape.enum}, got {value!r}{suggestion}"
 
 
 def value_rule_problems(request):
