@@ -612,7 +612,6 @@ def _create_failed(job, exc):
     signum = signum or (job.signals[0] if job.signals else None)
     if signum is not None:
         log.error("%s: interrupted by signal %s; %s", job.name, signum, cleanup)
-        _exit_if_worker(128 + signum)
         return SystemExit(128 + signum)
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
         log.error("%s: %s; %s", job.name, type(exc).__name__, cleanup)
@@ -669,6 +668,8 @@ def _terminate_launched(job):
             f"terminating instance {instance_id} FAILED for {job.settings['cleanup_timeout']} s "
             f"({exc}): it is still running, terminate it by hand"
         )
+    except SaltCloudSystemExit as exc:
+        return f"terminating instance {instance_id} FAILED ({exc}): terminate it by hand"
     if not _terminated_within(client, [instance_id], deadline):
         return f"instance {instance_id} is shutting down (termination requested)"
     return f"instance {instance_id} was terminated"
@@ -939,6 +940,8 @@ def _latest_modification(client, volume_id):
     except botocore.exceptions.ClientError as exc:
         if "NotFound" in exc.response.get("Error", {}).get("Code", ""):
             return None  # EC2 says so for a volume that was never modified
+        if is_transient(exc):
+            raise  # a wait retries it
         raise SaltCloudSystemExit(aws_error_message(exc)) from exc
     modifications = sorted(found["VolumesModifications"], key=lambda m: m.get("StartTime") or 0)
     return modification_summary(modifications[-1]) if modifications else None
@@ -1783,7 +1786,13 @@ def _terminate_with_retries(client, ids, deadline):
         client.terminate_instances(InstanceIds=ids)
         return True
 
-    _poll(terminate, max(deadline - time.monotonic(), 1), f"EC2 to terminate {', '.join(ids)}")
+    # NotFound: EC2 may not list an instance it launched a moment ago yet.
+    _poll(
+        terminate,
+        max(deadline - time.monotonic(), 1),
+        f"EC2 to terminate {', '.join(ids)}",
+        not_found_is_pending=True,
+    )
 
 
 def _terminated_within(client, ids, deadline):
@@ -2202,15 +2211,6 @@ def _term_with_parent():
         return
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _exit_if_worker(code):
-    """A parallel worker interrupted by a signal ends after its clean-up."""
-    if multiprocessing.parent_process() is not None:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code)
 
 
 def _stop_if_parent_is_stopping():
