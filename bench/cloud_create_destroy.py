@@ -14,7 +14,8 @@ measurement alike:
 
 It prints medians, the ratios the driver is held to (terminate N / terminate 1, create N /
 create 1), and the EC2 API requests of each.  --profile adds where salt-cloud's main process
-spends its time in -Q, a create and a destroy (cProfile), by phase.
+spends its time in -Q, a create and a destroy (cProfile), by phase.  --driver FILE runs
+another version of the driver (e.g. `git show OLD:salt/_clouds/boto3_ec2.py > old.py`).
 
 Nothing listens beyond 127.0.0.1 and nothing is deployed (moto's addresses are not real).
 Timings on a shared machine are noisy: compare the ratios of one run, not runs.
@@ -162,10 +163,13 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=5, help="single-node create/destroy runs")
     parser.add_argument("--nodes", type=int, default=20, help="nodes in the fleet")
     parser.add_argument("--profile", action="store_true", help="profile -Q, -p and -d by phase")
+    parser.add_argument("--driver", type=Path, help="another boto3_ec2.py to run instead")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="cloud-bench-") as work_dir:
         root = harness.copy_config(Path(work_dir) / "config")
+        if args.driver:
+            (root / "salt" / "_clouds" / "boto3_ec2.py").write_text(args.driver.read_text())
         endpoint = ec2_endpoint.start(REPO_ROOT)
         proxy = FaultProxy(endpoint.url).start()
         cli = harness.CloudCLI.for_endpoint(root, endpoint).via(proxy.url)

@@ -47,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
 import salt.utils.event
+import yaml
 from salt.exceptions import SaltCloudConfigError, SaltCloudSystemExit
 
 from salt import config
@@ -454,21 +455,26 @@ def _prepare(job):
     """Validate the whole config, then the RunInstances request, before any EC2 call."""
     _stop_if_parent_is_stopping()
     provider = _vm_provider_config(job.vm)
-    job.settings = node_settings(job.vm, provider)
-    job.conn = connection_settings(provider)
-    deploy = config.get_cloud_config_value("deploy", job.vm, __opts__, default=True)
-    job.settings["deploy"] = deploy
-    private_key = job.settings["private_key"]
+    job.settings, job.conn = validated_config(job.vm, provider)
+    job.minion_id = _minion_id(job.vm)
+    job.client = _client(job.conn)
+    job.request, job.origins = run_instances_request(job.settings, job.client_token)
+    validate_request(job.client.meta.service_model, job.request, job.origins)
+
+
+def validated_config(vm_, provider):
+    """The node's settings and the provider's connection, checked (no EC2 call)."""
+    settings = node_settings(vm_, provider)
+    conn = connection_settings(provider)
+    deploy = config.get_cloud_config_value("deploy", vm_, __opts__, default=True)
+    settings["deploy"] = deploy
+    private_key = settings["private_key"]
     if deploy and not (private_key and os.path.isfile(private_key)):
         raise SaltCloudConfigError(
             f"'private_key' {private_key!r} is not a file: deploying salt needs the SSH key of "
             "'keyname' (or use deploy: False / --no-deploy)"
         )
-    job.minion_id = _minion_id(job.vm)
-    job.client = _client(job.conn)
-    job.request, origins = run_instances_request(job.settings, job.client_token)
-    validate_request(job.client.meta.service_model, job.request, origins)
-    job.origins = origins
+    return settings, conn
 
 
 def _check_launch_inputs(job):
@@ -2230,21 +2236,42 @@ def _on_cli_load():
     if not _creating():
         return
     try:
-        _check_cli_names()
+        _check_cli_nodes()
     except SaltCloudConfigError as exc:
         raise SystemExit(f"Error: {exc}; nothing was created") from None
     if __opts__.get("parallel") and _PROCESS.guard is None:
         _install_parallel_guard()
 
 
-def _check_cli_names():
-    """The node names and minion ids of `-p <profile> <names>`, before salt-cloud uses them
-    (it writes each minion id's pre-accepted key before calling create)."""
-    profile = (__opts__.get("profiles") or {}).get(__opts__.get("profile")) or {}
-    for name in __opts__.get("names") or ():
+def _check_cli_nodes():
+    """`-p <profile> <names>`: each node's config, checked as create will check it, before
+    salt-cloud uses it (it generates and pre-accepts each minion's key, under a path made of
+    the minion id, before it calls create).  Maps: their names are checked by create."""
+    names = [str(name) for name in __opts__.get("names") or ()]
+    for name in names:
         check_node_name(name, "name")
-        if profile:
-            check_node_name(minion_id_of({**profile, "name": name}), "minion.id")
+    profile = (__opts__.get("profiles") or {}).get(__opts__.get("profile"))
+    alias, _, driver = str((profile or {}).get("provider", "")).partition(":")
+    if not profile or driver != __virtualname__:
+        return
+    provider = dict(__opts__["providers"][alias][driver])
+    provider.pop("profiles", None)
+    main = _main_cloud_config()
+    for name in names:
+        vm_ = deep_merge(deep_merge(deep_merge(main, provider), profile), {"name": name})
+        settings, conn = validated_config(vm_, provider)
+        check_node_name(minion_id_of(vm_), "minion.id")
+        request, origins = run_instances_request(settings, "validation")
+        validate_request(_client(conn).meta.service_model, request, origins)
+
+
+def _main_cloud_config():
+    """salt-cloud's main config file, as salt-cloud merges it under every node's config."""
+    try:
+        with open(__opts__["conf_file"], encoding="utf-8") as handle:
+            return yaml.safe_load(handle) or {}
+    except (KeyError, OSError, yaml.YAMLError):
+        return {}
 
 
 def _warm_up():

@@ -9,6 +9,7 @@ file for the deploy and error-path tests, and master ports of its own.  The faul
 use another copy whose provider gives up sooner (FAULT_PROVIDER).
 """
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,32 @@ copy_config = harness.copy_config
 DEPLOY_SUBNET_CIDR = "127.0.20.0/28"
 # moto hands out a /28's addresses from .4 (AWS reserves the first four and the last).
 DEPLOY_ADDRESSES = [f"127.0.20.{host}" for host in range(4, 15)]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _driver():
+    spec = importlib.util.spec_from_file_location(
+        "boto3_ec2_defaults", REPO_ROOT / "salt" / "_clouds" / "boto3_ec2.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+DRIVER = _driver()
+
+
+def class_node(node_class):
+    """What the repository promises for a class's node: its profile (over `base`) and the
+    Docker volume, the driver's defaults under the profile's docker_volume.  Tests quote
+    these instead of restating sizes and device names."""
+    profiles = yaml.safe_load((REPO_ROOT / "cloud.profiles.d" / "docker-hosts.conf").read_text())
+    profile = DRIVER.deep_merge(profiles["base"], profiles[node_class])
+    volume = DRIVER.deep_merge(DRIVER.DOCKER_VOLUME_DEFAULTS, profile.get("docker_volume", {}))
+    return {"size": profile["size"], "volume": volume}
+
+
+DEVICE = DRIVER.DOCKER_VOLUME_DEFAULTS["DeviceName"]
 # The fault tests' provider: fewer botocore attempts, shorter waits (seconds).
 FAULT_PROVIDER = {"max_attempts": 3, "cleanup_timeout": 30, "instance_wait_timeout": 60}
 HERE = Path(__file__).parent
@@ -88,7 +115,7 @@ def _test_profiles(endpoint, client_key, sshd_port, tmp_dir):
         "test-no-class": {"extends": "base"},
         "test-device-clash": {
             "extends": "backends",
-            "block_device_mappings": [{"DeviceName": "/dev/sdb", "Ebs": {"VolumeSize": 1}}],
+            "block_device_mappings": [{"DeviceName": DEVICE, "Ebs": {"VolumeSize": 1}}],
         },
         # Launches, then fails: moto's default VPC gives a 54.x/172.31.x address, which
         # the driver refuses to SSH to (it is not ours).  The instance must be terminated.

@@ -6,6 +6,8 @@ What EC2 holds afterwards is read with boto3, not through the driver.
 import pytest
 import yaml
 
+from .conftest import DEVICE, class_node
+
 pytestmark = pytest.mark.cloud
 
 
@@ -31,7 +33,7 @@ def protected(cloud, instance_id):
 
 @pytest.fixture(scope="module")
 def node(cloud):
-    """act1 (dataserver: a 50 GiB Docker volume)."""
+    """act1 (dataserver: its Docker volume is larger than the default)."""
     name = "act1"
     instance_id = cloud.json("-p", "dataserver", name, "--no-deploy")[name]["instance_id"]
     yield name, instance_id
@@ -73,16 +75,17 @@ def test_termination_protection_makes_destroy_refuse(cloud, node):
 def test_show_volumes_and_docker_volume(cloud, node):
     name, _ = node
     volumes = action(cloud, name, "show_volumes")
-    assert list(volumes) == ["/dev/sdb"]
-    disk = volumes["/dev/sdb"]
+    assert list(volumes) == [DEVICE]
+    disk = volumes[DEVICE]
+    ebs = class_node("dataserver")["volume"]["Ebs"]
     assert (disk["size"], disk["type"], disk["encrypted"], disk["state"]) == (
-        50,
-        "gp3",
-        True,
+        ebs["VolumeSize"],
+        ebs["VolumeType"],
+        ebs["Encrypted"],
         "in-use",
     )
     docker = action(cloud, name, "docker_volume")
-    assert docker["device_name"] == "/dev/sdb"
+    assert docker["device_name"] == DEVICE
     assert docker["volume_id"] == disk["volume_id"]
     assert docker["modification"] is None
 
@@ -90,21 +93,29 @@ def test_show_volumes_and_docker_volume(cloud, node):
 def test_grow_docker_disk_grows_the_volume_and_refuses_to_shrink(cloud, node):
     name, _ = node
     volume_id = action(cloud, name, "docker_volume")["volume_id"]
-    grown = action(cloud, name, "grow_docker_disk", "size=60")
-    assert grown == {"volume_id": volume_id, "old_size": 50, "size": 60, "state": "completed"}
-    assert cloud.volume(volume_id)["Size"] == 60
-    assert action(cloud, name, "docker_volume")["modification"]["target_size"] == 60
+    size = class_node("dataserver")["volume"]["Ebs"]["VolumeSize"]
+    grown = action(cloud, name, "grow_docker_disk", f"size={size + 10}")
+    assert grown == {
+        "volume_id": volume_id,
+        "old_size": size,
+        "size": size + 10,
+        "state": "completed",
+    }
+    assert cloud.volume(volume_id)["Size"] == size + 10
+    assert action(cloud, name, "docker_volume")["modification"]["target_size"] == size + 10
     # The same size again changes nothing.
-    assert action(cloud, name, "grow_docker_disk", "size=60")["changed"] is False
+    assert action(cloud, name, "grow_docker_disk", f"size={size + 10}")["changed"] is False
 
-    shrink = cloud.run("-a", "grow_docker_disk", name, "size=40", "-y")
+    shrink = cloud.run("-a", "grow_docker_disk", name, f"size={size}", "-y")
     assert shrink.returncode != 0
-    assert f"{volume_id} is 60 GiB: EBS volumes cannot shrink (asked 40)" in output(shrink)
+    assert f"{volume_id} is {size + 10} GiB: EBS volumes cannot shrink (asked {size})" in (
+        output(shrink)
+    )
     for bad in ("size=big", "size=-1", "iops=3000"):
         result = cloud.run("-a", "grow_docker_disk", name, bad, "-y")
         assert result.returncode != 0
         assert "grow_docker_disk" in output(result)
-    assert cloud.volume(volume_id)["Size"] == 60
+    assert cloud.volume(volume_id)["Size"] == size + 10
 
 
 def test_actions_refuse_unknown_nodes(cloud):
