@@ -10,12 +10,16 @@ measurement alike:
 - `-Q` (a query: salt-cloud's fixed cost), create one node (`-p backends NAME --no-deploy`),
   destroy it (`-d NAME -y`), --runs times;
 - --nodes nodes over two classes: created with `-m MAP -P`, destroyed with `-d N1 N2 ... -y`
-  (one process), created again and destroyed with `-d -m MAP -P` (one worker per node).
+  (one process), created again and destroyed with `-d -m MAP -P` (one worker per node),
+  --fleet-runs times.
 
 It prints medians, the ratios the driver is held to (terminate N / terminate 1, create N /
 create 1), and the EC2 API requests of each.  --profile adds where salt-cloud's main process
-spends its time in -Q, a create and a destroy (cProfile), by phase.  --driver FILE runs
-another version of the driver (e.g. `git show OLD:salt/_clouds/boto3_ec2.py > old.py`).
+spends its time in -Q, a create and a destroy (cProfile), by phase.  --compare FILE runs
+another version of the driver alongside (its own config copy and master; e.g.
+`git show OLD:salt/_clouds/boto3_ec2.py > old.py`), its single-node runs interleaved with
+this one's.  Each run's CPU time (salt-cloud and its workers) is reported next to its wall
+time: on a busy machine it moves less.
 
 Nothing listens beyond 127.0.0.1 and nothing is deployed (moto's addresses are not real).
 Timings on a shared machine are noisy: compare the ratios of one run, not runs.
@@ -23,6 +27,7 @@ Timings on a shared machine are noisy: compare the ratios of one run, not runs.
 
 import argparse
 import pstats
+import resource
 import statistics
 import subprocess
 import sys
@@ -64,41 +69,61 @@ PHASES = (
 
 
 class Bench:
-    def __init__(self, cli, proxy):
-        self.cli = cli
-        self.proxy = proxy
-        self.times = {}
-        self.requests = {}
+    """One driver's salt-cloud runs: wall and CPU seconds, and the EC2 requests of each."""
+
+    def __init__(self, title, root, endpoint, prefix):
+        self.title = title
+        self.prefix = prefix
+        self.proxy = FaultProxy(endpoint.url).start()
+        self.cli = harness.CloudCLI.for_endpoint(root, endpoint).via(self.proxy.url)
+        self.master = harness.SaltMaster(root)
+        self.times, self.cpu, self.requests = {}, {}, {}
 
     def run(self, label, *args):
         before = len(self.proxy.log)
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
         result = self.cli.run(*args)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if result.returncode != 0:
             raise SystemExit(f"salt-cloud {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
         self.times.setdefault(label, []).append(result.seconds)
+        cpu = (after.ru_utime - used.ru_utime) + (after.ru_stime - used.ru_stime)
+        self.cpu.setdefault(label, []).append(cpu)
         self.requests[label] = len(self.proxy.log) - before
         return result
 
-    def median(self, label):
-        return statistics.median(self.times[label])
+    def median(self, label, cpu=False):
+        return statistics.median((self.cpu if cpu else self.times)[label])
+
+    def stop(self):
+        self.cli.terminate_all()
+        self.master.stop()
+        self.proxy.stop()
 
 
-def single_nodes(bench, runs):
-    # salt-cloud's first run in a fresh config dir also builds its caches: not counted.
-    bench.cli.run("-p", "backends", "bench-warm", "--no-deploy")
-    bench.cli.run("-d", "bench-warm", "-y")
+def single_nodes(benches, runs):
+    """-Q, create 1, destroy 1, the benches' runs interleaved."""
+    for bench in benches:
+        # salt-cloud's first run in a fresh config dir also builds its caches: not counted.
+        bench.cli.run("-p", "backends", f"{bench.prefix}-warm", "--no-deploy")
+        bench.cli.run("-d", f"{bench.prefix}-warm", "-y")
     for run in range(runs):
-        name = f"bench-{run}"
-        bench.run("query (-Q)", "-Q")
-        bench.run("create 1 (-p)", "-p", "backends", name, "--no-deploy")
-        bench.run("destroy 1 (-d)", "-d", name, "-y")
-        if bench.cli.instances(name):
-            raise SystemExit(f"{name} was not destroyed")
+        for label, args in (
+            ("query (-Q)", ("-Q",)),
+            ("create 1 (-p)", ("-p", "backends", "{name}", "--no-deploy")),
+            ("destroy 1 (-d)", ("-d", "{name}", "-y")),
+        ):
+            for bench in benches:
+                name = f"{bench.prefix}-{run}"
+                bench.run(label, *(arg.format(name=name) for arg in args))
+    for bench in benches:
+        if bench.cli.instances([f"{bench.prefix}-{run}" for run in range(runs)]):
+            raise SystemExit(f"{bench.title}: a node was not destroyed")
 
 
 def fleet(bench, work_dir, size):
-    names = [f"bench-map-{index:02d}" for index in range(size)]
-    map_file = Path(work_dir) / "bench.map"
+    names = [f"{bench.prefix}-map-{index:02d}" for index in range(size)]
+    map_file = Path(work_dir) / f"{bench.prefix}.map"
     map_file.write_text(
         yaml.safe_dump({"backends": names[: size // 2], "dataserver": names[size // 2 :]})
     )
@@ -141,60 +166,69 @@ def profile_phases(cli, label, *args):
     return label, wall, rows
 
 
-def report(bench, size, salt_version):
-    print(f"{salt_version}, salt-master on, moto on 127.0.0.1 behind a counting proxy")
-    print("| salt-cloud run (whole process) | median s | runs | EC2 API requests |")
-    print("| --- | --- | --- | --- |")
+def report(bench, size):
+    print(f"\n{bench.title}")
+    print("| salt-cloud run (whole process) | median s | median CPU s | runs | EC2 API requests |")
+    print("| --- | --- | --- | --- | --- |")
     for label, values in bench.times.items():
-        print(f"| {label} | {bench.median(label):.2f} | {len(values)} | {bench.requests[label]} |")
-    one_destroy, one_create = bench.median("destroy 1 (-d)"), bench.median("create 1 (-p)")
+        print(
+            f"| {label} | {bench.median(label):.2f} | {bench.median(label, cpu=True):.2f} "
+            f"| {len(values)} | {bench.requests[label]} |"
+        )
     print()
-    print("| ratio | value |")
-    print("| --- | --- |")
-    for label in (f"destroy {size} (-d names)", f"destroy {size} (-d -m -P)"):
-        print(f"| {label} / destroy 1 | {bench.median(label) / one_destroy:.2f} |")
-    create_many = bench.median(f"create {size} (-m -P)")
-    print(f"| create {size} (-m -P) / create 1 | {create_many / one_create:.2f} |")
-    print(f"| query (-Q) / destroy 1 | {bench.median('query (-Q)') / one_destroy:.2f} |")
+    print("| ratio | wall | CPU |")
+    print("| --- | --- | --- |")
+    for many, one in (
+        (f"destroy {size} (-d names)", "destroy 1 (-d)"),
+        (f"destroy {size} (-d -m -P)", "destroy 1 (-d)"),
+        (f"create {size} (-m -P)", "create 1 (-p)"),
+        ("query (-Q)", "destroy 1 (-d)"),
+    ):
+        wall = bench.median(many) / bench.median(one)
+        cpu = bench.median(many, cpu=True) / bench.median(one, cpu=True)
+        print(f"| {many} / {one} | {wall:.2f} | {cpu:.2f} |")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--runs", type=int, default=5, help="single-node create/destroy runs")
     parser.add_argument("--nodes", type=int, default=20, help="nodes in the fleet")
+    parser.add_argument("--fleet-runs", type=int, default=3, help="fleet create/destroy runs")
     parser.add_argument("--profile", action="store_true", help="profile -Q, -p and -d by phase")
-    parser.add_argument("--driver", type=Path, help="another boto3_ec2.py to run instead")
+    parser.add_argument("--compare", type=Path, help="another boto3_ec2.py to run alongside")
     args = parser.parse_args(argv)
-
-    with tempfile.TemporaryDirectory(prefix="cloud-bench-") as work_dir:
-        root = harness.copy_config(Path(work_dir) / "config")
-        if args.driver:
-            (root / "salt" / "_clouds" / "boto3_ec2.py").write_text(args.driver.read_text())
-        endpoint = ec2_endpoint.start(REPO_ROOT)
-        proxy = FaultProxy(endpoint.url).start()
-        cli = harness.CloudCLI.for_endpoint(root, endpoint).via(proxy.url)
-        master = None
-        profiles = []
-        try:
-            master = harness.SaltMaster(root)
-            bench = Bench(cli, proxy)
-            single_nodes(bench, args.runs)
-            fleet(bench, work_dir, args.nodes)
-            if args.profile:
-                profiles.append(profile_phases(cli, "-Q", "-Q"))
-                profiles.append(profile_phases(cli, "-p", "-p", "backends", "prof1", "--no-deploy"))
-                profiles.append(profile_phases(cli, "-d", "-d", "prof1", "-y"))
-        finally:
-            cli.terminate_all()
-            if master:
-                master.stop()
-            proxy.stop()
-            endpoint.stop()
 
     version = subprocess.run(
         [SALT_CLOUD, "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
-    report(bench, args.nodes, version)
+    with tempfile.TemporaryDirectory(prefix="cloud-bench-") as work_dir:
+        endpoint = ec2_endpoint.start(REPO_ROOT)
+        benches, profiles = [], []
+        try:
+            roots = {"this driver": (harness.copy_config(Path(work_dir) / "this"), "bench")}
+            if args.compare:
+                other = harness.copy_config(Path(work_dir) / "other")
+                (other / "salt" / "_clouds" / "boto3_ec2.py").write_text(args.compare.read_text())
+                roots[f"compared: {args.compare}"] = (other, "other")
+            for title, (root, prefix) in roots.items():
+                benches.append(Bench(title, root, endpoint, prefix))
+            single_nodes(benches, args.runs)
+            for _ in range(args.fleet_runs):
+                for bench in benches:
+                    fleet(bench, work_dir, args.nodes)
+            if args.profile:
+                cli = benches[0].cli
+                profiles.append(profile_phases(cli, "-Q", "-Q"))
+                profiles.append(profile_phases(cli, "-p", "-p", "backends", "prof1", "--no-deploy"))
+                profiles.append(profile_phases(cli, "-d", "-d", "prof1", "-y"))
+        finally:
+            for bench in benches:
+                bench.stop()
+            endpoint.stop()
+
+    print(f"{version}, salt-master on, moto on 127.0.0.1 behind a counting proxy")
+    for bench in benches:
+        report(bench, args.nodes)
     for label, wall, rows in profiles:
         print(f"\nsalt-cloud {label}: {wall:.2f} s under cProfile, main process by phase")
         print("| phase | s |")
