@@ -439,7 +439,6 @@ def _create(job):
     with _name_lock(job):
         _check_name_free(job)
         _launch(job)
-        _resolve_race(job)
         _keep_accepted_key(job)
     _await_running(job)
     _resolve_race(job)
@@ -535,8 +534,9 @@ def _launch(job):
 
 
 def _resolve_race(job):
-    """Two masters may launch the same name at once: the earliest launch wins, the other
-    terminates its own instance (every racer applies the same rule, so one survives)."""
+    """Two masters (separate locks) may launch the same name at once: the earliest launch
+    wins, the other terminates its own instance (every racer applies the same rule, so one
+    survives).  Checked once the instance runs: by then EC2 lists every racer's instance."""
     live = _poll(
         lambda: _instances_named(job.client, job.name, translate=False),
         job.settings["instance_wait_timeout"],
@@ -2276,9 +2276,10 @@ def _main_cloud_config():
 
 def _warm_up():
     """Load the EC2 service model once in salt-cloud's main process, before it forks its
-    workers (the node queries of every run, -P creates and destroys): they inherit it
-    instead of each loading it again (~0.2 s per process)."""
-    if getattr(_PROCESS, "warm", False) or __opts__.get("list_providers"):
+    workers (-P creates and destroys, node queries): where the main process calls EC2 too
+    (creates, destroys, actions) or forks many workers, they share one load instead of each
+    loading it (~0.2 s of CPU each).  A query (-Q, -F, -S) calls EC2 in one worker only."""
+    if getattr(_PROCESS, "warm", False) or __opts__.get("selected_query_option"):
         return
     _PROCESS.warm = True
     try:

@@ -319,10 +319,10 @@ def same_name_on_one_master(ctx):
     proxy = ctx.proxy()
     proxy.add("RunInstances", "pause", count=1)
     first = create(ctx, proxy, name, "test-deploy", ctx.cloud)
-    proxy.wait_for("RunInstances", "paused", timeout=120)
     second = create(ctx, proxy, name, "test-deploy", ctx.cloud)
-    # The second has asked EC2 about the name (before the first's instance exists), and
-    # then waits for the lock the first holds.
+    # One holds the lock, its RunInstances paused; the other has asked EC2 about the name
+    # (the first's instance does not exist yet) and waits for the lock.
+    proxy.wait_for("RunInstances", "paused", timeout=120)
     proxy.wait_for("DescribeInstances", match=f"Value.1={name}", count=3, timeout=120)
     time.sleep(0.5)
     proxy.release()
