@@ -9,6 +9,7 @@ events to it (without one, every event waits a 1 s timeout) and accepts minion k
 its pki dir.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from tools.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +29,11 @@ CONFIG_PATHS = ("Saltfile", "cloud", "master", "cloud.providers.d", "cloud.profi
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
 
 
-def copy_config(dest, repo_root=REPO_ROOT):
-    """Copy the salt-cloud config of the repository into dest; master on loopback ports."""
+def copy_config(dest, repo_root=REPO_ROOT, provider=None):
+    """Copy the salt-cloud config of the repository into dest; master on loopback ports.
+
+    provider: keys merged into the repository's boto3_ec2 provider in the copy.
+    """
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for relative in CONFIG_PATHS:
@@ -47,7 +53,20 @@ def copy_config(dest, repo_root=REPO_ROOT):
             "\n# Test harness: a master on loopback, on ports of its own.\n"
             f"interface: 127.0.0.1\npublish_port: {free_port()}\nret_port: {free_port()}\n"
         )
+    if provider:
+        for conf in (dest / "cloud.providers.d").glob("*.conf"):
+            providers = yaml.safe_load(conf.read_text()) or {}
+            for settings in providers.values():
+                if settings.get("driver") == "boto3_ec2":
+                    settings.update(provider)
+            conf.write_text(yaml.safe_dump(providers))
     return dest
+
+
+def write_profiles(root, profiles, name="zz-tests.conf"):
+    """Add profiles to a config copy (they may extend the repository's)."""
+    # In order: salt-cloud resolves `extends` in file order, one level at a time.
+    (Path(root) / "cloud.profiles.d" / name).write_text(yaml.safe_dump(profiles, sort_keys=False))
 
 
 class SaltMaster:
@@ -115,6 +134,10 @@ class CloudCLI:
         result.seconds = time.monotonic() - started
         return result
 
+    def via(self, endpoint_url):
+        """The same CLI pointed at another endpoint (e.g. a fault proxy in front of this one)."""
+        return dataclasses.replace(self, env={**self.env, "AWS_ENDPOINT_URL": endpoint_url})
+
     def json(self, *args, timeout=300):
         """Run with --out=json and return the parsed output; raise on rc != 0."""
         result = self.run("--out=json", *args, timeout=timeout)
@@ -124,7 +147,7 @@ class CloudCLI:
             )
         return json.loads(result.stdout)
 
-    def popen(self, *args):
+    def popen(self, *args, **kwargs):
         return subprocess.Popen(
             [str(BIN_DIR / "salt-cloud"), *args],
             cwd=self.root,
@@ -132,15 +155,22 @@ class CloudCLI:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            **kwargs,
         )
+
+    @property
+    def pki_dir(self):
+        return self.root / ".salt" / "etc" / "salt" / "pki" / "master"
 
     def ec2(self):
         return self.ec2_endpoint.client("ec2")
 
     def instances(self, name=None, states=LIVE_STATES):
+        """Instances in states, named name (a name or a list of names; None: any)."""
         filters = [{"Name": "instance-state-name", "Values": list(states)}]
         if name:
-            filters.append({"Name": "tag:Name", "Values": [name]})
+            names = [name] if isinstance(name, str) else list(name)
+            filters.append({"Name": "tag:Name", "Values": names})
         reservations = self.ec2().describe_instances(Filters=filters)["Reservations"]
         return [i for r in reservations for i in r["Instances"]]
 

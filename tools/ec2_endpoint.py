@@ -6,7 +6,14 @@ them before salt-cloud can launch anything.  It also gets a VPC 127.0.0.0/16 wit
 subnet 127.0.10.0/24, so instances launched there get loopback private addresses that
 a local sshd can answer on.
 
-Used by the tests, the benchmark, and bin/local-ec2 (``python ec2_endpoint.py``).
+moto lacks EC2 behaviours the driver relies on; this module adds them:
+RunInstances is idempotent per ``ClientToken`` (a retry of the same call returns the first
+call's reservation instead of launching again), DescribeInstances filters by
+``client-token`` (``_teach_moto_client_tokens``), and requests are atomic: moto's backends
+are not thread-safe, so concurrent requests (parallel salt-cloud runs) could fail with HTTP
+500 where EC2 answers; the server handles one request at a time (``_serialize_moto``).
+
+Used by the tests, the benchmark, and bin/local-ec2 (``python -m tools.ec2_endpoint``).
 """
 
 import argparse
@@ -16,6 +23,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +176,55 @@ def _load_moto_amis(images):
         )
 
 
+def _teach_moto_client_tokens():
+    """Make moto honour RunInstances' ClientToken and the `client-token` filter, as EC2 does.
+
+    EC2: a RunInstances retried with the same ClientToken returns the original reservation
+    (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).  moto 5.2
+    stores the token but launches again, so a lost answer would show two instances here
+    where EC2 holds one.
+    """
+    from moto.ec2 import utils as ec2_utils  # noqa: PLC0415
+    from moto.ec2.responses.instances import InstanceResponse  # noqa: PLC0415
+
+    ec2_utils.filter_dict_attribute_mapping.setdefault("client-token", "client_token")
+    if getattr(InstanceResponse.run_instances, "honours_client_token", False):
+        return
+    launch = InstanceResponse.run_instances
+
+    def run_instances(self):
+        token = self._get_param("ClientToken")
+        if token:
+            for reservation in self.ec2_backend.reservations.values():
+                if any(i.client_token == token for i in reservation.instances):
+                    from moto.core.responses import ActionResult  # noqa: PLC0415
+
+                    return ActionResult(reservation)
+        return launch(self)
+
+    run_instances.honours_client_token = True
+    InstanceResponse.run_instances = run_instances
+
+
+_MOTO_LOCK = threading.Lock()
+
+
+def _serialize_moto():
+    """One request at a time through moto's WSGI app (its backends are plain dicts)."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication  # noqa: PLC0415
+
+    if getattr(DomainDispatcherApplication.__call__, "serialized", False):
+        return
+    call = DomainDispatcherApplication.__call__
+
+    def serialized(self, environ, start_response):
+        with _MOTO_LOCK:
+            return call(self, environ, start_response)
+
+    serialized.serialized = True
+    DomainDispatcherApplication.__call__ = serialized
+
+
 def start(config_dir=REPO_ROOT, port=0, public_key=None, extra_images=()):
     """Start moto on 127.0.0.1:port (0: any free port), seeded for config_dir's provider.
 
@@ -177,6 +234,8 @@ def start(config_dir=REPO_ROOT, port=0, public_key=None, extra_images=()):
     names = provider_names(config_dir)
     images = sorted({*names["images"], *extra_images})
     _load_moto_amis(images)
+    _teach_moto_client_tokens()
+    _serialize_moto()
     from moto.server import ThreadedMotoServer  # noqa: PLC0415
 
     # One access-log line per API call drowns everything else.

@@ -350,20 +350,23 @@ def suggestion(word, candidates):
     return f" (did you mean {min(scored)[2]}?)" if scored else ""
 
 
+# How each kind of value reads in an error message (bool before int: True is an int).
+_DESCRIPTIONS = (
+    (bool, lambda value: f"the boolean {str(value).lower()}"),
+    ((int, float), lambda value: f"the number {value!r}"),
+    (str, lambda value: f"the string {value[:80]!r}"),
+    (list, lambda value: "a list"),
+    (dict, lambda value: "a mapping"),
+)
+
+
 def describe(value):
     """How a value reads in an error message. Secret values never reach this."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}"
-    if isinstance(value, str):
-        return f"the string {value[:80]!r}"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
+    for kinds, text in _DESCRIPTIONS:
+        if isinstance(value, kinds):
+            return text(value)
     return type(value).__name__
 
 

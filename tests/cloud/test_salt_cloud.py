@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.cloud
+from .conftest import DEVICE, class_node
 
-EXPECTED_TYPE = {"backends": "t3.small", "dataserver": "t3.medium"}
-EXPECTED_DISK_GIB = {"backends": 8, "dataserver": 50}
+pytestmark = pytest.mark.cloud
 
 
 def tags_of(resource):
@@ -27,8 +26,15 @@ def tags_of(resource):
 def assert_docker_node(cloud, name, node_class):
     """The node as the profiles describe it, read back from EC2."""
     instance = cloud.instance(name)
-    assert instance["InstanceType"] == EXPECTED_TYPE[node_class]
-    assert tags_of(instance) == {"Name": name, "class": node_class, "container": "docker"}
+    promised = class_node(node_class)
+    ebs = promised["volume"]["Ebs"]
+    assert instance["InstanceType"] == promised["size"]
+    assert tags_of(instance) == {
+        "Name": name,
+        "class": node_class,
+        "container": "docker",
+        "docker_volume_device": DEVICE,
+    }
     assert instance["KeyName"] == "docker-hosts"
     assert [group["GroupName"] for group in instance["SecurityGroups"]] == ["docker-hosts"]
     assert instance["IamInstanceProfile"]["Arn"].endswith(":instance-profile/docker-host-minimal")
@@ -36,12 +42,12 @@ def assert_docker_node(cloud, name, node_class):
     assert instance["MetadataOptions"]["HttpEndpoint"] == "enabled"
     assert instance["Placement"]["AvailabilityZone"] == "eu-west-1a"
     disks = {m["DeviceName"]: m["Ebs"] for m in instance["BlockDeviceMappings"]}
-    assert list(disks) == ["/dev/sdb"]
-    assert disks["/dev/sdb"]["DeleteOnTermination"] is True
-    volume = cloud.volume(disks["/dev/sdb"]["VolumeId"])
-    assert volume["Size"] == EXPECTED_DISK_GIB[node_class]
-    assert volume["VolumeType"] == "gp3"
-    assert volume["Encrypted"] is True
+    assert list(disks) == [DEVICE]
+    assert disks[DEVICE]["DeleteOnTermination"] is ebs["DeleteOnTermination"] is True
+    volume = cloud.volume(disks[DEVICE]["VolumeId"])
+    assert volume["Size"] == ebs["VolumeSize"]
+    assert volume["VolumeType"] == ebs["VolumeType"]
+    assert volume["Encrypted"] is ebs["Encrypted"] is True
     assert tags_of(volume) == {"Name": name, "class": node_class, "container": "docker"}
     return instance, volume
 
@@ -57,7 +63,15 @@ def test_profile_creates_the_class_node_once_and_destroy_removes_it(cloud, node_
     instance, volume = assert_docker_node(cloud, name, node_class)
     assert created["instance_id"] == instance["InstanceId"]
     assert created["class"] == node_class
-    assert created["docker_disk"] == {"device": "/dev/sdb", "volume_id": volume["VolumeId"]}
+    assert created["docker_ebs_volume"] == {
+        "device_name": DEVICE,
+        "volume_id": volume["VolumeId"],
+    }
+    assert created["docker_disk"] == {"device": DEVICE, "volume_id": volume["VolumeId"]}
+    # The master knows the node's class (the node class registry).
+    registry = cloud.pki_dir / "node_classes"
+    assert (registry / name).read_text() == f"{node_class}\n"
+    assert oct(registry.stat().st_mode & 0o777) == "0o700"
 
     # Again: salt-cloud says it exists and EC2 still holds exactly one such node.
     again = cloud.run("-p", node_class, name, "--no-deploy")
@@ -74,6 +88,7 @@ def test_profile_creates_the_class_node_once_and_destroy_removes_it(cloud, node_
         Filters=[{"Name": "volume-id", "Values": [volume["VolumeId"]]}]
     )["Volumes"]
     assert volumes == []
+    assert not (registry / name).exists()
 
 
 @pytest.fixture(scope="module")
@@ -102,15 +117,22 @@ def test_query_lists_nodes(cloud, two_nodes):
 
 def test_full_query_shows_tags_disk_and_profile(cloud, two_nodes):
     db1 = cloud.json("-F")["aws"]["boto3_ec2"]["db1"]
+    ebs = class_node("dataserver")["volume"]["Ebs"]
     assert db1["id"] == two_nodes["db1"]
     assert db1["class"] == "dataserver"
-    assert db1["tags"] == {"Name": "db1", "class": "dataserver", "container": "docker"}
-    disk = db1["volumes"]["/dev/sdb"]
+    assert db1["tags"] == {
+        "Name": "db1",
+        "class": "dataserver",
+        "container": "docker",
+        "docker_volume_device": DEVICE,
+    }
+    assert db1["lifecycle"] == "on-demand"
+    disk = db1["volumes"][DEVICE]
     assert (disk["size"], disk["type"], disk["encrypted"], disk["delete_on_termination"]) == (
-        50,
-        "gp3",
-        True,
-        True,
+        ebs["VolumeSize"],
+        ebs["VolumeType"],
+        ebs["Encrypted"],
+        ebs["DeleteOnTermination"],
     )
     assert db1["metadata_options"]["HttpTokens"] == "required"
     assert list(db1["security_groups"].values()) == ["docker-hosts"]
@@ -129,7 +151,7 @@ def test_show_instance_action(cloud, two_nodes):
     web1 = shown["aws"]["boto3_ec2"]["web1"]
     assert web1["id"] == two_nodes["web1"]
     assert web1["size"] == "t3.small"
-    assert web1["volumes"]["/dev/sdb"]["size"] == 8
+    assert web1["volumes"][DEVICE]["size"] == class_node("backends")["volume"]["Ebs"]["VolumeSize"]
 
 
 def test_destroy_several_names(cloud, two_nodes):
@@ -187,12 +209,12 @@ def test_map_in_parallel_over_two_classes(cloud, tmp_path):
 ERROR_CASES = {
     "test-unknown-ami": "'image' ami-00000000000000000: no such AMI",
     "test-missing-iam-profile": "Instance profile no-such-profile not found",
-    "test-bad-device": "'docker_disk.DeviceName' '/dev/sda' is not a data disk name",
+    "test-bad-device": "'docker_volume.DeviceName' '/dev/sda' is not a data volume name",
     "test-aws-error": "InvalidSubnetID.NotFound",
-    "test-bad-key": "'docker_disk.Ebs.VolumeSize' must be an integer, got 'big'",
+    "test-bad-key": "'docker_volume.Ebs.VolumeSize' has the wrong type ('big'; wanted int)",
     "test-unknown-size": "'size' t9.huge: DescribeInstanceTypes failed: InvalidInstanceType",
     "test-no-class": "'class' (node class: use a class profile) is not set",
-    "test-device-clash": "uses /dev/sdb, which is the Docker disk",
+    "test-device-clash": f"uses {DEVICE}, which is the Docker volume",
     "test-fails-after-launch": "refusing to SSH to",
 }
 
@@ -235,15 +257,17 @@ def test_failure_after_launch_terminates_the_instance(cloud, error_runs):
     terminated = cloud.instances("err-test-fails-after-launch", states=("terminated",))
     assert len(terminated) == 1
     assert terminated[0]["InstanceId"] in text
-    # salt-cloud accepted a key for the node before the create; it must not stay accepted.
-    minions = cloud.root / ".salt" / "etc" / "salt" / "pki" / "master" / "minions"
+    # salt-cloud accepted a key for the node before the create; it must not stay accepted,
+    # and the master must not keep a class for it.
+    minions = cloud.pki_dir / "minions"
     assert minions.is_dir()
     assert not (minions / "err-test-fails-after-launch").exists()
+    assert not (cloud.pki_dir / "node_classes" / "err-test-fails-after-launch").exists()
 
 
 def test_deploy_over_ssh_writes_minion_config_and_accepts_the_key(cloud, cloud_root, tmp_path):
     name = "deploy1"
-    accepted = cloud_root / ".salt" / "etc" / "salt" / "pki" / "master" / "minions" / name
+    accepted = cloud.pki_dir / "minions" / name
     try:
         result = cloud.run(
             "-p",
@@ -270,15 +294,19 @@ def test_deploy_over_ssh_writes_minion_config_and_accepts_the_key(cloud, cloud_r
         grains = yaml.safe_load((captured / "grains").read_text())
         volume_id = instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
         assert grains["class"] == "backends"
-        assert grains["docker_disk"] == {"device": "/dev/sdb", "volume_id": volume_id}
+        assert grains["docker_ebs_volume"] == {"device_name": DEVICE, "volume_id": volume_id}
+        # The old grain, for minions whose formula code predates docker_ebs_volume.
+        assert grains["docker_disk"] == {"device": DEVICE, "volume_id": volume_id}
 
         assert accepted.read_text().strip() == (captured / "minion.pub").read_text().strip()
+        assert (cloud.pki_dir / "node_classes" / name).read_text() == "backends\n"
     finally:
         if cloud.instances(name):
             cloud.run("-d", name, "-y")
     assert cloud.instances(name) == []
-    # Destroying the node also removes its key from the master.
+    # Destroying the node also removes its key and its class from the master.
     assert not accepted.exists()
+    assert not (cloud.pki_dir / "node_classes" / name).exists()
 
 
 def test_create_and_destroy_fire_events_on_the_master(cloud):
