@@ -1,0 +1,343 @@
+"""
+A class of three Docker hosts forming a swarm, for real: three dockerds, each in its own
+network namespace (tools/swarm_nodes.py) on one bridge, each managed by its own salt-minion
+(minion id = hostname = sw1, sw2, sw3), driven by a real salt-master from this repository's
+salt/ tree, with GPG-encrypted pillar for a throwaway key and the master's node class
+registry seeded with the three (class ``backends``). A fourth minion, ``intruder``, claims
+class ``backends`` by grain only and has no engine.
+
+Until the registry's pillar (node_class) lands, the test pillar top targets the class's
+members by minion id; the swarm runner reads the registry files itself.
+"""
+
+import json
+import os
+import secrets as random_secrets
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tools.event_recorder import recording
+from tools.gpg import encrypt, make_key, stop_agent
+from tools.swarm_nodes import import_image, swarm_nodes
+
+CLASS = "backends"
+NODES = ("sw1", "sw2", "sw3")
+INTRUDER = "intruder"
+TIMINGS = {}
+SECRET_KEYS = ("api_token", "web_env_key")
+IMAGES = ("app:1", "app:2")
+BROKEN_IMAGE = "app:broken"  # /bin/busybox left out: no command in it can start
+WEB_COMMAND = (
+    "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"
+)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TIMINGS:
+        terminalreporter.write_line(
+            "swarm tier: "
+            + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in TIMINGS.items())
+        )
+
+
+def base_swarm_pillar():
+    """The class's swarm as an operator would write it (pillar/<class>.sls)."""
+    return {
+        "enabled": True,
+        "managers": {"count": 1},
+        # Each engine has lo + eth0 and no default route: name the interface.
+        "advertise_addr": "eth0",
+        "converge_timeout": 90,
+        "node_labels": {"tier": "app"},
+        "networks": {"appnet": {"driver": "overlay", "attachable": True}},
+        "secrets": {"api_token": {"secret": "api_token"}},
+        "configs": {"motd": {"data": "served by the swarm\n"}},
+        "services": {
+            "web": {
+                "image": "app:1",
+                "replicas": 3,
+                "hostname": "{{.Node.Hostname}}",
+                "command": ["sh", "-c", WEB_COMMAND],
+                # No IPVS in this kernel: DNS round robin instead of a virtual IP.
+                "endpoint_mode": "dnsrr",
+                "networks": ["appnet"],
+                "secrets": ["api_token"],
+                "configs": [{"source": "motd", "target": "/etc/motd"}],
+                "env": {"GREETING": "hello", "WEB_KEY": {"secret": "web_env_key"}},
+                "update_config": {
+                    "parallelism": 1,
+                    "delay": "1s",
+                    "monitor": "2s",
+                    "failure_action": "rollback",
+                },
+                "rollback_config": {"parallelism": 0, "monitor": "1s"},
+                "restart_policy": {"condition": "any", "delay": "1s"},
+                "healthcheck": {
+                    "test": ["CMD-SHELL", "timeout 2 wget -qO /dev/null http://127.0.0.1:8080/"],
+                    "interval": "1s",
+                    "timeout": "3s",
+                    "retries": 3,
+                },
+                "resources": {"limits": {"memory": "64M", "cpus": 0.5}},
+                # httpd as PID 1 would ignore SIGTERM: an init stops it at once.
+                "init": True,
+                "stop_grace_period": "2s",
+                "constraints": [f"node.labels.class == {CLASS}"],
+                "preferences": [{"spread": "node.id"}],
+            },
+            "edge": {
+                "image": "app:1",
+                "mode": "global",
+                "command": ["httpd", "-f", "-p", "8081", "-h", "/etc"],
+                "endpoint_mode": "dnsrr",
+                # Host-mode ports go through docker_gwbridge, which a task gets with an
+                # overlay network (these engines have no default bridge: --bridge=none).
+                "networks": ["appnet"],
+                "ports": [{"target": 8081, "published": 18081, "mode": "host"}],
+                "init": True,
+                "stop_grace_period": "1s",
+            },
+        },
+    }
+
+
+@pytest.fixture(scope="package")
+def engines(tmp_path_factory):
+    base = tmp_path_factory.mktemp("swarm-engines")
+    started = time.monotonic()
+    with swarm_nodes(base, NODES) as nodes:
+        import_image(nodes, *IMAGES)
+        import_image(nodes, BROKEN_IMAGE, leave_out=["busybox"])
+        TIMINGS["3 engines up"] = time.monotonic() - started
+        yield {node.name: node for node in nodes}
+
+
+@pytest.fixture(scope="package")
+def gpg_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("gpg") / "master"
+    public = make_key(home)
+    yield {"home": home, "public": public}
+    stop_agent(home)
+
+
+class Pillar:
+    """The test pillar tree: top, the class's swarm, its GPG-encrypted secrets."""
+
+    def __init__(self, root, public_key):
+        self.root = root
+        self.public_key = public_key
+        self.secrets = {}
+        self.swarm = base_swarm_pillar()
+        (root / "secrets").mkdir(parents=True, exist_ok=True)
+        members = ",".join(NODES)
+        (root / "top.sls").write_text(
+            yaml.safe_dump(
+                {"base": {members: [{"match": "list"}, CLASS, f"secrets.{CLASS}"]}},
+                default_flow_style=False,
+            )
+        )
+
+    def write(self):
+        # "#!yaml": no Jinja, so swarm templates like {{.Node.Hostname}} stay as they are.
+        (self.root / f"{CLASS}.sls").write_text("#!yaml\n" + yaml.safe_dump({"swarm": self.swarm}))
+
+    def set_secret(self, key, value):
+        self.secrets[key] = value
+        lines = ["#!yaml|gpg", "docker_secrets:"]
+        for name, plain in self.secrets.items():
+            block = encrypt(self.public_key, plain).splitlines()
+            lines.append(f"  {name}: {block[0]}")
+            lines.extend(f"  {line}" if line else "" for line in block[1:])
+        (self.root / "secrets" / f"{CLASS}.sls").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="package")
+def pillar(tmp_path_factory, gpg_home):
+    tree = Pillar(tmp_path_factory.mktemp("swarm-pillar"), gpg_home["public"])
+    for key in SECRET_KEYS:
+        tree.set_secret(key, f"{key}-{random_secrets.token_hex(12)}")
+    tree.write()
+    return tree
+
+
+@pytest.fixture(scope="package")
+def salt_master(salt_factories, repo_root, pillar, gpg_home):
+    factory = salt_factories.salt_master_daemon(
+        "sw-master",
+        overrides={
+            "file_roots": {"base": [str(repo_root / "salt")]},
+            "pillar_roots": {"base": [str(pillar.root)]},
+            "gpg_keydir": str(gpg_home["home"]),
+            "gpg_decrypt_must_succeed": True,
+            # Minions start together; their keys need no salt-key round.
+            "auto_accept": True,
+            # The most Salt ever logs: the tier checks no token or secret is in it.
+            "log_level_logfile": "trace",
+        },
+    )
+    started = time.monotonic()
+    with factory.started():
+        TIMINGS["master up"] = time.monotonic() - started
+        yield factory
+
+
+@pytest.fixture(scope="package")
+def events(salt_master):
+    with recording(salt_master.config) as recorder:
+        yield recorder
+
+
+@pytest.fixture(scope="package")
+def minions(salt_master, engines, events):
+    factories = {}
+    for name, node in engines.items():
+        factories[name] = salt_master.salt_minion_daemon(
+            name,
+            overrides={
+                "grains": {"class": CLASS},
+                "docker.url": node.url,
+                "log_level_logfile": "trace",
+            },
+        )
+    factories[INTRUDER] = salt_master.salt_minion_daemon(
+        INTRUDER,
+        overrides={
+            # A grain it sets itself: it must count for nothing.
+            "grains": {"class": CLASS},
+            "docker.url": "unix:///nonexistent/docker.sock",
+            "log_level_logfile": "trace",
+        },
+    )
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=len(factories)) as pool:
+        list(pool.map(lambda factory: factory.start(), factories.values()))
+    TIMINGS["4 minions up"] = time.monotonic() - started
+    try:
+        yield factories
+    finally:
+        for factory in factories.values():
+            factory.terminate()
+
+
+class Registry:
+    """The master's node class registry, as the node_class runner stores it."""
+
+    def __init__(self, pki_dir):
+        self.directory = pki_dir / "node_classes"
+        self.directory.mkdir(mode=0o700, exist_ok=True)
+
+    def set(self, minion_id, class_name):
+        path = self.directory / minion_id
+        if class_name is None:
+            path.unlink(missing_ok=True)
+            return
+        handle, tmp = tempfile.mkstemp(dir=self.directory)
+        with os.fdopen(handle, "w") as out:
+            out.write(f"{class_name}\n")
+        os.replace(tmp, path)
+
+
+def _states(data):
+    """The {state key: result} dict inside an orchestrate/state return, however nested."""
+    if isinstance(data, dict):
+        if any("_|-" in key for key in data):
+            return data
+        for value in data.values():
+            found = _states(value)
+            if found is not None:
+                return found
+    return None
+
+
+class Swarm:
+    """What the tests drive: the master's CLIs, pillar, registry, engines, recorded output."""
+
+    def __init__(self, salt_master, minions, engines, pillar, events):
+        self.master = salt_master
+        self.minions = minions
+        self.engines = engines
+        self.pillar = pillar
+        self.events = events
+        self.run_cli = salt_master.salt_run_cli(timeout=600)
+        self.cli = salt_master.salt_cli(timeout=600)
+        self.registry = Registry(Path(salt_master.config["pki_dir"]))
+        self.outputs = []  # every CLI output, searched for leaks at the end
+        self.tokens = set()  # every join token the engines had, ditto
+
+    def _keep(self, ret):
+        self.outputs.append(f"{ret.stdout}\n{ret.stderr}")
+        return ret
+
+    def orchestrate(self, test=False):
+        started = time.monotonic()
+        args = ["state.orchestrate", "orch.swarm", f"pillar={json.dumps({'class': CLASS})}"]
+        ret = self._keep(self.run_cli.run(*args, *(["test=True"] if test else [])))
+        states = _states(ret.data)
+        assert states, f"orchestrate did not run: {ret.stdout}{ret.stderr}"
+        by_id = {value["__id__"]: value for value in states.values()}
+        return by_id, time.monotonic() - started
+
+    def runner(self, *args):
+        return self._keep(self.run_cli.run(*args))
+
+    def salt(self, minion, *args):
+        return self._keep(self.cli.run(*args, minion_tgt=minion))
+
+    def collect_tokens(self):
+        for node in self.engines.values():
+            if node.info()["Swarm"].get("ControlAvailable"):
+                for role in ("worker", "manager"):
+                    self.tokens.add(node.cli("swarm", "join-token", "-q", role).strip())
+
+    def manager(self):
+        for node in self.engines.values():
+            if node.info()["Swarm"].get("ControlAvailable"):
+                return node
+        raise AssertionError("no manager among the engines")
+
+    def tasks(self, service):
+        """Running tasks of ``service``: [(node hostname, image)]."""
+        rows = (
+            self.manager()
+            .cli(
+                "service",
+                "ps",
+                service,
+                "--filter",
+                "desired-state=running",
+                "--format",
+                "{{.Node}} {{.Image}} {{.CurrentState}}",
+            )
+            .splitlines()
+        )
+        return sorted(tuple(row.split()[:2]) for row in rows if " Running " in f" {row} ")
+
+    def container_of(self, service, node):
+        """A running task container of ``service`` on engine ``node``."""
+        ids = (
+            self.engines[node]
+            .cli("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}")
+            .split()
+        )
+        assert ids, f"no {service} task on {node}"
+        return ids[0]
+
+    def exec(self, node, container, script):
+        return self.engines[node].cli("exec", container, "sh", "-c", script)
+
+
+@pytest.fixture(scope="package")
+def swarm(salt_master, minions, engines, pillar, events):
+    cluster = Swarm(salt_master, minions, engines, pillar, events)
+    for node in NODES:
+        cluster.registry.set(node, CLASS)
+    # Custom modules: runners and orchestration states on the master, the rest on minions.
+    assert cluster.run_cli.run("saltutil.sync_all").returncode == 0
+    synced = cluster.cli.run("saltutil.sync_all", minion_tgt="*")
+    assert synced.returncode == 0, synced.stdout
+    yield cluster
