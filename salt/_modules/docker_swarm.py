@@ -1247,6 +1247,16 @@ def service_wait(name, timeout=120, updated=False):
     return status
 
 
+def services_wait(class_name, timeout=120):
+    """On a manager: wait for every service made for ``class_name`` to run its tasks;
+    {service: "running/desired (outcome)"}."""
+    found = {}
+    for name in managed_services(class_name):
+        status = service_wait(name, timeout=timeout)
+        found[name] = f"{status['running']}/{status['desired']} ({status['outcome']})"
+    return found
+
+
 def _last_task_error(api, name):
     """Why the latest failed task of a service failed (Docker's own words)."""
     failed = [

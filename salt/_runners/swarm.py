@@ -153,7 +153,11 @@ def _valid_name(name, what):
 def _class_of(minion_id):
     _valid_name(minion_id, "minion id")
     if "node_class.get" in __salt__:
-        return __salt__["node_class.get"](minion_id) or None
+        try:
+            found = __salt__["node_class.get"](minion_id)
+        except Exception:  # fail closed: no class, no token
+            return None
+        return found if isinstance(found, str) and NAME_RE.match(found) else None
     path = os.path.join(__opts__["pki_dir"], REGISTRY, minion_id)
     try:
         with open(path, encoding="utf-8") as handle:
@@ -530,6 +534,7 @@ def _state_outcome(run, minion, ret):
             run.changes.setdefault(minion, {})[state.get("__id__")] = state["changes"]
         if state.get("result") is False:
             run.failures.append(f"{state.get('__id__')}: {state.get('comment')}")
+        run.notes.extend(state.get("warnings") or [])
 
 
 def _cluster_step(run):
@@ -647,18 +652,30 @@ def _drain_and_remove(run, manager, minion, node_id, timeout):
         _manager_call(run, manager, "docker_swarm.node_update", node_id, role="worker")
     _manager_call(run, manager, "docker_swarm.node_update", node_id, availability="drain")
     drained = _wait(run, manager, ("docker_swarm.node_tasks", node_id), lambda t: not t, timeout)
-    left = run.state(minion, "docker_swarm.left", minion, force=False)
-    down = _wait(
+    # The tasks it ran are running elsewhere before the node goes.
+    services = _manager_call(
+        run, manager, "docker_swarm.services_wait", run.class_name, timeout=timeout
+    )
+    stuck = {name: state for name, state in services.items() if "(converged)" not in state}
+    if stuck:
+        run.failures.append(f"services not back to full strength without {minion}: {stuck}")
+    left = run.state(minion, "docker_swarm.left", minion, force=False).get("result") is True
+    # A node that left is gone for good: remove it at once. One that could not leave (its
+    # minion does not answer) is removed once the managers see it down, never while up.
+    down = left or _wait(
         run,
         manager,
         ("docker_swarm.node", node_id),
         lambda n: not n or n["state"] == "down",
         NODE_DOWN_TIMEOUT,
     )
-    _manager_call(run, manager, "docker_swarm.node_remove", node_id, force=not down)
+    if not down:
+        raise SwarmError(f"{minion} did not leave and its node {node_id} is not down: not removed")
+    _manager_call(run, manager, "docker_swarm.node_remove", node_id, force=True)
     run.changes[minion] = {
         "drained": drained,
-        "left": left.get("result") is True,
+        "services": services,
+        "left": left,
         "removed": node_id,
         "demoted": node["role"] == "manager",
     }

@@ -110,6 +110,16 @@ def engine_ready(name):
     return ret
 
 
+def _init_refusal(info, allow_init):
+    if info["state"] != "inactive":
+        return f"not creating a swarm: this engine is {_membership(info)}"
+    if info["live_restore"]:
+        return "live-restore is on in daemon.json: swarm mode refuses it"
+    if not allow_init:
+        return "no swarm here, and only the swarm runner may create one"
+    return None
+
+
 def initialized(name, allow_init=False, addressing=None):
     """
     This engine is a manager of a swarm. Creates one only with ``allow_init`` (the ``swarm``
@@ -122,12 +132,9 @@ def initialized(name, allow_init=False, addressing=None):
     if info["state"] == "active" and info["is_manager"]:
         ret["comment"] = f"already a manager of swarm {info['cluster_id']}"
         return ret
-    if info["state"] != "inactive":
-        return _failed(ret, f"not creating a swarm: this engine is {_membership(info)}")
-    if info["live_restore"]:
-        return _failed(ret, "live-restore is on in daemon.json: swarm mode refuses it")
-    if not allow_init:
-        return _failed(ret, "no swarm here, and only the swarm runner may create one")
+    refusal = _init_refusal(info, allow_init)
+    if refusal:
+        return _failed(ret, refusal)
     if _would(ret, {"swarm": {"old": None, "new": "created"}}, f"create a swarm for {name}"):
         return ret
     try:
@@ -465,6 +472,7 @@ def services_pruned(name, keep, policy="keep"):
         return ret
     if policy != "remove":
         ret["comment"] = f"kept services no longer in pillar: {', '.join(unlisted)}"
+        ret["warnings"] = [f"{ret['comment']} (swarm:unlisted_services: keep)"]
         return ret
     if _would(ret, {"removed": unlisted}, f"remove services {', '.join(unlisted)}"):
         return ret

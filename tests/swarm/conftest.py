@@ -126,7 +126,9 @@ def gpg_home(tmp_path_factory):
 
 
 class Pillar:
-    """The test pillar tree: top, the class's swarm, its GPG-encrypted secrets."""
+    """The test pillar tree: top, the class's swarm, its GPG-encrypted secrets. The top gives
+    each class's pillar to the members the registry lists, as pillar/top.sls does through
+    pillar node_class (the master's registry), never by grain."""
 
     def __init__(self, root, public_key):
         self.root = root
@@ -134,13 +136,28 @@ class Pillar:
         self.secrets = {}
         self.swarm = base_swarm_pillar()
         (root / "secrets").mkdir(parents=True, exist_ok=True)
-        members = ",".join(NODES)
-        (root / "top.sls").write_text(
-            yaml.safe_dump(
-                {"base": {members: [{"match": "list"}, CLASS, f"secrets.{CLASS}"]}},
-                default_flow_style=False,
-            )
-        )
+        # The docker formula around it, with what is not the test's to touch switched off.
+        docker = {
+            "storage": {"mode": "none"},
+            "install": {"manage": False},
+            "service": {"manage": False},
+            "config_file": str(root / "node-etc" / "daemon.json"),
+        }
+        (root / "docker.sls").write_text(yaml.safe_dump({"docker": docker}))
+        self.write_top({})
+
+    def write_top(self, classes):
+        """``classes``: {minion id: class} as the registry holds them."""
+        members = sorted(minion for minion, name in classes.items() if name == CLASS)
+        top = {"base": {}}
+        if members:
+            top["base"][",".join(members)] = [
+                {"match": "list"},
+                "docker",
+                CLASS,
+                f"secrets.{CLASS}",
+            ]
+        (self.root / "top.sls").write_text(yaml.safe_dump(top, default_flow_style=False))
 
     def write(self):
         # "#!yaml": no Jinja, so swarm templates like {{.Node.Hostname}} stay as they are.
@@ -225,21 +242,26 @@ def minions(salt_master, engines, events):
 
 
 class Registry:
-    """The master's node class registry, as the node_class runner stores it."""
+    """The master's node class registry, as the node_class runner stores it; the test pillar
+    top follows it."""
 
-    def __init__(self, pki_dir):
+    def __init__(self, pki_dir, pillar):
         self.directory = pki_dir / "node_classes"
         self.directory.mkdir(mode=0o700, exist_ok=True)
+        self.pillar = pillar
 
     def set(self, minion_id, class_name):
         path = self.directory / minion_id
         if class_name is None:
             path.unlink(missing_ok=True)
-            return
-        handle, tmp = tempfile.mkstemp(dir=self.directory)
-        with os.fdopen(handle, "w") as out:
-            out.write(f"{class_name}\n")
-        os.replace(tmp, path)
+        else:
+            handle, tmp = tempfile.mkstemp(dir=self.directory)
+            with os.fdopen(handle, "w") as out:
+                out.write(f"{class_name}\n")
+            os.replace(tmp, path)
+        self.pillar.write_top(
+            {entry.name: entry.read_text().strip() for entry in self.directory.iterdir()}
+        )
 
 
 def _states(data):
@@ -265,7 +287,7 @@ class Swarm:
         self.events = events
         self.run_cli = salt_master.salt_run_cli(timeout=600)
         self.cli = salt_master.salt_cli(timeout=600)
-        self.registry = Registry(Path(salt_master.config["pki_dir"]))
+        self.registry = Registry(Path(salt_master.config["pki_dir"]), pillar)
         self.outputs = []  # every CLI output, searched for leaks at the end
         self.tokens = set()  # every join token the engines had, ditto
 

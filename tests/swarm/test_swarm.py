@@ -11,6 +11,7 @@ what Salt wrote, logged (trace level) or put on the event bus.
 The tests run in order and share the cluster.
 """
 
+import datetime
 import itertools
 import json
 import os
@@ -54,6 +55,16 @@ def node_table(swarm):
         fields = [*row.split(), ""]
         table[fields[0]] = (fields[1], fields[2], fields[3])
     return table
+
+
+def manager_statuses(swarm, want, timeout=60):
+    """The nodes' manager statuses, once they are ``want`` (a promotion settles in seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = sorted(status for _, _, status in node_table(swarm).values())
+        if statuses == want or time.monotonic() > deadline:
+            return statuses
+        time.sleep(1)
 
 
 def swarm_states(swarm):
@@ -133,6 +144,16 @@ def test_one_manager_two_workers_and_services(swarm):
     swarm.collect_tokens()
 
 
+def test_highstate_includes_the_nodes_part(swarm):
+    rendered = swarm.salt("sw1", "state.show_sls", "docker").data
+    assert "docker-swarm-engine-ready" in rendered, sorted(rendered)
+    ret = swarm.salt("sw1", "state.apply", "docker.swarm")
+    engine = next(v for v in ret.data.values() if v["__id__"] == "docker-swarm-engine-ready")
+    assert engine["result"] is True
+    assert "active manager of swarm" in engine["comment"]
+    assert not engine["changes"]
+
+
 def test_host_mode_port_published_on_every_node(swarm):
     for node in swarm.engines.values():
         with urllib.request.urlopen(f"http://{node.address}:18081/hostname", timeout=5) as reply:
@@ -199,6 +220,13 @@ def test_unentitled_minion_gets_no_token(swarm):
 # --- updates ----------------------------------------------------------------------------------
 
 
+def epoch(stamp):
+    """Docker's RFC 3339 time with nanoseconds -> seconds since the epoch."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    parsed = datetime.datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S")
+    return parsed.replace(tzinfo=datetime.timezone.utc).timestamp() + float(f"0.{fraction or 0}")
+
+
 def task_starts(swarm, service):
     manager = swarm.manager()
     ids = manager.cli("service", "ps", service, "-q", "--filter", "desired-state=running").split()
@@ -214,10 +242,7 @@ def test_rolling_update_follows_update_config(swarm):
     assert web["TaskTemplate.ContainerSpec.Image"] == {"old": "app:1", "new": "app:2"}
     assert swarm.tasks("web") == [(name, "app:2") for name in NODES]
     # parallelism 1, delay 1s: one task at a time, at least a second apart.
-    starts = [
-        time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) + float(f"0{stamp[19:29]}")
-        for stamp in task_starts(swarm, "web")
-    ]
+    starts = [epoch(stamp) for stamp in task_starts(swarm, "web")]
     assert all(later - earlier >= 1.0 for earlier, later in itertools.pairwise(starts))
 
 
@@ -265,6 +290,10 @@ def test_removed_node_is_drained_and_its_tasks_rescheduled(swarm):
     assert ret["result"] is True, ret
     assert ret["changes"]["sw3"]["drained"] is True
     assert ret["changes"]["sw3"]["left"] is True
+    assert ret["changes"]["sw3"]["services"] == {
+        "edge": "2/2 (converged)",
+        "web": "3/3 (converged)",
+    }
     assert swarm.engines["sw3"].swarm_state() == "inactive"
     assert set(node_table(swarm)) == {"sw1", "sw2"}
     web = swarm.tasks("web")
@@ -284,7 +313,7 @@ def test_reclassified_node_is_not_rejoined_and_cannot_open_anothers_token(swarm)
     swarm.registry.set("sw3", "other")
     refused = runner_data(swarm.runner("swarm.admit", "sw3"))
     assert refused["result"] is False
-    assert "gives it class 'other'" in refused["comment"]
+    assert "sw3 is not entitled: class 'other' does not enable swarm" in refused["comment"]
     assert_no_change(swarm, "swarm.workers")
     assert swarm.engines["sw3"].swarm_state() == "inactive"
     # A token sealed for sw2, handed to sw3: it cannot open it.
@@ -328,8 +357,8 @@ def test_three_managers_from_pillar(swarm):
     swarm.pillar.write()
     states, _ = converged(swarm)
     assert set(states["swarm-managers"]["changes"]) == {"sw2", "sw3"}
-    statuses = sorted(status for _, _, status in node_table(swarm).values())
-    assert statuses == ["Leader", "Reachable", "Reachable"]
+    want = ["Leader", "Reachable", "Reachable"]
+    assert manager_statuses(swarm, want) == want
     assert_no_change(swarm, "swarm.managers")
     swarm.collect_tokens()
 
@@ -376,8 +405,8 @@ def test_fresh_three_manager_cluster_only_after_forget(swarm):
         states, "swarm-managers", "swarm-workers"
     )
     TIMINGS["fresh cluster: services to full replicas"] = seconds_of(states, "swarm-cluster")
-    statuses = sorted(status for _, _, status in node_table(swarm).values())
-    assert statuses == ["Leader", "Reachable", "Reachable"]
+    want = ["Leader", "Reachable", "Reachable"]
+    assert manager_statuses(swarm, want) == want
     assert swarm.tasks("web") == [(name, "app:2") for name in NODES]
     swarm.collect_tokens()
     assert_no_change(swarm, "swarm.converge")

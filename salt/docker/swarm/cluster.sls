@@ -1,6 +1,6 @@
 {#- Swarm, the cluster's part: applied on one manager by the swarm runner (orch.swarm), which
-    passes pillar swarm_run = {class: <class from the master's registry>, nodes: {minion id:
-    swarm node id}}. Nodes, then networks/secrets/configs, then services, then pruning. #}
+    passes pillar swarm_run: the class (from the master's registry) and the nodes (minion id
+    to swarm node id). Nodes, then networks/secrets/configs, then services, then pruning. #}
 {%- from tpldir ~ "/map.jinja" import swarm with context %}
 {%- set run = pillar.get("swarm_run", {}) %}
 {%- set class_name = run.get("class") %}
