@@ -421,7 +421,9 @@ def salt_files(swarm):
     for root in roots:
         for directory, _, files in os.walk(root):
             for name in files:
-                yield Path(directory) / name
+                path = Path(directory) / name
+                if path.is_file() and not path.is_symlink():  # not sockets or links
+                    yield path
 
 
 def test_no_join_token_or_secret_value_in_salt_files_events_or_output(swarm):
