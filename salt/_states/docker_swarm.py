@@ -248,6 +248,24 @@ def node_present(name, node_id, class_name, labels=None, node=None):
     return ret
 
 
+def members_only(name, node_ids):
+    """Report swarm nodes that are not nodes of class ``name`` (``node_ids``: the class's, from
+    the master's registry): a node reclassified or unknown. Never removes one by itself (a
+    registry mistake must not drain a cluster): salt-run swarm.remove_node does."""
+    ret = _ret(name)
+    strangers = [
+        f"{node['hostname']} ({node['labels'].get('com.docker-hosts.minion', 'no minion')})"
+        for node in _call("nodes")
+        if node["id"] not in set(node_ids)
+    ]
+    if not strangers:
+        ret["comment"] = f"every node of the swarm is a node of class {name}"
+        return ret
+    ret["comment"] = f"nodes of the swarm not in class {name}: {', '.join(sorted(strangers))}"
+    ret["warnings"] = [f"{ret['comment']}; salt-run swarm.remove_node <minion> class_name={name}"]
+    return ret
+
+
 # --- networks, secrets, configs (on a manager) --------------------------------------------------
 
 

@@ -37,12 +37,17 @@ WEB_COMMAND = (
 )
 
 
+FINDINGS = []
+
+
 def pytest_terminal_summary(terminalreporter):
     if TIMINGS:
         terminalreporter.write_line(
             "swarm tier: "
             + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in TIMINGS.items())
         )
+    for finding in FINDINGS:
+        terminalreporter.write_line(f"swarm tier: {finding}")
 
 
 def base_swarm_pillar():

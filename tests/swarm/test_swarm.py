@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.swarm.conftest import CLASS, INTRUDER, NODES, TIMINGS
+from tests.swarm.conftest import CLASS, FINDINGS, INTRUDER, NODES, TIMINGS
 
 pytestmark = pytest.mark.swarm
 
@@ -165,6 +165,9 @@ def test_second_run_changes_nothing(swarm):
     TIMINGS["no-change orchestrate (wall)"] = seconds
     assert not changes(states)
     assert all(state["result"] is True for state in states.values())
+    status = runner_data(swarm.runner("swarm.status", CLASS))
+    assert status["members"]["sw1"]["is_manager"] is True
+    assert {member["state"] for member in status["members"].values()} == {"active"}
 
 
 def test_a_task_reaches_tasks_on_the_other_nodes_over_the_overlay(swarm):
@@ -349,6 +352,17 @@ def test_node_of_the_class_joins_when_admitted(swarm):
     assert not again["changes"]
 
 
+def test_a_reclassified_member_is_reported_not_removed(swarm):
+    swarm.registry.set("sw2", "other")
+    try:
+        outcome = runner_data(swarm.runner("swarm.cluster", CLASS))
+    finally:
+        swarm.registry.set("sw2", CLASS)
+    assert outcome["result"] is True, outcome
+    assert "nodes of the swarm not in class backends: sw2 (sw2)" in outcome["comment"]
+    assert node_table(swarm)["sw2"] == ("Ready", "Active", "")
+
+
 # --- more managers, fewer services -------------------------------------------------------------
 
 
@@ -447,5 +461,9 @@ def test_no_join_token_or_secret_value_in_salt_files_events_or_output(swarm):
         if any(value in data for value in secret_bytes):
             secret_hits.add(str(path))
     # Where Salt itself keeps decrypted pillar (facts.md): reported, not this code's output.
-    print("secret values found in Salt's own files:", sorted(secret_hits) or "none")
+    root = str(Path(swarm.master.config["root_dir"]).parent)
+    FINDINGS.append(
+        "secret values in Salt's own files: "
+        + (", ".join(sorted(hit.replace(root, "") for hit in secret_hits)) or "none")
+    )
     assert not [hit for hit in secret_hits if "/jobs/" in hit], secret_hits

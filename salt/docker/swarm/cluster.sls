@@ -20,6 +20,11 @@ docker-swarm-node-{{ minion }}:
     - labels: {{ swarm.node_labels|json }}
     - node: {{ swarm.nodes.get(minion, {})|json }}
 {%-   endfor %}
+
+docker-swarm-members-only:
+  docker_swarm.members_only:
+    - name: {{ class_name|json }}
+    - node_ids: {{ run.get("nodes", {}).values()|list|json }}
 {%-   for name, network in swarm.networks.items() %}
 
 docker-swarm-network-{{ name }}:
