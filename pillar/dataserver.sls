@@ -1,14 +1,20 @@
-# The dataserver class: PostgreSQL with its data in a data-only container (the recipe's
-# dataserver role). Credentials come from the encrypted pillar (secrets/dataserver.sls).
+# The dataserver class: PostgreSQL with its database on the named volume `pgdata` (a named
+# volume outlives every container that mounts it; docs/containers.md). `pg_data` is the
+# recipe's data-only container, kept for `volumes_from` users: it holds the named volume, so
+# re-creating it never detaches the data. Credentials come from the encrypted pillar
+# (secrets/dataserver.sls).
 docker:
+  volumes:
+    pgdata:
+      driver: local
   containers:
     pg_data:
-      # Data-only: created (it runs `true` once) and never restarted; holds the volume.
+      # Data-only: created, never started.
       image: busybox:latest
       command: ["true"]
       start: false
-      volumes:
-        - /var/lib/postgresql
+      binds:
+        - pgdata:/var/lib/postgresql
     postgres:
       image: postgres:16
       volumes_from:
@@ -23,8 +29,12 @@ docker:
       # Docker refuses a retry count with `always` (the recipe's restart_retries: 10 never
       # worked): use on-failure:N for a bounded number of restarts.
       restart_policy: always
+      # CloudWatch Logs: dockerd creates the group if missing (log option values are
+      # strings). The node's instance profile needs the class's policy: iam/ and
+      # docs/containers.md.
       log_driver: awslogs
       log_opt:
         awslogs-region: cn-north-1
         awslogs-group: dataserver
         awslogs-stream: postgres
+        awslogs-create-group: "true"

@@ -1,14 +1,5 @@
-# Every Docker host (see pillar.example for every key of `docker:`).
-docker:
-  storage:
-    # LVM on the extra EBS disk from the docker_disk grain; overlay2 for current engines.
-    mode: overlay2
-    volume_group: docker_vol
-  config:
-    log-driver: json-file
-    log-opts:
-      max-size: 10m
-      max-file: "3"
+# Every node with a class. Only what differs from salt/docker/defaults.yaml belongs under
+# `docker:` here (every key and its default: pillar.example); the defaults suit every class.
 
 # Salt's docker modules push `docker.ps verbose` (container env, i.e. secrets) to the mine
 # after every container change unless this is off.

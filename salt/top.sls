@@ -1,7 +1,6 @@
-# Highstate by the `class` grain set at provisioning (salt/_clouds). Every Docker host gets
-# the whole docker formula (install, storage, config, service, containers); which containers
-# run is decided by the pillar of its class (pillar/top.sls).
+{#- The docker formula for every node that has a class (pillar node_class, which the master
+    sets from its registry: pillar/top.sls, salt/_pillar/node_class.py). Which containers
+    run, and with which secrets, is decided by the pillar of that class. #}
+{%- set states = ["docker"] if salt["pillar.get"]("node_class") else [] %}
 base:
-  'class:*':
-    - match: grain
-    - docker
+  '*': {{ states|json }}

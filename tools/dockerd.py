@@ -1,6 +1,13 @@
 """A private dockerd for the state tests: its own socket, bridge, data/exec roots, address
 pool and containerd namespace, no iptables; stopped and cleaned up (mounts, bridges, dirs)
-on exit, even when a test fails."""
+on exit, even when a test fails.
+
+Several can run at once with their own ``bridge``/``bridge_cidr``/``address_pool``/
+``namespace``. ``etc_overlays`` ({"/etc/hosts": file, "/etc/docker": dir}) starts dockerd in
+its own mount namespace where those paths are bind mounts of the given ones: a registry name
+that resolves to a test address, a test CA under ``certs.d/<host:port>/ca.crt``, without
+touching the host's files. ``env`` adds environment variables (e.g. AWS credentials for the
+awslogs log driver)."""
 
 import contextlib
 import json
@@ -59,8 +66,25 @@ def _unmount_under(*roots):
             subprocess.run(["umount", "-l", point], check=False)
 
 
+def _in_mount_namespace(command, etc_overlays):
+    """``command`` run by a shell in a new mount namespace with ``etc_overlays`` bound."""
+    script = 'while [ "$1" != -- ]; do mount --bind "$1" "$2"; shift 2; done; shift; exec "$@"'
+    binds = [str(part) for target, source in etc_overlays.items() for part in (source, target)]
+    unshare = ["unshare", "--mount", "--propagation", "private", "sh", "-ec", script, "sh"]
+    return [*unshare, *binds, "--", *command]
+
+
 @contextlib.contextmanager
-def running_dockerd(base_dir):
+def running_dockerd(
+    base_dir,
+    *,
+    bridge=BRIDGE,
+    bridge_cidr=BRIDGE_CIDR,
+    address_pool=ADDRESS_POOL,
+    namespace="dh-test",
+    env=None,
+    etc_overlays=None,
+):
     """Start dockerd under ``base_dir`` (data root) with a short exec root in /tmp."""
     base_dir = Path(base_dir)
     data_root = base_dir / "data"
@@ -69,36 +93,40 @@ def running_dockerd(base_dir):
     workdir = Path(tempfile.mkdtemp(prefix="dh-dockerd-", dir="/tmp"))
     socket = workdir / "docker.sock"
     bridges_before = _bridges()
-    subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+    subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
     process = None
     try:
-        subprocess.run(["ip", "addr", "add", BRIDGE_CIDR, "dev", BRIDGE], check=True)
-        subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+        subprocess.run(["ip", "addr", "add", bridge_cidr, "dev", bridge], check=True)
+        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
         log = open(base_dir / "dockerd.log", "wb")
+        command = [
+            "dockerd",
+            "--host",
+            f"unix://{socket}",
+            "--data-root",
+            str(data_root),
+            "--exec-root",
+            str(workdir / "exec"),
+            "--pidfile",
+            str(workdir / "docker.pid"),
+            "--bridge",
+            bridge,
+            "--iptables=false",
+            "--ip-masq=false",
+            "--default-address-pool",
+            address_pool,
+            "--containerd-namespace",
+            namespace,
+            "--containerd-plugins-namespace",
+            f"{namespace}-plugins",
+            "--shutdown-timeout",
+            "2",
+        ]
+        if etc_overlays:
+            command = _in_mount_namespace(command, etc_overlays)
         process = subprocess.Popen(
-            [
-                "dockerd",
-                "--host",
-                f"unix://{socket}",
-                "--data-root",
-                str(data_root),
-                "--exec-root",
-                str(workdir / "exec"),
-                "--pidfile",
-                str(workdir / "docker.pid"),
-                "--bridge",
-                BRIDGE,
-                "--iptables=false",
-                "--ip-masq=false",
-                "--default-address-pool",
-                ADDRESS_POOL,
-                "--containerd-namespace",
-                "dh-test",
-                "--containerd-plugins-namespace",
-                "dh-test-plugins",
-                "--shutdown-timeout",
-                "2",
-            ],
+            command,
+            env={**os.environ, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -124,7 +152,7 @@ def running_dockerd(base_dir):
             log.close()
         _unmount_under(data_root, workdir)
         # User-defined networks leave br-* bridges behind once dockerd is gone.
-        for bridge in _bridges() - bridges_before:
-            subprocess.run(["ip", "link", "delete", bridge], check=False)
+        for leftover in _bridges() - bridges_before:
+            subprocess.run(["ip", "link", "delete", leftover], check=False)
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(data_root, ignore_errors=True)

@@ -1,22 +1,27 @@
 """
-Docker host helpers for the ``docker`` formula.
+Docker host helpers for the ``docker`` formula (host probes and actions; the pillar checks
+are in docker_settings).
 
-- ``resolve_disk``: find the real block device of the extra EBS disk from the ``docker_disk``
-  grain (the name requested in EC2 differs from the one the kernel gives it on Xen and Nitro).
-- ``device_usage`` / ``check_disk``: what a device holds, and whether storage may go on it.
+- ``resolve_disk`` / ``docker_disk``: the real block device of the extra EBS disk, from the
+  ``docker_ebs_volume`` grain (``{device_name, volume_id}``; the old ``docker_disk`` grain
+  ``{device, volume_id}`` is still read) or pillar ``docker:storage:device``: the name
+  requested in EC2 differs from the one the kernel gives it on Xen and Nitro.
+- ``disk_verdict``: may Docker's storage go on that disk? Fail-closed: only a blank, whole,
+  unused block device that is not the root disk, or our own (half-made) volume group.
 - ``engine_version`` / ``check_storage_driver``: devicemapper exists only in Engine <= 24.
-- ``validate``: checks the merged ``docker`` settings before anything changes and returns them
-  with the disk resolved; map.jinja calls it, so a bad pillar fails every docker SLS at render
-  time, which stops the whole highstate before any state runs.
 - ``move_data_root``: move an existing /var/lib/docker into the new volume (never delete).
 - ``python_sdk``: whether the minion's Python imports a usable docker SDK, and which pip
   installs into that Python (onedir: salt-pip; pip-installed Salt: its own environment).
+- ``daemon_json``: daemon.json from docker:config and the storage mode.
 """
 
 import glob
+import hashlib
+import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -24,19 +29,10 @@ from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "docker_host"
 
-STORAGE_MODES = ("none", "overlay2", "devicemapper")
-INSTALL_SOURCES = ("distribution", "docker")
-RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
 # Last Docker Engine major version that still has the devicemapper storage driver.
 DEVICEMAPPER_LAST_ENGINE = 24
 # docker-py 6.x/7.0 fail with requests >= 2.32 ("Not supported URL scheme http+docker").
 MIN_SDK_VERSION = (7, 1)
-SECRET_KEY = "secret"
-PORT_RE = re.compile(
-    r"^(?:(?:(?P<ip>[0-9.]+|\[[0-9a-fA-F:]+\]):)?(?P<host>\d+(?:-\d+)?)?:)?"
-    r"(?P<container>\d+(?:-\d+)?)(?:/(?P<proto>tcp|udp|sctp))?$"
-)
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 
 
 def __virtual__():
@@ -70,25 +66,34 @@ def _nvme_by_serial(volume_id, root):
     return None
 
 
+def _disk_grain():
+    """``(device, volume_id)`` from grain docker_ebs_volume, else the old docker_disk."""
+    for grain, device_key in (("docker_ebs_volume", "device_name"), ("docker_disk", "device")):
+        value = __grains__.get(grain)
+        if value is None:
+            continue
+        if not isinstance(value, dict) or not (value.get(device_key) or value.get("volume_id")):
+            raise CommandExecutionError(f"grain {grain} has neither {device_key} nor volume_id")
+        return value.get(device_key), value.get("volume_id")
+    raise CommandExecutionError(
+        "grain docker_ebs_volume is missing: the node has no extra disk recorded "
+        "(set docker:storage:device, or docker:storage:mode: none)"
+    )
+
+
 def resolve_disk(device=None, volume_id=None, root="/"):
     """
     Return the block device the extra disk really has on this node.
 
-    ``device`` / ``volume_id`` default to the ``docker_disk`` grain. ``root`` prefixes every
-    /dev and /sys path (tests use a fake tree).
+    ``device`` / ``volume_id`` default to the ``docker_ebs_volume`` grain (or the old
+    ``docker_disk``). ``root`` prefixes every /dev and /sys path (tests use a fake tree).
 
     CLI Example: ``salt '*' docker_host.resolve_disk``
     """
     if device is None and volume_id is None:
-        grain = __grains__.get("docker_disk") or {}
-        if not isinstance(grain, dict) or not grain.get("device"):
-            raise CommandExecutionError(
-                "grain docker_disk is missing or has no 'device': the node has no extra disk "
-                "recorded (set docker:storage:device or docker:storage:mode: none)"
-            )
-        device, volume_id = grain.get("device"), grain.get("volume_id")
+        device, volume_id = _disk_grain()
     if not device and not volume_id:
-        raise CommandExecutionError("docker_disk: neither device nor volume_id given")
+        raise CommandExecutionError("the Docker disk: neither device nor volume_id given")
     if device and os.path.exists(_under(root, device)):
         return device
     if volume_id:
@@ -99,12 +104,38 @@ def resolve_disk(device=None, volume_id=None, root="/"):
     if xen and os.path.exists(_under(root, xen)):
         return xen
     raise CommandExecutionError(
-        f"docker_disk: no block device for device {device!r} / volume_id {volume_id!r} "
+        f"the Docker disk: no block device for device {device!r} / volume_id {volume_id!r} "
         "(looked for it as-is, as /dev/xvdX and as an NVMe namespace with that volume serial)"
     )
 
 
-# --- what is on the disk ------------------------------------------------------------------
+# --- is the disk ours to use? (fail closed: any probe error means no) ------------------------
+
+# A PV this formula creates carries a PV UUID derived from the disk (see pv_marker), and its
+# VG a tag: a PV left without a VG by an interrupted run is recognised as ours and finished.
+VG_TAG = "docker_host"
+UUID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+GPT_SIGNATURE = b"EFI PART"
+# A blank EBS volume reads as zeros; these regions of a used disk rarely do (partition
+# tables, filesystem superblocks at the usual first-partition offsets).
+ZERO_HEAD = 2 * 1024 * 1024
+ZERO_TAIL = 1024 * 1024
+# Where a partition usually starts: a filesystem there survives a wiped partition table.
+PARTITION_OFFSETS = tuple(
+    n * 512 for n in (63, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
+)
+
+
+def pv_marker(disk_id):
+    """The PV UUID this formula gives the Docker disk ``disk_id`` (its volume id or path)."""
+    digest = hashlib.sha256(f"docker_host:{disk_id}".encode()).digest()
+    chars = "".join(UUID_ALPHABET[byte % len(UUID_ALPHABET)] for byte in digest[:32])
+    groups = (6, 4, 4, 4, 4, 4, 6)
+    parts, at = [], 0
+    for size in groups:
+        parts.append(chars[at : at + size])
+        at += size
+    return "-".join(parts)
 
 
 def _run(cmd):
@@ -112,87 +143,248 @@ def _run(cmd):
     return proc.returncode, proc.stdout, proc.stderr
 
 
-def probe_signatures(device):
-    """
-    Low-level probe (``blkid -p``) of a device or image file: filesystem / partition table /
-    LVM label. Returns a dict of blkid's export keys (empty when nothing is found).
-    """
-    rc, out, err = _run(["blkid", "-p", "-o", "export", device])
-    if rc == 2:  # blkid: nothing found
-        return {}
+def _run_checked(cmd, what):
+    """Run ``cmd`` (an argument list); any failure to run it is an error, never "nothing"."""
+    try:
+        return _run(cmd)
+    except OSError as error:
+        raise CommandExecutionError(f"cannot probe {what}: {cmd[0]}: {error}") from error
+
+
+def _sys_block(device):
+    """The sysfs directory of a whole block device; refuses anything else."""
+    try:
+        info = os.stat(device)
+    except OSError as error:
+        raise CommandExecutionError(f"{device}: {error.strerror}") from error
+    if not stat.S_ISBLK(info.st_mode):
+        kind = "a character device" if stat.S_ISCHR(info.st_mode) else "not a block device"
+        raise CommandExecutionError(f"{device} is {kind}: refusing it")
+    sys_dir = os.path.realpath(f"/sys/dev/block/{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}")
+    if not os.path.isdir(sys_dir):
+        raise CommandExecutionError(f"{device}: no sysfs entry {sys_dir}: cannot check it")
+    if os.path.exists(os.path.join(sys_dir, "partition")):
+        raise CommandExecutionError(f"{device} is a partition, not a whole disk: refusing it")
+    if os.path.isdir(os.path.join(sys_dir, "dm")):
+        raise CommandExecutionError(f"{device} is a device-mapper device: refusing it")
+    return sys_dir
+
+
+def _dev_numbers(sys_dir):
+    """major:minor of the disk and of each of its partitions."""
+    numbers = set()
+    partitions = glob.glob(os.path.join(sys_dir, "*", "partition"))
+    for directory in [sys_dir, *sorted(os.path.dirname(p) for p in partitions)]:
+        with open(os.path.join(directory, "dev"), encoding="ascii") as handle:
+            numbers.add(handle.read().strip())
+    return numbers
+
+
+def _mounted_numbers():
+    """major:minor of every mounted filesystem and active swap device."""
+    numbers = set()
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        numbers.update(line.split()[2] for line in handle if line.strip())
+    with open("/proc/swaps", encoding="utf-8") as handle:
+        for line in list(handle)[1:]:
+            path = line.split()[0]
+            if path.startswith("/dev/") and os.path.exists(path):
+                rdev = os.stat(path).st_rdev
+                numbers.add(f"{os.major(rdev)}:{os.minor(rdev)}")
+    return numbers
+
+
+def _backing_disks(number, seen=None):
+    """Whole disks under the block device major:minor ``number`` (through dm/md slaves)."""
+    seen = set() if seen is None else seen
+    sys_dir = os.path.realpath(f"/sys/dev/block/{number}")
+    if not os.path.isdir(sys_dir) or sys_dir in seen:
+        return seen
+    if os.path.exists(os.path.join(sys_dir, "partition")):
+        sys_dir = os.path.dirname(sys_dir)
+    seen.add(sys_dir)
+    for slave in glob.glob(os.path.join(sys_dir, "slaves", "*", "dev")):
+        with open(slave, encoding="ascii") as handle:
+            _backing_disks(handle.read().strip(), seen)
+    return seen
+
+
+def _root_disks():
+    root = os.stat("/").st_dev
+    return _backing_disks(f"{os.major(root)}:{os.minor(root)}")
+
+
+def _check_not_in_use(device, sys_dir):
+    if sys_dir in _root_disks():
+        raise CommandExecutionError(f"{device} holds the root filesystem: refusing it")
+    if _dev_numbers(sys_dir) & _mounted_numbers():
+        raise CommandExecutionError(f"{device} (or a partition of it) is mounted or swap")
+    holders = glob.glob(os.path.join(sys_dir, "holders", "*")) + glob.glob(
+        os.path.join(sys_dir, "*", "holders", "*")
+    )
+    if holders:
+        names = sorted({os.path.basename(h) for h in holders})
+        raise CommandExecutionError(f"{device} is in use by {', '.join(names)}")
+
+
+def signatures(device):
+    """``wipefs --no-act``: every signature libblkid finds (type, offset, uuid)."""
+    rc, out, err = _run_checked(["wipefs", "--no-act", "--json", device], "signatures")
     if rc != 0:
-        raise CommandExecutionError(f"blkid -p {device} failed: {err.strip() or out.strip()}")
-    found = {}
-    for line in out.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            found[key] = value
+        raise CommandExecutionError(f"wipefs -n {device} failed: {(err or out).strip()}")
+    try:
+        found = json.loads(out) if out.strip() else {"signatures": []}
+    except ValueError as error:
+        raise CommandExecutionError(f"wipefs -n {device}: unreadable output") from error
+    return [
+        {"type": sig.get("type"), "offset": sig.get("offset"), "uuid": sig.get("uuid")}
+        for sig in found.get("signatures", [])
+    ]
+
+
+def _read_at(handle, offset, size):
+    handle.seek(offset)
+    return handle.read(size)
+
+
+def _gpt_headers(device, size):
+    """Offsets of GPT headers (primary or backup, 512- or 4096-byte sectors) on ``device``."""
+    places = (512, 4096, size - 512, size - 4096)
+    with open(device, "rb") as handle:
+        return [p for p in places if p >= 0 and _read_at(handle, p, 8) == GPT_SIGNATURE]
+
+
+def _nonzero_at(device, size):
+    """First offset in the head/tail regions that is not zero, or None."""
+    with open(device, "rb") as handle:
+        for start, length in ((0, min(ZERO_HEAD, size)), (max(size - ZERO_TAIL, 0), ZERO_TAIL)):
+            data = _read_at(handle, start, length)
+            stripped = data.lstrip(b"\0")
+            if stripped:
+                return start + len(data) - len(stripped)
+    return None
+
+
+def _deep_signatures(device, size):
+    """Filesystems or other signatures at the usual partition offsets."""
+    found = []
+    for offset in (o for o in PARTITION_OFFSETS if o < size):
+        cmd = ["blkid", "-p", "-o", "export", "-O", str(offset), device]
+        rc, out, err = _run_checked(cmd, "signatures")
+        if rc == 2:
+            continue
+        if rc != 0:
+            raise CommandExecutionError(f"blkid -p -O {offset} {device} failed: {err.strip()}")
+        kind = dict(line.partition("=")[::2] for line in out.splitlines()).get("TYPE", "?")
+        found.append(f"{kind} at offset {offset}")
     return found
 
 
-def _pv_volume_group(device):
-    if not shutil.which("pvs"):
-        # An LVM label but no LVM tools yet (first run): cannot tell whose; refuse.
-        return "unknown (lvm2 is not installed)"
-    rc, out, err = _run(["pvs", "--noheadings", "-o", "vg_name", device])
+def _device_size(device):
+    with open(device, "rb") as handle:
+        return handle.seek(0, os.SEEK_END)
+
+
+def _check_blank(device):
+    """Nothing anywhere that matters: signatures, GPT headers, data where tables live."""
+    size = _device_size(device)
+    found = [f"{s['type']} at {s['offset']}" for s in signatures(device)]
+    found += [f"a GPT header at {offset}" for offset in _gpt_headers(device, size)]
+    found += _deep_signatures(device, size)
+    if found:
+        raise CommandExecutionError(f"{device} is not blank ({'; '.join(found)}): refusing it")
+    nonzero = _nonzero_at(device, size)
+    if nonzero is not None:
+        raise CommandExecutionError(
+            f"{device} is not blank (data at byte {nonzero}, where partition tables and "
+            "filesystems live): refusing it"
+        )
+
+
+def lvm_tool(name):
+    """Path of an lvm2 command; refuses when lvm2 is missing (the PV cannot be read)."""
+    tool = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if not tool:
+        raise CommandExecutionError(
+            f"{name} is not installed (lvm2): cannot tell whose physical volume this is"
+        )
+    return tool
+
+
+def pv_details(device):
+    """``{"vg_name", "vg_tags", "pv_uuid"}`` of the PV on ``device`` (lvm2's own view)."""
+    cmd = [
+        lvm_tool("pvs"),
+        "--noheadings",
+        "--nameprefixes",
+        "--unquoted",
+        "-o",
+        "pv_uuid,vg_name,vg_tags",
+        device,
+    ]
+    rc, out, err = _run_checked(cmd, "the physical volume")
     if rc != 0:
         raise CommandExecutionError(f"pvs {device} failed: {err.strip()}")
-    return out.strip() or None
-
-
-def device_usage(device):
-    """
-    What ``device`` holds: ``{"filesystem", "partition_table", "volume_group", "lvm_member"}``.
-
-    CLI Example: ``salt '*' docker_host.device_usage /dev/nvme1n1``
-    """
-    found = probe_signatures(device)
-    usage = {
-        "filesystem": None,
-        "partition_table": found.get("PTTYPE"),
-        "lvm_member": found.get("TYPE") == "LVM2_member",
-        "volume_group": None,
+    fields = dict(item.partition("=")[::2] for item in out.split())
+    return {
+        "pv_uuid": fields.get("LVM2_PV_UUID", ""),
+        "vg_name": fields.get("LVM2_VG_NAME", ""),
+        "vg_tags": [t for t in fields.get("LVM2_VG_TAGS", "").split(",") if t],
     }
-    if usage["lvm_member"]:
-        usage["volume_group"] = _pv_volume_group(device)
-    elif found.get("TYPE"):
-        usage["filesystem"] = found["TYPE"]
-    return usage
 
 
-def disk_verdict(device, usage, volume_group):
-    """
-    Decide from ``device_usage`` output: ``"empty"`` (storage may be created), ``"ours"``
-    (already a PV of ``volume_group``: nothing to do) or raise naming what is in the way.
-    """
-    if usage.get("lvm_member"):
-        if usage.get("volume_group") == volume_group:
-            return "ours"
-        owner = usage.get("volume_group") or "no volume group"
+def _lvm_verdict(device, pv, volume_group, marker):
+    """Our VG, our PV without a VG (an interrupted run), or someone else's: refuse."""
+    ours = pv["pv_uuid"].replace("-", "") == marker.replace("-", "")
+    if pv["vg_name"] == volume_group:
+        return "our-vg"
+    if pv["vg_name"]:
         raise CommandExecutionError(
-            f"docker:storage: {device} is an LVM physical volume of {owner!r}, not of "
-            f"{volume_group!r} (docker:storage:volume_group); refusing to touch it"
+            f"{device} is a physical volume of volume group {pv['vg_name']!r}, not "
+            f"{volume_group!r} (docker:storage:volume_group): refusing it"
         )
-    if usage.get("partition_table"):
-        raise CommandExecutionError(
-            f"docker:storage: {device} holds a {usage['partition_table']} partition table; "
-            "refusing to create a physical volume on it"
-        )
-    if usage.get("filesystem"):
-        raise CommandExecutionError(
-            f"docker:storage: {device} holds a {usage['filesystem']} filesystem; "
-            "refusing to create a physical volume on it"
-        )
-    return "empty"
+    if ours:
+        return "our-pv"
+    raise CommandExecutionError(
+        f"{device} is a physical volume without a volume group that this formula did not "
+        "create: refusing it (pvremove it if it is really unused)"
+    )
 
 
-def check_disk(device, volume_group="docker_vol"):
+def disk_verdict(device, volume_group, disk_id):
     """
-    ``"empty"`` or ``"ours"`` for ``device``, or an error saying why storage may not go there.
+    May Docker's storage go on ``device``? ``"blank"``, ``"our-pv"`` (a PV an interrupted
+    run left, no VG yet), ``"our-vg"`` (already Docker's VG); anything else raises saying
+    what is in the way. Any probe that fails raises too.
 
-    CLI Example: ``salt '*' docker_host.check_disk /dev/xvdb docker_vol``
+    CLI Example: ``salt '*' docker_host.disk_verdict /dev/nvme1n1 docker_vol vol-0123``
     """
-    return disk_verdict(device, device_usage(device), volume_group)
+    sys_dir = _sys_block(device)
+    found = signatures(device)
+    if [s["type"] for s in found] == ["LVM2_member"]:
+        verdict = _lvm_verdict(device, pv_details(device), volume_group, pv_marker(disk_id))
+        if verdict == "our-vg":
+            return verdict
+    else:
+        verdict = "blank"
+    _check_not_in_use(device, sys_dir)
+    if verdict == "blank":
+        _check_blank(device)
+    return verdict
+
+
+def docker_disk(device=None, volume_id=None):
+    """
+    ``(device, disk_id)`` of the Docker disk: ``device`` (pillar docker:storage:device) or
+    the disk the grains name, resolved to its kernel name; ``disk_id`` (the volume id, else
+    the device) names it for the PV marker.
+
+    CLI Example: ``salt '*' docker_host.docker_disk``
+    """
+    resolved = resolve_disk(device, volume_id) if (device or volume_id) else resolve_disk()
+    if not volume_id and not device:
+        volume_id = _disk_grain()[1]
+    return resolved, volume_id or resolved
 
 
 # --- engine version ------------------------------------------------------------------------
@@ -293,132 +485,6 @@ def python_sdk():
     else:
         bin_env = sys.executable
     return {"usable": usable, "version": version, "bin_env": bin_env}
-
-
-# --- pillar validation ----------------------------------------------------------------------
-
-
-def _secret_refs(value, path):
-    """Yield (key path, secret name) for every ``{secret: name}`` inside ``value``."""
-    if isinstance(value, dict):
-        if set(value) == {SECRET_KEY}:
-            yield path, value[SECRET_KEY]
-            return
-        for key, item in value.items():
-            yield from _secret_refs(item, f"{path}:{key}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _secret_refs(item, f"{path}:{index}")
-
-
-def _check_port(port, where):
-    text = str(port)
-    match = PORT_RE.match(text)
-    if not match:
-        raise CommandExecutionError(
-            f"{where}: malformed port {text!r} (use [ip:][host:]container[/tcp|udp|sctp])"
-        )
-    for group in ("host", "container"):
-        for number in (match.group(group) or "").split("-"):
-            if number and not 0 < int(number) < 65536:
-                raise CommandExecutionError(f"{where}: port {number} in {text!r} out of range")
-
-
-def _check_container(name, options, secrets, path):
-    if not NAME_RE.match(str(name)):
-        raise CommandExecutionError(f"{path}: {name!r} is not a valid container name")
-    if not isinstance(options, dict):
-        raise CommandExecutionError(f"{path}: must be a mapping of docker_container options")
-    if not options.get("image"):
-        raise CommandExecutionError(f"{path}:image is missing: every container needs an image")
-    for index, port in enumerate(options.get("port_bindings") or []):
-        _check_port(port, f"{path}:port_bindings:{index}")
-    for index, port in enumerate(options.get("ports") or []):
-        _check_port(port, f"{path}:ports:{index}")
-    policy = options.get("restart_policy")
-    if policy is not None:
-        base, _, count = str(policy).partition(":")
-        if base not in RESTART_POLICIES or (
-            count and (base != "on-failure" or not count.isdigit())
-        ):
-            raise CommandExecutionError(
-                f"{path}:restart_policy: {policy!r} is not one of {', '.join(RESTART_POLICIES)}"
-                " (a retry count is only valid as on-failure:N)"
-            )
-        if options.get("restart_retries") is not None and base != "on-failure":
-            raise CommandExecutionError(
-                f"{path}:restart_retries is only valid with restart_policy on-failure "
-                f"(Docker rejects a retry count with {base!r})"
-            )
-    for ref_path, secret in _secret_refs(options, path):
-        if secret not in secrets:
-            raise CommandExecutionError(
-                f"{ref_path} refers to secret {secret!r}, which is not in pillar docker_secrets"
-                " (is the encrypted pillar for this class in the pillar top?)"
-            )
-
-
-def validate(settings, secrets=None, root="/"):
-    """
-    Check the merged ``docker`` settings (map.jinja); return them with
-    ``storage:device`` resolved to a real block device when storage is enabled.
-    Raises CommandExecutionError naming the offending pillar key.
-    """
-    settings = dict(settings or {})
-    if secrets is None:
-        secrets = __pillar__.get("docker_secrets") or {}
-    install = settings.get("install") or {}
-    source = install.get("source")
-    if source not in INSTALL_SOURCES:
-        raise CommandExecutionError(
-            f"docker:install:source: {source!r} is not one of {', '.join(INSTALL_SOURCES)}"
-        )
-    if not install.get("pkgs", {}).get(source):
-        raise CommandExecutionError(
-            f"docker:install:source: {source!r} has no packages for this OS "
-            f"({__grains__.get('os')} {__grains__.get('osrelease')})"
-        )
-    storage = dict(settings.get("storage") or {})
-    mode = storage.get("mode")
-    if mode not in STORAGE_MODES:
-        raise CommandExecutionError(
-            f"docker:storage:mode: {mode!r} is not one of {', '.join(STORAGE_MODES)}"
-        )
-    if mode != "none":
-        if not NAME_RE.match(str(storage.get("volume_group") or "")):
-            raise CommandExecutionError(
-                f"docker:storage:volume_group: {storage.get('volume_group')!r} is not a VG name"
-            )
-        if storage.get("device"):
-            device = resolve_disk(storage["device"], storage.get("volume_id"), root=root)
-        else:
-            device = resolve_disk(root=root)
-        check_disk(_under(root, device), storage["volume_group"])
-        check_storage_driver(mode, engine_version())
-        storage["device"] = device
-    settings["storage"] = storage
-    for section in ("containers", "networks", "volumes", "registries", "images"):
-        if not isinstance(settings.get(section) or {}, dict):
-            raise CommandExecutionError(f"docker:{section} must be a mapping")
-    for name, options in (settings.get("containers") or {}).items():
-        _check_container(name, options, secrets, f"docker:containers:{name}")
-    for url, login in (settings.get("registries") or {}).items():
-        where = f"docker:registries:{url}"
-        if not isinstance(login, dict) or not login.get("username") or not login.get("password"):
-            raise CommandExecutionError(f"{where}: needs username and password")
-        for ref_path, secret in _secret_refs(login, where):
-            if secret not in secrets:
-                raise CommandExecutionError(
-                    f"{ref_path} refers to secret {secret!r}, which is not in pillar docker_secrets"
-                )
-    absent = settings.get("absent") or []
-    if not isinstance(absent, list):
-        raise CommandExecutionError("docker:absent must be a list of container names")
-    both = sorted(set(absent) & set(settings.get("containers") or {}))
-    if both:
-        raise CommandExecutionError(f"docker:absent: {both} are also in docker:containers")
-    settings["daemon_json"] = daemon_json(settings)
-    return settings
 
 
 def dm_path(volume_group, logical_volume):

@@ -1,127 +1,21 @@
 """
 States for the ``docker`` formula that Salt's own docker/mount states do not cover.
 
-- ``container_running``: ``docker_container.running`` with ``{secret: name}`` references
-  resolved from pillar ``docker_secrets`` only at run time (so secrets never sit in the
-  rendered SLS) and every secret value masked in the returned comment and changes (3008's
-  ``no_log`` masks output, 3007 ignores it; this works on both).
-- ``registry_login``: the docker client config entry ``docker login`` would write, with the
-  password taken from a secret; the password never appears in the output.
+(Containers, images and registry logins: salt/_states/docker_containers.py.)
+
 - ``data_root_moved``: before the new volume is mounted at /var/lib/docker, move what is
   there into it once (stopping Docker first); never deletes anything.
 - ``storage_driver_supported``: stop on devicemapper with an Engine that no longer has it.
 """
 
-import base64
-import json
 import os
 import tempfile
 
 __virtualname__ = "docker_host"
 
-MASK = "**********"
-
 
 def __virtual__():
     return __virtualname__
-
-
-def _secrets():
-    return __pillar__.get("docker_secrets") or {}
-
-
-def _resolve(value, secrets, used):
-    if isinstance(value, dict):
-        if set(value) == {"secret"}:
-            secret = secrets.get(value["secret"])
-            if secret is None:
-                raise KeyError(value["secret"])
-            used.append(str(secret))
-            return secret
-        return {key: _resolve(item, secrets, used) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_resolve(item, secrets, used) for item in value]
-    return value
-
-
-def _mask(value, hidden):
-    if isinstance(value, str):
-        for secret in hidden:
-            if secret:
-                value = value.replace(secret, MASK)
-        return value
-    if isinstance(value, dict):
-        return {_mask(key, hidden): _mask(item, hidden) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_mask(item, hidden) for item in value]
-    return value
-
-
-def container_running(name, **kwargs):
-    """
-    ``docker_container.running`` with secret references resolved and masked.
-
-    .. code-block:: yaml
-
-        postgres:
-          docker_host.container_running:
-            - image: postgres:16
-            - environment:
-                POSTGRES_PASSWORD: {secret: postgres_password}
-    """
-    used = []
-    try:
-        options = _resolve(kwargs, _secrets(), used)
-    except KeyError as missing:
-        return {
-            "name": name,
-            "result": False,
-            "changes": {},
-            "comment": f"secret {missing} is not in pillar docker_secrets",
-        }
-    options = {key: value for key, value in options.items() if not key.startswith("__")}
-    ret = __states__["docker_container.running"](name, **options)
-    # Longest first, so a secret containing another is masked whole.
-    return _mask(ret, sorted(set(used), key=len, reverse=True))
-
-
-def _load_config(path):
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def registry_login(name, username, password, config_path="/root/.docker/config.json"):
-    """
-    Make the docker client config at ``config_path`` hold credentials for registry ``name``
-    (what ``docker login`` writes; image pulls by the docker SDK read it).
-    """
-    ret = {"name": name, "result": True, "changes": {}, "comment": ""}
-    try:
-        password = _resolve(password, _secrets(), [])
-    except KeyError as missing:
-        ret.update(result=False, comment=f"secret {missing} is not in pillar docker_secrets")
-        return ret
-    auth = base64.b64encode(f"{username}:{password}".encode()).decode()
-    config = _load_config(config_path)
-    if config.get("auths", {}).get(name, {}).get("auth") == auth:
-        ret["comment"] = f"credentials for {name} already present"
-        return ret
-    ret["changes"] = {"registry": name, "username": username, "password": MASK}
-    if __opts__["test"]:
-        ret.update(result=None, comment=f"credentials for {name} would be written")
-        return ret
-    config.setdefault("auths", {})[name] = {"auth": auth}
-    directory = os.path.dirname(config_path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=directory)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(config, out, indent=2)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, config_path)
-    ret["comment"] = f"credentials for {name} written to {config_path}"
-    return ret
 
 
 def _mounted_device(mountpoint):

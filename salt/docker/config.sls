@@ -1,13 +1,13 @@
 {#- daemon.json from pillar docker:config plus the storage mode's settings
     (docker_host.daemon_json). Changing it restarts Docker (service.sls watches it). #}
-{%- from tpldir ~ "/map.jinja" import docker with context %}
+{%- from tpldir ~ "/settings.jinja" import docker with context %}
 include:
   - .storage
 
 docker-config:
   file.serialize:
     - name: {{ docker.config_file }}
-    - dataset: {{ docker.daemon_json|json }}
+    - dataset: {{ salt["docker_host.daemon_json"](docker)|json }}
     - serializer: json
     - serializer_opts:
       - indent: 2

@@ -1,43 +1,57 @@
-{#- Generic containers from pillar: registry logins, images, networks, volumes, containers
-    (any docker_container.running option) and containers to remove. Secret references
-    ({secret: name}) stay unresolved here; docker_host states resolve them at run time. #}
-{%- from tpldir ~ "/map.jinja" import docker with context %}
+{#- Registry logins, images, networks, volumes and containers from pillar (docs/containers.md).
+    Secret references ({secret: name}) stay unresolved here; the docker_containers states
+    resolve them at run time. A container requires its image, which requires the login of
+    its registry: refused credentials leave the containers of that registry untouched. #}
+{%- from tpldir ~ "/settings.jinja" import docker with context %}
 {%- set tplroot = tpldir.split("/")[0] %}
+{%- set eagerness = {"never": 0, "missing": 1, "always": 2} %}
 include:
   - .service
 
 {%- for url, login in docker.registries.items() %}
 
 docker-registry-{{ url }}:
-  docker_host.registry_login:
+  docker_containers.registry_login:
     - name: {{ url|json }}
     - username: {{ login.username|json }}
     - password: {{ login.password|json }}
     - config_path: {{ docker.registry_config|json }}
+    - require:
+      - sls: {{ tplroot }}.service
 {%- endfor %}
 
+{#- Every image: pillar docker:images plus the containers' images; an image's pull policy is
+    its own, else the most eager of the containers using it, else missing. #}
 {%- set images = {} %}
 {%- for image, options in docker.images.items() %}
-{%-   do images.update({image: options or {}}) %}
+{%-   do images.update({image: dict(options or {})}) %}
 {%- endfor %}
 {%- for name, options in docker.containers.items() %}
-{%-   if options.image not in images %}
-{%-     do images.update({options.image: {}}) %}
+{%-   set image = images.setdefault(options.image, {}) %}
+{%-   set wanted = options.get("pull", "missing") %}
+{%-   if "pull" not in (docker.images.get(options.image) or {}) %}
+{%-     if eagerness.get(wanted, 1) > eagerness.get(image.get("pull", "never"), 0) %}
+{%-       do image.update({"pull": wanted}) %}
+{%-     endif %}
 {%-   endif %}
 {%- endfor %}
 {%- for image, options in images.items() %}
+{%-   set registry = salt["docker_containers.registry_of"](image) %}
 
 docker-image-{{ image }}:
-  docker_image.present:
+  docker_containers.image_present:
     - name: {{ image|json }}
 {%-   for key, value in options.items() %}
     - {{ key }}: {{ value|json }}
 {%-   endfor %}
+{%-   if "load" not in options and "build" not in options and "sls" not in options %}
+    - registry_config: {{ docker.registry_config|json }}
+{%-   endif %}
     - require:
       - sls: {{ tplroot }}.service
-{%-   for url in docker.registries %}
-      - docker_host: docker-registry-{{ url }}
-{%-   endfor %}
+{%-   if registry in docker.registries %}
+      - docker_containers: docker-registry-{{ registry }}
+{%-   endif %}
 {%- endfor %}
 
 {%- for name, options in docker.networks.items() %}
@@ -70,13 +84,14 @@ docker-volume-{{ name }}:
 {%-   set volumes_from = [volumes_from] if volumes_from is string else volumes_from %}
 
 docker-container-{{ name }}:
-  docker_host.container_running:
+  docker_containers.running:
     - name: {{ name|json }}
 {%-   for key, value in options.items() %}
     - {{ key }}: {{ value|json }}
 {%-   endfor %}
+    - registry_config: {{ docker.registry_config|json }}
     - require:
-      - docker_image: docker-image-{{ options.image }}
+      - docker_containers: docker-image-{{ options.image }}
 {%-   for network in networks %}
 {%-     set network = network if network is string else (network.keys()|first) %}
 {%-     if network in docker.networks %}
@@ -86,7 +101,7 @@ docker-container-{{ name }}:
 {%-   for source in volumes_from %}
 {%-     set source = source.split(":")[0] %}
 {%-     if source in docker.containers %}
-      - docker_host: docker-container-{{ source }}
+      - docker_containers: docker-container-{{ source }}
 {%-     endif %}
 {%-   endfor %}
 {%-   for volume in docker.volumes %}

@@ -1,4 +1,4 @@
-{%- from tpldir ~ "/map.jinja" import docker with context %}
+{%- from tpldir ~ "/settings.jinja" import docker with context %}
 {%- set install = docker.install %}
 {%- set repo = install.repo %}
 

@@ -1,4 +1,4 @@
-{%- from tpldir ~ "/map.jinja" import docker with context %}
+{%- from tpldir ~ "/settings.jinja" import docker with context %}
 include:
   - .config
   - .storage
@@ -19,7 +19,11 @@ docker-service:
 {%-   endif %}
 {%- else %}
 
-# docker:service:manage is off (Docker runs under something else): nothing to start.
+# docker:service:manage is off (Docker runs under something else): nothing to start, but
+# what needs Docker still waits for its storage and daemon.json.
 docker-service:
-  test.nop: []
+  test.nop:
+    - require:
+      - test: docker-storage-ready
+      - file: docker-config
 {%- endif %}

@@ -7,6 +7,11 @@ secrets are encrypted for a throwaway key (the repository's ciphertext is for th
 master's key), storage is off (this kernel has no device-mapper; the LVM states run in the
 VM tests), install/service are off (the host's own Docker packages and service are not the
 test's to touch), and the awslogs driver (no AWS here) becomes json-file.
+
+The master runs with the pillar/identity settings of the repository's own `master` file
+(ext_pillar node_class, module_dirs, caches off), and each minion's class is set with the
+real `salt-run node_class.set` before it starts: pillar/top.sls decides by that, never by a
+grain.
 """
 
 import secrets as random_secrets
@@ -16,16 +21,29 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from tests.states import corpus
 from tools.dockerd import running_dockerd
 from tools.gpg import encrypt, make_key, stop_agent
 from tools.images import import_busybox
 
 TIMINGS = {}
 SECRET_NAMES = ("postgres_user", "postgres_password", "postgres_db", "registry_password")
-TEST_REGISTRY = "registry.test.invalid"
+# The repository's `master` settings that the test master takes over (paths made absolute).
+MASTER_SETTINGS = (
+    "module_dirs",
+    "ext_pillar",
+    "on_demand_ext_pillar",
+    "minion_data_cache",
+    "pillar_cache",
+    "enforce_mine_cache",
+)
+# Minion id -> node class, assigned on the master before the minion starts.
+NODE_CLASSES = {"dh-dataserver": "dataserver", "dh-webserver": "backends"}
 
 
 def pytest_terminal_summary(terminalreporter):
+    if corpus.refused_summary():
+        terminalreporter.write_line(corpus.refused_summary())
     if TIMINGS:
         terminalreporter.write_line(
             "highstate on the test minion: "
@@ -81,11 +99,14 @@ def pillar_root(tmp_path_factory, repo_root, gpg_home, secret_values, test_paths
     shutil.copytree(repo_root / "pillar", root, dirs_exist_ok=True)
 
     docker_sls = yaml.safe_load((root / "docker.sls").read_text())
-    docker_sls["docker"]["storage"]["mode"] = "none"
-    docker_sls["docker"]["install"] = {"manage": False}
-    docker_sls["docker"]["service"] = {"manage": False}
-    docker_sls["docker"]["config_file"] = str(test_paths["daemon_json"])
-    docker_sls["docker"]["registry_config"] = str(test_paths["registry_config"])
+    docker = docker_sls.setdefault("docker", {})
+    docker["storage"] = {"mode": "none"}
+    # The host's LVM tools are not the test's to install or remove.
+    docker["storage_pkgs"] = []
+    docker["install"] = {"manage": False}
+    docker["service"] = {"manage": False}
+    docker["config_file"] = str(test_paths["daemon_json"])
+    docker["registry_config"] = str(test_paths["registry_config"])
     (root / "docker.sls").write_text(yaml.safe_dump(docker_sls))
 
     dataserver = yaml.safe_load((root / "dataserver.sls").read_text())
@@ -99,47 +120,72 @@ def pillar_root(tmp_path_factory, repo_root, gpg_home, secret_values, test_paths
     postgres["networks"] = ["backend"]
     postgres["labels"] = {"class": "dataserver"}
     dataserver["docker"]["networks"] = {"backend": {"driver": "bridge"}}
-    dataserver["docker"]["registries"] = {
-        TEST_REGISTRY: {"username": "deploy", "password": {"secret": "registry_password"}}
-    }
     (root / "dataserver.sls").write_text(yaml.safe_dump(dataserver))
 
     write_secrets(root / "secrets" / "dataserver.sls", gpg_home["public"], secret_values)
     return root
 
 
+def repository_master_settings(repo_root):
+    """The pillar/identity settings of the repository's `master` file, paths absolute."""
+    config = yaml.safe_load((repo_root / "master").read_text())
+    settings = {key: config[key] for key in MASTER_SETTINGS}
+    settings["module_dirs"] = [str(repo_root / path) for path in settings["module_dirs"]]
+    return settings
+
+
 @pytest.fixture(scope="package")
-def salt_master(salt_factories, repo_root, pillar_root, gpg_home):
-    factory = salt_factories.salt_master_daemon(
-        "dh-master",
-        overrides={
-            "file_roots": {"base": [str(repo_root / "salt")]},
-            "pillar_roots": {"base": [str(pillar_root)]},
-            "gpg_keydir": str(gpg_home["home"]),
-            "gpg_decrypt_must_succeed": True,
-        },
-    )
+def master_overrides(repo_root, pillar_root, gpg_home):
+    """The test master's config; other test modules may add keys before the master starts."""
+    return {
+        **repository_master_settings(repo_root),
+        "file_roots": {"base": [str(repo_root / "salt")]},
+        "pillar_roots": {"base": [str(pillar_root)]},
+        "gpg_keydir": str(gpg_home["home"]),
+        "gpg_decrypt_must_succeed": True,
+    }
+
+
+@pytest.fixture(scope="package")
+def salt_master(salt_factories, master_overrides):
+    factory = salt_factories.salt_master_daemon("dh-master", overrides=master_overrides)
     with factory.started():
         yield factory
 
 
-def _minion(salt_master, minion_id, grains, dockerd):
+@pytest.fixture(scope="package")
+def salt_run(salt_master):
+    return salt_master.salt_run_cli(timeout=60)
+
+
+def set_node_class(salt_run, minion_id, node_class):
+    ret = salt_run.run("node_class.set", minion_id, node_class)
+    assert ret.returncode == 0, ret.stdout + ret.stderr
+    return ret
+
+
+def start_minion(salt_master, salt_run, minion_id, dockerd, grains=None, **overrides):
+    """A minion of this master managing ``dockerd``; its class comes from NODE_CLASSES."""
+    if minion_id in NODE_CLASSES:
+        set_node_class(salt_run, minion_id, NODE_CLASSES[minion_id])
     return salt_master.salt_minion_daemon(
         minion_id,
-        overrides={"grains": grains, "docker.url": dockerd.url},
+        overrides={"grains": grains or {}, "docker.url": dockerd.url, **overrides},
     )
 
 
 @pytest.fixture(scope="package")
-def dataserver_minion(salt_master, dockerd):
-    factory = _minion(salt_master, "dh-dataserver", {"class": "dataserver"}, dockerd)
+def dataserver_minion(salt_master, salt_run, dockerd):
+    factory = start_minion(salt_master, salt_run, "dh-dataserver", dockerd)
     with factory.started():
         yield factory
 
 
 @pytest.fixture(scope="package")
-def other_minion(salt_master, dockerd):
-    factory = _minion(salt_master, "dh-webserver", {"class": "webserver"}, dockerd)
+def other_minion(salt_master, salt_run, dockerd):
+    # A backends node that claims the dataserver class by every grain it can set.
+    grains = {"class": "dataserver", "node_class": "dataserver"}
+    factory = start_minion(salt_master, salt_run, "dh-webserver", dockerd, grains=grains)
     with factory.started():
         yield factory
 
@@ -150,20 +196,22 @@ def salt_cli(salt_master):
 
 
 HELPERS = SimpleNamespace(
+    set_node_class=set_node_class,
     write_secrets=write_secrets,
     make_key=make_key,
     stop_agent=stop_agent,
     timings=TIMINGS,
     secret_names=SECRET_NAMES,
-    test_registry=TEST_REGISTRY,
 )
 
 
 @pytest.fixture(scope="package")
-def node(salt_cli, dataserver_minion, dockerd, test_paths, secret_values):
-    """The dataserver node under test: salt CLI, minion, its dockerd, paths, secrets."""
+def node(salt_master, dataserver_minion, dockerd, test_paths, secret_values):
+    """The dataserver node under test: salt and salt-run CLIs, minion, its dockerd, paths,
+    secrets."""
     return SimpleNamespace(
-        cli=salt_cli,
+        cli=salt_master.salt_cli(timeout=180),
+        run=salt_master.salt_run_cli(timeout=60),
         minion=dataserver_minion,
         dockerd=dockerd,
         paths=test_paths,

@@ -9,7 +9,6 @@ The tests in this module run in order and share one master, minion and dockerd.
 
 import json
 import socket
-import subprocess
 import time
 
 import pytest
@@ -49,49 +48,7 @@ def env_of(container):
 # --- bad pillar: the run fails before anything changes, naming the key --------------------
 
 
-BAD_PILLAR = [
-    ({"docker": {"containers": {"postgres": {"image": ""}}}}, "docker:containers:postgres:image"),
-    ({"docker": {"storage": {"mode": "btrfs"}}}, "docker:storage:mode: 'btrfs'"),
-    ({"docker": {"storage": {"mode": "overlay2"}}}, "grain docker_disk is missing"),
-    (
-        {"docker": {"containers": {"postgres": {"port_bindings": ["127.0.0.1:5432:5432:1"]}}}},
-        "docker:containers:postgres:port_bindings:0: malformed port",
-    ),
-    (
-        {"docker": {"containers": {"postgres": {"restart_policy": "sometimes"}}}},
-        "docker:containers:postgres:restart_policy: 'sometimes'",
-    ),
-    (
-        {"docker": {"containers": {"postgres": {"restart_retries": 10}}}},
-        "docker:containers:postgres:restart_retries is only valid with restart_policy on-failure",
-    ),
-    (
-        {"docker": {"containers": {"pg_data": {"environment": {"X": {"secret": "nope"}}}}}},
-        "docker:containers:pg_data:environment:X refers to secret 'nope'",
-    ),
-]
-
-
-@pytest.mark.parametrize(("override", "message"), BAD_PILLAR, ids=lambda v: str(v)[:40])
-def test_bad_pillar_fails_before_any_change(node, override, message):
-    ret, _ = apply(node, f"pillar={json.dumps(override)}")
-    assert ret.returncode != 0
-    assert message in ret.stdout
-    assert node.dockerd.container_names() == []
-    assert not node.paths["daemon_json"].exists()
-    assert not node.paths["registry_config"].exists()
-
-
-def test_disk_holding_a_filesystem_is_refused(node):
-    disk = node.paths["ext4_disk"]
-    with open(disk, "wb") as handle:
-        handle.truncate(16 * 1024 * 1024)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(disk)], check=True)
-    override = {"docker": {"storage": {"mode": "overlay2", "device": str(disk)}}}
-    ret, _ = apply(node, f"pillar={json.dumps(override)}")
-    assert ret.returncode != 0
-    assert f"docker:storage: {disk} holds a ext4 filesystem; refusing" in ret.stdout
-    assert node.dockerd.container_names() == []
+# Bad pillar: tests/states/test_bad_pillars.py runs the corpus through this node.
 
 
 # --- converge --------------------------------------------------------------------------------
@@ -139,8 +96,6 @@ def test_first_highstate_runs_the_dataserver_containers(node):
     assert daemon_json["log-driver"] == "json-file"
     assert "storage-driver" not in daemon_json  # storage mode none in the test pillar
 
-    registry = json.loads(node.paths["registry_config"].read_text())
-    assert node.helpers.test_registry in registry["auths"]
     assert ret.stdout.count("**********") >= 1
 
 
@@ -214,22 +169,6 @@ def test_secrets_never_in_the_mine(node):
     assert node.secrets["postgres_password"] not in ret.stdout
 
 
-def test_mine_would_hold_the_secret_without_update_mine_off(node):
-    """Control for the test above: with docker.update_mine on, a container change pushes
-    `docker.ps verbose` (container env) to the mine. Flushed again afterwards."""
-    node.dockerd.cli("rm", "-f", "postgres")
-    try:
-        ret, _ = apply(node, 'pillar={"docker.update_mine": true}')
-        assert ret.returncode == 0, ret.stdout
-        deadline = time.monotonic() + 30
-        while node.secrets["postgres_password"] not in mine_docker_ps(node).stdout:
-            assert time.monotonic() < deadline, "docker.ps never reached the mine"
-            time.sleep(1)
-    finally:
-        node.cli.run("mine.flush", minion_tgt=node.minion.id)
-    assert not mine_docker_ps(node).data
-
-
 def test_secrets_never_in_repository_files(repo_root, node):
     skip = {".git", ".venv", ".venv-salt3007", "__pycache__", ".ruff_cache", ".pytest_cache"}
     leaks = []
@@ -288,3 +227,16 @@ def test_secret_for_another_key_stops_state_apply(node, restore_secrets, tmp_pat
     finally:
         node.helpers.stop_agent(other_home)
     _assert_apply_refused_and_nothing_changed(node)
+
+
+def test_storage_without_a_disk_stops_before_docker(node):
+    """No docker_ebs_volume grain and no docker:storage:device: the disk gate fails when it
+    runs, and nothing that needs storage (daemon.json, containers) is touched."""
+    before = (node.dockerd.cli("ps", "-aq", "--no-trunc"), node.paths["daemon_json"].read_text())
+    override = {"docker": {"storage": {"mode": "overlay2"}}}
+    ret, _ = apply(node, f"pillar={json.dumps(override)}")
+    assert ret.returncode != 0
+    assert "grain docker_ebs_volume is missing" in ret.stdout
+    assert failed(ret)["docker_storage_|-docker-storage-disk_|-docker_vol_|-disk_checked"]
+    after = (node.dockerd.cli("ps", "-aq", "--no-trunc"), node.paths["daemon_json"].read_text())
+    assert after == before

@@ -1,8 +1,9 @@
 """
 Render the whole docker formula for every OS family a user meets on EC2 (salt-call --local
-with grain overrides) and check packages, repositories, services, storage commands and
-daemon.json. The LVM states cannot run on this host (no device-mapper); they run for real in
-the VM tests. The extra disk here is a blank image file named by the docker_disk grain.
+with grain overrides) and check packages, repositories, services, storage states and
+daemon.json. Rendering is pure: the docker_ebs_volume grain names a disk this machine does
+not have, and the render still works (the disk is found and checked by the states when they
+run; those run on loop devices in test_disk.py and for real in the VM tests).
 """
 
 import json
@@ -60,12 +61,7 @@ def render_pillar(tmp_path_factory, repo_root):
     return root
 
 
-@pytest.fixture(scope="module")
-def blank_disk(tmp_path_factory):
-    disk = tmp_path_factory.mktemp("disk") / "xvdb"
-    with open(disk, "wb") as handle:
-        handle.truncate(64 * 1024 * 1024)
-    return disk
+ABSENT_DISK = {"device_name": "/dev/sdz", "volume_id": "vol-0123456789abcdef0"}
 
 
 def salt_call(config_dir, *args):
@@ -86,7 +82,7 @@ PILLAR_VARIANTS = (
 
 
 @pytest.fixture(scope="module")
-def renders(tmp_path_factory, repo_root, render_pillar, blank_disk):
+def renders(tmp_path_factory, repo_root, render_pillar):
     """salt-call results of `state.show_sls docker` per (OS, pillar variant), made up front
     in parallel (each salt-call spends ~2 s starting up)."""
     base = tmp_path_factory.mktemp("render")
@@ -94,8 +90,7 @@ def renders(tmp_path_factory, repo_root, render_pillar, blank_disk):
     for name, os_grains in OS_GRAINS.items():
         config_dir = base / name
         config_dir.mkdir()
-        grains = dict(os_grains, **{"class": "dataserver"})
-        grains["docker_disk"] = {"device": str(blank_disk), "volume_id": "vol-0123456789abcdef0"}
+        grains = dict(os_grains, docker_ebs_volume=ABSENT_DISK)
         config = {
             "id": f"render-{name}",
             "file_client": "local",
@@ -105,6 +100,10 @@ def renders(tmp_path_factory, repo_root, render_pillar, blank_disk):
             "grains": grains,
         }
         (config_dir / "minion").write_text(yaml.safe_dump(config))
+        # The node class registry of this masterless minion (pillar/top.sls reads it).
+        registry = config_dir / "etc" / "salt" / "pki" / "minion" / "node_classes"
+        registry.mkdir(parents=True)
+        (registry / config["id"]).write_text("dataserver\n")
         configs[name] = config_dir
 
     def render_os(name):
@@ -154,7 +153,7 @@ def state(rendered, state_id):
     return f"{module}.{function}", args
 
 
-def test_overlay2_storage_packages_and_service(node_os, blank_disk):
+def test_overlay2_storage_packages_and_service(node_os):
     name, show = node_os
     rendered = show_sls(show)
     family = OS_GRAINS[name]["os_family"]
@@ -174,21 +173,44 @@ def test_overlay2_storage_packages_and_service(node_os, blank_disk):
     else:
         assert "docker-repo" not in rendered
 
-    pv = state(rendered, "docker-storage-pv")
-    assert (pv[0], pv[1]["name"]) == ("lvm.pv_present", str(blank_disk))
-    vg = state(rendered, "docker-storage-vg")[1]
-    assert (vg["name"], vg["devices"]) == ("docker_vol", str(blank_disk))
-    lv_cmd = state(rendered, "docker-storage-lv")[1]
-    assert lv_cmd["name"] == "lvcreate --yes --wipesignatures y -n docker -l 100%FREE docker_vol"
-    assert lv_cmd["unless"] == "lvs docker_vol/docker"
-    mkfs = state(rendered, "docker-storage-filesystem")[1]
-    assert mkfs["name"] == "mkfs.xfs -n ftype=1 /dev/docker_vol/docker"
-    assert mkfs["unless"] == "blkid -p /dev/docker_vol/docker"
+    # The disk is named only by the grain: found and checked when the states run.
+    disk = state(rendered, "docker-storage-disk")
+    assert disk == (
+        "docker_storage.disk_checked",
+        {
+            "name": "docker_vol",
+            "device": None,
+            "volume_id": None,
+            "require": ["docker-storage-packages"],
+        },
+    )
+    vg = state(rendered, "docker-storage-vg")
+    assert vg[0] == "docker_storage.volume_group_present"
+    assert vg[1]["require"] == [{"docker_storage": "docker-storage-disk"}]
+    assert state(rendered, "docker-storage-lv") == (
+        "lvm.lv_present",
+        {
+            "name": "docker",
+            "vgname": "docker_vol",
+            "extents": "100%FREE",
+            "require": [{"docker_storage": "docker-storage-vg"}],
+        },
+    )
+    assert state(rendered, "docker-storage-filesystem")[:2] == (
+        "docker_storage.filesystem_present",
+        {
+            "name": "/dev/docker_vol/docker",
+            "fstype": "xfs",
+            "require": [{"lvm": "docker-storage-lv"}],
+        },
+    )
     mounted = state(rendered, "docker-storage-mounted")
     assert mounted[0] == "mount.mounted"
     assert mounted[1]["name"] == "/var/lib/docker"
     assert mounted[1]["persist"] is True
     assert {"docker_host": "docker-storage-data-root-moved"} in mounted[1]["require"]
+    # No state runs a shell.
+    assert not [sid for sid, body in rendered.items() if "cmd" in body]
 
     service = state(rendered, "docker-service")
     assert service[0] == "service.running"
@@ -204,36 +226,42 @@ def test_overlay2_storage_packages_and_service(node_os, blank_disk):
     assert config["require"] == [{"test": "docker-storage-ready"}]
 
 
-def test_devicemapper_direct_lvm(node_os, blank_disk):
+def test_devicemapper_direct_lvm(node_os):
     _, show = node_os
     rendered = show_sls(show, {"docker": {"storage": {"mode": "devicemapper"}}})
+    # The engine check gates the disk: nothing touches it on Engine >= 25.
     assert state(rendered, "docker-storage-driver-supported") == (
         "docker_host.storage_driver_supported",
-        {"name": "devicemapper", "require": [{"pkg": "docker-packages"}]},
+        {
+            "name": "devicemapper",
+            "require": [{"pkg": "docker-packages"}],
+            "require_in": [{"docker_storage": "docker-storage-disk"}],
+        },
     )
-    assert state(rendered, "docker-storage-thinpool-lv")[1]["name"] == (
-        "lvcreate --yes --wipesignatures y -n thinpool docker_vol -l 95%VG"
-    )
-    assert state(rendered, "docker-storage-metadata-lv")[1]["name"] == (
-        "lvcreate --yes --wipesignatures y -n thinpoolmeta docker_vol -l 1%VG"
-    )
-    assert state(rendered, "docker-storage-thinpool")[1]["name"] == (
-        "lvconvert -y --zero n -c 512K --thinpool docker_vol/thinpool"
-        " --poolmetadata docker_vol/thinpoolmeta"
+    assert state(rendered, "docker-storage-thinpool") == (
+        "docker_storage.thin_pool_present",
+        {
+            "name": "thinpool",
+            "vgname": "docker_vol",
+            "metadata": "thinpoolmeta",
+            "extents": "95%VG",
+            "metadata_extents": "1%VG",
+            "profile": "docker-thinpool",
+            "require": [{"file": "docker-storage-thinpool-profile"}],
+            "require_in": [{"test": "docker-storage-ready"}],
+        },
     )
     profile = state(rendered, "docker-storage-thinpool-profile")[1]
     assert profile["name"] == "/etc/lvm/profile/docker-thinpool.profile"
     assert "thin_pool_autoextend_threshold=80" in profile["contents"]
     assert "thin_pool_autoextend_percent=20" in profile["contents"]
-    assert state(rendered, "docker-storage-thinpool-profile-applied")[1]["name"] == (
-        "lvchange --metadataprofile docker-thinpool docker_vol/thinpool"
-    )
     assert state(rendered, "docker-config")[1]["dataset"]["storage-opts"] == [
         "dm.thinpooldev=/dev/mapper/docker_vol-thinpool",
         "dm.use_deferred_removal=true",
         "dm.use_deferred_deletion=true",
     ]
     assert "docker-storage-mounted" not in rendered
+    assert not [sid for sid, body in rendered.items() if "cmd" in body]
 
 
 def test_docker_repository_option(node_os):
@@ -243,6 +271,7 @@ def test_docker_repository_option(node_os):
         proc = show(override)
         assert proc.returncode != 0
         assert "docker:install:source: 'docker' has no packages for this OS" in proc.stdout
+        assert "did you mean" not in proc.stdout
         return
     rendered = show_sls(show, override)
     assert state(rendered, "docker-packages")[1]["pkgs"] == [
@@ -263,19 +292,22 @@ def test_shipped_dataserver_containers(node_os):
     _, show = node_os
     rendered = show_sls(show)
     kind, postgres = state(rendered, "docker-container-postgres")
-    assert kind == "docker_host.container_running"
+    assert kind == "docker_containers.running"
     assert postgres["log_driver"] == "awslogs"
     assert postgres["log_opt"] == {
         "awslogs-region": "cn-north-1",
         "awslogs-group": "dataserver",
         "awslogs-stream": "postgres",
+        "awslogs-create-group": "true",
     }
     assert postgres["restart_policy"] == "always"
     assert "restart_retries" not in postgres
     assert postgres["volumes_from"] == ["pg_data"]
     # Secrets stay references in the rendered states; resolved only when the state runs.
     assert postgres["environment"]["POSTGRES_PASSWORD"] == {"secret": "postgres_password"}
-    assert {"docker_host": "docker-container-pg_data"} in postgres["require"]
+    assert {"docker_containers": "docker-container-pg_data"} in postgres["require"]
     pg_data = state(rendered, "docker-container-pg_data")[1]
     assert pg_data["start"] is False
-    assert pg_data["volumes"] == ["/var/lib/postgresql"]
+    # The database is on a named volume, which outlives every container that mounts it.
+    assert pg_data["binds"] == ["pgdata:/var/lib/postgresql"]
+    assert {"docker_volume": "docker-volume-pgdata"} in postgres["require"]

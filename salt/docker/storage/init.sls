@@ -1,7 +1,7 @@
 {#- Docker storage on the extra disk, by docker:storage:mode (none, overlay2, devicemapper).
-    docker_host.validate (map.jinja) has already resolved the disk and refused one that holds
-    a filesystem, a partition table or another volume group. #}
-{%- from tpldir.split("/")[0] ~ "/map.jinja" import docker with context %}
+    The disk is found and checked when the states run (docker_storage.disk_checked), not
+    while rendering: `state.show_sls docker` renders on a machine without it. #}
+{%- from tpldir.split("/")[0] ~ "/settings.jinja" import docker with context %}
 {%- if docker.storage.mode != "none" %}
 include:
   - .{{ docker.storage.mode }}

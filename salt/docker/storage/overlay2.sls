@@ -1,59 +1,41 @@
-{#- overlay2 on an LV of its own: PV + VG on the disk, one LV, XFS (ftype=1, which overlay2
-    needs) or ext4, mounted at /var/lib/docker (and in fstab) before Docker starts. #}
-{%- from tpldir.split("/")[0] ~ "/map.jinja" import docker with context %}
+{#- overlay2 on an LV of its own: one LV on the Docker VG, XFS (ftype=1, which overlay2
+    needs) or ext4, mounted at Docker's data root (and in fstab) before Docker starts. #}
+{%- from tpldir.split("/")[0] ~ "/settings.jinja" import docker with context %}
 {%- set storage = docker.storage %}
 {%- set overlay = storage.overlay2 %}
 {%- set lv_device = "/dev/" ~ storage.volume_group ~ "/" ~ overlay.logical_volume %}
-
-docker-storage-packages:
-  pkg.installed:
-    - pkgs: {{ docker.storage_pkgs|json }}
-
-docker-storage-pv:
-  lvm.pv_present:
-    - name: {{ storage.device }}
-    - require:
-      - pkg: docker-storage-packages
-
-docker-storage-vg:
-  lvm.vg_present:
-    - name: {{ storage.volume_group }}
-    - devices: {{ storage.device }}
-    - require:
-      - lvm: docker-storage-pv
+include:
+  - .disk
 
 docker-storage-lv:
-  cmd.run:
-    - name: lvcreate --yes --wipesignatures y -n {{ overlay.logical_volume }} -l {{ overlay.extents }} {{ storage.volume_group }}
-    - unless: lvs {{ storage.volume_group }}/{{ overlay.logical_volume }}
+  lvm.lv_present:
+    - name: {{ overlay.logical_volume|json }}
+    - vgname: {{ storage.volume_group|json }}
+    - extents: {{ overlay.extents|json }}
     - require:
-      - lvm: docker-storage-vg
+      - docker_storage: docker-storage-vg
 
+# Only a blank LV is formatted; one holding another filesystem is refused, never reformatted.
 docker-storage-filesystem:
-  cmd.run:
-{%- if overlay.filesystem == "xfs" %}
-    - name: mkfs.xfs -n ftype=1 {{ lv_device }}
-{%- else %}
-    - name: mkfs.ext4 {{ lv_device }}
-{%- endif %}
-    # Only a blank LV: never reformat one that already holds a filesystem.
-    - unless: blkid -p {{ lv_device }}
+  docker_storage.filesystem_present:
+    - name: {{ lv_device|json }}
+    - fstype: {{ overlay.filesystem|json }}
     - require:
-      - cmd: docker-storage-lv
+      - lvm: docker-storage-lv
 
 docker-storage-data-root-moved:
   docker_host.data_root_moved:
-    - name: {{ overlay.mountpoint }}
-    - device: {{ lv_device }}
-    - fstype: {{ overlay.filesystem }}
+    - name: {{ overlay.mountpoint|json }}
+    - device: {{ lv_device|json }}
+    - fstype: {{ overlay.filesystem|json }}
     - require:
-      - cmd: docker-storage-filesystem
+      - docker_storage: docker-storage-filesystem
 
 docker-storage-mounted:
   mount.mounted:
-    - name: {{ overlay.mountpoint }}
-    - device: {{ lv_device }}
-    - fstype: {{ overlay.filesystem }}
+    - name: {{ overlay.mountpoint|json }}
+    - device: {{ lv_device|json }}
+    - fstype: {{ overlay.filesystem|json }}
     - opts: defaults
     - mkmnt: True
     - persist: True

@@ -1,0 +1,238 @@
+"""
+States for Docker's storage on the extra disk, each command an argument list (no shell).
+
+- ``disk_checked``: the gate every other storage state requires: finds the Docker disk
+  (pillar docker:storage:device, else the ``docker_ebs_volume`` / ``docker_disk`` grain)
+  and refuses it unless it is blank, whole, unused and not the root disk, or already our
+  own (half-made) volume group. Any probe error refuses (docker_host.disk_verdict).
+- ``volume_group_present``: PV (with a UUID derived from the disk, so a PV an interrupted
+  run left is recognised as ours) and VG (tagged) on that disk.
+- ``filesystem_present``: make a filesystem on a blank LV; refuse one holding another.
+  (Salt's ``blockdev.formatted`` reformats a device whose filesystem differs, and reads a
+  failed probe as "no filesystem": not for a volume holding data.)
+- ``thin_pool_present``: Docker's direct-lvm thin pool (devicemapper, Engine <= 24).
+"""
+
+import os
+
+__virtualname__ = "docker_storage"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _ret(name):
+    return {"name": name, "result": True, "changes": {}, "comment": ""}
+
+
+def _disk(device, volume_id):
+    return __salt__["docker_host.docker_disk"](device, volume_id)
+
+
+def _run(cmd):
+    """Run an argument list; raise with its stderr when it fails."""
+    result = __salt__["cmd.run_all"](cmd, python_shell=False, ignore_retcode=True)
+    if result["retcode"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {result['stderr'].strip() or result['stdout']}")
+    return result["stdout"]
+
+
+def _verdict(name, device, volume_id):
+    disk, disk_id = _disk(device, volume_id)
+    return disk, disk_id, __salt__["docker_host.disk_verdict"](disk, name, disk_id)
+
+
+def disk_checked(name, device=None, volume_id=None):
+    """
+    Succeed only when Docker's volume group ``name`` may live on the Docker disk.
+
+    .. code-block:: yaml
+
+        docker-storage-disk:
+          docker_storage.disk_checked:
+            - name: docker_vol
+    """
+    ret = _ret(name)
+    try:
+        disk, _, verdict = _verdict(name, device, volume_id)
+    except Exception as error:  # every probe failure refuses
+        ret.update(result=False, comment=f"docker:storage: refusing the Docker disk: {error}")
+        return ret
+    meaning = {
+        "blank": "is blank: the volume group will be created on it",
+        "our-pv": "holds the physical volume a previous run made: the group will be finished",
+        "our-vg": f"already holds volume group {name}",
+    }
+    ret["comment"] = f"{disk} {meaning[verdict]}"
+    return ret
+
+
+def volume_group_present(name, device=None, volume_id=None):
+    """
+    Volume group ``name`` on the Docker disk: ``pvcreate`` with the disk's marker UUID and
+    ``vgcreate`` with the ``docker_host`` tag, each only when missing.
+    """
+    ret = _ret(name)
+    try:
+        disk, disk_id, verdict = _verdict(name, device, volume_id)
+    except Exception as error:
+        ret.update(result=False, comment=f"docker:storage: refusing the Docker disk: {error}")
+        return ret
+    if verdict == "our-vg":
+        ret["comment"] = f"volume group {name} is on {disk}"
+        return ret
+    if os.path.exists(f"/dev/{name}"):
+        # /dev/<vg> becomes the new VG's directory: a name already taken there is refused.
+        ret.update(result=False, comment=f"/dev/{name} already exists: choose another VG name")
+        return ret
+    steps = _vg_steps(name, disk, disk_id, verdict)
+    if __opts__["test"]:
+        ret.update(result=None, comment=f"would run: {'; '.join(' '.join(s) for s in steps)}")
+        return ret
+    try:
+        for step in steps:
+            _run(step)
+    except RuntimeError as error:
+        ret.update(result=False, comment=str(error))
+        return ret
+    ret["changes"] = {"device": disk, "volume_group": name, "created": [s[0] for s in steps]}
+    ret["comment"] = f"volume group {name} created on {disk}"
+    return ret
+
+
+def _vg_steps(name, disk, disk_id, verdict):
+    marker = __salt__["docker_host.pv_marker"](disk_id)
+    tag = "docker_host"
+    pvcreate = [__salt__["docker_host.lvm_tool"]("pvcreate"), "--norestorefile"]
+    pvcreate += ["--uuid", marker, disk]
+    vgcreate = [__salt__["docker_host.lvm_tool"]("vgcreate"), "--addtag", tag, name, disk]
+    return [vgcreate] if verdict == "our-pv" else [pvcreate, vgcreate]
+
+
+def _blkid_type(device):
+    """The filesystem type on ``device``, "" when there is none; raises on probe errors."""
+    result = __salt__["cmd.run_all"](
+        ["blkid", "-p", "-s", "TYPE", "-o", "value", device],
+        python_shell=False,
+        ignore_retcode=True,
+    )
+    if result["retcode"] == 2:
+        return ""
+    if result["retcode"] != 0:
+        raise RuntimeError(f"blkid -p {device} failed: {result['stderr'].strip()}")
+    return result["stdout"].strip()
+
+
+MKFS = {
+    "xfs": ["mkfs.xfs", "-n", "ftype=1"],
+    "ext4": ["mkfs.ext4", "-q"],
+}
+
+
+def filesystem_present(name, fstype):
+    """A ``fstype`` filesystem on the block device ``name``; made only when it has none."""
+    ret = _ret(name)
+    try:
+        current = _blkid_type(name)
+    except RuntimeError as error:
+        ret.update(result=False, comment=str(error))
+        return ret
+    if current == fstype:
+        ret["comment"] = f"{name} holds {fstype}"
+        return ret
+    if current:
+        ret.update(result=False, comment=f"{name} holds {current}, not {fstype}: refusing")
+        return ret
+    if __opts__["test"]:
+        ret.update(result=None, comment=f"{fstype} would be made on {name}")
+        return ret
+    try:
+        _run([*MKFS[fstype], name])
+    except RuntimeError as error:
+        ret.update(result=False, comment=str(error))
+        return ret
+    ret.update(changes={"filesystem": fstype}, comment=f"{fstype} made on {name}")
+    return ret
+
+
+def _lv_attr(vgname, lvname):
+    """lv_attr of ``vgname/lvname``, or None when it does not exist."""
+    lvs = __salt__["docker_host.lvm_tool"]("lvs")
+    result = __salt__["cmd.run_all"](
+        [lvs, "--noheadings", "-o", "lv_attr", f"{vgname}/{lvname}"],
+        python_shell=False,
+        ignore_retcode=True,
+    )
+    return result["stdout"].strip() if result["retcode"] == 0 else None
+
+
+def _thin_pool_steps(name, vgname, metadata, extents, metadata_extents):
+    lvcreate = __salt__["docker_host.lvm_tool"]("lvcreate")
+    lvconvert = __salt__["docker_host.lvm_tool"]("lvconvert")
+    steps = []
+    for lv, size in ((name, extents), (metadata, metadata_extents)):
+        if _lv_attr(vgname, lv) is None:
+            steps.append(
+                [lvcreate, "--yes", "--wipesignatures", "y", "-n", lv, "-l", str(size), vgname]
+            )
+    steps.append(
+        [
+            lvconvert,
+            "-y",
+            "--zero",
+            "n",
+            "-c",
+            "512K",
+            "--thinpool",
+            f"{vgname}/{name}",
+            "--poolmetadata",
+            f"{vgname}/{metadata}",
+        ]
+    )
+    return steps
+
+
+def _profile_step(name, vgname, profile):
+    lvs = __salt__["docker_host.lvm_tool"]("lvs")
+    result = __salt__["cmd.run_all"](
+        [lvs, "--noheadings", "-o", "lv_profile", f"{vgname}/{name}"],
+        python_shell=False,
+        ignore_retcode=True,
+    )
+    if result["retcode"] == 0 and result["stdout"].strip() == profile:
+        return []
+    lvchange = __salt__["docker_host.lvm_tool"]("lvchange")
+    return [[lvchange, "--metadataprofile", profile, f"{vgname}/{name}"]]
+
+
+def thin_pool_present(name, vgname, metadata, extents, metadata_extents, profile):  # noqa: PLR0917
+    """
+    Docker's direct-lvm thin pool ``vgname/name``: data and metadata LVs, converted to a thin
+    pool, with the autoextend ``profile`` attached. Each step only when missing.
+    """
+    ret = _ret(f"{vgname}/{name}")
+    attr = _lv_attr(vgname, name)
+    steps = (
+        []
+        if attr and attr.startswith("t")
+        else _thin_pool_steps(name, vgname, metadata, extents, metadata_extents)
+    )
+    if __opts__["test"]:
+        pending = steps or _profile_step(name, vgname, profile)
+        ret.update(result=None if pending else True, comment=f"{len(pending)} step(s) to run")
+        return ret
+    try:
+        for step in steps:
+            _run(step)
+        profile_steps = _profile_step(name, vgname, profile)
+        for step in profile_steps:
+            _run(step)
+    except RuntimeError as error:
+        ret.update(result=False, comment=str(error))
+        return ret
+    done = [" ".join(step[:2]) for step in steps + profile_steps]
+    if done:
+        ret["changes"] = {"ran": done}
+    ret["comment"] = f"thin pool {vgname}/{name} ready"
+    return ret

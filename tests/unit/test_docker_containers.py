@@ -1,0 +1,163 @@
+"""
+docker_containers execution module and states without a Docker daemon: image names and
+registries, the config hash, drift decisions from an inspection, which volumes a re-create
+carries over or refuses, secret resolution and masking.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from salt.exceptions import CommandExecutionError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HASH_LABEL = "docker-hosts.config-hash"
+VOLUME = "a" * 64
+
+
+def _load(kind):
+    spec = importlib.util.spec_from_file_location(
+        f"{kind}_docker_containers", REPO_ROOT / "salt" / f"_{kind}" / "docker_containers.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def mod():
+    module = _load("modules")
+    module.__context__ = {}
+    return module
+
+
+@pytest.fixture
+def states():
+    return _load("states")
+
+
+@pytest.mark.parametrize(
+    ("image", "split", "registry"),
+    [
+        ("busybox", ("busybox", "latest"), "docker.io"),
+        ("busybox:1.36", ("busybox", "1.36"), "docker.io"),
+        ("library/postgres:16", ("library/postgres", "16"), "docker.io"),
+        (
+            "registry.example.com:5000/app",
+            ("registry.example.com:5000/app", "latest"),
+            "registry.example.com:5000",
+        ),
+        (
+            "registry.example.com/team/app:2",
+            ("registry.example.com/team/app", "2"),
+            "registry.example.com",
+        ),
+        ("localhost/app:1", ("localhost/app", "1"), "localhost"),
+        ("app@sha256:" + "b" * 64, ("app@sha256:" + "b" * 64, None), "docker.io"),
+    ],
+)
+def test_image_names(mod, image, split, registry):
+    assert mod.split_image(image) == split
+    assert mod.registry_of(image) == registry
+
+
+def test_config_hash_changes_with_anything_the_pillar_says(mod):
+    base = mod.config_hash("busybox:latest", {"environment": {"A": "1"}}, {}, True)
+    assert base == mod.config_hash("busybox:latest", {"environment": {"A": "1"}}, {}, True)
+    others = {
+        mod.config_hash("busybox:1.36", {"environment": {"A": "1"}}, {}, True),
+        mod.config_hash("busybox:latest", {"environment": {"A": "2"}}, {}, True),
+        mod.config_hash("busybox:latest", {"environment": {"A": "1"}}, {"net": {}}, True),
+        mod.config_hash("busybox:latest", {"environment": {"A": "1"}}, {}, False),
+    }
+    assert base not in others and len(others) == 4
+
+
+def _container(**overrides):
+    container = {
+        "Id": "c" * 64,
+        "Image": "sha256:" + "1" * 64,
+        "Config": {"Labels": {HASH_LABEL: "h"}},
+        "HostConfig": {"RestartPolicy": {"Name": "always", "MaximumRetryCount": 0}, "Memory": 0},
+        "NetworkSettings": {"Networks": {"bridge": {}}},
+        "State": {"Running": True, "Paused": False, "Status": "running"},
+        "Mounts": [],
+    }
+    container.update(overrides)
+    return container
+
+
+def _desired(**overrides):
+    desired = {
+        "hash": "h",
+        "networks": {},
+        "start": True,
+        "host": {},
+        "host_config": {"RestartPolicy": {"Name": "always"}},
+    }
+    desired.update(overrides)
+    return desired
+
+
+def test_nothing_to_do(mod):
+    found = mod.drift(_container(), _desired(), "sha256:" + "1" * 64)
+    assert found == {"recreate": {}, "update": {}, "start": False}
+
+
+def test_drift_reasons(mod):
+    container = _container(
+        Config={"Labels": {}},
+        HostConfig={"RestartPolicy": {"Name": "no"}, "Memory": 67108864, "MemorySwap": 134217728},
+        State={"Running": False, "Status": "exited"},
+    )
+    found = mod.drift(container, _desired(networks={"backend": {}}), "sha256:" + "2" * 64)
+    assert set(found["recreate"]) == {"config", "image", "networks"}
+    assert found["update"]["RestartPolicy"] == {"old": "no", "new": "always"}
+    assert found["update"]["Memory"] == {"old": 67108864, "new": None}
+    assert found["start"] is True
+    # A limit cannot be lifted in place: re-create.
+    assert mod.update_args(found["update"], _desired()) is None
+    assert mod.update_args({"RestartPolicy": {}}, _desired()) == {
+        "restart_policy": {"Name": "always"}
+    }
+
+
+def test_docker_default_swap_is_not_drift(mod):
+    container = _container(
+        HostConfig={"RestartPolicy": {"Name": "always"}, "Memory": 100, "MemorySwap": 200}
+    )
+    desired = _desired(host_config={"RestartPolicy": {"Name": "always"}, "Memory": 100})
+    assert mod.drift(container, desired, None)["update"] == {}
+
+
+def test_start_false_never_asks_for_a_start(mod):
+    container = _container(State={"Running": False, "Status": "created"})
+    assert mod.drift(container, _desired(start=False), None)["start"] is False
+
+
+def _mount(name, where):
+    return {"Type": "volume", "Name": name, "Destination": where, "RW": True}
+
+
+def test_anonymous_volumes_are_carried_named_ones_are_not(mod):
+    old = _container(Mounts=[_mount(VOLUME, "/data"), _mount("pgdata", "/db")])
+    assert mod.carried_volumes("app", old, _desired()) == [f"{VOLUME}:/data:rw"]
+
+
+def test_putting_something_else_over_an_anonymous_volume_is_refused(mod):
+    old = _container(Mounts=[_mount(VOLUME, "/var/lib/postgresql")])
+    desired = _desired(host={"binds": ["pgdata:/var/lib/postgresql"]})
+    with pytest.raises(CommandExecutionError, match="would detach it from anonymous volume"):
+        mod.carried_volumes("pg_data", old, desired)
+
+
+def test_secrets_resolved_and_masked(states):
+    used = []
+    secrets = {"pw": "s3cret", "long": "s3cret-and-more"}
+    value = {"env": {"A": {"secret": "pw"}, "B": {"secret": "long"}}, "list": [{"secret": "pw"}]}
+    resolved = states._resolve(value, secrets, used)
+    assert resolved == {"env": {"A": "s3cret", "B": "s3cret-and-more"}, "list": ["s3cret"]}
+    masked = states._mask({"comment": "B=s3cret-and-more A=s3cret"}, used)
+    assert masked == {"comment": "B=********** A=**********"}
+    with pytest.raises(CommandExecutionError, match="'nope' is not in pillar docker_secrets"):
+        states._resolve({"secret": "nope"}, secrets, [])
