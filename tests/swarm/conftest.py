@@ -11,12 +11,11 @@ members by minion id; the swarm runner reads the registry files itself.
 """
 
 import json
-import os
+import re
 import secrets as random_secrets
-import tempfile
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import yaml
@@ -29,6 +28,14 @@ CLASS = "backends"
 NODES = ("sw1", "sw2", "sw3")
 INTRUDER = "intruder"
 TIMINGS = {}
+MASTER_SETTINGS = (
+    "module_dirs",
+    "ext_pillar",
+    "on_demand_ext_pillar",
+    "minion_data_cache",
+    "pillar_cache",
+    "enforce_mine_cache",
+)
 SECRET_KEYS = ("api_token", "web_env_key")
 IMAGES = ("app:1", "app:2")
 BROKEN_IMAGE = "app:broken"  # /bin/busybox left out: no command in it can start
@@ -131,38 +138,30 @@ def gpg_home(tmp_path_factory):
 
 
 class Pillar:
-    """The test pillar tree: top, the class's swarm, its GPG-encrypted secrets. The top gives
-    each class's pillar to the members the registry lists, as pillar/top.sls does through
-    pillar node_class (the master's registry), never by grain."""
+    """The repository's pillar tree with class ``backends`` added (its swarm and its GPG
+    secrets) and the docker formula's host-level parts switched off (not the test's to
+    touch). pillar/top.sls itself decides who gets what, from the master's registry."""
 
-    def __init__(self, root, public_key):
+    def __init__(self, root, repo_root, public_key):
         self.root = root
         self.public_key = public_key
         self.secrets = {}
         self.swarm = base_swarm_pillar()
-        (root / "secrets").mkdir(parents=True, exist_ok=True)
-        # The docker formula around it, with what is not the test's to touch switched off.
-        docker = {
+        shutil.copytree(repo_root / "pillar", root, dirs_exist_ok=True)
+        top = (root / "top.sls").read_text()
+        classes = re.search(r"set classes = \{\n", top)
+        assert classes, "pillar/top.sls has no classes map to add the test class to"
+        entry = f'      "{CLASS}": ["{CLASS}", "secrets.{CLASS}"],\n'
+        (root / "top.sls").write_text(top[: classes.end()] + entry + top[classes.end() :])
+        docker = yaml.safe_load((root / "docker.sls").read_text()) or {}
+        docker["docker"] = {
             "storage": {"mode": "none"},
+            "storage_pkgs": [],
             "install": {"manage": False},
             "service": {"manage": False},
             "config_file": str(root / "node-etc" / "daemon.json"),
         }
-        (root / "docker.sls").write_text(yaml.safe_dump({"docker": docker}))
-        self.write_top({})
-
-    def write_top(self, classes):
-        """``classes``: {minion id: class} as the registry holds them."""
-        members = sorted(minion for minion, name in classes.items() if name == CLASS)
-        top = {"base": {}}
-        if members:
-            top["base"][",".join(members)] = [
-                {"match": "list"},
-                "docker",
-                CLASS,
-                f"secrets.{CLASS}",
-            ]
-        (self.root / "top.sls").write_text(yaml.safe_dump(top, default_flow_style=False))
+        (root / "docker.sls").write_text(yaml.safe_dump(docker))
 
     def write(self):
         # "#!yaml": no Jinja, so swarm templates like {{.Node.Hostname}} stay as they are.
@@ -179,12 +178,21 @@ class Pillar:
 
 
 @pytest.fixture(scope="package")
-def pillar(tmp_path_factory, gpg_home):
-    tree = Pillar(tmp_path_factory.mktemp("swarm-pillar"), gpg_home["public"])
+def pillar(tmp_path_factory, repo_root, gpg_home):
+    tree = Pillar(tmp_path_factory.mktemp("swarm-pillar"), repo_root, gpg_home["public"])
     for key in SECRET_KEYS:
         tree.set_secret(key, f"{key}-{random_secrets.token_hex(12)}")
     tree.write()
     return tree
+
+
+def repository_master_settings(repo_root):
+    """What the repository's `master` sets for identity and pillar (module_dirs, the
+    node_class ext_pillar, caches off), paths made absolute."""
+    config = yaml.safe_load((repo_root / "master").read_text())
+    settings = {key: config[key] for key in MASTER_SETTINGS}
+    settings["module_dirs"] = [str(repo_root / path) for path in settings["module_dirs"]]
+    return settings
 
 
 @pytest.fixture(scope="package")
@@ -192,6 +200,7 @@ def salt_master(salt_factories, repo_root, pillar, gpg_home):
     factory = salt_factories.salt_master_daemon(
         "sw-master",
         overrides={
+            **repository_master_settings(repo_root),
             "file_roots": {"base": [str(repo_root / "salt")]},
             "pillar_roots": {"base": [str(pillar.root)]},
             "gpg_keydir": str(gpg_home["home"]),
@@ -229,8 +238,8 @@ def minions(salt_master, engines, events):
     factories[INTRUDER] = salt_master.salt_minion_daemon(
         INTRUDER,
         overrides={
-            # A grain it sets itself: it must count for nothing.
-            "grains": {"class": CLASS},
+            # Grains it sets itself: they must count for nothing.
+            "grains": {"class": CLASS, "node_class": CLASS},
             "docker.url": "unix:///nonexistent/docker.sock",
             "log_level_logfile": "trace",
         },
@@ -247,26 +256,17 @@ def minions(salt_master, engines, events):
 
 
 class Registry:
-    """The master's node class registry, as the node_class runner stores it; the test pillar
-    top follows it."""
+    """The master's node class registry, through the real node_class runner."""
 
-    def __init__(self, pki_dir, pillar):
-        self.directory = pki_dir / "node_classes"
-        self.directory.mkdir(mode=0o700, exist_ok=True)
-        self.pillar = pillar
+    def __init__(self, run_cli):
+        self.run_cli = run_cli
 
     def set(self, minion_id, class_name):
-        path = self.directory / minion_id
         if class_name is None:
-            path.unlink(missing_ok=True)
+            ret = self.run_cli.run("node_class.unset", minion_id)
         else:
-            handle, tmp = tempfile.mkstemp(dir=self.directory)
-            with os.fdopen(handle, "w") as out:
-                out.write(f"{class_name}\n")
-            os.replace(tmp, path)
-        self.pillar.write_top(
-            {entry.name: entry.read_text().strip() for entry in self.directory.iterdir()}
-        )
+            ret = self.run_cli.run("node_class.set", minion_id, class_name)
+        assert ret.returncode == 0, ret.stdout + ret.stderr
 
 
 def _states(data):
@@ -292,7 +292,7 @@ class Swarm:
         self.events = events
         self.run_cli = salt_master.salt_run_cli(timeout=600)
         self.cli = salt_master.salt_cli(timeout=600)
-        self.registry = Registry(Path(salt_master.config["pki_dir"]), pillar)
+        self.registry = Registry(self.run_cli)
         self.outputs = []  # every CLI output, searched for leaks at the end
         self.tokens = set()  # every join token the engines had, ditto
 

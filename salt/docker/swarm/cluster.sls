@@ -1,14 +1,14 @@
 {#- Swarm, the cluster's part: applied on one manager by the swarm runner (orch.swarm), which
     passes pillar swarm_run: the class (from the master's registry) and the nodes (minion id
     to swarm node id). Nodes, then networks/secrets/configs, then services, then pruning. #}
-{%- from tpldir ~ "/map.jinja" import swarm with context %}
+{%- from tpldir ~ "/settings.jinja" import swarm with context %}
 {%- set run = pillar.get("swarm_run", {}) %}
 {%- set class_name = run.get("class") %}
-{%- if not swarm.enabled or not class_name %}
+{%- if not swarm.enabled or not class_name or pillar.get("node_class") != class_name %}
 
 docker-swarm-cluster:
   test.fail_without_changes:
-    - name: "docker.swarm.cluster runs on a manager, from the swarm runner, for a class with swarm:enabled"
+    - name: "docker.swarm.cluster runs from the swarm runner on a manager of the class, whose swarm is enabled"
 {%- else %}
 {%-   for minion, node_id in run.get("nodes", {}).items() %}
 

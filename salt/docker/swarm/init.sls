@@ -2,7 +2,7 @@
     a swarm: block): the pillar is checked at render time and the engine must be able to be in
     a swarm. Joining is decided on the master, which alone may hand out join tokens:
     `salt-run state.orchestrate orch.swarm pillar='{"class": "<class>"}'` (docs/swarm.md). #}
-{%- from tpldir ~ "/map.jinja" import swarm with context %}
+{%- from tpldir ~ "/settings.jinja" import swarm with context %}
 {%- if swarm.enabled %}
 include:
   - docker.service
