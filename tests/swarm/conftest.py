@@ -209,6 +209,8 @@ def salt_master(salt_factories, repo_root, pillar, gpg_home):
             "auto_accept": True,
             # The most Salt ever logs: the tier checks no token or secret is in it.
             "log_level_logfile": "trace",
+            # Only warnings travel to pytest's log capture: trace stays in the files.
+            "pytest-master": {"log": {"level": "warning"}},
         },
     )
     started = time.monotonic()
@@ -233,6 +235,7 @@ def minions(salt_master, engines, events):
                 "grains": {"class": CLASS},
                 "docker.url": node.url,
                 "log_level_logfile": "trace",
+                "pytest-minion": {"log": {"level": "warning"}},
             },
         )
     factories[INTRUDER] = salt_master.salt_minion_daemon(
@@ -242,6 +245,7 @@ def minions(salt_master, engines, events):
             "grains": {"class": CLASS, "node_class": CLASS},
             "docker.url": "unix:///nonexistent/docker.sock",
             "log_level_logfile": "trace",
+            "pytest-minion": {"log": {"level": "warning"}},
         },
     )
     started = time.monotonic()
@@ -251,8 +255,8 @@ def minions(salt_master, engines, events):
     try:
         yield factories
     finally:
-        for factory in factories.values():
-            factory.terminate()
+        with ThreadPoolExecutor(max_workers=len(factories)) as pool:
+            list(pool.map(lambda factory: factory.terminate(), factories.values()))
 
 
 class Registry:
@@ -361,8 +365,8 @@ class Swarm:
 @pytest.fixture(scope="package")
 def swarm(salt_master, minions, engines, pillar, events):
     cluster = Swarm(salt_master, minions, engines, pillar, events)
-    for node in NODES:
-        cluster.registry.set(node, CLASS)
+    with ThreadPoolExecutor(max_workers=len(NODES)) as pool:
+        list(pool.map(lambda node: cluster.registry.set(node, CLASS), NODES))
     # Custom modules: runners and orchestration states on the master, the rest on minions.
     assert cluster.run_cli.run("saltutil.sync_all").returncode == 0
     synced = cluster.cli.run("saltutil.sync_all", minion_tgt="*")
