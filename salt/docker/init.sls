@@ -7,3 +7,7 @@ include:
   - .config
   - .service
   - .containers
+{#- swarm: only for a class whose pillar has swarm: (docker/swarm checks it, runs if enabled) #}
+{%- if pillar.get("swarm") %}
+  - .swarm
+{%- endif %}

@@ -1,0 +1,374 @@
+"""
+A class of three Docker hosts forming a swarm, for real: three dockerds, each in its own
+network namespace (tools/swarm_nodes.py) on one bridge, each managed by its own salt-minion
+(minion id = hostname = sw1, sw2, sw3), driven by a real salt-master from this repository's
+salt/ tree, with GPG-encrypted pillar for a throwaway key and the master's node class
+registry seeded with the three (class ``backends``). A fourth minion, ``intruder``, claims
+class ``backends`` by grain only and has no engine.
+
+Until the registry's pillar (node_class) lands, the test pillar top targets the class's
+members by minion id; the swarm runner reads the registry files itself.
+"""
+
+import json
+import re
+import secrets as random_secrets
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import yaml
+
+from tools.event_recorder import recording
+from tools.gpg import encrypt, make_key, stop_agent
+from tools.swarm_nodes import import_image, swarm_nodes
+
+CLASS = "backends"
+NODES = ("sw1", "sw2", "sw3")
+INTRUDER = "intruder"
+TIMINGS = {}
+MASTER_SETTINGS = (
+    "module_dirs",
+    "ext_pillar",
+    "on_demand_ext_pillar",
+    "minion_data_cache",
+    "pillar_cache",
+    "enforce_mine_cache",
+)
+SECRET_KEYS = ("api_token", "web_env_key")
+IMAGES = ("app:1", "app:2")
+BROKEN_IMAGE = "app:broken"  # /bin/busybox left out: no command in it can start
+WEB_COMMAND = (
+    "mkdir -p /tmp/www && hostname > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"
+)
+
+
+FINDINGS = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    if TIMINGS:
+        terminalreporter.write_line(
+            "swarm tier: "
+            + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in TIMINGS.items())
+        )
+    for finding in FINDINGS:
+        terminalreporter.write_line(f"swarm tier: {finding}")
+
+
+def base_swarm_pillar():
+    """The class's swarm as an operator would write it (pillar/<class>.sls)."""
+    return {
+        "enabled": True,
+        "managers": {"count": 1},
+        # Each engine has lo + eth0 and no default route: name the interface.
+        "advertise_addr": "eth0",
+        "converge_timeout": 90,
+        "node_labels": {"tier": "app"},
+        "networks": {"appnet": {"driver": "overlay", "attachable": True}},
+        "secrets": {"api_token": {"secret": "api_token"}},
+        "configs": {"motd": {"data": "served by the swarm\n"}},
+        "services": {
+            "web": {
+                "image": "app:1",
+                "replicas": 3,
+                "hostname": "{{.Node.Hostname}}",
+                "command": ["sh", "-c", WEB_COMMAND],
+                # No IPVS in this kernel: DNS round robin instead of a virtual IP.
+                "endpoint_mode": "dnsrr",
+                "networks": ["appnet"],
+                "secrets": ["api_token"],
+                "configs": [{"source": "motd", "target": "/etc/motd"}],
+                "env": {"GREETING": "hello", "WEB_KEY": {"secret": "web_env_key"}},
+                "update_config": {
+                    "parallelism": 1,
+                    "delay": "1s",
+                    "monitor": "2s",
+                    "failure_action": "rollback",
+                },
+                "rollback_config": {"parallelism": 0, "monitor": "1s"},
+                "restart_policy": {"condition": "any", "delay": "1s"},
+                "healthcheck": {
+                    "test": ["CMD-SHELL", "timeout 2 wget -qO /dev/null http://127.0.0.1:8080/"],
+                    "interval": "1s",
+                    "timeout": "3s",
+                    "retries": 3,
+                },
+                "resources": {"limits": {"memory": "64M", "cpus": 0.5}},
+                # httpd as PID 1 would ignore SIGTERM: an init stops it at once.
+                "init": True,
+                "stop_grace_period": "2s",
+                "constraints": [f"node.labels.class == {CLASS}"],
+                "preferences": [{"spread": "node.id"}],
+            },
+            "edge": {
+                "image": "app:1",
+                "mode": "global",
+                "command": ["httpd", "-f", "-p", "8081", "-h", "/etc"],
+                "endpoint_mode": "dnsrr",
+                # Host-mode ports go through docker_gwbridge, which a task gets with an
+                # overlay network (these engines have no default bridge: --bridge=none).
+                "networks": ["appnet"],
+                "ports": [{"target": 8081, "published": 18081, "mode": "host"}],
+                "init": True,
+                "stop_grace_period": "1s",
+            },
+        },
+    }
+
+
+@pytest.fixture(scope="package")
+def engines(tmp_path_factory):
+    base = tmp_path_factory.mktemp("swarm-engines")
+    started = time.monotonic()
+    with swarm_nodes(base, NODES) as nodes:
+        import_image(nodes, *IMAGES)
+        import_image(nodes, BROKEN_IMAGE, leave_out=["busybox"])
+        TIMINGS["3 engines up"] = time.monotonic() - started
+        yield {node.name: node for node in nodes}
+
+
+@pytest.fixture(scope="package")
+def gpg_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("gpg") / "master"
+    public = make_key(home)
+    yield {"home": home, "public": public}
+    stop_agent(home)
+
+
+class Pillar:
+    """The repository's pillar tree with class ``backends`` added (its swarm and its GPG
+    secrets) and the docker formula's host-level parts switched off (not the test's to
+    touch). pillar/top.sls itself decides who gets what, from the master's registry."""
+
+    def __init__(self, root, repo_root, public_key):
+        self.root = root
+        self.public_key = public_key
+        self.secrets = {}
+        self.swarm = base_swarm_pillar()
+        shutil.copytree(repo_root / "pillar", root, dirs_exist_ok=True)
+        top = (root / "top.sls").read_text()
+        classes = re.search(r"set classes = \{\n", top)
+        assert classes, "pillar/top.sls has no classes map to add the test class to"
+        entry = f'      "{CLASS}": ["{CLASS}", "secrets.{CLASS}"],\n'
+        (root / "top.sls").write_text(top[: classes.end()] + entry + top[classes.end() :])
+        docker = yaml.safe_load((root / "docker.sls").read_text()) or {}
+        docker["docker"] = {
+            "storage": {"mode": "none"},
+            "storage_pkgs": [],
+            "install": {"manage": False},
+            "service": {"manage": False},
+            "config_file": str(root / "node-etc" / "daemon.json"),
+        }
+        (root / "docker.sls").write_text(yaml.safe_dump(docker))
+
+    def write(self):
+        # "#!yaml": no Jinja, so swarm templates like {{.Node.Hostname}} stay as they are.
+        (self.root / f"{CLASS}.sls").write_text("#!yaml\n" + yaml.safe_dump({"swarm": self.swarm}))
+
+    def set_secret(self, key, value):
+        self.secrets[key] = value
+        lines = ["#!yaml|gpg", "docker_secrets:"]
+        for name, plain in self.secrets.items():
+            block = encrypt(self.public_key, plain).splitlines()
+            lines.append(f"  {name}: {block[0]}")
+            lines.extend(f"  {line}" if line else "" for line in block[1:])
+        (self.root / "secrets" / f"{CLASS}.sls").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="package")
+def pillar(tmp_path_factory, repo_root, gpg_home):
+    tree = Pillar(tmp_path_factory.mktemp("swarm-pillar"), repo_root, gpg_home["public"])
+    for key in SECRET_KEYS:
+        tree.set_secret(key, f"{key}-{random_secrets.token_hex(12)}")
+    tree.write()
+    return tree
+
+
+def repository_master_settings(repo_root):
+    """What the repository's `master` sets for identity and pillar (module_dirs, the
+    node_class ext_pillar, caches off), paths made absolute."""
+    config = yaml.safe_load((repo_root / "master").read_text())
+    settings = {key: config[key] for key in MASTER_SETTINGS}
+    settings["module_dirs"] = [str(repo_root / path) for path in settings["module_dirs"]]
+    return settings
+
+
+@pytest.fixture(scope="package")
+def salt_master(salt_factories, repo_root, pillar, gpg_home):
+    factory = salt_factories.salt_master_daemon(
+        "sw-master",
+        overrides={
+            **repository_master_settings(repo_root),
+            "file_roots": {"base": [str(repo_root / "salt")]},
+            "pillar_roots": {"base": [str(pillar.root)]},
+            "gpg_keydir": str(gpg_home["home"]),
+            "gpg_decrypt_must_succeed": True,
+            # Minions start together; their keys need no salt-key round.
+            "auto_accept": True,
+            # The most Salt ever logs: the tier checks no token or secret is in it.
+            "log_level_logfile": "trace",
+            # Only warnings travel to pytest's log capture: trace stays in the files.
+            "pytest-master": {"log": {"level": "warning"}},
+        },
+    )
+    started = time.monotonic()
+    with factory.started():
+        TIMINGS["master up"] = time.monotonic() - started
+        yield factory
+
+
+@pytest.fixture(scope="package")
+def events(salt_master):
+    with recording(salt_master.config) as recorder:
+        yield recorder
+
+
+@pytest.fixture(scope="package")
+def minions(salt_master, engines, events):
+    factories = {}
+    for name, node in engines.items():
+        factories[name] = salt_master.salt_minion_daemon(
+            name,
+            overrides={
+                "grains": {"class": CLASS},
+                "docker.url": node.url,
+                "log_level_logfile": "trace",
+                "pytest-minion": {"log": {"level": "warning"}},
+            },
+        )
+    factories[INTRUDER] = salt_master.salt_minion_daemon(
+        INTRUDER,
+        overrides={
+            # Grains it sets itself: they must count for nothing.
+            "grains": {"class": CLASS, "node_class": CLASS},
+            "docker.url": "unix:///nonexistent/docker.sock",
+            "log_level_logfile": "trace",
+            "pytest-minion": {"log": {"level": "warning"}},
+        },
+    )
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=len(factories)) as pool:
+        list(pool.map(lambda factory: factory.start(), factories.values()))
+    TIMINGS["4 minions up"] = time.monotonic() - started
+    try:
+        yield factories
+    finally:
+        with ThreadPoolExecutor(max_workers=len(factories)) as pool:
+            list(pool.map(lambda factory: factory.terminate(), factories.values()))
+
+
+class Registry:
+    """The master's node class registry, through the real node_class runner."""
+
+    def __init__(self, run_cli):
+        self.run_cli = run_cli
+
+    def set(self, minion_id, class_name):
+        if class_name is None:
+            ret = self.run_cli.run("node_class.unset", minion_id)
+        else:
+            ret = self.run_cli.run("node_class.set", minion_id, class_name)
+        assert ret.returncode == 0, ret.stdout + ret.stderr
+
+
+def _states(data):
+    """The {state key: result} dict inside an orchestrate/state return, however nested."""
+    if isinstance(data, dict):
+        if any("_|-" in key for key in data):
+            return data
+        for value in data.values():
+            found = _states(value)
+            if found is not None:
+                return found
+    return None
+
+
+class Swarm:
+    """What the tests drive: the master's CLIs, pillar, registry, engines, recorded output."""
+
+    def __init__(self, salt_master, minions, engines, pillar, events):
+        self.master = salt_master
+        self.minions = minions
+        self.engines = engines
+        self.pillar = pillar
+        self.events = events
+        self.run_cli = salt_master.salt_run_cli(timeout=600)
+        self.cli = salt_master.salt_cli(timeout=600)
+        self.registry = Registry(self.run_cli)
+        self.outputs = []  # every CLI output, searched for leaks at the end
+        self.tokens = set()  # every join token the engines had, ditto
+
+    def _keep(self, ret):
+        self.outputs.append(f"{ret.stdout}\n{ret.stderr}")
+        return ret
+
+    def orchestrate(self, test=False):
+        started = time.monotonic()
+        args = ["state.orchestrate", "orch.swarm", f"pillar={json.dumps({'class': CLASS})}"]
+        ret = self._keep(self.run_cli.run(*args, *(["test=True"] if test else [])))
+        states = _states(ret.data)
+        assert states, f"orchestrate did not run: {ret.stdout}{ret.stderr}"
+        by_id = {value["__id__"]: value for value in states.values()}
+        return by_id, time.monotonic() - started
+
+    def runner(self, *args):
+        return self._keep(self.run_cli.run(*args))
+
+    def salt(self, minion, *args):
+        return self._keep(self.cli.run(*args, minion_tgt=minion))
+
+    def collect_tokens(self):
+        for node in self.engines.values():
+            if node.info()["Swarm"].get("ControlAvailable"):
+                for role in ("worker", "manager"):
+                    self.tokens.add(node.cli("swarm", "join-token", "-q", role).strip())
+
+    def manager(self):
+        for node in self.engines.values():
+            if node.info()["Swarm"].get("ControlAvailable"):
+                return node
+        raise AssertionError("no manager among the engines")
+
+    def tasks(self, service):
+        """Running tasks of ``service``: [(node hostname, image)]."""
+        rows = (
+            self.manager()
+            .cli(
+                "service",
+                "ps",
+                service,
+                "--filter",
+                "desired-state=running",
+                "--format",
+                "{{.Node}} {{.Image}} {{.CurrentState}}",
+            )
+            .splitlines()
+        )
+        return sorted(tuple(row.split()[:2]) for row in rows if " Running " in f" {row} ")
+
+    def container_of(self, service, node):
+        """A running task container of ``service`` on engine ``node``."""
+        ids = (
+            self.engines[node]
+            .cli("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}")
+            .split()
+        )
+        assert ids, f"no {service} task on {node}"
+        return ids[0]
+
+    def exec(self, node, container, script):
+        return self.engines[node].cli("exec", container, "sh", "-c", script)
+
+
+@pytest.fixture(scope="package")
+def swarm(salt_master, minions, engines, pillar, events):
+    cluster = Swarm(salt_master, minions, engines, pillar, events)
+    with ThreadPoolExecutor(max_workers=len(NODES)) as pool:
+        list(pool.map(lambda node: cluster.registry.set(node, CLASS), NODES))
+    # Custom modules: runners and orchestration states on the master, the rest on minions.
+    assert cluster.run_cli.run("saltutil.sync_all").returncode == 0
+    synced = cluster.cli.run("saltutil.sync_all", minion_tgt="*")
+    assert synced.returncode == 0, synced.stdout
+    yield cluster
