@@ -116,13 +116,18 @@ def wait_for_container(node, timeout=180):
 
 
 def refused_storage(stack, name, storage):
-    """`state.apply docker.storage` with a pillar override; the errors it was refused with.
-    (Refused while rendering, before any state ran: the salt CLI exits 0 for a render error,
-    the minion's return is the list of errors.)"""
+    """`state.apply docker.storage` with a pillar override: what it was refused with. The
+    engine check and the disk gate run before any state that touches the disk, so a refusal
+    is a failed state with nothing changed anywhere (or a render error: the salt CLI exits 0
+    for one, the minion's return is then the list of errors)."""
     override = {"docker": {"storage": storage}}
     refused = stack.salt(name, "state.apply", "docker.storage", f"pillar={json.dumps(override)}")
-    assert isinstance(refused.data, list), refused.stdout[-3000:]
-    return " ".join(refused.data)
+    if isinstance(refused.data, list):
+        return " ".join(refused.data)
+    assert isinstance(refused.data, dict) and refused.data, refused.stdout[-3000:]
+    assert failed_states(refused.data), "not refused"
+    assert not changed_states(refused.data), changed_states(refused.data)
+    return " ".join(str(comment) for comment in failed_states(refused.data).values())
 
 
 def check_created(stack, deployed):
@@ -167,7 +172,7 @@ def check_devicemapper_refused_on_engine_26(stack, deployed, blank_disk):
 def check_disk_with_filesystem_refused(stack, deployed, data_disk):
     before = sha256_file(data_disk)
     errors = refused_storage(stack, deployed.name, {"device": by_id(DATA_DISK_SERIAL)})
-    assert f"{by_id(DATA_DISK_SERIAL)} holds a ext4 filesystem" in errors, errors
+    assert "not blank (ext4" in errors, errors
     assert sha256_file(data_disk) == before, "the data disk was written to"
     assert_storage(deployed)
 

@@ -6,6 +6,10 @@
 {%- set dm = storage.devicemapper %}
 include:
   - .disk
+{%- if docker.install.manage %}
+  # The engine check needs the engine: also when docker.storage is applied alone.
+  - ..install
+{%- endif %}
 
 # The engine is known only once it is installed: stop here, before the disk is touched.
 docker-storage-driver-supported:
