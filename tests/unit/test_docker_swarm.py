@@ -6,7 +6,6 @@ tampering or expiry), the runner's manager/worker plans, and entitlement from th
 Modules are imported by path, as Salt's loader does.
 """
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -17,29 +16,22 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from salt.exceptions import CommandExecutionError
 
+from tools.salt_repo import load_module
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {"api_token": "s3cr3t-value", "db": "another"}
 
 
-def _load(kind, name):
-    spec = importlib.util.spec_from_file_location(
-        f"{kind}_{name}_under_test", REPO_ROOT / "salt" / f"_{kind}" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def swarm_module():
-    module = _load("modules", "docker_swarm")
+    module = load_module("modules", "docker_swarm")
     module.__pillar__ = {"docker_secrets": SECRETS}
     return module
 
 
 @pytest.fixture
 def runner():
-    return _load("runners", "swarm")
+    return load_module("runners", "swarm")
 
 
 def minimal(**services):
