@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from salt.exceptions import CommandExecutionError
 
+from tools.salt_node import rsa_key_pair
 from tools.salt_repo import load_module
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -317,15 +316,7 @@ def test_removed_settings_are_differences_too(swarm_module):
 
 
 def key_pair(bits=2048):
-    private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    private_pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    private_pem, public_pem = rsa_key_pair(bits)
     return private_pem, public_pem.decode()
 
 
