@@ -23,7 +23,7 @@ import yaml
 
 from tests.states import corpus
 from tools.dockerd import running_dockerd
-from tools.gpg import encrypt, make_key, stop_agent
+from tools.gpg import encrypt, keyring, make_key, stop_agent
 from tools.images import import_busybox
 from tools.salt_repo import repository_master_settings
 
@@ -53,10 +53,8 @@ def dockerd(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def gpg_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("gpg") / "master"
-    public = make_key(home)
-    yield {"home": home, "public": public}
-    stop_agent(home)
+    with keyring(tmp_path_factory.mktemp("gpg") / "master") as keys:
+        yield keys
 
 
 @pytest.fixture(scope="package")

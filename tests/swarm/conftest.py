@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tools.event_recorder import recording
-from tools.gpg import encrypt, make_key, stop_agent
+from tools.gpg import encrypt, keyring
 from tools.salt_repo import repository_master_settings
 from tools.swarm_nodes import import_image, swarm_nodes
 
@@ -124,10 +124,8 @@ def engines(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def gpg_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("gpg") / "master"
-    public = make_key(home)
-    yield {"home": home, "public": public}
-    stop_agent(home)
+    with keyring(tmp_path_factory.mktemp("gpg") / "master") as keys:
+        yield keys
 
 
 class Pillar:
