@@ -429,6 +429,11 @@ def active_worker(addr, manager_addr):
 MEMBERS = ["n1", "n2", "n3"]
 
 
+def two_engines_and_a_new_one(n1, n2):
+    """What MEMBERS report: ``n1`` and ``n2`` as given, n3 in no swarm yet."""
+    return {"n1": n1, "n2": n2, "n3": info()}
+
+
 def test_init_only_when_nobody_is_in_a_swarm(runner):
     infos = {member: info() for member in MEMBERS}
     plan = runner.plan_managers(MEMBERS, infos, 1)
@@ -465,20 +470,16 @@ def test_never_a_second_init(runner, infos, known, message):
 
 
 def test_two_swarms_in_one_class_are_refused(runner):
-    infos = {
-        "n1": active_manager("10.0.0.1", "c1"),
-        "n2": active_manager("10.0.0.2", "c2"),
-        "n3": info(),
-    }
+    infos = two_engines_and_a_new_one(
+        active_manager("10.0.0.1", "c1"), active_manager("10.0.0.2", "c2")
+    )
     assert "different swarms" in runner.plan_managers(MEMBERS, infos, 1)["errors"][0]
 
 
 def test_existing_managers_stay_more_are_promoted_or_joined(runner):
-    infos = {
-        "n1": active_manager("10.0.0.1"),
-        "n2": active_worker("10.0.0.2", "10.0.0.1"),
-        "n3": info(),
-    }
+    infos = two_engines_and_a_new_one(
+        active_manager("10.0.0.1"), active_worker("10.0.0.2", "10.0.0.1")
+    )
     plan = runner.plan_managers(MEMBERS, infos, 3)
     assert plan["init"] is None
     assert plan["promote"] == ["n2"]
@@ -500,11 +501,9 @@ def test_manager_count_never_exceeds_an_odd_number_of_members(runner):
 
 
 def test_a_node_in_another_swarm_is_never_promoted(runner):
-    infos = {
-        "n1": active_manager("10.0.0.1"),
-        "n2": active_worker("10.0.0.2", "10.9.9.9"),
-        "n3": info(),
-    }
+    infos = two_engines_and_a_new_one(
+        active_manager("10.0.0.1"), active_worker("10.0.0.2", "10.9.9.9")
+    )
     plan = runner.plan_managers(MEMBERS, infos, 3)
     assert "n2" not in plan["promote"]
     assert runner.plan_workers(MEMBERS, infos) == {"join": ["n3"], "foreign": ["n2"]}
