@@ -9,6 +9,7 @@ what salt-cloud said.  Names start with "f-" so that scenarios never see each ot
 """
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -109,100 +110,66 @@ def signalled_create(ctx, name, hold, signum):
     return ctx.finish(ctx.cli, name, [process], proxy)
 
 
-# --------------------------------------------------------------------------- lost answers
-
-
-@scenario
-def lost_run_instances_answer(ctx):
-    """RunInstances reaches EC2, its answer is lost: botocore retries with the same token."""
-    return one_create(ctx, "f-lost", rules=[("RunInstances", "lose", {})])
-
-
-@scenario
-def every_run_instances_answer_lost(ctx):
-    """Every attempt's answer is lost: the driver finds its instance by client token."""
-    return one_create(ctx, "f-all-lost", rules=[("RunInstances", "lose", {"count": 10})])
-
-
-@scenario
-def reset_before_run_instances(ctx):
-    """The connection is reset before EC2 sees RunInstances: retried, launched once."""
-    return one_create(ctx, "f-reset", rules=[("RunInstances", "reset", {})])
-
-
-@scenario
-def reset_while_waiting(ctx):
-    return one_create(
-        ctx,
-        "f-reset-wait",
-        rules=[("DescribeInstances", "reset", {"count": 4, "match": "instance-id"})],
-    )
-
-
-# --------------------------------------------------------------------------- throttling
-
-
-@scenario
-def throttled_run_instances(ctx):
-    """Two throttles (the provider allows 3 attempts): launched on the third."""
-    return one_create(ctx, "f-throttled", rules=[("RunInstances", "throttle", {"count": 2})])
-
-
-@scenario
-def run_instances_unavailable_once(ctx):
-    return one_create(ctx, "f-503", rules=[("RunInstances", "unavailable", {})])
-
-
-@scenario
-def run_instances_throttled_throughout(ctx):
-    """Throttled on every attempt: nothing launched, and the driver checked by token."""
-    return one_create(ctx, "f-never", rules=[("RunInstances", "throttle", {"count": 20})])
-
-
-@scenario
-def throttled_wait_keeps_the_node(ctx):
-    """Five throttles while waiting for `running` (more than botocore's 3 attempts): the
-    healthy node is kept."""
-    return one_create(
-        ctx,
-        "f-thr-wait",
-        rules=[("DescribeInstances", "throttle", {"count": 5, "match": "instance-id"})],
-    )
-
-
-@scenario
-def throttled_cleanup(ctx):
-    """A create fails after launch and its TerminateInstances is throttled six times."""
-    return one_create(
-        ctx,
-        "f-thr-clean",
-        "test-fails-after-launch",
-        rules=[("TerminateInstances", "throttle", {"count": 6})],
-    )
-
-
-# --------------------------------------------------------------------------- outages
-
-
-@scenario
-def outage_after_launch(ctx):
-    """EC2 unreachable for 3 s from the first wait for `running`: the node is kept."""
-    return one_create(
-        ctx,
-        "f-outage",
-        outage={"seconds": 3, "trigger": "DescribeInstances", "match": "instance-id"},
-    )
-
-
-@scenario
-def outage_during_cleanup(ctx):
-    """A create fails after launch; EC2 is unreachable for 3 s from its TerminateInstances."""
-    return one_create(
-        ctx,
-        "f-outage-clean",
-        "test-fails-after-launch",
-        outage={"seconds": 3, "trigger": "TerminateInstances"},
-    )
+# Scenarios of one create through its own proxy: name -> one_create's node name, profile and
+# faults (rules: action, fault, options; or an outage).
+ONE_CREATE = {
+    # --- lost answers
+    # RunInstances reaches EC2, its answer is lost: botocore retries with the same token.
+    "lost_run_instances_answer": {"name": "f-lost", "rules": [("RunInstances", "lose", {})]},
+    # Every attempt's answer is lost: the driver finds its instance by client token.
+    "every_run_instances_answer_lost": {
+        "name": "f-all-lost",
+        "rules": [("RunInstances", "lose", {"count": 10})],
+    },
+    # The connection is reset before EC2 sees RunInstances: retried, launched once.
+    "reset_before_run_instances": {"name": "f-reset", "rules": [("RunInstances", "reset", {})]},
+    "reset_while_waiting": {
+        "name": "f-reset-wait",
+        "rules": [("DescribeInstances", "reset", {"count": 4, "match": "instance-id"})],
+    },
+    # --- throttling
+    # Two throttles (the provider allows 3 attempts): launched on the third.
+    "throttled_run_instances": {
+        "name": "f-throttled",
+        "rules": [("RunInstances", "throttle", {"count": 2})],
+    },
+    "run_instances_unavailable_once": {
+        "name": "f-503",
+        "rules": [("RunInstances", "unavailable", {})],
+    },
+    # Throttled on every attempt: nothing launched, and the driver checked by token.
+    "run_instances_throttled_throughout": {
+        "name": "f-never",
+        "rules": [("RunInstances", "throttle", {"count": 20})],
+    },
+    # Five throttles while waiting for `running` (more than botocore's 3 attempts): the
+    # healthy node is kept.
+    "throttled_wait_keeps_the_node": {
+        "name": "f-thr-wait",
+        "rules": [("DescribeInstances", "throttle", {"count": 5, "match": "instance-id"})],
+    },
+    # A create fails after launch and its TerminateInstances is throttled six times.
+    "throttled_cleanup": {
+        "name": "f-thr-clean",
+        "profile": "test-fails-after-launch",
+        "rules": [("TerminateInstances", "throttle", {"count": 6})],
+    },
+    # --- outages
+    # EC2 unreachable for 3 s from the first wait for `running`: the node is kept.
+    "outage_after_launch": {
+        "name": "f-outage",
+        "outage": {"seconds": 3, "trigger": "DescribeInstances", "match": "instance-id"},
+    },
+    # A create fails after launch; EC2 is unreachable for 3 s from its TerminateInstances.
+    "outage_during_cleanup": {
+        "name": "f-outage-clean",
+        "profile": "test-fails-after-launch",
+        "outage": {"seconds": 3, "trigger": "TerminateInstances"},
+    },
+}
+SCENARIOS.update(
+    {name: functools.partial(one_create, **faults) for name, faults in ONE_CREATE.items()}
+)
 
 
 @scenario
