@@ -519,13 +519,13 @@ def list_of(item_checker):
 _LEFT_OUT = object()
 
 
-def _mapping_of(check_entry):
+def _mapping_of(check_entry, what="a mapping"):
     """A mapping checker: ``check_entry(key, item, path, ctx)`` is each entry's checked value,
     or ``_LEFT_OUT`` to leave the entry out."""
 
     def check(value, path, ctx):
         if not isinstance(value, dict):
-            ctx.error(path, f"must be a mapping, not {describe(value)}")
+            ctx.error(path, f"must be {what}, not {describe(value)}")
             return value
         checked = {key: check_entry(key, item, path, ctx) for key, item in value.items()}
         return {key: item for key, item in checked.items() if item is not _LEFT_OUT}
@@ -590,22 +590,22 @@ def map_string(value, path, ctx):
 def string_map(delimiter="=", secrets_allowed=False):
     """Docker's string maps: a mapping of strings, or a list of ``key<delimiter>value``."""
 
+    def check_entry(key, item, path, ctx):
+        where = f"{path}:{key}"
+        if not isinstance(key, str) or not key:
+            ctx.error(where, "keys must be non-empty strings")
+        if is_secret_ref(item) and secrets_allowed:
+            return secret_value(item, where, ctx)
+        if refuse_secret(item, where, ctx):
+            return _LEFT_OUT
+        return map_string(item, where, ctx)
+
+    mapping = _mapping_of(check_entry, "a mapping of strings")
+
     def check(value, path, ctx):
         if isinstance(value, list):
             return _string_map_list(value, path, ctx, delimiter)
-        if not isinstance(value, dict):
-            ctx.error(path, f"must be a mapping of strings, not {describe(value)}")
-            return value
-        result = {}
-        for key, item in value.items():
-            where = f"{path}:{key}"
-            if not isinstance(key, str) or not key:
-                ctx.error(where, "keys must be non-empty strings")
-            if is_secret_ref(item) and secrets_allowed:
-                result[key] = secret_value(item, where, ctx)
-            elif not refuse_secret(item, where, ctx):
-                result[key] = map_string(item, where, ctx)
-        return result
+        return mapping(value, path, ctx)
 
     return check
 
@@ -1146,19 +1146,18 @@ DAEMON_JSON_CHECKERS = {
 STORAGE_MANAGED_KEYS = ("storage-driver", "storage-opts")
 
 
-def daemon_config(value, path, ctx):
-    """daemon.json: dockerd's keys only, Docker's string maps as strings, no secrets."""
-    if not isinstance(value, dict):
-        ctx.error(path, f"must be a mapping (daemon.json), not {describe(value)}")
-        return value
-    result = {}
-    for key, item in value.items():
-        where = f"{path}:{key}"
-        if key not in DAEMON_JSON_KEYS:
-            ctx.unknown(path, key, DAEMON_JSON_KEYS)
-        elif not refuse_secret(item, where, ctx):
-            result[key] = DAEMON_JSON_CHECKERS.get(key, _json_value)(item, where, ctx)
-    return result
+def _daemon_json_entry(key, item, path, ctx):
+    where = f"{path}:{key}"
+    if key not in DAEMON_JSON_KEYS:
+        ctx.unknown(path, key, DAEMON_JSON_KEYS)
+        return _LEFT_OUT
+    if refuse_secret(item, where, ctx):
+        return _LEFT_OUT
+    return DAEMON_JSON_CHECKERS.get(key, _json_value)(item, where, ctx)
+
+
+# daemon.json: dockerd's keys only, Docker's string maps as strings, no secrets.
+daemon_config = _mapping_of(_daemon_json_entry, "a mapping (daemon.json)")
 
 
 def _json_value(value, path, ctx):
