@@ -431,17 +431,28 @@ def test_unreachable_past_cleanup_timeout_reports_the_instance(fault_runs):
     assert "terminate it by hand" in outcome.output
 
 
-@pytest.mark.parametrize(
-    ("name", "code"),
-    [
-        ("sigterm_while_waiting", 128 + signal.SIGTERM),
-        ("sigint_while_waiting", 128 + signal.SIGINT),
-        ("sigint_while_run_instances_is_answered", 128 + signal.SIGINT),
-    ],
-)
-def test_signals_end_the_create_non_zero_with_nothing_left(fault_runs, name, code):
+def signalled_outcome(fault_runs, name, signum):
+    """The outcome of a scenario that signalled salt-cloud: it ended as ``signum`` ends it."""
     outcome = outcome_of(fault_runs, name)
-    assert outcome.returncode == code, outcome.output
+    assert outcome.returncode == 128 + signum, outcome.output
+    return outcome
+
+
+# Scenario -> the signal it sends salt-cloud.
+SIGNALLED_CREATES = {
+    "sigterm_while_waiting": signal.SIGTERM,
+    "sigint_while_waiting": signal.SIGINT,
+    "sigint_while_run_instances_is_answered": signal.SIGINT,
+}
+SIGNALLED_MAPS = {
+    "sigterm_to_a_parallel_map": signal.SIGTERM,
+    "ctrl_c_on_a_parallel_map": signal.SIGINT,
+}
+
+
+@pytest.mark.parametrize("name", SIGNALLED_CREATES)
+def test_signals_end_the_create_non_zero_with_nothing_left(fault_runs, name):
+    outcome = signalled_outcome(fault_runs, name, SIGNALLED_CREATES[name])
     assert_nothing_left(outcome, launched=1)
     assert "interrupted by signal" in outcome.output and "was terminated" in outcome.output
 
@@ -449,22 +460,15 @@ def test_signals_end_the_create_non_zero_with_nothing_left(fault_runs, name, cod
 def test_sigterm_during_deploy_leaves_no_node_key_or_class(fault_runs):
     outcome = outcome_of(fault_runs, "sigterm_during_deploy")
     assert outcome.extra["deploy_started"], outcome.output
-    assert outcome.returncode == 128 + signal.SIGTERM, outcome.output
+    signalled_outcome(fault_runs, "sigterm_during_deploy", signal.SIGTERM)
     assert_nothing_left(outcome, launched=1)
     assert not outcome.extra["key"]
     assert not outcome.extra["node_class"]
 
 
-@pytest.mark.parametrize(
-    ("name", "code"),
-    [
-        ("sigterm_to_a_parallel_map", 128 + signal.SIGTERM),
-        ("ctrl_c_on_a_parallel_map", 128 + signal.SIGINT),
-    ],
-)
-def test_signals_stop_parallel_workers_and_their_instances(fault_runs, name, code):
-    outcome = outcome_of(fault_runs, name)
-    assert outcome.returncode == code, outcome.output
+@pytest.mark.parametrize("name", SIGNALLED_MAPS)
+def test_signals_stop_parallel_workers_and_their_instances(fault_runs, name):
+    outcome = signalled_outcome(fault_runs, name, SIGNALLED_MAPS[name])
     assert_nothing_left(outcome, launched=3)
     assert outcome.extra["workers_left"] == []
 
