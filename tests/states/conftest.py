@@ -23,7 +23,7 @@ import yaml
 
 from tests.states import corpus
 from tools.dockerd import running_dockerd
-from tools.gpg import encrypt, keyring, make_key, stop_agent
+from tools.gpg import encrypt, keyring
 from tools.images import import_busybox
 from tools.salt_repo import repository_master_settings
 
@@ -180,8 +180,7 @@ def salt_cli(salt_master):
 HELPERS = SimpleNamespace(
     set_node_class=set_node_class,
     write_secrets=write_secrets,
-    make_key=make_key,
-    stop_agent=stop_agent,
+    keyring=keyring,
     timings=TIMINGS,
     secret_names=SECRET_NAMES,
 )

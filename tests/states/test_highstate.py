@@ -220,12 +220,8 @@ def test_corrupt_ciphertext_stops_state_apply(node, restore_secrets):
 
 
 def test_secret_for_another_key_stops_state_apply(node, restore_secrets, tmp_path):
-    other_home = tmp_path / "other-gpg"
-    other_public = node.helpers.make_key(other_home, name="not-the-master")
-    try:
-        node.helpers.write_secrets(restore_secrets, other_public, node.secrets)
-    finally:
-        node.helpers.stop_agent(other_home)
+    with node.helpers.keyring(tmp_path / "other-gpg", name="not-the-master") as other:
+        node.helpers.write_secrets(restore_secrets, other["public"], node.secrets)
     _assert_apply_refused_and_nothing_changed(node)
 
 
