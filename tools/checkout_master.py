@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from tools import salt_repo
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
 # The ports a master started from the repository's `master` file listens on (Salt's defaults).
@@ -90,15 +92,7 @@ class CheckoutMaster:
 
     def run(self, program, *args, timeout=300):
         """A Salt CLI from the root, configured by the repository's Saltfile only."""
-        result = subprocess.run(
-            [str(BIN_DIR / program), *args],
-            cwd=self.root,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        result = salt_repo.run_cli(program, args, cwd=self.root, env=self.env, timeout=timeout)
         with open(self.root / "commands.log", "a") as log:
             log.write(f"$ {program} {' '.join(args)} (rc {result.returncode})\n")
             log.write(f"{result.stdout}\n{result.stderr}\n")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from tools import processes, salt_repo
 from tools.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -92,13 +93,7 @@ class SaltMaster:
             time.sleep(0.1)
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        processes.stop(self.process, 30)
 
 
 @dataclass
@@ -121,18 +116,7 @@ class CloudCLI:
         return cls(root=Path(root), env=env, ec2_endpoint=ec2_endpoint)
 
     def run(self, *args, timeout=300):
-        started = time.monotonic()
-        result = subprocess.run(
-            [str(BIN_DIR / "salt-cloud"), *args],
-            cwd=self.root,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        result.seconds = time.monotonic() - started
-        return result
+        return salt_repo.run_cli("salt-cloud", args, cwd=self.root, env=self.env, timeout=timeout)
 
     def via(self, endpoint_url):
         """The same CLI pointed at another endpoint (e.g. a fault proxy in front of this one)."""

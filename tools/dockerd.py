@@ -13,13 +13,14 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket as socket_module
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tools import processes
 
 BRIDGE = "dh-test0"
 BRIDGE_CIDR = "10.213.0.1/24"
@@ -142,13 +143,7 @@ def running_dockerd(
         yield daemon
     finally:
         if process is not None:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            processes.stop(process, 30, group=True)
             log.close()
         _unmount_under(data_root, workdir)
         # User-defined networks leave br-* bridges behind once dockerd is gone.

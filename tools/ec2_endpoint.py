@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from tools import processes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -109,6 +110,19 @@ class EC2Endpoint:
 
     def stop(self):
         self.server.stop()
+
+
+def terminate_live(ec2):
+    """Terminate every instance an EC2 client sees that is not terminated (a clean-up)."""
+    live = [
+        instance["InstanceId"]
+        for reservation in ec2.describe_instances()["Reservations"]
+        for instance in reservation["Instances"]
+        if instance["State"]["Name"] != "terminated"
+    ]
+    if live:
+        ec2.terminate_instances(InstanceIds=live)
+    return live
 
 
 def seed(endpoint, names, public_key=None):
@@ -274,14 +288,7 @@ def main(argv=None):
     print(f"# Loopback subnet (instances get 127.0.10.x): {endpoint.ids['loopback_subnet']}")
     print("# e.g. salt-cloud -p dataserver db1 --no-deploy ; salt-cloud -F")
     print("# Ctrl-C stops it (everything it holds is lost).", flush=True)
-    # SIGTERM ends it like Ctrl-C: through finally, so the server stops cleanly.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        signal.pause()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        endpoint.stop()
+    processes.serve_until_signalled(endpoint.stop)
     return 0
 
 

@@ -24,7 +24,6 @@ wait for a point in the conversation and check what reached EC2.
 import argparse
 import http.client
 import http.server
-import signal
 import socket
 import struct
 import sys
@@ -32,6 +31,8 @@ import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlparse
+
+from tools import processes
 
 FAULTS = ("lose", "reset", "throttle", "unavailable", "delay", "hold", "pause", "gather")
 ERROR_BODY = (
@@ -338,13 +339,7 @@ def main(argv=None):
     if args.outage:
         proxy.outage(args.outage)
     print(f"export AWS_ENDPOINT_URL={proxy.url}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    try:
-        signal.pause()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        proxy.stop()
+    processes.serve_until_signalled(proxy.stop)
     return 0
 
 

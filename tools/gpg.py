@@ -2,6 +2,7 @@
 gpg_keydir, and values encrypted for it exactly as bin/encrypt-secret does (public key file +
 stdin)."""
 
+import contextlib
 import subprocess
 import textwrap
 from pathlib import Path
@@ -26,6 +27,17 @@ def make_key(homedir, name="test-master"):
         subprocess.run([*gpg, "--armor", "--export"], capture_output=True, check=True).stdout
     )
     return public
+
+
+@contextlib.contextmanager
+def keyring(homedir, name="test-master"):
+    """A key pair made in ``homedir`` (``make_key``), its agent stopped afterwards:
+    ``{"home": homedir, "public": its public key file}``."""
+    public = make_key(homedir, name)
+    try:
+        yield {"home": Path(homedir), "public": public}
+    finally:
+        stop_agent(homedir)
 
 
 def encrypt(public_key, value):

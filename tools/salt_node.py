@@ -22,6 +22,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from tools import processes
 from tools.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -124,11 +125,9 @@ def _minion_config(root, minion_id, ports, extra):
     }
 
 
-def _accept_key(root, minion_id):
-    """The minion's key pair (as salt-key --gen-keys writes it), pre-accepted on the master."""
-    pki = root / "minions" / minion_id / "pki"
-    pki.mkdir(parents=True, exist_ok=True)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+def rsa_key_pair(bits=2048):
+    """A new RSA key pair as Salt keeps a minion's: (private PEM, public PEM), bytes."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     private = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.TraditionalOpenSSL,
@@ -137,6 +136,14 @@ def _accept_key(root, minion_id):
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    return private, public
+
+
+def _accept_key(root, minion_id):
+    """The minion's key pair (as salt-key --gen-keys writes it), pre-accepted on the master."""
+    pki = root / "minions" / minion_id / "pki"
+    pki.mkdir(parents=True, exist_ok=True)
+    private, public = rsa_key_pair()
     (pki / "minion.pem").write_bytes(private)
     (pki / "minion.pem").chmod(0o400)
     (pki / "minion.pub").write_bytes(public)
@@ -194,11 +201,7 @@ def _stop(nodes):
     for process, log in nodes.processes.values():
         if process.poll() is None:
             # salt-master takes ~10 s to stop its workers on SIGTERM; nothing of it is kept.
-            try:
-                process.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            processes.wait_or_kill(process, 3, group=True)
         log.close()
 
 

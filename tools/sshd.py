@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools import processes
 from tools.net import free_port
 
 SSHD = "/usr/sbin/sshd"
@@ -36,13 +37,7 @@ class Sshd:
     work_dir: Path
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        processes.stop(self.process, 10)
 
     def log(self):
         return (self.work_dir / "sshd.log").read_text(errors="replace")

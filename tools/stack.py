@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from tools import checkout_paths, ec2_endpoint, gpg, images, vm
+from tools import checkout_paths, ec2_endpoint, gpg, images, salt_repo, vm
 from tools.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -269,17 +269,7 @@ class Stack:
 
     def run(self, program, *args, timeout=600, check=False):
         """Run a Salt CLI (salt, salt-cloud, salt-key, salt-run) from the config copy."""
-        started = time.monotonic()
-        result = subprocess.run(
-            [str(BIN_DIR / program), *args],
-            cwd=self.root,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        result.seconds = time.monotonic() - started
+        result = salt_repo.run_cli(program, args, cwd=self.root, env=self.env, timeout=timeout)
         with open(self.work_dir / "commands.log", "a") as log:
             log.write(
                 f"$ {program} {' '.join(args)}  (rc {result.returncode}, {result.seconds:.1f} s)\n"
@@ -528,15 +518,7 @@ class Stack:
         self.nodes.clear()
         if self.endpoint is not None:
             with contextlib.suppress(Exception):
-                ec2 = self.ec2()
-                live = [
-                    instance["InstanceId"]
-                    for reservation in ec2.describe_instances()["Reservations"]
-                    for instance in reservation["Instances"]
-                    if instance["State"]["Name"] != "terminated"
-                ]
-                if live:
-                    ec2.terminate_instances(InstanceIds=live)
+                ec2_endpoint.terminate_live(self.ec2())
             self.endpoint.stop()
             self.endpoint = None
         if self.master is not None:

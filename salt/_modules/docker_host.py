@@ -9,7 +9,8 @@ are in docker_settings).
 - ``disk_verdict``: may Docker's storage go on that disk? Fail-closed: only a blank, whole,
   unused block device that is not the root disk, or our own (half-made) volume group.
 - ``engine_version`` / ``check_storage_driver``: devicemapper exists only in Engine <= 24.
-- ``move_data_root``: move an existing /var/lib/docker into the new volume (never delete).
+- ``move_data_root``: move an existing /var/lib/docker into the new volume (never delete);
+  ``mounted_device`` / ``stop_running``: the checks and the stop that come before any move.
 - ``python_sdk``: whether the minion's Python imports a usable docker SDK, and which pip
   installs into that Python (onedir: salt-pip; pip-installed Salt: its own environment).
 - ``daemon_json``: daemon.json from docker:config and the storage mode.
@@ -428,6 +429,36 @@ def check_storage_driver(mode, version):
 
 
 # --- moving an existing data root ----------------------------------------------------------
+
+
+def mounted_device(path):
+    """
+    The device mounted at ``path`` (the kernel's mount table), or None: before a volume is
+    mounted over a directory, its content still has to move.
+
+    CLI Example: ``salt '*' docker_host.mounted_device /var/lib/docker``
+    """
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) > 1 and fields[1] == path:
+                return fields[0]
+    return None
+
+
+def stop_running(units):
+    """
+    Stop those of the service ``units`` that exist and run (nothing may write where data is
+    being moved); returns the ones stopped.
+
+    CLI Example: ``salt '*' docker_host.stop_running '["docker.socket", "docker"]'``
+    """
+    stopped = []
+    for unit in units:
+        if __salt__["service.available"](unit) and __salt__["service.status"](unit):
+            __salt__["service.stop"](unit)
+            stopped.append(unit)
+    return stopped
 
 
 def move_data_root(source, destination):

@@ -516,36 +516,41 @@ def list_of(item_checker):
     return check
 
 
-def map_of(key_checker, value_checker):
+_LEFT_OUT = object()
+
+
+def _mapping_of(check_entry, what="a mapping"):
+    """A mapping checker: ``check_entry(key, item, path, ctx)`` is each entry's checked value,
+    or ``_LEFT_OUT`` to leave the entry out."""
+
     def check(value, path, ctx):
         if not isinstance(value, dict):
-            ctx.error(path, f"must be a mapping, not {describe(value)}")
+            ctx.error(path, f"must be {what}, not {describe(value)}")
             return value
-        result = {}
-        for key, item in value.items():
-            key_checker(key, f"{path}:{key}", ctx)
-            result[key] = value_checker(item, f"{path}:{key}", ctx)
-        return result
+        checked = {key: check_entry(key, item, path, ctx) for key, item in value.items()}
+        return {key: item for key, item in checked.items() if item is not _LEFT_OUT}
 
     return check
+
+
+def map_of(key_checker, value_checker):
+    def check_entry(key, item, path, ctx):
+        key_checker(key, f"{path}:{key}", ctx)
+        return value_checker(item, f"{path}:{key}", ctx)
+
+    return _mapping_of(check_entry)
 
 
 def fixed(fields):
     """A mapping whose keys are ``fields`` (key -> checker); an unknown key is refused."""
 
-    def check(value, path, ctx):
-        if not isinstance(value, dict):
-            ctx.error(path, f"must be a mapping, not {describe(value)}")
-            return value
-        result = {}
-        for key, item in value.items():
-            if key in fields:
-                result[key] = fields[key](item, f"{path}:{key}", ctx)
-            else:
-                ctx.unknown(path, key, fields)
-        return result
+    def check_entry(key, item, path, ctx):
+        if key not in fields:
+            ctx.unknown(path, key, fields)
+            return _LEFT_OUT
+        return fields[key](item, f"{path}:{key}", ctx)
 
-    return check
+    return _mapping_of(check_entry)
 
 
 def anything(value, path, ctx):
@@ -585,22 +590,22 @@ def map_string(value, path, ctx):
 def string_map(delimiter="=", secrets_allowed=False):
     """Docker's string maps: a mapping of strings, or a list of ``key<delimiter>value``."""
 
+    def check_entry(key, item, path, ctx):
+        where = f"{path}:{key}"
+        if not isinstance(key, str) or not key:
+            ctx.error(where, "keys must be non-empty strings")
+        if is_secret_ref(item) and secrets_allowed:
+            return secret_value(item, where, ctx)
+        if refuse_secret(item, where, ctx):
+            return _LEFT_OUT
+        return map_string(item, where, ctx)
+
+    mapping = _mapping_of(check_entry, "a mapping of strings")
+
     def check(value, path, ctx):
         if isinstance(value, list):
             return _string_map_list(value, path, ctx, delimiter)
-        if not isinstance(value, dict):
-            ctx.error(path, f"must be a mapping of strings, not {describe(value)}")
-            return value
-        result = {}
-        for key, item in value.items():
-            where = f"{path}:{key}"
-            if not isinstance(key, str) or not key:
-                ctx.error(where, "keys must be non-empty strings")
-            if is_secret_ref(item) and secrets_allowed:
-                result[key] = secret_value(item, where, ctx)
-            elif not refuse_secret(item, where, ctx):
-                result[key] = map_string(item, where, ctx)
-        return result
+        return mapping(value, path, ctx)
 
     return check
 
@@ -689,21 +694,17 @@ def device_path(value, path, ctx):
 volume_id = string(r"vol-[0-9a-f]{8}(?:[0-9a-f]{9})?", "an EBS volume id (vol-...)")
 
 
-def https_url(value, path, ctx):
-    string(r"https://[^\s\[\]'\"]+", "an https:// URL")(value, path, ctx)
-    return value
+https_url = string(r"https://[^\s\[\]'\"]+", "an https:// URL")
 
 
 _SPEC = r"\s*(?:[<>!~]=?|==)\s*[A-Za-z0-9.*+!-]+"
 
 
-def pip_requirement(value, path, ctx):
-    """One requirement for pip (a name and a version range; no options, URLs or files)."""
-    string(
-        rf"[A-Za-z0-9][A-Za-z0-9._-]*(?:\[[A-Za-z0-9,._-]+\])?(?:{_SPEC}(?:\s*,{_SPEC})*)?",
-        "a pip requirement such as docker>=7.1",
-    )(value, path, ctx)
-    return value
+# One requirement for pip (a name and a version range; no options, URLs or files).
+pip_requirement = string(
+    rf"[A-Za-z0-9][A-Za-z0-9._-]*(?:\[[A-Za-z0-9,._-]+\])?(?:{_SPEC}(?:\s*,{_SPEC})*)?",
+    "a pip requirement such as docker>=7.1",
+)
 
 
 # --- LVM (lvm(8) "VALID NAMES", lvcreate(8) --extents) ----------------------------------------
@@ -764,12 +765,8 @@ def extents(value, path, ctx):
     return value
 
 
-def profile_name(value, path, ctx):
-    """An LVM profile: /etc/lvm/profile/<name>.profile, so a plain file name."""
-    string(r"[A-Za-z0-9_+][A-Za-z0-9_+.-]*", "an LVM profile name (a plain file name)")(
-        value, path, ctx
-    )
-    return value
+# An LVM profile: /etc/lvm/profile/<name>.profile, so a plain file name.
+profile_name = string(r"[A-Za-z0-9_+][A-Za-z0-9_+.-]*", "an LVM profile name (a plain file name)")
 
 
 # --- Docker's value rules ------------------------------------------------------------------
@@ -918,10 +915,8 @@ def container_path(value, path, ctx):
     return value
 
 
-def volume_source(value, path, ctx):
-    """volumes_from: container[:ro|rw]."""
-    string(rf"{DOCKER_NAME}(?::(?:ro|rw))?", "a container name[:ro|rw]")(value, path, ctx)
-    return value
+# volumes_from: container[:ro|rw].
+volume_source = string(rf"{DOCKER_NAME}(?::(?:ro|rw))?", "a container name[:ro|rw]")
 
 
 def network_ref(value, path, ctx):
@@ -1095,13 +1090,10 @@ def _check_aliases(value, accepted, path, ctx):
             ctx.error(f"{path}:{key}", f"is another name for {kind[6:]}: give only one of them")
 
 
-def registry_host(value, path, ctx):
-    """A registry as docker login names it: host[:port], no scheme or path."""
-    string(
-        rf"{_HOST}(?::[0-9]{{1,5}})?",
-        "a registry host[:port] (no https://, no path)",
-    )(value, path, ctx)
-    return value
+# A registry as docker login names it: host[:port], no scheme or path.
+registry_host = string(
+    rf"{_HOST}(?::[0-9]{{1,5}})?", "a registry host[:port] (no https://, no path)"
+)
 
 
 def container(value, path, ctx):
@@ -1154,19 +1146,18 @@ DAEMON_JSON_CHECKERS = {
 STORAGE_MANAGED_KEYS = ("storage-driver", "storage-opts")
 
 
-def daemon_config(value, path, ctx):
-    """daemon.json: dockerd's keys only, Docker's string maps as strings, no secrets."""
-    if not isinstance(value, dict):
-        ctx.error(path, f"must be a mapping (daemon.json), not {describe(value)}")
-        return value
-    result = {}
-    for key, item in value.items():
-        where = f"{path}:{key}"
-        if key not in DAEMON_JSON_KEYS:
-            ctx.unknown(path, key, DAEMON_JSON_KEYS)
-        elif not refuse_secret(item, where, ctx):
-            result[key] = DAEMON_JSON_CHECKERS.get(key, _json_value)(item, where, ctx)
-    return result
+def _daemon_json_entry(key, item, path, ctx):
+    where = f"{path}:{key}"
+    if key not in DAEMON_JSON_KEYS:
+        ctx.unknown(path, key, DAEMON_JSON_KEYS)
+        return _LEFT_OUT
+    if refuse_secret(item, where, ctx):
+        return _LEFT_OUT
+    return DAEMON_JSON_CHECKERS.get(key, _json_value)(item, where, ctx)
+
+
+# daemon.json: dockerd's keys only, Docker's string maps as strings, no secrets.
+daemon_config = _mapping_of(_daemon_json_entry, "a mapping (daemon.json)")
 
 
 def _json_value(value, path, ctx):

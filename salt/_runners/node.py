@@ -113,20 +113,25 @@ def _write_record(name, record):
     os.replace(tmp, os.path.join(directory, f"{name}.json"))
 
 
+def _took_lock(handle):
+    """Take ``handle``'s exclusive lock unless another process holds it: whether it did."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def _converge_lock(name, timeout):
     """Held while a converge of ``name`` runs; waits up to ``timeout`` for another one."""
     path = os.path.join(_record_dir(), f"{name}.lock")
     with open(path, "a", encoding="utf-8") as handle:
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name}: another converge is still running") from None
-                time.sleep(1)
+        while not _took_lock(handle):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name}: another converge is still running")
+            time.sleep(1)
         try:
             yield
         finally:

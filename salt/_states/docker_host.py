@@ -18,15 +18,6 @@ def __virtual__():
     return __virtualname__
 
 
-def _mounted_device(mountpoint):
-    with open("/proc/self/mounts", encoding="utf-8") as mounts:
-        for line in mounts:
-            fields = line.split()
-            if len(fields) > 1 and fields[1] == mountpoint:
-                return fields[0]
-    return None
-
-
 def data_root_moved(name, device, fstype, services=("docker.socket", "docker")):
     """
     If ``name`` (/var/lib/docker) is not yet a mountpoint and has content, stop ``services``
@@ -34,7 +25,7 @@ def data_root_moved(name, device, fstype, services=("docker.socket", "docker")):
     Run before ``mount.mounted``.
     """
     ret = {"name": name, "result": True, "changes": {}, "comment": ""}
-    if _mounted_device(name) is not None:
+    if __salt__["docker_host.mounted_device"](name) is not None:
         ret["comment"] = f"{name} is already a mountpoint"
         return ret
     entries = os.listdir(name) if os.path.isdir(name) else []
@@ -44,9 +35,7 @@ def data_root_moved(name, device, fstype, services=("docker.socket", "docker")):
     if __opts__["test"]:
         ret.update(result=None, comment=f"{len(entries)} entries of {name} would move to {device}")
         return ret
-    for unit in services:
-        if __salt__["service.available"](unit) and __salt__["service.status"](unit):
-            __salt__["service.stop"](unit)
+    __salt__["docker_host.stop_running"](services)
     staging = tempfile.mkdtemp(prefix="docker-data-root-")
     mounted = __salt__["mount.mount"](staging, device, fstype=fstype)
     if mounted is not True:

@@ -294,15 +294,6 @@ def grown(  # noqa: PLR0917 (Salt passes state arguments by keyword)
     return ret
 
 
-def _mountpoint_device(path):
-    with open("/proc/self/mounts", encoding="utf-8") as mounts:
-        for line in mounts:
-            fields = line.split()
-            if len(fields) > 1 and fields[1] == path:
-                return fields[0]
-    return None
-
-
 def moved_into(name, target, services=("docker.socket", "docker", "containerd")):
     """
     Before ``target`` (a directory on the Docker volume) is bind-mounted at ``name``, move
@@ -310,7 +301,7 @@ def moved_into(name, target, services=("docker.socket", "docker", "containerd"))
     ``target`` already holds something (a second copy would hide one of them).
     """
     ret = _ret(name)
-    if _mountpoint_device(name) is not None:
+    if __salt__["docker_host.mounted_device"](name) is not None:
         ret["comment"] = f"{name} is already a mountpoint"
         return ret
     entries = sorted(os.listdir(name)) if os.path.isdir(name) else []
@@ -323,9 +314,7 @@ def moved_into(name, target, services=("docker.socket", "docker", "containerd"))
     if __opts__["test"]:
         ret.update(result=None, comment=f"{len(entries)} entries of {name} would move")
         return ret
-    for unit in services:
-        if __salt__["service.available"](unit) and __salt__["service.status"](unit):
-            __salt__["service.stop"](unit)
+    __salt__["docker_host.stop_running"](services)
     moved = __salt__["cmd.run_all"](
         ["mv", "--", *(os.path.join(name, entry) for entry in entries), target],
         python_shell=False,

@@ -9,7 +9,6 @@ file for the deploy and error-path tests, and master ports of its own.  The faul
 use another copy whose provider gives up sooner (FAULT_PROVIDER).
 """
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from tools import cloud_harness as harness
 from tools import ec2_endpoint as ec2_endpoint_support
 from tools import sshd
 from tools.fault_proxy import FaultProxy
+from tools.salt_repo import load_module
 
 CloudCLI, SaltMaster = harness.CloudCLI, harness.SaltMaster
 copy_config = harness.copy_config
@@ -29,16 +29,7 @@ DEPLOY_ADDRESSES = [f"127.0.20.{host}" for host in range(4, 15)]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _driver():
-    spec = importlib.util.spec_from_file_location(
-        "boto3_ec2_defaults", REPO_ROOT / "salt" / "_clouds" / "boto3_ec2.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-DRIVER = _driver()
+DRIVER = load_module("clouds", "boto3_ec2")
 
 
 def class_node(node_class):

@@ -9,6 +9,7 @@ what salt-cloud said.  Names start with "f-" so that scenarios never see each ot
 """
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -109,100 +110,66 @@ def signalled_create(ctx, name, hold, signum):
     return ctx.finish(ctx.cli, name, [process], proxy)
 
 
-# --------------------------------------------------------------------------- lost answers
-
-
-@scenario
-def lost_run_instances_answer(ctx):
-    """RunInstances reaches EC2, its answer is lost: botocore retries with the same token."""
-    return one_create(ctx, "f-lost", rules=[("RunInstances", "lose", {})])
-
-
-@scenario
-def every_run_instances_answer_lost(ctx):
-    """Every attempt's answer is lost: the driver finds its instance by client token."""
-    return one_create(ctx, "f-all-lost", rules=[("RunInstances", "lose", {"count": 10})])
-
-
-@scenario
-def reset_before_run_instances(ctx):
-    """The connection is reset before EC2 sees RunInstances: retried, launched once."""
-    return one_create(ctx, "f-reset", rules=[("RunInstances", "reset", {})])
-
-
-@scenario
-def reset_while_waiting(ctx):
-    return one_create(
-        ctx,
-        "f-reset-wait",
-        rules=[("DescribeInstances", "reset", {"count": 4, "match": "instance-id"})],
-    )
-
-
-# --------------------------------------------------------------------------- throttling
-
-
-@scenario
-def throttled_run_instances(ctx):
-    """Two throttles (the provider allows 3 attempts): launched on the third."""
-    return one_create(ctx, "f-throttled", rules=[("RunInstances", "throttle", {"count": 2})])
-
-
-@scenario
-def run_instances_unavailable_once(ctx):
-    return one_create(ctx, "f-503", rules=[("RunInstances", "unavailable", {})])
-
-
-@scenario
-def run_instances_throttled_throughout(ctx):
-    """Throttled on every attempt: nothing launched, and the driver checked by token."""
-    return one_create(ctx, "f-never", rules=[("RunInstances", "throttle", {"count": 20})])
-
-
-@scenario
-def throttled_wait_keeps_the_node(ctx):
-    """Five throttles while waiting for `running` (more than botocore's 3 attempts): the
-    healthy node is kept."""
-    return one_create(
-        ctx,
-        "f-thr-wait",
-        rules=[("DescribeInstances", "throttle", {"count": 5, "match": "instance-id"})],
-    )
-
-
-@scenario
-def throttled_cleanup(ctx):
-    """A create fails after launch and its TerminateInstances is throttled six times."""
-    return one_create(
-        ctx,
-        "f-thr-clean",
-        "test-fails-after-launch",
-        rules=[("TerminateInstances", "throttle", {"count": 6})],
-    )
-
-
-# --------------------------------------------------------------------------- outages
-
-
-@scenario
-def outage_after_launch(ctx):
-    """EC2 unreachable for 3 s from the first wait for `running`: the node is kept."""
-    return one_create(
-        ctx,
-        "f-outage",
-        outage={"seconds": 3, "trigger": "DescribeInstances", "match": "instance-id"},
-    )
-
-
-@scenario
-def outage_during_cleanup(ctx):
-    """A create fails after launch; EC2 is unreachable for 3 s from its TerminateInstances."""
-    return one_create(
-        ctx,
-        "f-outage-clean",
-        "test-fails-after-launch",
-        outage={"seconds": 3, "trigger": "TerminateInstances"},
-    )
+# Scenarios of one create through its own proxy: name -> one_create's node name, profile and
+# faults (rules: action, fault, options; or an outage).
+ONE_CREATE = {
+    # --- lost answers
+    # RunInstances reaches EC2, its answer is lost: botocore retries with the same token.
+    "lost_run_instances_answer": {"name": "f-lost", "rules": [("RunInstances", "lose", {})]},
+    # Every attempt's answer is lost: the driver finds its instance by client token.
+    "every_run_instances_answer_lost": {
+        "name": "f-all-lost",
+        "rules": [("RunInstances", "lose", {"count": 10})],
+    },
+    # The connection is reset before EC2 sees RunInstances: retried, launched once.
+    "reset_before_run_instances": {"name": "f-reset", "rules": [("RunInstances", "reset", {})]},
+    "reset_while_waiting": {
+        "name": "f-reset-wait",
+        "rules": [("DescribeInstances", "reset", {"count": 4, "match": "instance-id"})],
+    },
+    # --- throttling
+    # Two throttles (the provider allows 3 attempts): launched on the third.
+    "throttled_run_instances": {
+        "name": "f-throttled",
+        "rules": [("RunInstances", "throttle", {"count": 2})],
+    },
+    "run_instances_unavailable_once": {
+        "name": "f-503",
+        "rules": [("RunInstances", "unavailable", {})],
+    },
+    # Throttled on every attempt: nothing launched, and the driver checked by token.
+    "run_instances_throttled_throughout": {
+        "name": "f-never",
+        "rules": [("RunInstances", "throttle", {"count": 20})],
+    },
+    # Five throttles while waiting for `running` (more than botocore's 3 attempts): the
+    # healthy node is kept.
+    "throttled_wait_keeps_the_node": {
+        "name": "f-thr-wait",
+        "rules": [("DescribeInstances", "throttle", {"count": 5, "match": "instance-id"})],
+    },
+    # A create fails after launch and its TerminateInstances is throttled six times.
+    "throttled_cleanup": {
+        "name": "f-thr-clean",
+        "profile": "test-fails-after-launch",
+        "rules": [("TerminateInstances", "throttle", {"count": 6})],
+    },
+    # --- outages
+    # EC2 unreachable for 3 s from the first wait for `running`: the node is kept.
+    "outage_after_launch": {
+        "name": "f-outage",
+        "outage": {"seconds": 3, "trigger": "DescribeInstances", "match": "instance-id"},
+    },
+    # A create fails after launch; EC2 is unreachable for 3 s from its TerminateInstances.
+    "outage_during_cleanup": {
+        "name": "f-outage-clean",
+        "profile": "test-fails-after-launch",
+        "outage": {"seconds": 3, "trigger": "TerminateInstances"},
+    },
+}
+SCENARIOS.update(
+    {name: functools.partial(one_create, **faults) for name, faults in ONE_CREATE.items()}
+)
 
 
 @scenario
@@ -474,17 +441,28 @@ def test_unreachable_past_cleanup_timeout_reports_the_instance(fault_runs):
     assert "terminate it by hand" in outcome.output
 
 
-@pytest.mark.parametrize(
-    ("name", "code"),
-    [
-        ("sigterm_while_waiting", 128 + signal.SIGTERM),
-        ("sigint_while_waiting", 128 + signal.SIGINT),
-        ("sigint_while_run_instances_is_answered", 128 + signal.SIGINT),
-    ],
-)
-def test_signals_end_the_create_non_zero_with_nothing_left(fault_runs, name, code):
+def signalled_outcome(fault_runs, name, signum):
+    """The outcome of a scenario that signalled salt-cloud: it ended as ``signum`` ends it."""
     outcome = outcome_of(fault_runs, name)
-    assert outcome.returncode == code, outcome.output
+    assert outcome.returncode == 128 + signum, outcome.output
+    return outcome
+
+
+# Scenario -> the signal it sends salt-cloud.
+SIGNALLED_CREATES = {
+    "sigterm_while_waiting": signal.SIGTERM,
+    "sigint_while_waiting": signal.SIGINT,
+    "sigint_while_run_instances_is_answered": signal.SIGINT,
+}
+SIGNALLED_MAPS = {
+    "sigterm_to_a_parallel_map": signal.SIGTERM,
+    "ctrl_c_on_a_parallel_map": signal.SIGINT,
+}
+
+
+@pytest.mark.parametrize("name", SIGNALLED_CREATES)
+def test_signals_end_the_create_non_zero_with_nothing_left(fault_runs, name):
+    outcome = signalled_outcome(fault_runs, name, SIGNALLED_CREATES[name])
     assert_nothing_left(outcome, launched=1)
     assert "interrupted by signal" in outcome.output and "was terminated" in outcome.output
 
@@ -492,22 +470,15 @@ def test_signals_end_the_create_non_zero_with_nothing_left(fault_runs, name, cod
 def test_sigterm_during_deploy_leaves_no_node_key_or_class(fault_runs):
     outcome = outcome_of(fault_runs, "sigterm_during_deploy")
     assert outcome.extra["deploy_started"], outcome.output
-    assert outcome.returncode == 128 + signal.SIGTERM, outcome.output
+    signalled_outcome(fault_runs, "sigterm_during_deploy", signal.SIGTERM)
     assert_nothing_left(outcome, launched=1)
     assert not outcome.extra["key"]
     assert not outcome.extra["node_class"]
 
 
-@pytest.mark.parametrize(
-    ("name", "code"),
-    [
-        ("sigterm_to_a_parallel_map", 128 + signal.SIGTERM),
-        ("ctrl_c_on_a_parallel_map", 128 + signal.SIGINT),
-    ],
-)
-def test_signals_stop_parallel_workers_and_their_instances(fault_runs, name, code):
-    outcome = outcome_of(fault_runs, name)
-    assert outcome.returncode == code, outcome.output
+@pytest.mark.parametrize("name", SIGNALLED_MAPS)
+def test_signals_stop_parallel_workers_and_their_instances(fault_runs, name):
+    outcome = signalled_outcome(fault_runs, name, SIGNALLED_MAPS[name])
     assert_nothing_left(outcome, launched=3)
     assert outcome.extra["workers_left"] == []
 

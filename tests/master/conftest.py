@@ -144,15 +144,7 @@ def master(clone, endpoint, test_profile, work_dir):
         for pidfile in (work_dir / "nodes").glob("*/var/run/salt-minion.pid"):
             checkout_master.HostMinion(work_dir / "nodes", pidfile.parents[3].name).stop()
         with contextlib.suppress(Exception):
-            ec2 = endpoint.client("ec2")
-            live = [
-                i["InstanceId"]
-                for r in ec2.describe_instances()["Reservations"]
-                for i in r["Instances"]
-                if i["State"]["Name"] != "terminated"
-            ]
-            if live:
-                ec2.terminate_instances(InstanceIds=live)
+            ec2_endpoint.terminate_live(endpoint.client("ec2"))
         server.stop()
 
 

@@ -23,20 +23,12 @@ import yaml
 
 from tests.states import corpus
 from tools.dockerd import running_dockerd
-from tools.gpg import encrypt, make_key, stop_agent
+from tools.gpg import encrypt, keyring
 from tools.images import import_busybox
+from tools.salt_repo import repository_master_settings
 
 TIMINGS = {}
 SECRET_NAMES = ("postgres_user", "postgres_password", "postgres_db", "registry_password")
-# The repository's `master` settings that the test master takes over (paths made absolute).
-MASTER_SETTINGS = (
-    "module_dirs",
-    "ext_pillar",
-    "on_demand_ext_pillar",
-    "minion_data_cache",
-    "pillar_cache",
-    "enforce_mine_cache",
-)
 # Minion id -> node class, assigned on the master before the minion starts.
 NODE_CLASSES = {"dh-dataserver": "dataserver", "dh-webserver": "backends"}
 
@@ -61,10 +53,8 @@ def dockerd(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def gpg_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("gpg") / "master"
-    public = make_key(home)
-    yield {"home": home, "public": public}
-    stop_agent(home)
+    with keyring(tmp_path_factory.mktemp("gpg") / "master") as keys:
+        yield keys
 
 
 @pytest.fixture(scope="package")
@@ -124,14 +114,6 @@ def pillar_root(tmp_path_factory, repo_root, gpg_home, secret_values, test_paths
 
     write_secrets(root / "secrets" / "dataserver.sls", gpg_home["public"], secret_values)
     return root
-
-
-def repository_master_settings(repo_root):
-    """The pillar/identity settings of the repository's `master` file, paths absolute."""
-    config = yaml.safe_load((repo_root / "master").read_text())
-    settings = {key: config[key] for key in MASTER_SETTINGS}
-    settings["module_dirs"] = [str(repo_root / path) for path in settings["module_dirs"]]
-    return settings
 
 
 @pytest.fixture(scope="package")
@@ -198,8 +180,7 @@ def salt_cli(salt_master):
 HELPERS = SimpleNamespace(
     set_node_class=set_node_class,
     write_secrets=write_secrets,
-    make_key=make_key,
-    stop_agent=stop_agent,
+    keyring=keyring,
     timings=TIMINGS,
     secret_names=SECRET_NAMES,
 )

@@ -2,7 +2,6 @@
 pillar override merged over the dataserver class's pillar, as `state.apply pillar=...` merges
 it, then over the formula's defaults, as map.jinja merges them."""
 
-import importlib.util
 from pathlib import Path
 
 import salt.utils.dictupdate
@@ -21,15 +20,6 @@ TEST_SECRETS = {
 
 def entries():
     return yaml.safe_load(CORPUS.read_text())
-
-
-def load_salt_module(kind, name):
-    """A module of salt/_<kind>/ loaded from the checkout, outside Salt's loader."""
-    path = REPO_ROOT / "salt" / f"_{kind}" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"repo_{kind}_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _yaml(path):

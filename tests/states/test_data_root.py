@@ -5,19 +5,15 @@ tests create) once, then the volume is mounted there; nothing is deleted, and a 
 changes nothing.
 """
 
-import json
 import os
 import stat
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
+
+from tools.salt_repo import local_salt_call
 
 pytestmark = pytest.mark.states
-
-SALT_CALL = str(Path(sys.executable).with_name("salt-call"))
 
 
 @pytest.fixture
@@ -40,27 +36,28 @@ def volume(tmp_path):
 def salt_call(tmp_path, repo_root):
     config_dir = tmp_path / "minion-config"
     config_dir.mkdir()
-    config = {
-        "id": "data-root",
-        "file_client": "local",
-        "root_dir": str(config_dir),
-        "file_roots": {"base": [str(repo_root / "salt")]},
-        "pillar_roots": {"base": [str(tmp_path / "no-pillar")]},
-    }
-    (config_dir / "minion").write_text(yaml.safe_dump(config))
+    call = local_salt_call(config_dir, "data-root", repo_root)
 
     def run(*args):
-        proc = subprocess.run(
-            [SALT_CALL, "-c", str(config_dir), "--local", "--out", "json", *args],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return json.loads(proc.stdout)["local"]
+        returncode, answer, output = call(*args)
+        assert returncode == 0, output
+        return answer
 
     run("saltutil.sync_all")
     return run
+
+
+def data_root_moved(data_root, volume):
+    """salt-call's arguments for the state that moves ``data_root`` into ``volume``."""
+    return [
+        "state.single",
+        "docker_host.data_root_moved",
+        f"name={data_root}",
+        f"device={volume}",
+        "fstype=ext4",
+        # The host's own Docker service is not this test's to stop.
+        "services=[]",
+    ]
 
 
 def only_result(ret):
@@ -77,15 +74,7 @@ def test_existing_data_root_is_moved_once_then_mounted(tmp_path, volume, salt_ca
     # be copied by reading the device (which would fill the volume).
     backing_node = data_root / "volumes" / "backingFsBlockDev"
     os.mknod(backing_node, stat.S_IFBLK | 0o600, os.stat(volume).st_rdev)
-    move = [
-        "state.single",
-        "docker_host.data_root_moved",
-        f"name={data_root}",
-        f"device={volume}",
-        "fstype=ext4",
-        # The host's own Docker service is not this test's to stop.
-        "services=[]",
-    ]
+    move = data_root_moved(data_root, volume)
     try:
         moved = only_result(salt_call(*move))
         assert moved["result"] is True
@@ -120,16 +109,7 @@ def test_existing_data_root_is_moved_once_then_mounted(tmp_path, volume, salt_ca
 def test_empty_data_root_needs_no_move(tmp_path, volume, salt_call):
     data_root = tmp_path / "fresh"
     data_root.mkdir()
-    ret = only_result(
-        salt_call(
-            "state.single",
-            "docker_host.data_root_moved",
-            f"name={data_root}",
-            f"device={volume}",
-            "fstype=ext4",
-            "services=[]",
-        )
-    )
+    ret = only_result(salt_call(*data_root_moved(data_root, volume)))
     assert ret["result"] is True
     assert ret["changes"] == {}
     assert "nothing to move" in ret["comment"]

@@ -18,21 +18,17 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 from salt.exceptions import CommandExecutionError
 
-from tests.states import corpus
+from tools.salt_repo import load_module, local_salt_call
 
 pytestmark = [
     pytest.mark.states,
     pytest.mark.skipif(not shutil.which("pvcreate"), reason="lvm2 is not installed (bin/setup)"),
 ]
 
-SALT_CALL = str(Path(sys.executable).with_name("salt-call"))
 MIB = 1024 * 1024
 XFS_MIN = 320 * MIB  # mkfs.xfs refuses less than 300 MiB (sparse images: no real space)
 
@@ -57,6 +53,16 @@ def loop_device(path, size=64 * MIB, partscan=False):
         run("losetup", "-d", device, check=False)
 
 
+def partition_of(device):
+    """Partition 1 (20 MiB) made on ``device``: its device node; skips on a udev-less host."""
+    run("sgdisk", "-n", "1:2048:+20M", device)
+    run("partx", "-u", device, check=False)
+    partition = f"{device}p1"
+    if not os.path.exists(partition):
+        pytest.skip("no partition device node (udev-less host)")
+    return partition
+
+
 @pytest.fixture
 def loop(tmp_path):
     with loop_device(tmp_path / "disk.img") as device:
@@ -70,7 +76,7 @@ def vg_name():
 
 @pytest.fixture
 def docker_host():
-    module = corpus.load_salt_module("modules", "docker_host")
+    module = load_module("modules", "docker_host")
     module.__grains__ = {}
     return module
 
@@ -127,11 +133,7 @@ def test_backup_gpt_alone_is_refused(docker_host, loop, vg_name):
 
 def test_filesystem_left_after_the_table_was_wiped_is_refused(docker_host, tmp_path, vg_name):
     with loop_device(tmp_path / "parted.img", partscan=True) as device:
-        run("sgdisk", "-n", "1:2048:+20M", device)
-        run("partx", "-u", device, check=False)
-        partition = f"{device}p1"
-        if not os.path.exists(partition):
-            pytest.skip("no partition device node (udev-less host)")
+        partition = partition_of(device)
         run("mkfs.ext4", "-q", "-F", partition)
         run("sgdisk", "--zap-all", device)
         run("partx", "-d", device, check=False)
@@ -213,11 +215,7 @@ def test_missing_device_is_refused(docker_host, vg_name):
 
 def test_partition_is_refused(docker_host, tmp_path, vg_name):
     with loop_device(tmp_path / "parted.img", partscan=True) as device:
-        run("sgdisk", "-n", "1:2048:+20M", device)
-        run("partx", "-u", device, check=False)
-        partition = f"{device}p1"
-        if not os.path.exists(partition):
-            pytest.skip("no partition device node (udev-less host)")
+        partition = partition_of(device)
         with pytest.raises(CommandExecutionError, match="is a partition, not a whole disk"):
             docker_host.disk_verdict(partition, vg_name, partition)
 
@@ -258,24 +256,11 @@ def test_probe_that_cannot_run_refuses(docker_host, loop, vg_name, monkeypatch):
 
 @pytest.fixture(scope="module")
 def salt_call(tmp_path_factory, repo_root):
-    config_dir = tmp_path_factory.mktemp("disk-minion")
-    config = {
-        "id": "disk-states",
-        "file_client": "local",
-        "root_dir": str(config_dir),
-        "file_roots": {"base": [str(repo_root / "salt")]},
-        "pillar_roots": {"base": [str(config_dir / "no-pillar")]},
-    }
-    (config_dir / "minion").write_text(yaml.safe_dump(config))
+    local = local_salt_call(tmp_path_factory.mktemp("disk-minion"), "disk-states", repo_root)
 
     def call(*args):
-        proc = subprocess.run(
-            [SALT_CALL, "-c", str(config_dir), "--local", "--out", "json", *args],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return proc.returncode, json.loads(proc.stdout)["local"] if proc.stdout else None
+        returncode, answer, _ = local(*args)
+        return returncode, answer
 
     assert call("saltutil.sync_all")[0] == 0
     return call
@@ -288,16 +273,10 @@ def single(salt_call, function, **kwargs):
 
 
 def pv_fields(device):
-    out = run(
-        "pvs",
-        "--noheadings",
-        "--nameprefixes",
-        "--unquoted",
-        "-o",
-        "pv_uuid,vg_name,vg_tags",
-        device,
-    ).stdout
-    return dict(item.partition("=")[::2] for item in out.split())
+    """lvm2's JSON report of the PV on ``device`` (pv_uuid, vg_name, vg_tags)."""
+    out = run("pvs", "--reportformat", "json", "-o", "pv_uuid,vg_name,vg_tags", device).stdout
+    (pv,) = json.loads(out)["report"][0]["pv"]
+    return pv
 
 
 def test_volume_group_is_made_on_a_blank_disk_and_marked(salt_call, docker_host, loop, vg_name):
@@ -307,9 +286,9 @@ def test_volume_group_is_made_on_a_blank_disk_and_marked(salt_call, docker_host,
     assert made["result"] is True, made
     assert made["changes"]["volume_group"] == vg_name
     fields = pv_fields(loop)
-    assert fields["LVM2_VG_NAME"] == vg_name
-    assert fields["LVM2_VG_TAGS"] == "docker_host"
-    assert fields["LVM2_PV_UUID"] == docker_host.pv_marker(loop)
+    assert fields["vg_name"] == vg_name
+    assert fields["vg_tags"] == "docker_host"
+    assert fields["pv_uuid"] == docker_host.pv_marker(loop)
     rc, again = single(salt_call, "docker_storage.volume_group_present", name=vg_name, device=loop)
     assert (again["result"], again["changes"]) == (True, {})
 
@@ -322,7 +301,7 @@ def test_interrupted_run_is_finished(salt_call, docker_host, loop, vg_name):
     assert "a previous run made" in checked["comment"]
     _, made = single(salt_call, "docker_storage.volume_group_present", name=vg_name, device=loop)
     assert made["result"] is True, made
-    assert pv_fields(loop)["LVM2_VG_NAME"] == vg_name
+    assert pv_fields(loop)["vg_name"] == vg_name
 
 
 @pytest.mark.parametrize("prepare", ["ext4", "foreign-pv", "gpt"])

@@ -41,6 +41,16 @@ def state_seconds(ret):
     return sum(value["duration"] for value in state_results(ret).values()) / 1000
 
 
+def timed_highstate(node, label):
+    """A highstate that must succeed; its time, in all and in states, kept as ``label``."""
+    ret, seconds = apply(node)
+    node.helpers.timings[label] = seconds
+    node.helpers.timings[f"{label}, in states"] = state_seconds(ret)
+    assert ret.returncode == 0, ret.stdout
+    assert failed(ret) == {}
+    return ret
+
+
 def env_of(container):
     return dict(item.split("=", 1) for item in container["Config"]["Env"])
 
@@ -55,11 +65,7 @@ def env_of(container):
 
 
 def test_first_highstate_runs_the_dataserver_containers(node):
-    ret, seconds = apply(node)
-    node.helpers.timings["first"] = seconds
-    node.helpers.timings["first, in states"] = state_seconds(ret)
-    assert ret.returncode == 0, ret.stdout
-    assert failed(ret) == {}
+    timed_highstate(node, "first")
 
     postgres = node.dockerd.inspect("postgres")
     assert postgres["State"]["Running"]
@@ -98,11 +104,7 @@ def test_first_highstate_runs_the_dataserver_containers(node):
 
 
 def test_second_highstate_changes_nothing(node):
-    ret, seconds = apply(node)
-    node.helpers.timings["second"] = seconds
-    node.helpers.timings["second, in states"] = state_seconds(ret)
-    assert ret.returncode == 0, ret.stdout
-    assert failed(ret) == {}
+    ret = timed_highstate(node, "second")
     assert changed(ret) == {}
 
 
@@ -218,12 +220,8 @@ def test_corrupt_ciphertext_stops_state_apply(node, restore_secrets):
 
 
 def test_secret_for_another_key_stops_state_apply(node, restore_secrets, tmp_path):
-    other_home = tmp_path / "other-gpg"
-    other_public = node.helpers.make_key(other_home, name="not-the-master")
-    try:
-        node.helpers.write_secrets(restore_secrets, other_public, node.secrets)
-    finally:
-        node.helpers.stop_agent(other_home)
+    with node.helpers.keyring(tmp_path / "other-gpg", name="not-the-master") as other:
+        node.helpers.write_secrets(restore_secrets, other["public"], node.secrets)
     _assert_apply_refused_and_nothing_changed(node)
 
 

@@ -21,21 +21,14 @@ import pytest
 import yaml
 
 from tools.event_recorder import recording
-from tools.gpg import encrypt, make_key, stop_agent
+from tools.gpg import encrypt, keyring
+from tools.salt_repo import repository_master_settings
 from tools.swarm_nodes import import_image, swarm_nodes
 
 CLASS = "backends"
 NODES = ("sw1", "sw2", "sw3")
 INTRUDER = "intruder"
 TIMINGS = {}
-MASTER_SETTINGS = (
-    "module_dirs",
-    "ext_pillar",
-    "on_demand_ext_pillar",
-    "minion_data_cache",
-    "pillar_cache",
-    "enforce_mine_cache",
-)
 SECRET_KEYS = ("api_token", "web_env_key")
 IMAGES = ("app:1", "app:2")
 BROKEN_IMAGE = "app:broken"  # /bin/busybox left out: no command in it can start
@@ -131,10 +124,8 @@ def engines(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def gpg_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("gpg") / "master"
-    public = make_key(home)
-    yield {"home": home, "public": public}
-    stop_agent(home)
+    with keyring(tmp_path_factory.mktemp("gpg") / "master") as keys:
+        yield keys
 
 
 class Pillar:
@@ -184,15 +175,6 @@ def pillar(tmp_path_factory, repo_root, gpg_home):
         tree.set_secret(key, f"{key}-{random_secrets.token_hex(12)}")
     tree.write()
     return tree
-
-
-def repository_master_settings(repo_root):
-    """What the repository's `master` sets for identity and pillar (module_dirs, the
-    node_class ext_pillar, caches off), paths made absolute."""
-    config = yaml.safe_load((repo_root / "master").read_text())
-    settings = {key: config[key] for key in MASTER_SETTINGS}
-    settings["module_dirs"] = [str(repo_root / path) for path in settings["module_dirs"]]
-    return settings
 
 
 @pytest.fixture(scope="package")

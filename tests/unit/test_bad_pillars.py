@@ -9,20 +9,19 @@ import pytest
 from salt.exceptions import CommandExecutionError
 
 from tests.states import corpus
+from tools.salt_repo import load_module
 
 ENTRIES = corpus.entries()
 
 
 @pytest.fixture(scope="module")
 def settings_module():
-    return corpus.load_salt_module("modules", "docker_settings")
+    return load_module("modules", "docker_settings")
 
 
 @pytest.fixture(scope="module")
 def consumers(settings_module):
-    own_states = {
-        name: corpus.load_salt_module("states", name) for name in settings_module.OWN_STATE_MODULES
-    }
+    own_states = {name: load_module("states", name) for name in settings_module.OWN_STATE_MODULES}
 
     def lookup(ref):
         module, _, function = ref.partition(".")

@@ -4,7 +4,6 @@ is imported by path, as salt's loader does; validation runs against botocore's r
 service model."""
 
 import datetime
-import importlib.util
 import re
 from pathlib import Path
 
@@ -15,18 +14,12 @@ import pytest
 import yaml
 from salt.exceptions import SaltCloudConfigError, SaltCloudSystemExit
 
+from tools.salt_repo import load_module
+
 REPO = Path(__file__).resolve().parents[2]
-DRIVER = REPO / "salt" / "_clouds" / "boto3_ec2.py"
 
 
-def _load_driver():
-    spec = importlib.util.spec_from_file_location("boto3_ec2_under_test", DRIVER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ec2 = _load_driver()
+ec2 = load_module("clouds", "boto3_ec2")
 MODEL = (
     boto3.session.Session(region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="y")
     .client("ec2")

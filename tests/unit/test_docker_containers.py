@@ -4,36 +4,25 @@ registries, the config hash, drift decisions from an inspection, which volumes a
 carries over or refuses, secret resolution and masking.
 """
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from salt.exceptions import CommandExecutionError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tools.salt_repo import load_module
+
 HASH_LABEL = "docker-hosts.config-hash"
 VOLUME = "a" * 64
 
 
-def _load(kind):
-    spec = importlib.util.spec_from_file_location(
-        f"{kind}_docker_containers", REPO_ROOT / "salt" / f"_{kind}" / "docker_containers.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def mod():
-    module = _load("modules")
+    module = load_module("modules", "docker_containers")
     module.__context__ = {}
     return module
 
 
 @pytest.fixture
 def states():
-    return _load("states")
+    return load_module("states", "docker_containers")
 
 
 @pytest.mark.parametrize(

@@ -5,27 +5,15 @@ daemon.json, secret resolution and masking. The disk checks run on real loop dev
 tests/states/test_disk.py.
 """
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from salt.exceptions import CommandExecutionError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(kind, name):
-    spec = importlib.util.spec_from_file_location(
-        f"{kind}_{name}", REPO_ROOT / "salt" / f"_{kind}" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tools.salt_repo import load_module
 
 
 @pytest.fixture
 def docker_host():
-    module = _load("modules", "docker_host")
+    module = load_module("modules", "docker_host")
     module.__grains__ = {"os": "Debian", "osrelease": "12"}
     module.__pillar__ = {}
     return module

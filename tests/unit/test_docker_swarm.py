@@ -6,40 +6,31 @@ tampering or expiry), the runner's manager/worker plans, and entitlement from th
 Modules are imported by path, as Salt's loader does.
 """
 
-import importlib.util
 import json
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from salt.exceptions import CommandExecutionError
+
+from tools.salt_node import rsa_key_pair
+from tools.salt_repo import load_module
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {"api_token": "s3cr3t-value", "db": "another"}
 
 
-def _load(kind, name):
-    spec = importlib.util.spec_from_file_location(
-        f"{kind}_{name}_under_test", REPO_ROOT / "salt" / f"_{kind}" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def swarm_module():
-    module = _load("modules", "docker_swarm")
+    module = load_module("modules", "docker_swarm")
     module.__pillar__ = {"docker_secrets": SECRETS}
     return module
 
 
 @pytest.fixture
 def runner():
-    return _load("runners", "swarm")
+    return load_module("runners", "swarm")
 
 
 def minimal(**services):
@@ -325,15 +316,7 @@ def test_removed_settings_are_differences_too(swarm_module):
 
 
 def key_pair(bits=2048):
-    private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    private_pem = private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    private_pem, public_pem = rsa_key_pair(bits)
     return private_pem, public_pem.decode()
 
 
@@ -446,6 +429,11 @@ def active_worker(addr, manager_addr):
 MEMBERS = ["n1", "n2", "n3"]
 
 
+def two_engines_and_a_new_one(n1, n2):
+    """What MEMBERS report: ``n1`` and ``n2`` as given, n3 in no swarm yet."""
+    return {"n1": n1, "n2": n2, "n3": info()}
+
+
 def test_init_only_when_nobody_is_in_a_swarm(runner):
     infos = {member: info() for member in MEMBERS}
     plan = runner.plan_managers(MEMBERS, infos, 1)
@@ -482,20 +470,16 @@ def test_never_a_second_init(runner, infos, known, message):
 
 
 def test_two_swarms_in_one_class_are_refused(runner):
-    infos = {
-        "n1": active_manager("10.0.0.1", "c1"),
-        "n2": active_manager("10.0.0.2", "c2"),
-        "n3": info(),
-    }
+    infos = two_engines_and_a_new_one(
+        active_manager("10.0.0.1", "c1"), active_manager("10.0.0.2", "c2")
+    )
     assert "different swarms" in runner.plan_managers(MEMBERS, infos, 1)["errors"][0]
 
 
 def test_existing_managers_stay_more_are_promoted_or_joined(runner):
-    infos = {
-        "n1": active_manager("10.0.0.1"),
-        "n2": active_worker("10.0.0.2", "10.0.0.1"),
-        "n3": info(),
-    }
+    infos = two_engines_and_a_new_one(
+        active_manager("10.0.0.1"), active_worker("10.0.0.2", "10.0.0.1")
+    )
     plan = runner.plan_managers(MEMBERS, infos, 3)
     assert plan["init"] is None
     assert plan["promote"] == ["n2"]
@@ -517,11 +501,9 @@ def test_manager_count_never_exceeds_an_odd_number_of_members(runner):
 
 
 def test_a_node_in_another_swarm_is_never_promoted(runner):
-    infos = {
-        "n1": active_manager("10.0.0.1"),
-        "n2": active_worker("10.0.0.2", "10.9.9.9"),
-        "n3": info(),
-    }
+    infos = two_engines_and_a_new_one(
+        active_manager("10.0.0.1"), active_worker("10.0.0.2", "10.9.9.9")
+    )
     plan = runner.plan_managers(MEMBERS, infos, 3)
     assert "n2" not in plan["promote"]
     assert runner.plan_workers(MEMBERS, infos) == {"join": ["n3"], "foreign": ["n2"]}

@@ -1,34 +1,23 @@
 """The pure parts of the one-command path: which events the reactor acts on (runner node),
 the class plan of orch.ensure_class, the converge summary, and the storage growth plan."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 from salt.exceptions import CommandExecutionError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tools.salt_repo import load_module
+
 GIB = 1024**3
 MIB = 1024**2
 
 
-def _load(kind, name):
-    spec = importlib.util.spec_from_file_location(
-        f"{kind}_{name}", REPO_ROOT / "salt" / f"_{kind}" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def node():
-    return _load("runners", "node")
+    return load_module("runners", "node")
 
 
 @pytest.fixture(scope="module")
 def storage():
-    return _load("modules", "docker_storage")
+    return load_module("modules", "docker_storage")
 
 
 SALT_CLOUD_DATA = {
