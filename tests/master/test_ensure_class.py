@@ -44,6 +44,23 @@ def live(checkout, node_class=CLASS):
     )
 
 
+def newest(checkout, node_class=CLASS):
+    """The live node of the class launched last (by name among equal launch times): the one
+    an extra node is chosen as. Both were created at once, so EC2's times decide, not order."""
+    reservations = checkout.ec2.describe_instances(
+        Filters=[
+            {"Name": "tag:class", "Values": [node_class]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )["Reservations"]
+    nodes = [
+        (i["LaunchTime"], next(t["Value"] for t in i["Tags"] if t["Key"] == "Name"))
+        for r in reservations
+        for i in r["Instances"]
+    ]
+    return max(nodes)[1]
+
+
 def record(checkout, name):
     path = checkout.cachedir / "node_converge" / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
@@ -78,22 +95,24 @@ def test_ensure_class_creates_converges_reports_and_removes_when_asked(checkout,
     assert not {key: ret["changes"] for key, ret in states.items() if ret["changes"]}
     assert "created: none" in comments(states)
 
-    # One too many: reported, kept.
+    # One too many: the newest is reported, kept.
+    extra = newest(checkout)
+    (kept,) = {"workers-1", "workers-2"} - {extra}
     fewer, states = orchestrate(checkout, **{**request, "count": 1})
     assert fewer.returncode == 0, fewer.stdout[-4000:]
-    assert "extra: workers-2" in comments(states) and "kept" in comments(states)
+    assert f"extra: {extra}" in comments(states) and "kept" in comments(states)
     assert live(checkout) == ["workers-1", "workers-2"]
 
     # Removed only when asked; the destroy reactor then forgets it.
     removed, states = orchestrate(checkout, **{**request, "count": 1, "remove_extra": True})
     assert removed.returncode == 0, removed.stdout[-4000:]
-    HostMinion(checkout.nodes, "workers-2").stop()
-    assert live(checkout) == ["workers-1"]
+    HostMinion(checkout.nodes, extra).stop()
+    assert live(checkout) == [kept]
     deadline = time.monotonic() + 60
-    while record(checkout, "workers-2") is not None:
-        assert time.monotonic() < deadline, "the master did not forget workers-2"
+    while record(checkout, extra) is not None:
+        assert time.monotonic() < deadline, f"the master did not forget {extra}"
         time.sleep(0.5)
-    assert record(checkout, "workers-1")["result"] is True
+    assert record(checkout, kept)["result"] is True
 
 
 @pytest.mark.parametrize(
