@@ -29,6 +29,10 @@ ENTRIES = {
 ALL_STATES = ("pending", "running", "shutting-down", "terminated", "stopping", "stopped")
 # salt-cloud runs at once: they are CPU-bound, and the machine has 2 cores.
 CONCURRENT_RUNS = 6
+# Every Nth entry only (bin/test's second Salt version: the checks are the driver's, the same
+# code on both; the whole corpus runs on the first). 1: all of them.
+EVERY = int(os.environ.get("DOCKERHOSTS_CLOUD_CORPUS_EVERY", "1"))
+CHOSEN = sorted(ENTRIES)[::EVERY]
 
 
 def expand(value, values):
@@ -77,7 +81,8 @@ def corpus(repo_root, tmp_path_factory, ec2_endpoint, ssh_client_key):
     proxy = FaultProxy(ec2_endpoint.url).start()
     runs = {}
     roots = [root]
-    for entry_id, entry in ENTRIES.items():
+    for entry_id in CHOSEN:
+        entry = ENTRIES[entry_id]
         cli_root, profile = root, f"corpus-{entry_id}"
         if entry["kind"] != "profiles":
             profile = "corpus-base"
@@ -120,7 +125,7 @@ def refused_naming_the_key(entry, result):
     )
 
 
-@pytest.mark.parametrize("entry_id", sorted(ENTRIES))
+@pytest.mark.parametrize("entry_id", CHOSEN)
 def test_bad_entry_is_refused_naming_the_key(corpus, entry_id):
     entry, result = ENTRIES[entry_id], corpus["results"][entry_id]
     text = result.stdout + result.stderr
@@ -136,12 +141,14 @@ def test_the_corpus_is_large_and_all_of_it_refused(corpus):
         for entry_id, result in corpus["results"].items()
     )
     print(
-        f"bad-profile corpus: {score}/{len(ENTRIES)} refused naming the key "
+        f"bad-profile corpus: {score}/{len(CHOSEN)} refused naming the key "
         f"({len(CORPUS['profiles'])} profiles, {len(CORPUS['names'])} names, "
-        f"{len(CORPUS['providers'])} providers) in {corpus['seconds']:.0f} s"
+        f"{len(CORPUS['providers'])} providers"
+        + (f"; every {EVERY}th entry" if EVERY > 1 else "")
+        + f") in {corpus['seconds']:.0f} s"
     )
     assert len(ENTRIES) >= 100
-    assert score == len(ENTRIES)
+    assert score == len(CHOSEN)
 
 
 def test_nothing_but_reads_reached_ec2(corpus):
