@@ -234,6 +234,8 @@ class Stack:
                     "image": APP_IMAGE,
                     "command": APP_COMMAND,
                     "storage_opt": {"size": QUOTA_SIZE},
+                    # Back after a reboot like the app, so that a highstate then changes nothing.
+                    "restart_policy": "always",
                 }
             (pillar_dir / f"node_{name}.sls").write_text(
                 "#!yaml|gpg\n" + yaml.safe_dump(pillar, default_style=None, width=1000)
