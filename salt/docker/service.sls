@@ -2,6 +2,9 @@
 include:
   - .config
   - .storage
+{%- if docker.install.manage %}
+  - .install
+{%- endif %}
 
 {%- if docker.service.manage %}
 
