@@ -532,7 +532,11 @@ def daemon_json(settings):
     storage = settings.get("storage") or {}
     mode = storage.get("mode")
     if mode == "overlay2":
-        config["storage-driver"] = "overlay2"
+        # With the containerd image store on, dockerd takes storage-driver as the name of a
+        # containerd snapshotter, and containerd has no "overlay2" (Engine 26: "snapshotter
+        # not loaded: overlay2"): leave it to containerd's default, overlayfs.
+        if (config.get("features") or {}).get("containerd-snapshotter") is not True:
+            config["storage-driver"] = "overlay2"
     elif mode == "devicemapper":
         thinpool = storage["devicemapper"]["thinpool"]
         config["storage-driver"] = "devicemapper"

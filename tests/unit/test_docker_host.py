@@ -165,6 +165,14 @@ def test_overlay2_daemon_json_names_the_driver(docker_host):
     assert config == {"log-driver": "json-file", "storage-driver": "overlay2"}
 
 
+def test_overlay2_with_the_containerd_store_leaves_the_snapshotter_to_containerd(docker_host):
+    features = {"containerd-snapshotter": True}
+    config = docker_host.daemon_json(
+        {"config": {"features": features}, "storage": {"mode": "overlay2"}}
+    )
+    assert config == {"features": features}
+
+
 def test_devicemapper_daemon_json_points_at_the_thin_pool(docker_host):
     config = docker_host.daemon_json(
         {
