@@ -347,8 +347,10 @@ class Swarm:
 @pytest.fixture(scope="package")
 def swarm(salt_master, minions, engines, pillar, events):
     cluster = Swarm(salt_master, minions, engines, pillar, events)
-    with ThreadPoolExecutor(max_workers=len(NODES)) as pool:
-        list(pool.map(lambda node: cluster.registry.set(node, CLASS), NODES))
+    # One at a time: every call goes through the one salt-run factory, whose CLI runner keeps
+    # per-run state (its output files) and is not thread-safe.
+    for node in NODES:
+        cluster.registry.set(node, CLASS)
     # Custom modules: runners and orchestration states on the master, the rest on minions.
     assert cluster.run_cli.run("saltutil.sync_all").returncode == 0
     synced = cluster.cli.run("saltutil.sync_all", minion_tgt="*")
