@@ -30,35 +30,29 @@ def orchestrate(checkout, **request):
     return result, states
 
 
-def live(checkout, node_class=CLASS):
+def live_nodes(checkout, node_class=CLASS):
+    """(launch time, name) of each live node of the class, as EC2 holds them."""
     reservations = checkout.ec2.describe_instances(
         Filters=[
             {"Name": "tag:class", "Values": [node_class]},
             {"Name": "instance-state-name", "Values": ["pending", "running"]},
         ]
     )["Reservations"]
-    return sorted(
-        next(t["Value"] for t in i["Tags"] if t["Key"] == "Name")
+    return [
+        (i["LaunchTime"], next(t["Value"] for t in i["Tags"] if t["Key"] == "Name"))
         for r in reservations
         for i in r["Instances"]
-    )
+    ]
+
+
+def live(checkout, node_class=CLASS):
+    return sorted(name for _, name in live_nodes(checkout, node_class))
 
 
 def newest(checkout, node_class=CLASS):
     """The live node of the class launched last (by name among equal launch times): the one
     an extra node is chosen as. Both were created at once, so EC2's times decide, not order."""
-    reservations = checkout.ec2.describe_instances(
-        Filters=[
-            {"Name": "tag:class", "Values": [node_class]},
-            {"Name": "instance-state-name", "Values": ["pending", "running"]},
-        ]
-    )["Reservations"]
-    nodes = [
-        (i["LaunchTime"], next(t["Value"] for t in i["Tags"] if t["Key"] == "Name"))
-        for r in reservations
-        for i in r["Instances"]
-    ]
-    return max(nodes)[1]
+    return max(live_nodes(checkout, node_class))[1]
 
 
 def record(checkout, name):
