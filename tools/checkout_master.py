@@ -85,9 +85,17 @@ class CheckoutMaster:
                 start_new_session=True,
             )
         pull = self.root / ".salt/var/run/salt/master/master_event_pull.ipc"
-        _wait_for(
-            pull.exists, 60, "salt-master did not start", process=self.process, log=self.log_path
-        )
+        try:
+            _wait_for(
+                pull.exists,
+                60,
+                "salt-master did not start",
+                process=self.process,
+                log=self.log_path,
+            )
+        except BaseException:  # a failed start or Ctrl-C/SIGTERM meanwhile: no daemon is left
+            self.stop()
+            raise
         return self
 
     def run(self, program, *args, timeout=300):

@@ -80,15 +80,24 @@ LogLevel VERBOSE
             env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/bin")},
         )
     server = Sshd(process=process, port=port, addresses=list(addresses), work_dir=work_dir)
-    deadline = time.monotonic() + 10
+    try:
+        _wait_until_listening(server)
+    except BaseException:  # not listening, or Ctrl-C/SIGTERM meanwhile: no sshd is left
+        server.stop()
+        raise
+    return server
+
+
+def _wait_until_listening(server, timeout=10):
+    address = server.addresses[0]
+    deadline = time.monotonic() + timeout
     while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"sshd exited with {process.returncode}:\n{server.log()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"sshd exited with {server.process.returncode}:\n{server.log()}")
         try:
-            with socket.create_connection((addresses[0], port), timeout=0.5):
-                return server
+            with socket.create_connection((address, server.port), timeout=0.5):
+                return
         except OSError:
             if time.monotonic() > deadline:
-                server.stop()
-                raise RuntimeError(f"sshd did not listen on {addresses[0]}:{port}") from None
+                raise RuntimeError(f"sshd did not listen on {address}:{server.port}") from None
             time.sleep(0.05)
