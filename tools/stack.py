@@ -72,6 +72,7 @@ class StageTimer:
 
     def __init__(self, log=None):
         self.stages: list[tuple[str, float]] = []
+        self.notes: list[str] = []
         self.log = log or (lambda message: None)
 
     @contextlib.contextmanager
@@ -85,8 +86,13 @@ class StageTimer:
             self.stages.append((name, seconds))
             self.log(f"<- {name}: {seconds:.1f} s")
 
+    def note(self, text):
+        """A line printed under the stages (e.g. where a stage spent its time)."""
+        self.notes.append(text)
+
     def report(self):
-        return "\n".join(f"{seconds:7.1f} s  {name}" for name, seconds in self.stages)
+        lines = [f"{seconds:7.1f} s  {name}" for name, seconds in self.stages]
+        return "\n".join(lines + [f"  {text}" for text in self.notes])
 
 
 @dataclass
@@ -431,8 +437,27 @@ class Stack:
         with self.timer(f"{name}: reactor: minion joins, modules synced, highstate"):
             deployed.converge = self.wait_converged(name)
         seconds = deployed.converge.get("seconds") or {}
-        self.log(f"{name}: converge by the reactor: {seconds}")
+        self.timer.note(f"{name}: converge {seconds}; slowest states: {self.slowest_states(name)}")
         return deployed
+
+    def slowest_states(self, name, count=6):
+        """The converge highstate's slowest states, from the master's job cache: where a slow
+        first converge spends its time."""
+        jid = (self.nodes[name].converge or {}).get("jid")
+        if not jid:
+            return "unknown (no job id)"
+        found = self.run("salt-run", "--out=json", "jobs.lookup_jid", jid, "missing=False")
+        try:
+            states = json.loads(found.stdout).get(name) or {}
+            durations = {
+                state.get("__id__", key): state.get("duration", 0) / 1000
+                for key, state in states.items()
+                if isinstance(state, dict)
+            }
+        except (json.JSONDecodeError, AttributeError, TypeError):
+            return "unknown (job cache not readable)"
+        slowest = sorted(durations.items(), key=lambda item: item[1], reverse=True)[:count]
+        return ", ".join(f"{state} {seconds:.0f} s" for state, seconds in slowest)
 
     def wait_converged(self, name, timeout=1800):
         """`salt-run node.wait_converged <name>`: the reactor's converge record (raises if it

@@ -320,6 +320,8 @@ def check_reboot(stack, deployed):
         node.reboot()
         stack.wait_for_minion(deployed.name)
         wait_for_container(node)
+    boot = node.ssh("systemd-analyze | head -1; systemd-analyze blame | head -3", check=False)
+    stack.timer.note(f"{deployed.name}: after the reboot: {' / '.join(boot.stdout.split(chr(10)))}")
     assert_storage(deployed)
     assert container_state(node) == ["true", "always"]
     assert node.ssh(f"docker exec {APP_CONTAINER} cat /data/marker").stdout.strip() == marker
