@@ -509,6 +509,24 @@ def test_a_node_in_another_swarm_is_never_promoted(runner):
     assert runner.plan_workers(MEMBERS, infos) == {"join": ["n3"], "foreign": ["n2"]}
 
 
+def test_the_cluster_record_stays_where_masters_keep_it(runner, tmp_path):
+    node = load_module("runners", "node")
+    node.__opts__ = {"cachedir": str(tmp_path)}
+    runner.__salt__ = {
+        name: getattr(node, name.partition(".")[2])
+        for name in ("node.cache_file", "node.read_cache_record", "node.write_cache_record")
+    }
+    path = tmp_path / "docker-hosts-swarm" / "backends.json"
+    assert runner._known_cluster("backends") is None
+    path.write_text(json.dumps({"cluster_id": "c0", "since": 1}))  # as earlier versions wrote it
+    assert runner._known_cluster("backends") == "c0"
+    runner._remember_cluster("backends", "c1")
+    record = json.loads(path.read_text())
+    assert record["cluster_id"] == "c1" and set(record) == {"cluster_id", "since"}
+    assert runner.forget("backends")["changes"] == {"cluster": {"old": "c1", "new": None}}
+    assert not path.exists() and runner._known_cluster("backends") is None
+
+
 # --- entitlement from the registry ---------------------------------------------------------
 
 
