@@ -404,6 +404,19 @@ def test_scrubbing_masks_the_token(swarm_module):
     )
 
 
+def test_api_errors_name_the_action_and_mask_the_token(swarm_module):
+    error = swarm_module.docker.errors.APIError(f"error with {TOKEN} inside")
+    with (
+        pytest.raises(CommandExecutionError) as raised,
+        swarm_module._api_errors("swarm join failed", TOKEN),
+    ):
+        raise error
+    assert str(raised.value) == "swarm join failed: error with ********** inside"
+    assert raised.value.__cause__ is error
+    with pytest.raises(KeyError), swarm_module._api_errors("swarm join failed"):
+        raise KeyError("not Docker's")
+
+
 # --- the runner's plans ---------------------------------------------------------------------
 
 
