@@ -312,6 +312,28 @@ def test_removed_settings_are_differences_too(swarm_module):
     assert "TaskTemplate.ContainerSpec.Init" in found
 
 
+def test_service_present_masks_the_secrets_in_what_it_returns(swarm_module):
+    states = load_module("states", "docker_swarm")
+    states.__pillar__ = {"docker_secrets": SECRETS}
+    states.__opts__ = {"test": False}
+    settings = swarm_module.validate(minimal(web=web(env={"API_TOKEN": {"secret": "api_token"}})))
+
+    def refuse(spec):
+        env = spec["TaskTemplate"]["ContainerSpec"]["Env"]
+        raise CommandExecutionError(f"cannot create service {spec['Name']}: bad env {env}")
+
+    states.__salt__ = {
+        "docker_settings.masked": load_module("modules", "docker_settings").masked,
+        "docker_swarm.service_spec": swarm_module.service_spec,
+        "docker_swarm.service": lambda name: None,
+        "docker_swarm.service_create": refuse,
+    }
+    ret = states.service_present("web", settings["services"]["web"], "backends")
+    assert ret["result"] is False
+    assert ret["comment"] == "cannot create service web: bad env ['API_TOKEN=**********']"
+    assert SECRETS["api_token"] not in json.dumps(ret)
+
+
 # --- join tokens sealed to one minion --------------------------------------------------------
 
 
