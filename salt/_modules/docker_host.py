@@ -10,7 +10,8 @@ are in docker_settings).
   unused block device that is not the root disk, or our own (half-made) volume group.
 - ``engine_version`` / ``check_storage_driver``: devicemapper exists only in Engine <= 24.
 - ``move_data_root``: move an existing /var/lib/docker into the new volume (never delete);
-  ``mounted_device`` / ``stop_running``: the checks and the stop that come before any move.
+  ``mounted_device`` / ``entries_to_move`` / ``stop_running``: the checks and the stop that
+  come before any move.
 - ``python_sdk``: whether the minion's Python imports a usable docker SDK, and which pip
   installs into that Python (onedir: salt-pip; pip-installed Salt: its own environment).
 - ``daemon_json``: daemon.json from docker:config and the storage mode.
@@ -444,6 +445,20 @@ def mounted_device(path):
             if len(fields) > 1 and fields[1] == path:
                 return fields[0]
     return None
+
+
+def entries_to_move(path):
+    """
+    What moving ``path``'s content onto a volume about to be mounted there has to move:
+    ``(entries, "")``, or ``([], why nothing)`` when ``path`` is a mountpoint already or
+    holds nothing.
+
+    CLI Example: ``salt '*' docker_host.entries_to_move /var/lib/docker``
+    """
+    if mounted_device(path) is not None:
+        return [], f"{path} is already a mountpoint"
+    entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    return entries, "" if entries else f"{path} is empty: nothing to move"
 
 
 def stop_running(units):

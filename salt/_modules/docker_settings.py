@@ -22,6 +22,9 @@ Where the rules come from:
   for it (``translate_bool`` -> a boolean ...), then Salt's translator itself checks it;
 - Docker's value rules (ports, restart policies, image references, byte sizes, string maps,
   names) and LVM's naming rules: written below, each a small named checker.
+
+Also ``masked``: the secret values a state used, replaced in what it returns (the
+docker_containers and docker_swarm states call it).
 """
 
 import difflib
@@ -427,6 +430,38 @@ def check_secrets_map(secrets, ctx):
             ctx.error(path, "decrypts to an empty value")
         elif "-----BEGIN PGP MESSAGE-----" in value:
             ctx.error(path, "is still ciphertext: the master could not decrypt it")
+
+
+MASK = "**********"
+
+
+def masked(value, secrets):
+    """
+    ``value`` (a state's return, an error message ...) with each of ``secrets`` replaced by
+    ``**********`` in every string inside it, mapping keys included. The longest secret first,
+    so that a secret containing another is masked whole. Without secrets, ``value`` itself;
+    with any, lists and tuples come back as lists.
+
+    The docker_containers and docker_swarm states pass what they return through this.
+
+    CLI Example: ``salt '*' docker_settings.masked '{comment: "A=s3cret"}' '[s3cret]'``
+    """
+    hidden = sorted({secret for secret in secrets if secret}, key=len, reverse=True)
+    return _masked_with(value, hidden) if hidden else value
+
+
+def _masked_with(value, hidden):
+    if isinstance(value, str):
+        for secret in hidden:
+            value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, dict):
+        return {
+            _masked_with(key, hidden): _masked_with(item, hidden) for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_masked_with(item, hidden) for item in value]
+    return value
 
 
 def secret_value(value, path, ctx):

@@ -16,6 +16,7 @@ Docker swarm for the ``docker`` formula, on the docker SDK (Salt 3008 has no swa
 """
 
 import base64
+import contextlib
 import copy
 import difflib
 import hashlib
@@ -792,9 +793,16 @@ class _Engine:
         self.client.close()
 
 
-def _api_error(action, error, secret=None):
-    explanation = getattr(error, "explanation", None) or str(error)
-    return CommandExecutionError(f"{action}: {_scrub(explanation, secret)}")
+@contextlib.contextmanager
+def _api_errors(action, secret=None):
+    """A Docker API error raised inside becomes ``CommandExecutionError("<action>: <Docker's
+    explanation>")``, ``secret`` masked in it. (Where a missing object is an answer, None or
+    False, a ``contextlib.suppress(docker.errors.NotFound)`` inside this block gives it.)"""
+    try:
+        yield
+    except docker.errors.APIError as error:
+        explanation = getattr(error, "explanation", None) or str(error)
+        raise CommandExecutionError(f"{action}: {_scrub(explanation, secret)}") from error
 
 
 def node_info():
@@ -820,16 +828,13 @@ def node_info():
 def init(advertise_addr=None, listen_addr="0.0.0.0:2377", default_addr_pool=None, subnet_size=None):
     """Create a new swarm with this engine as its first manager; returns ``node_info()``.
     Only the ``swarm`` runner decides when (never while any node of the class is in one)."""
-    with _Engine() as api:
-        try:
-            api.init_swarm(
-                advertise_addr=advertise_addr,
-                listen_addr=listen_addr,
-                default_addr_pool=default_addr_pool or None,
-                subnet_size=subnet_size if default_addr_pool else None,
-            )
-        except docker.errors.APIError as error:
-            raise _api_error("swarm init failed", error) from error
+    with _Engine() as api, _api_errors("swarm init failed"):
+        api.init_swarm(
+            advertise_addr=advertise_addr,
+            listen_addr=listen_addr,
+            default_addr_pool=default_addr_pool or None,
+            subnet_size=subnet_size if default_addr_pool else None,
+        )
     return node_info()
 
 
@@ -870,26 +875,20 @@ def join(
     """Join swarm ``cluster_id`` as ``role`` with a token sealed for this minion
     (``sealed_join_tokens`` on a manager); returns ``node_info()``."""
     token = _open_token(sealed, role, cluster_id)
-    with _Engine() as api:
-        try:
-            api.join_swarm(
-                remote_addrs=list(remote_addrs),
-                join_token=token,
-                listen_addr=listen_addr,
-                advertise_addr=advertise_addr,
-            )
-        except docker.errors.APIError as error:
-            raise _api_error("swarm join failed", error, token) from error
+    with _Engine() as api, _api_errors("swarm join failed", token):
+        api.join_swarm(
+            remote_addrs=list(remote_addrs),
+            join_token=token,
+            listen_addr=listen_addr,
+            advertise_addr=advertise_addr,
+        )
     return node_info()
 
 
 def leave(force=False):
     """Leave the swarm (``force``: also as the last manager, which ends the swarm)."""
-    with _Engine() as api:
-        try:
-            api.leave_swarm(force=force)
-        except docker.errors.APIError as error:
-            raise _api_error("swarm leave failed", error) from error
+    with _Engine() as api, _api_errors("swarm leave failed"):
+        api.leave_swarm(force=force)
     return node_info()
 
 
@@ -922,11 +921,9 @@ def nodes():
 
 def node(node_id):
     """On a manager: one node as ``nodes`` shows it, or None when the swarm has no such node."""
-    with _Engine() as api:
-        try:
-            return _node_summary(api.inspect_node(node_id))
-        except docker.errors.NotFound:
-            return None
+    with _Engine() as api, contextlib.suppress(docker.errors.NotFound):
+        return _node_summary(api.inspect_node(node_id))
+    return None
 
 
 def node_update(node_id, role=None, availability=None, labels=None):
@@ -937,23 +934,21 @@ def node_update(node_id, role=None, availability=None, labels=None):
         for key, value in (("Role", role), ("Availability", availability), ("Labels", labels)):
             if value is not None:
                 spec[key] = value
-        try:
+        with _api_errors(f"cannot update node {node_id}"):
             api.update_node(node_id, current["Version"]["Index"], spec)
-        except docker.errors.APIError as error:
-            raise _api_error(f"cannot update node {node_id}", error) from error
     return node(node_id)
 
 
 def node_remove(node_id, force=False):
     """On a manager: remove a node that left (or, with ``force``, one that is unreachable)."""
-    with _Engine() as api:
-        try:
-            api.remove_node(node_id, force=force)
-        except docker.errors.NotFound:
-            return False
-        except docker.errors.APIError as error:
-            raise _api_error(f"cannot remove node {node_id}", error) from error
-    return True
+    with (
+        _Engine() as api,
+        _api_errors(f"cannot remove node {node_id}"),
+        contextlib.suppress(docker.errors.NotFound),
+    ):
+        api.remove_node(node_id, force=force)
+        return True
+    return False
 
 
 def node_tasks(node_id):
@@ -999,21 +994,18 @@ def network_create(name, settings, class_name):
     if settings["subnet"]:
         pool = docker.types.IPAMPool(subnet=settings["subnet"], gateway=settings["gateway"])
         ipam = docker.types.IPAMConfig(pool_configs=[pool])
-    with _Engine() as api:
-        try:
-            api.create_network(
-                name,
-                driver=settings["driver"],
-                options=options,
-                ipam=ipam,
-                check_duplicate=True,
-                internal=settings["internal"],
-                labels=managed_labels(class_name, settings["labels"]),
-                attachable=settings["attachable"],
-                scope="swarm",
-            )
-        except docker.errors.APIError as error:
-            raise _api_error(f"cannot create network {name}", error) from error
+    with _Engine() as api, _api_errors(f"cannot create network {name}"):
+        api.create_network(
+            name,
+            driver=settings["driver"],
+            options=options,
+            ipam=ipam,
+            check_duplicate=True,
+            internal=settings["internal"],
+            labels=managed_labels(class_name, settings["labels"]),
+            attachable=settings["attachable"],
+            scope="swarm",
+        )
     return network(name)
 
 
@@ -1078,24 +1070,21 @@ def create_version(kind, name, data, class_name, version):
         },
     )
     versioned = f"{name}.v{version}"
-    with _Engine() as api:
-        try:
-            created = _kind_api(api, kind)["create"](versioned, data, labels=labels)
-        except docker.errors.APIError as error:
-            raise _api_error(f"cannot create {kind} {versioned}", error) from error
+    with _Engine() as api, _api_errors(f"cannot create {kind} {versioned}"):
+        created = _kind_api(api, kind)["create"](versioned, data, labels=labels)
     return {"id": created["ID"], "name": versioned, "version": version}
 
 
 def remove_object(kind, object_id):
     """On a manager: remove a secret/config (Docker refuses while a service uses it)."""
-    with _Engine() as api:
-        try:
-            _kind_api(api, kind)["remove"](object_id)
-        except docker.errors.NotFound:
-            return False
-        except docker.errors.APIError as error:
-            raise _api_error(f"cannot remove {kind} {object_id}", error) from error
-    return True
+    with (
+        _Engine() as api,
+        _api_errors(f"cannot remove {kind} {object_id}"),
+        contextlib.suppress(docker.errors.NotFound),
+    ):
+        _kind_api(api, kind)["remove"](object_id)
+        return True
+    return False
 
 
 def managed_objects(kind, class_name):
@@ -1121,15 +1110,6 @@ def objects_in_use(kind):
 # --- services -------------------------------------------------------------------------------------
 
 
-def service(name):
-    """On a manager: ``docker service inspect`` of ``name``, or None."""
-    with _Engine() as api:
-        try:
-            return api.inspect_service(name)
-        except docker.errors.NotFound:
-            return None
-
-
 def _service_arguments(spec):
     return {
         "task_template": spec["TaskTemplate"],
@@ -1142,34 +1122,33 @@ def _service_arguments(spec):
     }
 
 
+def service(name):
+    """On a manager: ``docker service inspect`` of ``name``, or None."""
+    with _Engine() as api, contextlib.suppress(docker.errors.NotFound):
+        return api.inspect_service(name)
+    return None
+
+
 def service_create(spec):
     """On a manager: create a service from a full spec (``service_spec``); returns its id."""
-    with _Engine() as api:
-        try:
-            return api.create_service(**_service_arguments(spec))["ID"]
-        except docker.errors.APIError as error:
-            raise _api_error(f"cannot create service {spec['Name']}", error) from error
+    with _Engine() as api, _api_errors(f"cannot create service {spec['Name']}"):
+        return api.create_service(**_service_arguments(spec))["ID"]
 
 
 def service_update(service_id, version, spec):
     """On a manager: replace a service's spec with ``spec`` (a rolling update when the task
     template changes, following the spec's UpdateConfig)."""
-    with _Engine() as api:
-        try:
-            api.update_service(
-                service_id, version, fetch_current_spec=False, **_service_arguments(spec)
-            )
-        except docker.errors.APIError as error:
-            raise _api_error(f"cannot update service {spec['Name']}", error) from error
+    with _Engine() as api, _api_errors(f"cannot update service {spec['Name']}"):
+        api.update_service(
+            service_id, version, fetch_current_spec=False, **_service_arguments(spec)
+        )
 
 
 def service_remove(name):
     """On a manager: remove a service (its tasks stop)."""
-    with _Engine() as api:
-        try:
-            return api.remove_service(name)
-        except docker.errors.NotFound:
-            return False
+    with _Engine() as api, contextlib.suppress(docker.errors.NotFound):
+        return api.remove_service(name)
+    return False
 
 
 def managed_services(class_name):

@@ -15,6 +15,9 @@ Runner ``node``: what the master does around a node's life (salt/reactor/, salt/
 - ``forget``: remove what the master keeps about a destroyed node.
 - ``class_plan`` / ``ensure_plan``: which nodes a class needs created to have ``count`` live
   ones, and which are extra; ``converge_nodes`` converges the new ones (salt/orch/).
+- ``cache_file`` / ``read_cache_record`` / ``write_cache_record``: small JSON records the
+  master keeps in a subdirectory of its cachedir (the converge records; runner ``swarm``'s
+  cluster records too).
 """
 
 import concurrent.futures
@@ -50,6 +53,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
 CLASS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CLOUD_TAG_RE = re.compile(r"^salt/cloud/(?P<name>[^/]+)/(?P<what>created|destroyed)$")
 RECORD_DIR = "node_converge"
+# A file name that cannot leave its directory: no separator, not "." or "..".
+FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 EVENT_TAG = "dockerhosts/node/{}/converged"
 # Custom module types a minion needs before its first highstate, by their salt:// directory.
 SYNC_FUNCTIONS = {
@@ -91,26 +96,58 @@ def key_fingerprint(name):
         return None
 
 
-def _record_dir():
-    path = os.path.join(__opts__["cachedir"], RECORD_DIR)
+def cache_file(directory, name, suffix=".json"):
+    """
+    Path of ``<cachedir>/<directory>/<name><suffix>`` on the master; the directory is made
+    (mode 0700) when missing. ``directory`` and ``name`` must be plain file names.
+
+    Small records the master keeps live there, one JSON file each (``read_cache_record``,
+    ``write_cache_record``), and their lock files: this runner's converge records
+    (``node_converge``), runner ``swarm``'s clusters (``docker-hosts-swarm``; it calls
+    these through ``__salt__``).
+
+    CLI Example: ``salt-run node.cache_file node_converge db1``
+    """
+    for part in (directory, name):
+        if not isinstance(part, str) or not FILE_NAME_RE.fullmatch(part):
+            raise ValueError(f"{part!r} is not a plain file name")
+    path = os.path.join(__opts__["cachedir"], directory)
     os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
+    return os.path.join(path, f"{name}{suffix}")
 
 
-def read_record(name):
+def read_cache_record(directory, name):
+    """
+    The JSON record ``<cachedir>/<directory>/<name>.json`` (``cache_file``), or None when
+    there is none or it cannot be read.
+
+    CLI Example: ``salt-run node.read_cache_record node_converge db1``
+    """
+    path = cache_file(directory, name)
     try:
-        with open(os.path.join(_record_dir(), f"{name}.json"), encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             return json.load(handle)
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return None
 
 
-def _write_record(name, record):
-    directory = _record_dir()
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+def write_cache_record(directory, name, record):
+    """
+    Replace the JSON record ``<cachedir>/<directory>/<name>.json`` (``cache_file``) with
+    ``record``, atomically: a reader sees the old record or the new one, never part of one.
+
+    CLI Example: ``salt-run node.write_cache_record node_converge db1 '{...}'``
+    """
+    path = cache_file(directory, name)
+    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{name}.")
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         json.dump(record, out, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(directory, f"{name}.json"))
+    os.replace(tmp, path)
+
+
+def read_record(name):
+    """Node ``name``'s converge record, or None."""
+    return read_cache_record(RECORD_DIR, name)
 
 
 def _took_lock(handle):
@@ -125,7 +162,7 @@ def _took_lock(handle):
 @contextlib.contextmanager
 def _converge_lock(name, timeout):
     """Held while a converge of ``name`` runs; waits up to ``timeout`` for another one."""
-    path = os.path.join(_record_dir(), f"{name}.lock")
+    path = cache_file(RECORD_DIR, name, ".lock")
     with open(path, "a", encoding="utf-8") as handle:
         deadline = time.monotonic() + timeout
         while not _took_lock(handle):
@@ -292,10 +329,10 @@ def converge(name, timeout=3600, minion_wait=900, source="cli"):
             log.info("node: %s already converged by %s", name, record.get("source"))
         else:
             record = {"key": fingerprint, "source": source, "started": time.time()}
-            _write_record(name, record)
+            write_cache_record(RECORD_DIR, name, record)
             record.update(_run_highstate(name, timeout, minion_wait))
             record["finished"] = time.time()
-            _write_record(name, record)
+            write_cache_record(RECORD_DIR, name, record)
             _fire(name, record)
     return _returning({name: record}, ok=record.get("result"))
 
@@ -444,7 +481,7 @@ def _remove_master_data(name):
     cache = salt.cache.factory(__opts__)
     cache.flush(f"minions/{name}")
     with contextlib.suppress(FileNotFoundError):
-        os.remove(os.path.join(_record_dir(), f"{name}.json"))
+        os.remove(cache_file(RECORD_DIR, name))
     _unset_node_class(name)
 
 

@@ -31,11 +31,9 @@ Functions (each returns {result, changes, comment}; ``test=True`` plans without 
 import contextlib
 import copy
 import fcntl
-import json
 import logging
 import os
 import re
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -337,34 +335,27 @@ class _Run:
         }
 
 
-def _state_dir():
-    directory = os.path.join(__opts__["cachedir"], STATE_DIR)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    return directory
+def _state_file(class_name, suffix=".json"):
+    return __salt__["node.cache_file"](STATE_DIR, class_name, suffix)
 
 
 def _known_cluster(class_name):
-    try:
-        with open(os.path.join(_state_dir(), f"{class_name}.json"), encoding="utf-8") as handle:
-            return json.load(handle).get("cluster_id")
-    except (OSError, ValueError):
-        return None
+    record = __salt__["node.read_cache_record"](STATE_DIR, class_name)
+    return record.get("cluster_id") if record else None
 
 
 def _remember_cluster(class_name, cluster_id):
     if not cluster_id or cluster_id == _known_cluster(class_name):
         return
-    handle, tmp = tempfile.mkstemp(dir=_state_dir())
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump({"cluster_id": cluster_id, "since": int(time.time())}, out)
-    os.replace(tmp, os.path.join(_state_dir(), f"{class_name}.json"))
+    record = {"cluster_id": cluster_id, "since": int(time.time())}
+    __salt__["node.write_cache_record"](STATE_DIR, class_name, record)
 
 
 @contextlib.contextmanager
 def _locked(class_name):
     """One step at a time per class (two create reactors must not both create a swarm)."""
     _valid_name(class_name, "class name")
-    with open(os.path.join(_state_dir(), f"{class_name}.lock"), "a") as handle:
+    with open(_state_file(class_name, ".lock"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
@@ -753,7 +744,7 @@ def forget(class_name):
         with _locked(class_name):
             known = _known_cluster(class_name)
             with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(_state_dir(), f"{class_name}.json"))
+                os.remove(_state_file(class_name))
     except SwarmError as error:
         return _finish({"result": False, "changes": {}, "comment": str(error)})
     changes = {"cluster": {"old": known, "new": None}} if known else {}

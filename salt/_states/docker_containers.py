@@ -86,7 +86,7 @@ def running(  # noqa: PLR0917 - Salt passes state arguments by name; this is the
         _converge(ret, name, desired, how)
     except (CommandExecutionError, KeyError, *DOCKER_ERRORS) as error:
         ret.update(result=False, comment=_error_text(error))
-    return _mask(ret, used)
+    return __salt__["docker_settings.masked"](ret, used)
 
 
 def mod_watch(name, sfun=None, **kwargs):
@@ -131,7 +131,7 @@ def registry_login(name, username, password, config_path=DEFAULT_REGISTRY_CONFIG
         _login(ret, name, str(username), str(password), config_path)
     except (CommandExecutionError, KeyError, *DOCKER_ERRORS) as error:
         ret.update(result=False, comment=_error_text(error))
-    return _mask(ret, used)
+    return __salt__["docker_settings.masked"](ret, used)
 
 
 # --- secrets ----------------------------------------------------------------------------------
@@ -154,24 +154,6 @@ def _resolve(value, secrets, used):
         return {key: _resolve(item, secrets, used) for key, item in value.items()}
     if isinstance(value, list):
         return [_resolve(item, secrets, used) for item in value]
-    return value
-
-
-def _mask(value, used):
-    # Longest first, so that a secret containing another is masked whole.
-    hidden = sorted({secret for secret in used if secret}, key=len, reverse=True)
-    return _mask_with(value, hidden) if hidden else value
-
-
-def _mask_with(value, hidden):
-    if isinstance(value, str):
-        for secret in hidden:
-            value = value.replace(secret, MASK)
-        return value
-    if isinstance(value, dict):
-        return {_mask_with(key, hidden): _mask_with(item, hidden) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_mask_with(item, hidden) for item in value]
     return value
 
 

@@ -25,12 +25,8 @@ def data_root_moved(name, device, fstype, services=("docker.socket", "docker")):
     Run before ``mount.mounted``.
     """
     ret = {"name": name, "result": True, "changes": {}, "comment": ""}
-    if __salt__["docker_host.mounted_device"](name) is not None:
-        ret["comment"] = f"{name} is already a mountpoint"
-        return ret
-    entries = os.listdir(name) if os.path.isdir(name) else []
+    entries, ret["comment"] = __salt__["docker_host.entries_to_move"](name)
     if not entries:
-        ret["comment"] = f"{name} is empty: nothing to move"
         return ret
     if __opts__["test"]:
         ret.update(result=None, comment=f"{len(entries)} entries of {name} would move to {device}")

@@ -301,12 +301,8 @@ def moved_into(name, target, services=("docker.socket", "docker", "containerd"))
     ``target`` already holds something (a second copy would hide one of them).
     """
     ret = _ret(name)
-    if __salt__["docker_host.mounted_device"](name) is not None:
-        ret["comment"] = f"{name} is already a mountpoint"
-        return ret
-    entries = sorted(os.listdir(name)) if os.path.isdir(name) else []
+    entries, ret["comment"] = __salt__["docker_host.entries_to_move"](name)
     if not entries:
-        ret["comment"] = f"{name} is empty: nothing to move"
         return ret
     if os.listdir(target):
         ret.update(result=False, comment=f"{target} is not empty: not moving {name} into it")

@@ -20,8 +20,6 @@ from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "docker_swarm"
 
-MASK = "**********"
-
 
 def __virtual__():
     return __virtualname__
@@ -51,6 +49,10 @@ def _call(function, *args, **kwargs):
     return __salt__[f"docker_swarm.{function}"](*args, **kwargs)
 
 
+def _masked(value, used):
+    return __salt__["docker_settings.masked"](value, used)
+
+
 # --- secrets from pillar docker_secrets --------------------------------------------------------
 
 
@@ -68,19 +70,6 @@ def _resolve_env(env, used):
         if isinstance(value, dict):
             used.append(resolved[key])
     return resolved
-
-
-def _mask(value, hidden):
-    if isinstance(value, str):
-        for secret in sorted(hidden, key=len, reverse=True):
-            if secret:
-                value = value.replace(secret, MASK)
-        return value
-    if isinstance(value, dict):
-        return {_mask(key, hidden): _mask(item, hidden) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_mask(item, hidden) for item in value]
-    return value
 
 
 # --- the node itself ----------------------------------------------------------------------------
@@ -453,7 +442,7 @@ def service_present(name, service, class_name, definitions=None, timeout=120):
         ret["comment"] = f"service {name} is up to date"
         return _finish_rollout(ret, name, timeout, updated=False)
     verb = "create" if current is None else "update"
-    if _would(ret, _mask(changes, used), f"{verb} service {name}"):
+    if _would(ret, _masked(changes, used), f"{verb} service {name}"):
         return ret
     try:
         if current is None:
@@ -461,7 +450,7 @@ def service_present(name, service, class_name, definitions=None, timeout=120):
         else:
             _call("service_update", current["ID"], current["Version"]["Index"], desired)
     except CommandExecutionError as error:
-        return _failed(ret, _mask(str(error), used))
+        return _failed(ret, _masked(str(error), used))
     ret["comment"] = f"{verb}d service {name}"
     return _finish_rollout(ret, name, timeout, updated=current is not None)
 

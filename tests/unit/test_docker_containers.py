@@ -21,8 +21,16 @@ def mod():
 
 
 @pytest.fixture
-def states():
-    return load_module("states", "docker_containers")
+def settings():
+    return load_module("modules", "docker_settings")
+
+
+@pytest.fixture
+def states(settings):
+    module = load_module("states", "docker_containers")
+    # What the state reaches through the loader: the masking of secrets in what it returns.
+    module.__salt__ = {"docker_settings.masked": settings.masked}
+    return module
 
 
 @pytest.mark.parametrize(
@@ -140,13 +148,36 @@ def test_putting_something_else_over_an_anonymous_volume_is_refused(mod):
         mod.carried_volumes("pg_data", old, desired)
 
 
-def test_secrets_resolved_and_masked(states):
+def test_secrets_resolved_and_masked(states, settings):
     used = []
     secrets = {"pw": "s3cret", "long": "s3cret-and-more"}
     value = {"env": {"A": {"secret": "pw"}, "B": {"secret": "long"}}, "list": [{"secret": "pw"}]}
     resolved = states._resolve(value, secrets, used)
     assert resolved == {"env": {"A": "s3cret", "B": "s3cret-and-more"}, "list": ["s3cret"]}
-    masked = states._mask({"comment": "B=s3cret-and-more A=s3cret"}, used)
+    masked = settings.masked({"comment": "B=s3cret-and-more A=s3cret"}, used)
     assert masked == {"comment": "B=********** A=**********"}
+    assert settings.masked({"s3cret": ("x", "s3cret")}, used) == {"**********": ["x", "**********"]}
+    unchanged = {"comment": "nothing secret", "list": ("a",)}
+    assert settings.masked(unchanged, []) is unchanged
+    assert settings.masked(unchanged, ["", None]) is unchanged
     with pytest.raises(CommandExecutionError, match="'nope' is not in pillar docker_secrets"):
         states._resolve({"secret": "nope"}, secrets, [])
+
+
+def test_a_refused_login_is_reported_without_the_password(states, tmp_path):
+    def refuse(registry, username, password):
+        raise CommandExecutionError(f"{registry}: {username}/{password} refused")
+
+    states.__pillar__ = {"docker_secrets": {"registry_pw": "pa55-word"}}
+    states.__opts__ = {"test": False}
+    states.__salt__.update(
+        {
+            "docker_containers.stored_auth": lambda registry, path: None,
+            "docker_containers.login": refuse,
+        }
+    )
+    ret = states.registry_login(
+        "registry.example.com", "ci", {"secret": "registry_pw"}, str(tmp_path / "config.json")
+    )
+    assert ret["result"] is False
+    assert ret["comment"] == "registry.example.com: ci/********** refused"

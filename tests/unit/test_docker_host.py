@@ -155,6 +155,17 @@ def test_data_root_move_refuses_a_volume_with_content(docker_host, tmp_path):
     assert (source / "image").is_dir()
 
 
+def test_entries_to_move_or_why_there_are_none(docker_host, tmp_path):
+    data = tmp_path / "data"
+    assert docker_host.entries_to_move(str(data)) == ([], f"{data} is empty: nothing to move")
+    data.mkdir()
+    assert docker_host.entries_to_move(str(data)) == ([], f"{data} is empty: nothing to move")
+    (data / "volumes").mkdir()
+    (data / "containers").mkdir()
+    assert docker_host.entries_to_move(str(data)) == (["containers", "volumes"], "")
+    assert docker_host.entries_to_move("/proc") == ([], "/proc is already a mountpoint")
+
+
 # --- daemon.json ------------------------------------------------------------------------------
 
 

@@ -312,6 +312,28 @@ def test_removed_settings_are_differences_too(swarm_module):
     assert "TaskTemplate.ContainerSpec.Init" in found
 
 
+def test_service_present_masks_the_secrets_in_what_it_returns(swarm_module):
+    states = load_module("states", "docker_swarm")
+    states.__pillar__ = {"docker_secrets": SECRETS}
+    states.__opts__ = {"test": False}
+    settings = swarm_module.validate(minimal(web=web(env={"API_TOKEN": {"secret": "api_token"}})))
+
+    def refuse(spec):
+        env = spec["TaskTemplate"]["ContainerSpec"]["Env"]
+        raise CommandExecutionError(f"cannot create service {spec['Name']}: bad env {env}")
+
+    states.__salt__ = {
+        "docker_settings.masked": load_module("modules", "docker_settings").masked,
+        "docker_swarm.service_spec": swarm_module.service_spec,
+        "docker_swarm.service": lambda name: None,
+        "docker_swarm.service_create": refuse,
+    }
+    ret = states.service_present("web", settings["services"]["web"], "backends")
+    assert ret["result"] is False
+    assert ret["comment"] == "cannot create service web: bad env ['API_TOKEN=**********']"
+    assert SECRETS["api_token"] not in json.dumps(ret)
+
+
 # --- join tokens sealed to one minion --------------------------------------------------------
 
 
@@ -402,6 +424,19 @@ def test_scrubbing_masks_the_token(swarm_module):
     assert (
         swarm_module._scrub(f"error with {TOKEN} inside", TOKEN) == "error with ********** inside"
     )
+
+
+def test_api_errors_name_the_action_and_mask_the_token(swarm_module):
+    error = swarm_module.docker.errors.APIError(f"error with {TOKEN} inside")
+    with (
+        pytest.raises(CommandExecutionError) as raised,
+        swarm_module._api_errors("swarm join failed", TOKEN),
+    ):
+        raise error
+    assert str(raised.value) == "swarm join failed: error with ********** inside"
+    assert raised.value.__cause__ is error
+    with pytest.raises(KeyError), swarm_module._api_errors("swarm join failed"):
+        raise KeyError("not Docker's")
 
 
 # --- the runner's plans ---------------------------------------------------------------------
@@ -507,6 +542,24 @@ def test_a_node_in_another_swarm_is_never_promoted(runner):
     plan = runner.plan_managers(MEMBERS, infos, 3)
     assert "n2" not in plan["promote"]
     assert runner.plan_workers(MEMBERS, infos) == {"join": ["n3"], "foreign": ["n2"]}
+
+
+def test_the_cluster_record_stays_where_masters_keep_it(runner, tmp_path):
+    node = load_module("runners", "node")
+    node.__opts__ = {"cachedir": str(tmp_path)}
+    runner.__salt__ = {
+        name: getattr(node, name.partition(".")[2])
+        for name in ("node.cache_file", "node.read_cache_record", "node.write_cache_record")
+    }
+    path = tmp_path / "docker-hosts-swarm" / "backends.json"
+    assert runner._known_cluster("backends") is None
+    path.write_text(json.dumps({"cluster_id": "c0", "since": 1}))  # as earlier versions wrote it
+    assert runner._known_cluster("backends") == "c0"
+    runner._remember_cluster("backends", "c1")
+    record = json.loads(path.read_text())
+    assert record["cluster_id"] == "c1" and set(record) == {"cluster_id", "since"}
+    assert runner.forget("backends")["changes"] == {"cluster": {"old": "c1", "new": None}}
+    assert not path.exists() and runner._known_cluster("backends") is None
 
 
 # --- entitlement from the registry ---------------------------------------------------------

@@ -1,6 +1,8 @@
 """The pure parts of the one-command path: which events the reactor acts on (runner node),
 the class plan of orch.ensure_class, the converge summary, and the storage growth plan."""
 
+import json
+
 import pytest
 from salt.exceptions import CommandExecutionError
 
@@ -114,6 +116,32 @@ def test_sync_only_the_custom_types_the_tree_has(node):
         "saltutil.sync_modules",
         "saltutil.sync_states",
     ]
+
+
+@pytest.fixture
+def cachedir(node, tmp_path, monkeypatch):
+    monkeypatch.setattr(node, "__opts__", {"cachedir": str(tmp_path)}, raising=False)
+    return tmp_path
+
+
+def test_cache_records_are_json_files_in_a_cachedir_subdirectory(node, cachedir):
+    assert node.read_record("db1") is None
+    node.write_cache_record("node_converge", "db1", {"key": "k", "result": True})
+    path = cachedir / "node_converge" / "db1.json"
+    assert json.loads(path.read_text()) == {"key": "k", "result": True}
+    assert node.read_record("db1") == {"key": "k", "result": True}
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert sorted(p.name for p in path.parent.iterdir()) == ["db1.json"]
+    path.write_text("{not json")
+    assert node.read_record("db1") is None
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../x", "a/b", "", ".hidden", None])
+def test_cache_records_stay_in_their_directory(node, cachedir, name):
+    with pytest.raises(ValueError, match="is not a plain file name"):
+        node.cache_file("node_converge", name)
+    with pytest.raises(ValueError, match="is not a plain file name"):
+        node.cache_file(name, "db1")
 
 
 def sizes(disk_gib, pv_gib, vg_free_mib, lv_gib, extent=4 * MIB):
