@@ -54,8 +54,8 @@ def checked(settings, defaults=None):
     """
     The merged ``docker`` settings, checked and normalised; raises naming every bad key.
 
-    settings.jinja calls this for each SLS that imports it; the result is kept in
-    ``__context__`` by content, so a highstate checks the same settings once.
+    The result is kept in ``__context__`` by content, so the same settings are checked once
+    per job.
 
     CLI Example: ``salt '*' docker_settings.checked '{...}'``
     """
@@ -64,6 +64,50 @@ def checked(settings, defaults=None):
     if digest not in cache:
         cache[digest] = validate(settings, defaults=defaults, pillar=__pillar__)
     return cache[digest]
+
+
+def check_for_state_run(formula, settings, defaults=None):
+    """
+    ``checked``, with the result kept for the rest of this state run under ``formula`` (the
+    formula's top directory; see ``state_run_settings``). settings.jinja calls this in the
+    first SLS of a state run that needs the settings.
+    """
+    result = checked(settings, defaults)
+    run = _state_run()
+    if run is not None:
+        entry = __context__.get(STATE_RUN_KEY)
+        kept = dict(entry[1]) if entry is not None and entry[0] is run else {}
+        kept[formula] = result
+        __context__[STATE_RUN_KEY] = (run, kept)
+    return result
+
+
+def state_run_settings(formula):
+    """
+    The settings ``check_for_state_run`` returned for ``formula`` earlier in this state run,
+    or None.
+
+    settings.jinja asks this first, so a highstate fetches and merges map.jinja's five files
+    once instead of once per SLS (every fetch is a round trip to the master). Outside a state
+    run it is always None.
+    """
+    run = _state_run()
+    entry = __context__.get(STATE_RUN_KEY)
+    if run is None or entry is None or entry[0] is not run:
+        return None
+    return entry[1].get(formula)
+
+
+# A state run's modules get a context of their own: salt.state.State takes a copy of the
+# caller's __context__ and puts the run's own file client in it. That file client names the
+# run, so settings kept by one run are never seen by another, even on a minion that runs jobs
+# in threads and shares one module context between them. The entry is only ever replaced,
+# never changed in place, because a copied context shares its values with the original.
+STATE_RUN_KEY = "docker_settings.state_run"
+
+
+def _state_run():
+    return __context__.get("fileclient")
 
 
 def validate(settings, defaults=None, pillar=None, consumers=None):

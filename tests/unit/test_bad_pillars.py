@@ -9,27 +9,8 @@ import pytest
 from salt.exceptions import CommandExecutionError
 
 from tests.states import corpus
-from tools.salt_repo import load_module
 
 ENTRIES = corpus.entries()
-
-
-@pytest.fixture(scope="module")
-def settings_module():
-    return load_module("modules", "docker_settings")
-
-
-@pytest.fixture(scope="module")
-def consumers(settings_module):
-    own_states = {name: load_module("states", name) for name in settings_module.OWN_STATE_MODULES}
-
-    def lookup(ref):
-        module, _, function = ref.partition(".")
-        if module in own_states:
-            return getattr(own_states[module], function, None)
-        return settings_module._imported_state(ref)
-
-    return settings_module.build_consumer_options(lookup)
 
 
 def check(settings_module, consumers, pillar):
