@@ -48,13 +48,15 @@ class SaltNodes:
     def minion_log(self, minion_id):
         return self.minion_dir(minion_id) / "minion.log"
 
-    def salt(self, target, function, *args, tgt_type=None, batch=None, timeout=300):
+    def salt(self, target, function, *args, tgt_type=None, batch=None, timeout=300, static=True):
         """Run ``salt`` from the master; returns (returncode, parsed JSON or None, output);
-        with ``batch``, the JSON is not parsed (one document per return)."""
+        with ``batch``, the JSON is not parsed (one document per return). ``static=False``
+        runs the command as an operator types it, one job: for a single minion's JSON."""
         command = [str(BIN / "salt"), "-c", str(self.master_config_dir), "--out=json"]
         # --static gathers all returns into one document; batches then say nothing of their
-        # progress ("Executing run on [...]").
-        command += [] if batch else ["--static"]
+        # progress ("Executing run on [...]"). It also makes the CLI ping the target first
+        # (Salt runs it as one batch of 100%): two jobs per command.
+        command += ["--static"] if static and not batch else []
         command.append(f"--timeout={timeout}")
         if tgt_type:
             command.append(f"--{tgt_type}")
@@ -73,9 +75,11 @@ class SaltNodes:
             data = None
         return proc.returncode, data, proc.stdout + proc.stderr
 
-    def apply(self, minion_id, *args, timeout=300):
+    def apply(self, minion_id, *args, timeout=300, static=True):
         """``state.apply`` on one minion: (returncode, {state id: result}, output)."""
-        code, data, output = self.salt(minion_id, "state.apply", *args, timeout=timeout)
+        code, data, output = self.salt(
+            minion_id, "state.apply", *args, timeout=timeout, static=static
+        )
         states = (data or {}).get(minion_id)
         return code, states if isinstance(states, dict) else None, output
 
