@@ -75,10 +75,7 @@ def check_for_state_run(formula, settings, defaults=None):
     result = checked(settings, defaults)
     run = _state_run()
     if run is not None:
-        entry = __context__.get(STATE_RUN_KEY)
-        kept = dict(entry[1]) if entry is not None and entry[0] is run else {}
-        kept[formula] = result
-        __context__[STATE_RUN_KEY] = (run, kept)
+        __context__[STATE_RUN_KEY] = (run, {**_kept_for_this_run(), formula: result})
     return result
 
 
@@ -91,11 +88,7 @@ def state_run_settings(formula):
     once instead of once per SLS (every fetch is a round trip to the master). Outside a state
     run it is always None.
     """
-    run = _state_run()
-    entry = __context__.get(STATE_RUN_KEY)
-    if run is None or entry is None or entry[0] is not run:
-        return None
-    return entry[1].get(formula)
+    return _kept_for_this_run().get(formula)
 
 
 # A state run's modules get a context of their own: salt.state.State takes a copy of the
@@ -108,6 +101,15 @@ STATE_RUN_KEY = "docker_settings.state_run"
 
 def _state_run():
     return __context__.get("fileclient")
+
+
+def _kept_for_this_run():
+    """{formula: settings} kept by this state run; empty outside a run or for another's entry."""
+    run = _state_run()
+    entry = __context__.get(STATE_RUN_KEY)
+    if run is None or entry is None or entry[0] is not run:
+        return {}
+    return entry[1]
 
 
 def validate(settings, defaults=None, pillar=None, consumers=None):
