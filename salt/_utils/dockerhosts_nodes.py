@@ -15,6 +15,8 @@ the record was made for is still the accepted one.
 """
 
 import copy
+import hashlib
+import os
 import time
 
 import salt.cache
@@ -72,3 +74,27 @@ def records(opts, node_class=None):
         for name, record in found.items()
         if record and (node_class is None or record.get("class") == node_class)
     }
+
+
+def key_fingerprint(opts, minion_id):
+    """sha256 of ``minion_id``'s accepted key (one per node incarnation: salt-cloud makes a new
+    key per create), or None when no key of that id is accepted."""
+    try:
+        with open(os.path.join(opts["pki_dir"], "minions", minion_id), "rb") as handle:
+            return hashlib.sha256(handle.read().strip()).hexdigest()
+    except (FileNotFoundError, NotADirectoryError, TypeError):
+        return None
+
+
+def class_of(opts, minion_id):
+    """The class of an authenticated minion id: its record's class, only while the key the
+    record was made for is the one accepted now (a new key for an old name has no class)."""
+    record = get(opts, minion_id)
+    if not record or not record.get("class") or not record.get("key"):
+        return None
+    return record["class"] if record["key"] == key_fingerprint(opts, minion_id) else None
+
+
+def members(opts, node_class):
+    """Sorted minion ids whose ``class_of`` is ``node_class``."""
+    return sorted(name for name in names(opts) if class_of(opts, name) == node_class)
