@@ -4,6 +4,7 @@ What EC2 holds afterwards is checked with boto3, not through the driver.
 """
 
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tools import cloud_harness as harness
 
 from .conftest import DEVICE, class_node
 
@@ -368,3 +371,17 @@ def test_create_and_destroy_fire_events_on_the_master(cloud):
         f"salt/cloud/{name}/destroying",
         f"salt/cloud/{name}/destroyed",
     ]
+
+
+def test_salt_cloud_does_not_walk_the_checkout(ec2_endpoint, repo_root, tmp_path):
+    """Run as root, salt-cloud's verify_env chowns every file under its config dir (the
+    checkout, with its two virtualenvs: ~65,000 files, most of -Q's time). The `cloud` file
+    turns it off: a file of another owner in the config dir keeps its owner."""
+    root = harness.copy_config(tmp_path / "root", repo_root)
+    other = root / ".venv" / "lib" / "site.py"
+    other.parent.mkdir(parents=True)
+    other.write_text("# someone else's\n")
+    os.chown(other, 12345, 12345)
+    result = harness.CloudCLI.for_endpoint(root, ec2_endpoint).run("-Q")
+    assert result.returncode == 0, output(result)
+    assert (other.stat().st_uid, other.stat().st_gid) == (12345, 12345)
