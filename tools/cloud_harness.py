@@ -44,11 +44,12 @@ def copy_config(dest, repo_root=REPO_ROOT, provider=None):
         else:
             shutil.copy2(source, dest / relative)
     (dest / "salt").mkdir()
-    shutil.copytree(
-        repo_root / "salt" / "_clouds",
-        dest / "salt" / "_clouds",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    for kind in ("_clouds", "_utils"):  # the driver and the utils it calls (module_dirs)
+        shutil.copytree(
+            repo_root / "salt" / kind,
+            dest / "salt" / kind,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
     with (dest / "master").open("a") as master:
         master.write(
             "\n# Test harness: a master on loopback, on ports of its own.\n"

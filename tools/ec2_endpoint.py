@@ -191,12 +191,16 @@ def _load_moto_amis(images):
 
 
 def _teach_moto_client_tokens():
-    """Make moto honour RunInstances' ClientToken and the `client-token` filter, as EC2 does.
+    """Make moto honour RunInstances' ClientToken and the `client-token` filter, and MaxCount,
+    as EC2 does.
 
     EC2: a RunInstances retried with the same ClientToken returns the original reservation
     (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html).  moto 5.2
     stores the token but launches again, so a lost answer would show two instances here
-    where EC2 holds one.
+    where EC2 holds one.  EC2 launches up to MaxCount instances (at least MinCount, as
+    capacity allows); moto launches MinCount: with unlimited capacity, EC2 launches MaxCount
+    (the fault proxy's `cap` fault lowers MaxCount to play short capacity). moto associates the
+    instance profile with the first instance of a launch only; EC2 with each.
     """
     from moto.ec2 import utils as ec2_utils  # noqa: PLC0415
     from moto.ec2.responses.instances import InstanceResponse  # noqa: PLC0415
@@ -207,6 +211,8 @@ def _teach_moto_client_tokens():
     launch = InstanceResponse.run_instances
 
     def run_instances(self):
+        if self._get_param("MaxCount"):
+            self.params["MinCount"] = self._get_param("MaxCount")
         token = self._get_param("ClientToken")
         if token:
             for reservation in self.ec2_backend.reservations.values():
@@ -214,7 +220,16 @@ def _teach_moto_client_tokens():
                     from moto.core.responses import ActionResult  # noqa: PLC0415
 
                     return ActionResult(reservation)
-        return launch(self)
+        result = launch(self)
+        # moto gives the instance profile to the first instance only; EC2 to each.
+        profile = {
+            "iam_instance_profile_name": self._get_param("IamInstanceProfile.Name"),
+            "iam_instance_profile_arn": self._get_param("IamInstanceProfile.Arn"),
+        }
+        if any(profile.values()):
+            for instance in result.result.instances[1:]:
+                self.ec2_backend.associate_iam_instance_profile(instance_id=instance.id, **profile)
+        return result
 
     run_instances.honours_client_token = True
     InstanceResponse.run_instances = run_instances

@@ -6,6 +6,8 @@ Query API request to the endpoint, except when a rule for its Action says otherw
 - ``lose``: relay the request (EC2 acts on it), then drop the connection without an answer;
 - ``reset``: drop the connection before relaying (EC2 never sees the request);
 - ``throttle``: answer HTTP 400 ``RequestLimitExceeded`` (EC2's throttling error);
+- ``refuse``: answer HTTP 400 ``InsufficientInstanceCapacity`` (EC2 refused, acted on nothing);
+- ``cap``: relay with MaxCount lowered to ``limit`` (EC2 had capacity for that many only);
 - ``unavailable``: answer HTTP 503 ``ServiceUnavailable``;
 - ``delay``: wait ``seconds``, then relay;
 - ``hold``: relay, then keep the answer until ``release()`` (or ``seconds``) -- a window in
@@ -24,6 +26,7 @@ wait for a point in the conversation and check what reached EC2.
 import argparse
 import http.client
 import http.server
+import re
 import socket
 import struct
 import sys
@@ -34,13 +37,29 @@ from urllib.parse import parse_qs, urlparse
 
 from tools import processes
 
-FAULTS = ("lose", "reset", "throttle", "unavailable", "delay", "hold", "pause", "gather")
+FAULTS = (
+    "lose",
+    "reset",
+    "throttle",
+    "refuse",
+    "cap",
+    "unavailable",
+    "delay",
+    "hold",
+    "pause",
+    "gather",
+)
 ERROR_BODY = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>{code}</Code>'
     "<Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
 )
 ERRORS = {
     "throttle": (400, "RequestLimitExceeded", "Request limit exceeded."),
+    "refuse": (
+        400,
+        "InsufficientInstanceCapacity",
+        "We currently do not have sufficient capacity in the Availability Zone you requested.",
+    ),
     "unavailable": (503, "ServiceUnavailable", "The service is unavailable. Try again later."),
 }
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length"}
@@ -59,6 +78,7 @@ class Rule:
     seconds: float = 30.0
     after: str | None = None
     match: str | None = None
+    limit: int = 1
     applied: int = 0
 
     def __post_init__(self):
@@ -116,9 +136,9 @@ class FaultProxy:
         host, port = self._server.server_address
         return f"http://{host}:{port}"
 
-    def add(self, action, fault, *, count=1, skip=0, seconds=30.0, after=None, match=None):
+    def add(self, action, fault, *, count=1, skip=0, seconds=30.0, after=None, match=None, limit=1):
         with self._lock:
-            self.rules.append(Rule(action, fault, count, skip, seconds, after, match))
+            self.rules.append(Rule(action, fault, count, skip, seconds, after, match, limit))
 
     def outage(self, seconds, trigger=None, match=None):
         """Drop every connection for `seconds`, from now or from the first `trigger` request
@@ -259,6 +279,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._answer(*_error_response(fault))
         if fault == "delay":
             time.sleep(rule.seconds)
+        if fault == "cap":
+            body = re.sub(rb"MaxCount=[0-9]+", b"MaxCount=%d" % rule.limit, body)
         if fault == "gather":
             proxy._gather(rule)
         if fault == "pause":

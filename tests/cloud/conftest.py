@@ -12,6 +12,7 @@ use another copy whose provider gives up sooner (FAULT_PROVIDER).
 from pathlib import Path
 
 import pytest
+import salt.config
 import yaml
 
 from tools import cloud_harness as harness
@@ -24,12 +25,14 @@ CloudCLI, SaltMaster = harness.CloudCLI, harness.SaltMaster
 copy_config = harness.copy_config
 
 DEPLOY_SUBNET_CIDR = "127.0.20.0/28"
-# moto hands out a /28's addresses from .4 (AWS reserves the first four and the last).
+# moto hands out a /28's addresses from .4 (AWS reserves the first four and the last), each
+# once: at most 11 deploys per session.
 DEPLOY_ADDRESSES = [f"127.0.20.{host}" for host in range(4, 15)]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-DRIVER = load_module("clouds", "boto3_ec2")
+PROFILE = load_module("utils", "dockerhosts_profile")
+NODES = load_module("utils", "dockerhosts_nodes")
 
 
 def class_node(node_class):
@@ -37,12 +40,27 @@ def class_node(node_class):
     Docker volume, the driver's defaults under the profile's docker_volume.  Tests quote
     these instead of restating sizes and device names."""
     profiles = yaml.safe_load((REPO_ROOT / "cloud.profiles.d" / "docker-hosts.conf").read_text())
-    profile = DRIVER.deep_merge(profiles["base"], profiles[node_class])
-    volume = DRIVER.deep_merge(DRIVER.DOCKER_VOLUME_DEFAULTS, profile.get("docker_volume", {}))
+    profile = PROFILE.deep_merge(profiles["base"], profiles[node_class])
+    volume = PROFILE.deep_merge(PROFILE.DOCKER_VOLUME_DEFAULTS, profile.get("docker_volume", {}))
     return {"size": profile["size"], "volume": volume}
 
 
-DEVICE = DRIVER.DOCKER_VOLUME_DEFAULTS["DeviceName"]
+def node_record(cli, name):
+    """The master's record of node `name` (dockerhosts_nodes, in the copy's pki dir), or None."""
+    opts = {**salt.config.DEFAULT_MASTER_OPTS, "pki_dir": str(cli.pki_dir), "cache": "localfs"}
+    return NODES.get(opts, name)
+
+
+def left_on_master(cli, name):
+    """Files on the master that name the node (keys, records, locks, cached data)."""
+    return sorted(
+        str(path.relative_to(cli.root))
+        for path in (cli.root / ".salt").rglob("*")
+        if name in path.name
+    )
+
+
+DEVICE = PROFILE.DOCKER_VOLUME_DEFAULTS["DeviceName"]
 # The fault tests' provider: fewer botocore attempts, shorter waits (seconds).
 FAULT_PROVIDER = {"max_attempts": 3, "cleanup_timeout": 30, "instance_wait_timeout": 60}
 HERE = Path(__file__).parent

@@ -86,14 +86,14 @@ def node_flow(ctx):
         flow.action("show_volumes", name, "show_volumes")
         flow.action("docker_volume", name, "docker_volume")
         size = class_node("dataserver")["volume"]["Ebs"]["VolumeSize"]
-        flow.action("grow", name, "grow_docker_disk", f"size={size + 10}")
+        flow.action("grow", name, "grow_docker_volume", f"size={size + 10}")
         volume_id = flow.steps["docker_volume"].data["volume_id"]
         flow.note("size after grow", cli.volume(volume_id)["Size"])
         flow.action("docker_volume after grow", name, "docker_volume")
-        flow.action("grow again", name, "grow_docker_disk", f"size={size + 10}")
-        flow.action("shrink", name, "grow_docker_disk", f"size={size}")
+        flow.action("grow again", name, "grow_docker_volume", f"size={size + 10}")
+        flow.action("shrink", name, "grow_docker_volume", f"size={size}")
         for bad in ("size=big", "size=-1", "iops=3000"):
-            flow.action(f"grow {bad}", name, "grow_docker_disk", bad)
+            flow.action(f"grow {bad}", name, "grow_docker_volume", bad)
         flow.note("size at the end", cli.volume(volume_id)["Size"])
         flow.action("unknown node", "no-such-node", "stop")
     finally:
@@ -265,7 +265,7 @@ def test_show_volumes_and_docker_volume(flows):
     assert docker["modification"] is None
 
 
-def test_grow_docker_disk_grows_the_volume_and_refuses_to_shrink(flows):
+def test_grow_docker_volume_grows_the_volume_and_refuses_to_shrink(flows):
     steps = flows["node_flow"]
     volume_id = ok(steps["docker_volume"])["volume_id"]
     size = class_node("dataserver")["volume"]["Ebs"]["VolumeSize"]
@@ -284,14 +284,13 @@ def test_grow_docker_disk_grows_the_volume_and_refuses_to_shrink(flows):
         f"{volume_id} is {size + 10} GiB: EBS volumes cannot shrink (asked {size})",
     )
     for bad in ("size=big", "size=-1", "iops=3000"):
-        refused(steps[f"grow {bad}"], "grow_docker_disk")
+        refused(steps[f"grow {bad}"], "grow_docker_volume")
     assert steps["size at the end"] == size + 10
 
 
 def test_actions_refuse_unknown_nodes(flows):
     result = flows["node_flow"]["unknown node"]
-    assert "no-such-node" in result.stdout  # salt-cloud lists it as not found
-    assert "Not Found" in result.stdout
+    refused(result, "no live instance named 'no-such-node'")
 
 
 def test_spot_profile_launches_a_spot_instance(flows):

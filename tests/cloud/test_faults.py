@@ -24,7 +24,7 @@ import yaml
 from tools import cloud_harness as harness
 from tools.fault_proxy import FaultProxy
 
-from .conftest import FAULT_PROVIDER
+from .conftest import FAULT_PROVIDER, left_on_master, node_record
 
 pytestmark = pytest.mark.cloud
 
@@ -232,8 +232,7 @@ def sigterm_during_deploy(ctx):
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGTERM)
     outcome.extra["deploy_started"] = started.exists()
-    outcome.extra["key"] = (ctx.cloud.pki_dir / "minions" / name).exists()
-    outcome.extra["node_class"] = (ctx.cloud.pki_dir / "node_classes" / name).exists()
+    outcome.extra["left"] = left_on_master(ctx.cloud, name)
     return outcome
 
 
@@ -247,8 +246,10 @@ def parallel_map(ctx, prefix, signum, group):
     process = ctx.cli.via(proxy.url).popen(
         "-m", str(map_file), "-P", "-y", "--no-deploy", start_new_session=True
     )
-    proxy.wait_for("RunInstances", "relayed", count=3, timeout=120)
-    proxy.wait_for("DescribeInstances", "held", count=3, timeout=120)
+    deadline = time.monotonic() + 120
+    while len(ctx.cli.instances(names)) < len(names) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proxy.wait_for("DescribeInstances", "held", timeout=120)
     if group:
         os.killpg(process.pid, signum)  # as Ctrl-C in a terminal does
     else:
@@ -290,31 +291,86 @@ def ctrl_c_on_a_parallel_map(ctx):
 
 @scenario
 def same_name_on_one_master(ctx):
-    """Two `salt-cloud -p` of one name at once, with deploy, on one master: the second waits
-    for the first's lock, finds the name taken and gives the master the first's key back."""
+    """Two `salt-cloud -p` of one name at once, with deploy, on one master: the first holds
+    the name's lock for its whole create; the second finds it held and changes nothing."""
     name = "f-twin"
     proxy = ctx.proxy()
     proxy.add("RunInstances", "pause", count=1)
     first = create(ctx, proxy, name, "test-deploy", ctx.cloud)
-    second = create(ctx, proxy, name, "test-deploy", ctx.cloud)
-    # One holds the lock, its RunInstances paused; the other has asked EC2 about the name
-    # (the first's instance does not exist yet) and waits for the lock.
     proxy.wait_for("RunInstances", "paused", timeout=120)
-    proxy.wait_for("DescribeInstances", match=f"Value.1={name}", count=3, timeout=120)
-    time.sleep(0.5)
+    second = create(ctx, proxy, name, "test-deploy", ctx.cloud)
+    second_out, second_err = second.communicate(timeout=120)
     proxy.release()
-    outcome = ctx.finish(ctx.cloud, name, [first, second], proxy)
+    outcome = ctx.finish(ctx.cloud, name, [first], proxy)
+    outcome.returncodes.append(second.returncode)
+    outcome.output += second_out + second_err
+    outcome.extra.update(deployed_keys(ctx, name))
+    outcome.extra["record"] = node_record(ctx.cloud, name)
+    if ctx.cloud.instances(name):
+        ctx.cloud.run("-d", name, "-y")
+    return outcome
+
+
+def deployed_keys(ctx, name):
+    """The key the deploy script received for `name`, and the one the master accepted."""
     profiles = yaml.safe_load((ctx.cloud.root / "cloud.profiles.d" / "zz-tests.conf").read_text())
     captured = Path(profiles["test-deploy"]["script_args"]) / name / "minion.pub"
     accepted = ctx.cloud.pki_dir / "minions" / name
-    outcome.extra["deployed_key"] = captured.read_text() if captured.exists() else None
-    outcome.extra["accepted_key"] = accepted.read_text() if accepted.exists() else None
-    node_class = ctx.cloud.pki_dir / "node_classes" / name
-    outcome.extra["node_class"] = node_class.read_text() if node_class.exists() else None
-    for _ in range(2):
-        if ctx.cloud.instances(name):
-            ctx.cloud.run("-d", name, "-y")
+    return {
+        "deployed_key": captured.read_text().strip() if captured.exists() else None,
+        "accepted_key": accepted.read_text().strip() if accepted.exists() else None,
+    }
+
+
+def killed_launch(ctx, name, before_second=None):
+    """SIGKILL a `-p test-deploy` whose RunInstances reached EC2 (its answer held back),
+    then run the same create again."""
+    proxy = ctx.proxy()
+    proxy.add("RunInstances", "hold", count=1)
+    first = create(ctx, proxy, name, "test-deploy", ctx.cloud, start_new_session=True)
+    proxy.wait_for("RunInstances", "held", timeout=120)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.communicate(timeout=60)
+    proxy.release()
+    launched = [i["InstanceId"] for i in ctx.cloud.instances(name)]
+    record = node_record(ctx.cloud, name)
+    if before_second:
+        before_second(launched)
+    second = create(ctx, proxy, name, "test-deploy", ctx.cloud)
+    outcome = ctx.finish(ctx.cloud, name, [second], proxy)
+    outcome.extra.update(deployed_keys(ctx, name), killed=launched, killed_record=record)
+    outcome.extra["record"] = node_record(ctx.cloud, name)
+    outcome.extra["tokens"] = proxy.tokens("RunInstances")
+    for instance in ctx.cloud.instances(name):
+        ctx.cloud.ec2().terminate_instances(InstanceIds=[instance["InstanceId"]])
+    ctx.cloud.run("-d", name, "-y")
     return outcome
+
+
+@scenario
+def killed_after_launch_is_finished(ctx):
+    return killed_launch(ctx, "f-killed")
+
+
+@scenario
+def killed_after_launch_then_stopped(ctx):
+    """The killed create's instance was stopped since: reported, non-zero, nothing done."""
+
+    def stop(ids):
+        ctx.cloud.ec2().stop_instances(InstanceIds=ids)
+
+    return killed_launch(ctx, "f-killed-stopped", before_second=stop)
+
+
+@scenario
+def refused_launch_with_an_unanswered_token_lookup(ctx):
+    """EC2 refuses RunInstances (400) and would not answer a client-token lookup: a refusal
+    launched nothing, so nothing is looked up and the create ends at once (it used to wait
+    out cleanup_timeout)."""
+    proxy = ctx.proxy()
+    proxy.add("RunInstances", "refuse", count=10)
+    proxy.add("DescribeInstances", "unavailable", count=1000, match="client-token")
+    return ctx.finish(ctx.cli, "f-refused", [create(ctx, proxy, "f-refused")], proxy)
 
 
 @scenario
@@ -416,12 +472,52 @@ def test_transient_faults_do_not_cost_the_node(fault_runs, name):
 
 
 def test_throttled_throughout_launches_nothing_and_says_so(fault_runs):
+    """A throttled call is one EC2 refused: nothing launched, no lookup needed."""
     outcome = outcome_of(fault_runs, "run_instances_throttled_throughout")
     assert outcome.returncode != 0
     assert outcome.launched == []
     assert "EC2 did not launch the instance" in outcome.output
     assert "RequestLimitExceeded" in outcome.output
-    assert "client token" in outcome.output
+    assert outcome.proxy.count("DescribeInstances", match="client-token") == 0
+
+
+def test_a_refused_launch_ends_at_once(fault_runs):
+    outcome = outcome_of(fault_runs, "refused_launch_with_an_unanswered_token_lookup")
+    assert outcome.returncode == 1, outcome.output
+    assert "EC2 did not launch the instance" in outcome.output
+    assert "InsufficientInstanceCapacity" in outcome.output
+    assert outcome.launched == []
+    # It used to look for the client token until cleanup_timeout (600 s by default).
+    assert outcome.proxy.count("DescribeInstances", match="client-token") == 0
+
+
+def test_a_killed_create_is_finished_by_the_next_run_of_its_name(fault_runs):
+    """SIGKILL after RunInstances: the record holds the launch's client token; the next -p of
+    the name deploys, keys and records that instance (it used to say "already exists", exit
+    0, and leave it without key or class)."""
+    outcome = outcome_of(fault_runs, "killed_after_launch_is_finished")
+    [killed] = outcome.extra["killed"]
+    assert outcome.extra["killed_record"]["state"] == "launching"
+    assert outcome.returncode == 0, outcome.output
+    assert [i["InstanceId"] for i in outcome.launched] == [killed]
+    assert outcome.extra["tokens"] == [outcome.extra["killed_record"]["client_token"]]
+    assert outcome.extra["deployed_key"] is not None
+    assert outcome.extra["accepted_key"] == outcome.extra["deployed_key"]
+    record = outcome.extra["record"]
+    assert (record["state"], record["class"], record["instance_id"]) == (
+        "deployed",
+        "backends",
+        killed,
+    )
+
+
+def test_a_killed_create_that_cannot_be_finished_is_reported(fault_runs):
+    outcome = outcome_of(fault_runs, "killed_after_launch_then_stopped")
+    [killed] = outcome.extra["killed"]
+    assert outcome.returncode == 1, outcome.output
+    assert f"its instance {killed} is stopp" in outcome.output
+    assert "already exists" not in outcome.output
+    assert outcome.extra["accepted_key"] is None
 
 
 @pytest.mark.parametrize("name", ["throttled_cleanup", "outage_during_cleanup"])
@@ -467,13 +563,12 @@ def test_signals_end_the_create_non_zero_with_nothing_left(fault_runs, name):
     assert "interrupted by signal" in outcome.output and "was terminated" in outcome.output
 
 
-def test_sigterm_during_deploy_leaves_no_node_key_or_class(fault_runs):
+def test_sigterm_during_deploy_leaves_no_node_key_or_record(fault_runs):
     outcome = outcome_of(fault_runs, "sigterm_during_deploy")
     assert outcome.extra["deploy_started"], outcome.output
     signalled_outcome(fault_runs, "sigterm_during_deploy", signal.SIGTERM)
     assert_nothing_left(outcome, launched=1)
-    assert not outcome.extra["key"]
-    assert not outcome.extra["node_class"]
+    assert outcome.extra["left"] == []
 
 
 @pytest.mark.parametrize("name", SIGNALLED_MAPS)
@@ -485,12 +580,12 @@ def test_signals_stop_parallel_workers_and_their_instances(fault_runs, name):
 
 def test_same_name_on_one_master_makes_one_node_with_the_right_key(fault_runs):
     outcome = outcome_of(fault_runs, "same_name_on_one_master")
-    assert sorted(outcome.returncodes)[0] == 0, outcome.output
+    assert outcome.returncodes == [0, 1], outcome.output
     assert len(outcome.launched) == 1, outcome.output
-    assert "already exists" in outcome.output
+    assert "f-twin is being created by another salt-cloud on this master" in outcome.output
     assert outcome.extra["deployed_key"] is not None
-    assert outcome.extra["accepted_key"].strip() == outcome.extra["deployed_key"].strip()
-    assert outcome.extra["node_class"] == "backends\n"
+    assert outcome.extra["accepted_key"] == outcome.extra["deployed_key"]
+    assert outcome.extra["record"]["state"] == "deployed"
 
 
 def test_same_name_on_two_masters_leaves_one_node(fault_runs):

@@ -3,6 +3,7 @@
 What EC2 holds afterwards is checked with boto3, not through the driver.
 """
 
+import hashlib
 import json
 import os
 import queue
@@ -17,7 +18,7 @@ import yaml
 
 from tools import cloud_harness as harness
 
-from .conftest import DEVICE, class_node
+from .conftest import DEVICE, class_node, left_on_master, node_record
 
 pytestmark = pytest.mark.cloud
 
@@ -36,7 +37,7 @@ def assert_docker_node(cloud, name, node_class):
         "Name": name,
         "class": node_class,
         "container": "docker",
-        "docker_volume_device": DEVICE,
+        "docker_volume": DEVICE,
     }
     assert instance["KeyName"] == "docker-hosts"
     assert [group["GroupName"] for group in instance["SecurityGroups"]] == ["docker-hosts"]
@@ -51,7 +52,12 @@ def assert_docker_node(cloud, name, node_class):
     assert volume["Size"] == ebs["VolumeSize"]
     assert volume["VolumeType"] == ebs["VolumeType"]
     assert volume["Encrypted"] is ebs["Encrypted"] is True
-    assert tags_of(volume) == {"Name": name, "class": node_class, "container": "docker"}
+    assert tags_of(volume) == {
+        "Name": name,
+        "class": node_class,
+        "node": name,
+        "role": "docker_volume",
+    }
     return instance, volume
 
 
@@ -66,19 +72,24 @@ def test_profile_creates_the_class_node_once_and_destroy_removes_it(cloud, node_
     instance, volume = assert_docker_node(cloud, name, node_class)
     assert created["instance_id"] == instance["InstanceId"]
     assert created["class"] == node_class
-    assert created["docker_ebs_volume"] == {
-        "device_name": DEVICE,
-        "volume_id": volume["VolumeId"],
-    }
-    assert created["docker_disk"] == {"device": DEVICE, "volume_id": volume["VolumeId"]}
-    # The master knows the node's class (the node class registry).
-    registry = cloud.pki_dir / "node_classes"
-    assert (registry / name).read_text() == f"{node_class}\n"
-    assert oct(registry.stat().st_mode & 0o777) == "0o700"
+    assert created["docker_volume"] == {"device_name": DEVICE, "volume_id": volume["VolumeId"]}
+    # The master's record of the node: its class, instance, zone and data volume.
+    record = node_record(cloud, name)
+    assert (record["class"], record["state"], record["source"]) == (
+        node_class,
+        "launched",
+        "salt-cloud",
+    )
+    assert record["instance_id"] == instance["InstanceId"]
+    assert record["availability_zone"] == "eu-west-1a"
+    assert record["data_volumes"] == [
+        {"volume_id": volume["VolumeId"], "device_name": DEVICE, "role": "docker_volume"}
+    ]
 
     # Again: salt-cloud says it exists and EC2 still holds exactly one such node.
     again = cloud.run("-p", node_class, name, "--no-deploy")
-    assert f"{name} already exists" in output(again)
+    assert again.returncode == 0, output(again)
+    assert f"already exists: {instance['InstanceId']} (running)" in output(again)
     assert cloud.instance(name)["InstanceId"] == instance["InstanceId"]
 
     destroyed = cloud.json("-d", name, "-y")
@@ -91,7 +102,8 @@ def test_profile_creates_the_class_node_once_and_destroy_removes_it(cloud, node_
         Filters=[{"Name": "volume-id", "Values": [volume["VolumeId"]]}]
     )["Volumes"]
     assert volumes == []
-    assert not (registry / name).exists()
+    # Nothing is left on the master: no record, no key, no lock file.
+    assert left_on_master(cloud, name) == []
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +139,7 @@ def test_full_query_shows_tags_disk_and_profile(cloud, two_nodes):
         "Name": "db1",
         "class": "dataserver",
         "container": "docker",
-        "docker_volume_device": DEVICE,
+        "docker_volume": DEVICE,
     }
     assert db1["lifecycle"] == "on-demand"
     disk = db1["volumes"][DEVICE]
@@ -260,12 +272,8 @@ def test_failure_after_launch_terminates_the_instance(cloud, error_runs):
     terminated = cloud.instances("err-test-fails-after-launch", states=("terminated",))
     assert len(terminated) == 1
     assert terminated[0]["InstanceId"] in text
-    # salt-cloud accepted a key for the node before the create; it must not stay accepted,
-    # and the master must not keep a class for it.
-    minions = cloud.pki_dir / "minions"
-    assert minions.is_dir()
-    assert not (minions / "err-test-fails-after-launch").exists()
-    assert not (cloud.pki_dir / "node_classes" / "err-test-fails-after-launch").exists()
+    # The key accepted for the node's deploy and its record do not stay.
+    assert left_on_master(cloud, "err-test-fails-after-launch") == []
 
 
 def test_deploy_over_ssh_writes_minion_config_and_accepts_the_key(cloud, cloud_root, tmp_path):
@@ -297,19 +305,20 @@ def test_deploy_over_ssh_writes_minion_config_and_accepts_the_key(cloud, cloud_r
         grains = yaml.safe_load((captured / "grains").read_text())
         volume_id = instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
         assert grains["class"] == "backends"
-        assert grains["docker_ebs_volume"] == {"device_name": DEVICE, "volume_id": volume_id}
-        # The old grain, for minions whose formula code predates docker_ebs_volume.
-        assert grains["docker_disk"] == {"device": DEVICE, "volume_id": volume_id}
+        assert grains["docker_volume"] == {"device_name": DEVICE, "volume_id": volume_id}
+        assert "docker_disk" not in grains and "docker_ebs_volume" not in grains
 
-        assert accepted.read_text().strip() == (captured / "minion.pub").read_text().strip()
-        assert (cloud.pki_dir / "node_classes" / name).read_text() == "backends\n"
+        deployed_key = (captured / "minion.pub").read_text().strip()
+        assert accepted.read_text().strip() == deployed_key
+        record = node_record(cloud, name)
+        assert (record["state"], record["class"]) == ("deployed", "backends")
+        assert record["key"] == hashlib.sha256(deployed_key.encode()).hexdigest()
     finally:
         if cloud.instances(name):
             cloud.run("-d", name, "-y")
     assert cloud.instances(name) == []
-    # Destroying the node also removes its key and its class from the master.
-    assert not accepted.exists()
-    assert not (cloud.pki_dir / "node_classes" / name).exists()
+    # Destroying the node also removes its key, its record and its lock from the master.
+    assert left_on_master(cloud, name) == []
 
 
 def test_create_and_destroy_fire_events_on_the_master(cloud):
