@@ -396,35 +396,15 @@ class Stack:
             )
             try:
                 instance = self._wait_for_instance(ec2, name, cloud)
-                volume_id = next(
-                    mapping["Ebs"]["VolumeId"]
-                    for mapping in instance["BlockDeviceMappings"]
-                    if mapping["DeviceName"] == DOCKER_DISK_DEVICE
-                )
-                node = self.vm.Node(
-                    name=name,
-                    work_dir=self.work_dir / "vms" / name,
-                    ssh_address=instance["PrivateIpAddress"],
-                    public_key=self.key.with_suffix(".pub"),
-                    private_key=self.key,
-                    volume_id=volume_id,
-                    volume_size_gib=4,
-                    image_dir=self.image_dirs.get(release) or self.vm.node_image_dir(release),
-                    release=release,
-                    disk_bus=disk_bus,
-                    extra_disks=list(extra_disks),
-                )
-                deployed = DeployedNode(
-                    name,
+                deployed = self.start_vm(
+                    instance,
                     mode,
-                    node,
-                    instance["InstanceId"],
-                    instance["PrivateIpAddress"],
-                    volume_id,
+                    release,
                     docker_pillar=placeholder.docker_pillar,
+                    disk_bus=disk_bus,
+                    extra_disks=extra_disks,
                 )
-                self.nodes[name] = deployed
-                node.start()
+                node = deployed.node
                 stdout, stderr = _communicate_while_running(cloud, node, timeout=900)
             finally:
                 if cloud.poll() is None:
@@ -443,6 +423,45 @@ class Stack:
             deployed.converge = self.wait_converged(name, node=node)
         seconds = deployed.converge.get("seconds") or {}
         self.timer.note(f"{name}: converge {seconds}; slowest states: {self.slowest_states(name)}")
+        return deployed
+
+    def start_vm(
+        self, instance, mode, release, *, docker_pillar=None, disk_bus="nvme", extra_disks=()
+    ):
+        """Boot the VM that plays ``instance`` (at its loopback private address, its Docker
+        volume as an NVMe disk carrying the volume id as serial); the node joins ``nodes``."""
+        name = next(tag["Value"] for tag in instance["Tags"] if tag["Key"] == "Name")
+        volume_id = next(
+            mapping["Ebs"]["VolumeId"]
+            for mapping in instance["BlockDeviceMappings"]
+            if mapping["DeviceName"] == DOCKER_DISK_DEVICE
+        )
+        node = self.vm.Node(
+            name=name,
+            work_dir=self.work_dir / "vms" / name,
+            ssh_address=instance["PrivateIpAddress"],
+            public_key=self.key.with_suffix(".pub"),
+            private_key=self.key,
+            volume_id=volume_id,
+            volume_size_gib=4,
+            image_dir=self.image_dirs.get(release) or self.vm.node_image_dir(release),
+            release=release,
+            disk_bus=disk_bus,
+            extra_disks=list(extra_disks),
+        )
+        deployed = DeployedNode(
+            name,
+            mode,
+            node,
+            instance["InstanceId"],
+            instance["PrivateIpAddress"],
+            volume_id,
+            docker_pillar=docker_pillar or {},
+        )
+        with self.lock:
+            self.nodes[name] = deployed
+            self._write_pillar()
+        node.start()
         return deployed
 
     def slowest_states(self, name, count=6):
