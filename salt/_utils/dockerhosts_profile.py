@@ -1,13 +1,12 @@
 """
-The boto3_ec2 driver's profile checks, as pure functions: a node's merged provider + profile
-config in, its settings and its RunInstances request out, or every problem at once, each
-naming the profile key (``__utils__["dockerhosts_profile.node_settings"](...)`` in the driver;
-unit tests run the bad-profile corpus through them). No EC2 call happens here.
+The boto3_ec2 driver's profile checks as pure functions: a node's merged provider + profile
+config in, its settings and RunInstances request out, with every problem, each naming the
+profile key (``__utils__["dockerhosts_profile.node_settings"]`` in the driver; the unit tests
+run the bad-profile corpus through them). No EC2 call happens here.
 
-The structure, types, enums and minimums of the request are botocore's EC2 service model
-(its own ``ParamValidator``, plus the enums and maximums it leaves out); ``RULES`` holds only
-what the model does not carry. Node and class names are ``dockerhosts_names``' rules, which
-the driver applies (a utils module has no ``__utils__`` of its own).
+botocore's EC2 service model checks the request (its ``ParamValidator``, plus the enums and
+maximums it leaves out); ``RULES`` holds what the model does not carry. Node and class names
+are ``dockerhosts_names``' rules, which the driver applies (utils get no ``__utils__``).
 """
 
 import copy
@@ -17,14 +16,13 @@ import re
 
 import botocore.validate
 
-# The Docker volume: one boto3 BlockDeviceMapping, deep-merged under the profile's
-# `docker_volume`. These defaults live here only; docs/cloud-driver.md quotes them.
+# The Docker volume: one boto3 BlockDeviceMapping, the profile's `docker_volume` deep-merged
+# over it. These defaults live here only; docs/cloud-driver.md quotes them.
 DOCKER_VOLUME_DEFAULTS = {
     "DeviceName": "/dev/sdb",
     "Ebs": {"VolumeSize": 8, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True},
 }
-# IMDSv2 only, unless `metadata_options` says otherwise (merged over this).
-METADATA_OPTIONS_DEFAULTS = {"HttpTokens": "required", "HttpEndpoint": "enabled"}
+METADATA_OPTIONS_DEFAULTS = {"HttpTokens": "required", "HttpEndpoint": "enabled"}  # IMDSv2
 SETTING_DEFAULTS = {
     "instance_wait_timeout": 600,  # s: running after a launch, states after actions
     "cleanup_timeout": 600,  # s: terminating after a failed create, through EC2 outages
@@ -34,8 +32,8 @@ SETTING_DEFAULTS = {
     "ebs_optimized": False,
     "termination_protection": False,
 }
-# Value rules EC2 enforces that botocore's model holds only in its documentation strings
-# (EbsBlockDevice, InstanceMetadataOptionsRequest), the EBS and EC2 user guides.
+# What EC2 enforces that botocore's model holds only in its documentation strings
+# (EbsBlockDevice, InstanceMetadataOptionsRequest) and the EBS and EC2 user guides.
 RULES = {
     # VolumeType: VolumeSize GiB, Iops, most Iops per GiB, Throughput MiB/s (gp3 only).
     "ebs": {
@@ -48,37 +46,33 @@ RULES = {
         "standard": {"size": (1, 1024)},
     },
     "gp3_baseline_iops": 3000,  # free with any size, so exempt from per_gib
-    "gp3_mibps_per_iops": 0.25,
     "tags_per_resource": 50,
-    "tag_key_length": 128,
-    "tag_value_length": 256,
-    "user_data_bytes": 16 * 1024,  # raw, before base64
+    "user_data_bytes": 16 * 1024,  # before base64
     "hop_limit": (1, 64),  # MetadataOptions.HttpPutResponseHopLimit
     "device_name": re.compile(r"/dev/(sd[a-z][a-z]?[0-9]*|xvd[a-z][a-z]?|nvme[0-9]+n[0-9]+)"),
     "docker_device_name": re.compile(r"/dev/(sd|xvd)[b-z][a-z]?"),
     "price": re.compile(r"[0-9]+(\.[0-9]+)?"),
 }
-# Tags the driver sets: a profile's `tag` adds tags, it cannot redefine these.
 RESERVED_TAGS = ("Name", "class", "container", "node", "role", "docker_volume")
-# Old names, refused with the new one (no silent aliases).
-RENAMED_KEYS = {"docker_disk": "docker_volume"}
+RENAMED_KEYS = {"docker_disk": "docker_volume"}  # refused, naming the new key
 CONNECTION_KEYS = ("location", "endpoint_url", "id", "key", "aws_profile")
 PROVIDER_ONLY_KEYS = (*CONNECTION_KEYS, "retry_mode", "max_attempts")
+STRING_KEYS = (
+    *("image", "size", "keyname", "subnetid", "availability_zone", "iam_profile"),
+    *("userdata", "userdata_file", "private_key", "docker_volume_id"),
+)
 NODE_KEYS = (
     *SETTING_DEFAULTS,
-    *("image", "size", "class", "keyname", "private_key", "securitygroup", "securitygroupid"),
-    *("subnetid", "availability_zone", "iam_profile", "userdata", "userdata_file", "tag"),
-    *("block_device_mappings", "docker_volume", "metadata_options", "spot"),
+    *STRING_KEYS,
+    *("class", "securitygroup", "securitygroupid", "tag", "block_device_mappings"),
+    *("docker_volume", "metadata_options", "spot"),
 )
-# salt-cloud's own keys that look like ours (so not typos of them).
-SALT_CLOUD_KEYS = ("script", "script_args", "ssh_username", "ssh_port", "size", "image")
+SALT_CLOUD_KEYS = ("script", "script_args", "ssh_username", "ssh_port")  # not typos of ours
 SPOT_KEYS = ("max_price", "interruption_behavior")
-# Spot: how the instance ends when EC2 takes capacity back, and the request type it needs.
+# Spot: how the instance ends when EC2 takes capacity back, and the request type that needs.
 SPOT_REQUEST_TYPE = {"terminate": "one-time", "stop": "persistent", "hibernate": "persistent"}
-# Enums EC2 is asked about instead (a type newer than the installed botocore is fine).
-LIVE_CHECKED_ENUMS = ("InstanceType",)
-# Request path -> the profile key it comes from.
-REQUEST_ORIGINS = {
+LIVE_CHECKED_ENUMS = ("InstanceType",)  # EC2 is asked: a type newer than botocore is fine
+REQUEST_ORIGINS = {  # request path -> the profile key it comes from
     "ImageId": "image",
     "InstanceType": "size",
     "EbsOptimized": "ebs_optimized",
@@ -95,16 +89,6 @@ REQUEST_ORIGINS = {
 }
 
 
-class _Problems(list):
-    """(key, text) pairs; ``check`` runs one check and records what it raised."""
-
-    def add(self, key, text):
-        self.append((key, text))
-
-    def message(self):
-        return "; ".join(f"'{key}' {text}" if key else text for key, text in self)
-
-
 class _Bad(Exception):
     def __init__(self, key, text):
         super().__init__(text)
@@ -112,111 +96,107 @@ class _Bad(Exception):
 
 
 def node_settings(vm_, provider, service_model):
-    """The node's settings and RunInstances request (one instance, Name tagged at launch) and
-    the request's origins, or the problems: ``(settings, request, origins, problems)``,
-    problems a list of ``(profile key, text)``."""
-    problems = _Problems()
-    _check_keys(vm_, provider, problems)
+    """``(settings, request, origins, problems)`` of a node config: its settings, its
+    RunInstances request (one instance, named at launch) and where each part of that came
+    from, and every problem as ``(profile key, text)``. No model (None): no request check."""
+    problems = _key_problems(vm_, provider)
     settings = {"name": vm_.get("name"), "class": vm_.get("class")}
     for key, check in _SETTINGS:
         try:
             settings[key] = check(vm_)
         except _Bad as bad:
-            problems.add(bad.key or key, str(bad))
+            problems.append((bad.key or key, str(bad)))
     if problems:
         return settings, None, None, problems
     if settings["spot"] and settings["termination_protection"]:
-        problems.add("termination_protection", "cannot be set on a spot instance: EC2 refuses it")
-    request = run_instances_request(settings, "validation", 1)
-    origins = request_origins(settings)
-    if service_model is not None:  # None: no model without a sound provider
+        problems.append(("termination_protection", "cannot be set on a spot instance"))
+    request, origins = run_instances_request(settings, "validation", 1), request_origins(settings)
+    if service_model is not None:
         problems += request_problems(service_model, request, origins)
     return settings, request, origins, problems
 
 
 def connection_settings(provider):
-    """Region, endpoint, credentials and retry settings of a provider: ``(conn, problems)``."""
-    problems, conn = _Problems(), {}
-    for key in CONNECTION_KEYS:
-        value = provider.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            problems.add(key, f"must be a non-empty string, got {value!r}")
-        conn[key] = value
+    """``(conn, problems)``: a provider's region, endpoint, credentials, retries, waits."""
+    conn = {key: provider.get(key) for key in CONNECTION_KEYS}
+    problems = [
+        (k, f"must be a non-empty string, got {v!r}")
+        for k, v in conn.items()
+        if v is not None and not (isinstance(v, str) and v)
+    ]
     if bool(conn["id"]) != bool(conn["key"]):
-        problems.add("id", "and 'key' go together: set both or neither")
+        problems.append(("id", "and 'key' go together: set both or neither"))
     if conn["endpoint_url"] and not re.match(r"https?://", str(conn["endpoint_url"])):
-        problems.add("endpoint_url", f"must be an http(s) URL, got {conn['endpoint_url']!r}")
+        problems.append(("endpoint_url", f"must be an http(s) URL, got {conn['endpoint_url']!r}"))
     conn["retry_mode"] = provider.get("retry_mode", SETTING_DEFAULTS["retry_mode"])
     if conn["retry_mode"] not in ("standard", "adaptive"):
-        problems.add("retry_mode", f"must be standard or adaptive, got {conn['retry_mode']!r}")
-    conn["max_attempts"] = provider.get("max_attempts", SETTING_DEFAULTS["max_attempts"])
-    attempts = conn["max_attempts"]
+        problems.append(("retry_mode", f"must be standard or adaptive, got {conn['retry_mode']!r}"))
+    attempts = conn["max_attempts"] = provider.get("max_attempts", SETTING_DEFAULTS["max_attempts"])
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 20:
-        problems.add("max_attempts", f"must be an integer 1-20, got {attempts!r}")
+        problems.append(("max_attempts", f"must be an integer 1-20, got {attempts!r}"))
     for key in ("instance_wait_timeout", "cleanup_timeout"):
         try:
             conn[key] = _seconds(key)(provider)
         except _Bad as bad:
-            problems.add(key, str(bad))
+            problems.append((key, str(bad)))
     return conn, problems
 
 
-def _check_keys(vm_, provider, problems):
-    """Provider-only keys set in a profile, renamed keys, and near-typos of our keys."""
-    for key in vm_:
-        if not isinstance(key, str):
-            continue
+def problems_message(problems):
+    """One line from (key, text) problems."""
+    return "; ".join(f"'{key}' {text}" if key else text for key, text in problems)
+
+
+def _key_problems(vm_, provider):
+    """Provider-only keys in a profile, renamed keys, near-typos of ours, and strings that
+    are not."""
+    problems = []
+    for key in [k for k in vm_ if isinstance(k, str)]:
+        close = difflib.get_close_matches(key, NODE_KEYS, n=1, cutoff=0.85)
         if key in PROVIDER_ONLY_KEYS and vm_[key] != provider.get(key):
-            problems.add(
-                key,
-                "is a provider setting (one region, account and retry policy per "
-                "provider, so that -Q and -d see every node): set it in the provider",
+            problems.append(
+                (
+                    key,
+                    "is a provider setting (one region, account and retry policy "
+                    "per provider, so that -Q and -d see every node): set it there",
+                )
             )
         elif key in RENAMED_KEYS:
-            problems.add(key, f"was renamed: call it '{RENAMED_KEYS[key]}'")
-        elif key not in NODE_KEYS and key not in SALT_CLOUD_KEYS:
-            close = difflib.get_close_matches(key, NODE_KEYS, n=1, cutoff=0.85)
-            if close:
-                problems.add(key, f"is not a key of this driver: did you mean '{close[0]}'?")
+            problems.append((key, f"was renamed: call it '{RENAMED_KEYS[key]}'"))
+        elif key not in NODE_KEYS and key not in SALT_CLOUD_KEYS and close:
+            problems.append((key, f"is not a key of this driver: did you mean '{close[0]}'?"))
+        elif (
+            key in STRING_KEYS
+            and vm_[key] is not None
+            and not (vm_[key] and isinstance(vm_[key], str))
+        ):
+            problems.append((key, f"must be a non-empty string, got {vm_[key]!r}"))
+    return problems
 
 
-def _optional_str(key):
+def _required(key, what):
     def check(vm_):
-        value = vm_.get(key)
-        if value is not None and (not isinstance(value, str) or not value):
-            raise _Bad(key, f"must be a non-empty string, got {value!r}")
-        return value
-
-    return check
-
-
-def _required_str(key, what):
-    def check(vm_):
-        value = _optional_str(key)(vm_)
-        if value is None:
+        if vm_.get(key) is None:
             raise _Bad(key, f"({what}) is not set for {vm_.get('name')!r}")
-        return value
+        return vm_[key]
 
     return check
 
 
 def _image(vm_):
-    image = _required_str("image", "AMI id")(vm_)
-    if not image.startswith("ami-"):
+    image = _required("image", "AMI id")(vm_)
+    if not str(image).startswith("ami-"):
         raise _Bad("image", f"must be an AMI id (ami-...), got {image!r}")
     return image
 
 
 def _name_list(key):
     def check(vm_):
-        value = vm_.get(key)
-        if value is None:
-            return []
-        if isinstance(value, str) and value:
-            return [value]
-        if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
-            return list(value)
-        raise _Bad(key, f"must be a string or a list of strings, got {value!r}")
+        value = vm_.get(key) or []
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise _Bad(key, f"must be a string or a list of strings, got {vm_.get(key)!r}")
+        return value
 
     return check
 
@@ -225,35 +205,29 @@ def _iam_profile(vm_):
     value = vm_.get("iam_profile")
     if value is None:
         return None
-    if not isinstance(value, str) or not value:
-        raise _Bad("iam_profile", f"must be a name or an ARN, got {value!r}")
-    return {"Arn": value} if value.startswith("arn:") else {"Name": value}
+    return {"Arn": value} if str(value).startswith("arn:") else {"Name": value}
 
 
 def _user_data(vm_):
     """userdata, or the content of userdata_file; EC2 takes 16 KB."""
-    text = _optional_str("userdata")(vm_)
-    path = _optional_str("userdata_file")(vm_)
+    text, path = vm_.get("userdata"), vm_.get("userdata_file")
     if text and path:
         raise _Bad("userdata", "and 'userdata_file' are both set: keep one")
-    key = "userdata_file" if path else "userdata"
     if path:
         try:
-            with open(os.path.expanduser(path), encoding="utf-8") as handle:
+            with open(os.path.expanduser(str(path)), encoding="utf-8") as handle:
                 text = handle.read()
         except (OSError, UnicodeDecodeError) as exc:
-            raise _Bad(key, f"{path!r}: {getattr(exc, 'strerror', None) or exc}") from exc
-    size = len(text.encode("utf-8")) if text else 0
+            raise _Bad(
+                "userdata_file", f"{path!r}: {getattr(exc, 'strerror', None) or exc}"
+            ) from exc
+    size = len(str(text or "").encode("utf-8"))
     if size > RULES["user_data_bytes"]:
+        key = "userdata_file" if path else "userdata"
         raise _Bad(
             key, f"is {size} bytes: EC2 takes at most {RULES['user_data_bytes']} (before base64)"
         )
     return text
-
-
-def _private_key(vm_):
-    path = _optional_str("private_key")(vm_)
-    return os.path.expanduser(path) if path else None
 
 
 def docker_volume_mapping(vm_):
@@ -263,9 +237,8 @@ def docker_volume_mapping(vm_):
     if not isinstance(value, dict):
         raise _Bad("docker_volume", f"must be a mapping, got {value!r}")
     mapping = deep_merge(DOCKER_VOLUME_DEFAULTS, value)
-    extra = sorted(set(mapping) - {"DeviceName", "Ebs"})
-    if extra:
-        raise _Bad("docker_volume", f"takes only DeviceName and Ebs, not {extra}")
+    if set(mapping) - {"DeviceName", "Ebs"}:
+        raise _Bad("docker_volume", f"takes only DeviceName and Ebs, not {sorted(set(mapping))}")
     device = mapping["DeviceName"]
     if not isinstance(device, str) or not RULES["docker_device_name"].fullmatch(device):
         raise _Bad(
@@ -280,8 +253,7 @@ def docker_volume_mapping(vm_):
 
 def _block_device_mappings(vm_):
     """The profile's block_device_mappings, then the Docker volume; device names unique."""
-    extra = vm_.get("block_device_mappings") or []
-    volume = docker_volume_mapping(vm_)
+    extra, volume = vm_.get("block_device_mappings") or [], docker_volume_mapping(vm_)
     if not isinstance(extra, list):
         raise _Bad("block_device_mappings", f"must be a list of boto3 mappings, got {extra!r}")
     seen = {}
@@ -301,7 +273,7 @@ def _block_device_mappings(vm_):
                 "('docker_volume.DeviceName'): pick another device name",
             )
         seen[device] = index
-    return [copy.deepcopy(mapping) for mapping in extra] + [volume]
+    return [*copy.deepcopy(extra), volume]
 
 
 def _tags(vm_):
@@ -309,44 +281,39 @@ def _tags(vm_):
     extra = vm_.get("tag") or {}
     if not isinstance(extra, dict):
         raise _Bad("tag", f"must map tag names to values, got {extra!r}")
-    tags = {}
     for key, value in extra.items():
         where = f"tag.{key}"
-        if key in RESERVED_TAGS or key == "docker_volume_device":
+        if key in (*RESERVED_TAGS, "docker_volume_device"):
             raise _Bad(where, f"is set by the driver ({', '.join(RESERVED_TAGS)}): remove it")
         if not isinstance(key, str) or isinstance(value, (dict, list)) or value is None:
             raise _Bad(where, "must map a name to a plain value")
-        if not 1 <= len(key) <= RULES["tag_key_length"]:
-            raise _Bad(where, f"tag keys are 1-{RULES['tag_key_length']} characters")
-        if key.lower().startswith("aws:"):
-            raise _Bad(where, "tag keys starting with 'aws:' are AWS's")
-        # YAML `true` would become "True"; AWS tag values are conventionally lower case.
-        tags[key] = str(value).lower() if isinstance(value, bool) else str(value)
-        if len(tags[key]) > RULES["tag_value_length"]:
-            raise _Bad(where, f"tag values are at most {RULES['tag_value_length']} characters")
+        if not 1 <= len(key) <= 128 or key.lower().startswith("aws:"):
+            raise _Bad(where, "tag keys are 1-128 characters, not starting with 'aws:' (AWS's)")
+        if len(str(value)) > 256:
+            raise _Bad(where, "tag values are at most 256 characters")
     room = RULES["tags_per_resource"] - len(RESERVED_TAGS)
-    if len(tags) > room:
+    if len(extra) > room:
         raise _Bad(
             "tag",
-            f"has {len(tags)} tags: EC2 allows {RULES['tags_per_resource']} per "
+            f"has {len(extra)} tags: EC2 allows {RULES['tags_per_resource']} per "
             f"resource and the driver sets {len(RESERVED_TAGS)} ({room} left)",
         )
-    return tags
+    # YAML `true` would become "True"; AWS tag values are conventionally lower case.
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in extra.items()}
 
 
 def _metadata_options(vm_):
     value = vm_.get("metadata_options") or {}
     if not isinstance(value, dict):
         raise _Bad("metadata_options", f"must be a mapping, got {value!r}")
-    merged = {**METADATA_OPTIONS_DEFAULTS, **value}
-    hops, (low, high) = merged.get("HttpPutResponseHopLimit"), RULES["hop_limit"]
+    hops, (low, high) = value.get("HttpPutResponseHopLimit"), RULES["hop_limit"]
     if isinstance(hops, int) and not isinstance(hops, bool) and not low <= hops <= high:
         raise _Bad("metadata_options.HttpPutResponseHopLimit", f"must be {low}-{high}, got {hops}")
-    return merged
+    return {**METADATA_OPTIONS_DEFAULTS, **value}
 
 
 def _spot(vm_):
-    """`spot: {max_price, interruption_behavior}` as boto3 InstanceMarketOptions."""
+    """`spot: {max_price, interruption_behavior}` (or true) as boto3 InstanceMarketOptions."""
     value = vm_.get("spot")
     if value is None or value is False:
         return None
@@ -358,22 +325,18 @@ def _spot(vm_):
             hint = difflib.get_close_matches(str(key), SPOT_KEYS, n=1)
             raise _Bad(
                 f"spot.{key}",
-                "is unknown"
-                + (
-                    f": did you mean 'spot.{hint[0]}'?"
-                    if hint
-                    else f" (known: {', '.join(SPOT_KEYS)})"
-                ),
+                f"is unknown (did you mean 'spot.{hint[0]}'?)"
+                if hint
+                else f"is unknown (known: {', '.join(SPOT_KEYS)})",
             )
-    behavior = value.get("interruption_behavior", "terminate")
+    behavior, price = value.get("interruption_behavior", "terminate"), value.get("max_price")
     options = {
         "InstanceInterruptionBehavior": behavior,
         "SpotInstanceType": SPOT_REQUEST_TYPE.get(behavior, "one-time"),
     }
-    price = value.get("max_price")
     if price is not None:
-        text = str(price) if isinstance(price, (int, float)) and price is not True else price
-        if not (isinstance(text, str) and RULES["price"].fullmatch(text) and float(text) > 0):
+        text = price if isinstance(price, str) else str(price)
+        if isinstance(price, bool) or not RULES["price"].fullmatch(text) or not float(text) > 0:
             raise _Bad(
                 "spot.max_price",
                 f"must be a positive price in USD per hour, e.g. '0.05', got {price!r}",
@@ -385,7 +348,7 @@ def _spot(vm_):
 def _one_of(key, allowed):
     def check(vm_):
         value = vm_.get(key, SETTING_DEFAULTS[key])
-        if value not in allowed:
+        if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
             raise _Bad(key, f"must be one of {list(allowed)}, got {value!r}")
         return value
 
@@ -402,20 +365,21 @@ def _seconds(key):
     return check
 
 
-# Each node setting and the function that checks it (in order: the request is built from them).
+# Each node setting and its check, in order (the request is built from them).
 _SETTINGS = (
     ("image", _image),
-    ("size", _required_str("size", "instance type")),
-    ("keyname", _optional_str("keyname")),
+    ("size", _required("size", "instance type")),
+    ("keyname", lambda vm_: vm_.get("keyname")),
     ("securitygroup", _name_list("securitygroup")),
     ("securitygroupid", _name_list("securitygroupid")),
-    ("subnetid", _optional_str("subnetid")),
-    ("availability_zone", _optional_str("availability_zone")),
+    ("subnetid", lambda vm_: vm_.get("subnetid")),
+    ("availability_zone", lambda vm_: vm_.get("availability_zone")),
     ("iam_profile", _iam_profile),
     ("ebs_optimized", lambda vm_: vm_.get("ebs_optimized", SETTING_DEFAULTS["ebs_optimized"])),
     ("userdata", _user_data),
-    ("private_key", _private_key),
+    ("private_key", lambda vm_: vm_.get("private_key") and os.path.expanduser(vm_["private_key"])),
     ("block_device_mappings", _block_device_mappings),
+    ("docker_volume_id", lambda vm_: vm_.get("docker_volume_id")),
     ("tags", _tags),
     ("metadata_options", _metadata_options),
     ("spot", _spot),
@@ -427,29 +391,27 @@ _SETTINGS = (
 
 
 def node_tags(settings, node=True):
-    """The instance's and its volumes' tags at launch, as boto3 tag lists: Name and node only
+    """The instance's and its volumes' tags at launch as boto3 tag lists; Name and node only
     when the request launches one node (a batch names its instances right after)."""
-    docker_device = settings["block_device_mappings"][-1]["DeviceName"]
     named = {"Name": settings["name"]} if node else {}
     instance = {
         **named,
         "class": settings["class"],
         "container": "docker",
-        "docker_volume": docker_device,
-        **settings["tags"],
+        "docker_volume": settings["block_device_mappings"][-1]["DeviceName"],
     }
-    volume = {
-        **named,
-        "class": settings["class"],
-        **({"node": settings["name"]} if node else {}),
-        **settings["tags"],
-    }
-    return [[{"Key": k, "Value": v} for k, v in tags.items()] for tags in (instance, volume)]
+    volume = {**named, "class": settings["class"], **({"node": settings["name"]} if node else {})}
+    return [
+        [{"Key": k, "Value": v} for k, v in {**t, **settings["tags"]}.items()]
+        for t in (instance, volume)
+    ]
 
 
 def run_instances_request(settings, client_token, count):
     """boto3 RunInstances arguments for `count` nodes of these settings (MinCount 1: EC2
-    launches what it can, the driver names what it got)."""
+    launches what it can; the driver names what it got). A node that takes an existing Docker
+    volume (docker_volume_id) launches without one."""
+    mappings = settings["block_device_mappings"][: -1 if settings["docker_volume_id"] else None]
     instance_tags, volume_tags = node_tags(settings, node=count == 1)
     request = {
         "ImageId": settings["image"],
@@ -457,12 +419,12 @@ def run_instances_request(settings, client_token, count):
         "MinCount": 1,
         "MaxCount": count,
         "ClientToken": client_token,
-        "BlockDeviceMappings": settings["block_device_mappings"],
+        "BlockDeviceMappings": mappings,
         "MetadataOptions": settings["metadata_options"],
         "EbsOptimized": settings["ebs_optimized"],
         "TagSpecifications": [
             {"ResourceType": "instance", "Tags": instance_tags},
-            {"ResourceType": "volume", "Tags": volume_tags},
+            *([{"ResourceType": "volume", "Tags": volume_tags}] if mappings else []),
         ],
         "KeyName": settings["keyname"],
         "SecurityGroupIds": settings["securitygroupid"],
@@ -470,25 +432,24 @@ def run_instances_request(settings, client_token, count):
         "IamInstanceProfile": settings["iam_profile"],
         "UserData": settings["userdata"],
         "InstanceMarketOptions": settings["spot"],
+        "Placement": {"AvailabilityZone": settings["availability_zone"]},
     }
-    if settings["availability_zone"]:
-        request["Placement"] = {"AvailabilityZone": settings["availability_zone"]}
-    return {key: value for key, value in request.items() if value not in (None, "", [])}
+    return {k: v for k, v in request.items() if v not in (None, "", [], {"AvailabilityZone": None})}
 
 
 def request_origins(settings):
     """REQUEST_ORIGINS plus the block device mappings and tags of these settings."""
     origins = dict(REQUEST_ORIGINS)
-    mappings = settings["block_device_mappings"]
-    for index in range(len(mappings)):
-        last = index == len(mappings) - 1
+    count = len(settings["block_device_mappings"])
+    for index in range(count):
+        last = index == count - 1
         origins[f"BlockDeviceMappings[{index}]"] = (
             "docker_volume" if last else f"block_device_mappings[{index}]"
         )
     for spec, tags in enumerate(node_tags(settings)):
         for index, tag in enumerate(tags):
-            where = "name" if tag["Key"] in ("Name", "node") else f"tag.{tag['Key']}"
-            origins[f"TagSpecifications[{spec}].Tags[{index}]"] = where
+            key = "name" if tag["Key"] in ("Name", "node") else f"tag.{tag['Key']}"
+            origins[f"TagSpecifications[{spec}].Tags[{index}]"] = key
     return origins
 
 
@@ -501,11 +462,10 @@ def request_problems(service_model, request, origins):
     if report.has_errors() and not problems:  # botocore changed its report: keep its text
         problems = [("", line) for line in report.generate_report().splitlines()]
     problems += model_value_problems(request, shape)
-    if not problems:
-        for index, mapping in enumerate(request.get("BlockDeviceMappings", [])):
-            if isinstance(mapping.get("Ebs"), dict):
-                path = f"BlockDeviceMappings[{index}].Ebs"
-                problems += [(f"{path}.{key}", text) for key, text in ebs_problems(mapping["Ebs"])]
+    for index, mapping in enumerate(request.get("BlockDeviceMappings", [])):
+        if not problems and isinstance(mapping.get("Ebs"), dict):
+            path = f"BlockDeviceMappings[{index}].Ebs"
+            problems += [(f"{path}.{key}", text) for key, text in ebs_problems(mapping["Ebs"])]
     return [(profile_key(path, origins), text) for path, text in problems]
 
 
@@ -517,10 +477,9 @@ def botocore_problem(error):
         unknown, valid = details["unknown_param"], details["valid_names"]
         hint = difflib.get_close_matches(unknown, valid, n=1)
         suffix = f": did you mean {hint[0]}?" if hint else f" (known: {', '.join(valid)})"
-        return (f"{path}.{unknown}" if path else unknown, f"is not a known setting{suffix}")
+        return (f"{path}.{unknown}".lstrip("."), f"is not a known setting{suffix}")
     if kind == "missing required field":
-        name = details["required_name"]
-        return (f"{path}.{name}" if path else name, "is required")
+        return (f"{path}.{details['required_name']}".lstrip("."), "is required")
     if kind == "invalid type":
         wanted = ", ".join(t.split("'")[1] if "'" in t else t for t in details["valid_types"])
         return (path, f"has the wrong type ({details['param']!r}; wanted {wanted})")
@@ -530,8 +489,9 @@ def botocore_problem(error):
 
 
 def model_value_problems(value, shape, path=""):
-    """What botocore's validator does not check but its model says: enums, a boolean where a
-    number belongs, maximums."""
+    """What botocore's validator leaves out but its model says: enums, maximums, a boolean
+    where a number belongs."""
+    items = []
     if shape.type_name == "structure" and isinstance(value, dict):
         items = [
             (v, shape.members[k], f"{path}.{k}".lstrip("."))
@@ -540,26 +500,27 @@ def model_value_problems(value, shape, path=""):
         ]
     elif shape.type_name == "list" and isinstance(value, list):
         items = [(v, shape.member, f"{path}[{i}]") for i, v in enumerate(value)]
-    else:
-        problem = _scalar_problem(value, shape)
-        return [(path, problem)] if problem else []
-    return [problem for item in items for problem in model_value_problems(*item)]
+    problem = _scalar_problem(value, shape)
+    return [problem for item in items for problem in model_value_problems(*item)] + (
+        [(path, problem)] if problem else []
+    )
 
 
 def _scalar_problem(value, shape):
-    if shape.type_name == "string" and shape.enum and isinstance(value, str):
-        if value in shape.enum or shape.name in LIVE_CHECKED_ENUMS:
+    high, number = shape.metadata.get("max"), shape.type_name in ("integer", "long")
+    enum = getattr(shape, "enum", None)
+    if enum and isinstance(value, str) and value not in enum:
+        if shape.name in LIVE_CHECKED_ENUMS:
             return None
         hint = difflib.get_close_matches(value, shape.enum, n=1)
         choices = shape.enum if len(shape.enum) <= 12 else f"botocore's {len(shape.enum)} values"
         return f"must be one of {choices}, got {value!r}" + (
             f" (did you mean {hint[0]}?)" if hint else ""
         )
-    high = shape.metadata.get("max")
-    if shape.type_name in ("integer", "long") and isinstance(value, bool):
+    if number and isinstance(value, bool):
         return f"must be a number, got {value!r}"
-    if shape.type_name in ("integer", "long") and isinstance(value, int) and high is not None:
-        return f"must be at most {high}, got {value}" if value > high else None
+    if number and isinstance(value, int) and high is not None and value > high:
+        return f"must be at most {high}, got {value}"
     return None
 
 
@@ -602,6 +563,7 @@ def _iops_problem(kind, rule, iops, size):
 
 
 def _throughput_problem(kind, rule, mibps, iops):
+    """gp3 only, within its range, at most 0.25 MiB/s per provisioned IOPS."""
     if mibps is None:
         return None
     if "mibps" not in rule:
@@ -610,7 +572,7 @@ def _throughput_problem(kind, rule, mibps, iops):
     if not low <= mibps <= high:
         return f"{mibps} MiB/s is out of range for gp3 ({low}-{high})"
     iops = iops or RULES["gp3_baseline_iops"]
-    if mibps > iops * RULES["gp3_mibps_per_iops"]:
+    if mibps * 4 > iops:
         return f"{mibps} MiB/s needs at least {int(mibps * 4)} Iops (0.25 MiB/s each; has {iops})"
     return None
 
@@ -618,11 +580,8 @@ def _throughput_problem(kind, rule, mibps, iops):
 def profile_key(path, origins):
     """The profile key a request path came from: BlockDeviceMappings[1].Ebs.Iops ->
     docker_volume.Ebs.Iops."""
-    best = max(
-        (p for p in origins if path == p or path.startswith((p + ".", p + "["))),
-        key=len,
-        default="",
-    )
+    prefixes = [p for p in origins if path == p or path.startswith((p + ".", p + "["))]
+    best = max(prefixes, key=len, default="")
     return origins[best] + path[len(best) :] if best else path
 
 
@@ -635,8 +594,3 @@ def deep_merge(base, override):
         else:
             merged[key] = copy.deepcopy(value)
     return merged
-
-
-def problems_message(problems):
-    """One line from (key, text) problems."""
-    return _Problems(problems).message()

@@ -13,7 +13,9 @@ What EC2 holds is read with boto3; what reached EC2 comes from a fault proxy's l
 import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -282,3 +284,23 @@ def test_a_map_with_one_failing_node_exits_non_zero_and_keeps_the_others(cloud, 
     finally:
         cloud.run("-d", "mixed-ok", "-y")
     assert left_on_master(cloud, "mixed-ok") == []
+
+
+def test_a_batched_destroy_forks_nothing(fault_cloud, tmp_path):
+    """salt-cloud's core listed the nodes in a process pool with a multiprocessing manager it
+    never shut down; at exit the manager's finalizer waited up to 1 s (the idle second after a
+    20-node destroy's last line). The driver's destroy runs in its one process."""
+    names = [f"idle{i}" for i in range(5)]
+    created = fault_cloud.run(
+        "-m", write_map(tmp_path / "idle.map", {"backends": names}), "-y", "--no-deploy"
+    )
+    assert created.returncode == 0, output(created)
+    forks = tmp_path / "forks"
+    command = [sys.executable, str(Path(__file__).parent / "forks.py"), "-d", *names, "-y"]
+    env = {**fault_cloud.env, "FORKS_FILE": str(forks)}
+    run = {"cwd": fault_cloud.root, "env": env, "capture_output": True, "text": True}
+    result = subprocess.run(command, check=False, **run)
+    assert result.returncode == 0, output(result)
+    assert fault_cloud.instances(names) == []
+    # (Salt's grains start ldconfig, file and ip for their probes: no salt-cloud processes.)
+    assert [line for line in forks.read_text().splitlines() if line.startswith("os.fork")] == []

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import queue
+import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -47,7 +49,9 @@ def assert_docker_node(cloud, name, node_class):
     assert instance["Placement"]["AvailabilityZone"] == "eu-west-1a"
     disks = {m["DeviceName"]: m["Ebs"] for m in instance["BlockDeviceMappings"]}
     assert list(disks) == [DEVICE]
-    assert disks[DEVICE]["DeleteOnTermination"] is ebs["DeleteOnTermination"] is True
+    # A dataserver's Docker volume outlives the node; a backend's goes with it.
+    assert disks[DEVICE]["DeleteOnTermination"] is ebs["DeleteOnTermination"]
+    assert ebs["DeleteOnTermination"] is (node_class != "dataserver")
     volume = cloud.volume(disks[DEVICE]["VolumeId"])
     assert volume["Size"] == ebs["VolumeSize"]
     assert volume["VolumeType"] == ebs["VolumeType"]
@@ -92,16 +96,26 @@ def test_profile_creates_the_class_node_once_and_destroy_removes_it(cloud, node_
     assert f"already exists: {instance['InstanceId']} (running)" in output(again)
     assert cloud.instance(name)["InstanceId"] == instance["InstanceId"]
 
-    destroyed = cloud.json("-d", name, "-y")
-    assert destroyed["aws"]["boto3_ec2"][name]["state"] == "terminated"
+    destroyed = cloud.json("-d", name, "-y")["aws"]["boto3_ec2"][name]
+    assert destroyed["state"] == "terminated"
     assert cloud.instances(name) == []
     gone = cloud.ec2().describe_instances(InstanceIds=[instance["InstanceId"]])
     assert gone["Reservations"][0]["Instances"][0]["State"]["Name"] == "terminated"
-    # DeleteOnTermination: the Docker disk goes with the instance.
     volumes = cloud.ec2().describe_volumes(
         Filters=[{"Name": "volume-id", "Values": [volume["VolumeId"]]}]
     )["Volumes"]
-    assert volumes == []
+    if node_class == "dataserver":  # kept, and destroy says where
+        assert [v["State"] for v in volumes] == ["available"]
+        assert destroyed["kept_volumes"] == [
+            {
+                "volume_id": volume["VolumeId"],
+                "device_name": DEVICE,
+                "availability_zone": "eu-west-1a",
+            }
+        ]
+        cloud.run("-f", "purge_volume", "aws", f"volume_id={volume['VolumeId']}")
+    else:  # DeleteOnTermination: the Docker volume goes with the instance
+        assert volumes == []
     # Nothing is left on the master: no record, no key, no lock file.
     assert left_on_master(cloud, name) == []
 
@@ -394,3 +408,29 @@ def test_salt_cloud_does_not_walk_the_checkout(ec2_endpoint, repo_root, tmp_path
     result = harness.CloudCLI.for_endpoint(root, ec2_endpoint).run("-Q")
     assert result.returncode == 0, output(result)
     assert (other.stat().st_uid, other.stat().st_gid) == (12345, 12345)
+
+
+def test_a_stopped_masters_socket_is_not_taken_for_a_master(ec2_endpoint, repo_root, tmp_path):
+    """A salt-master that stopped leaves master_event_pull.ipc behind. salt-cloud took the
+    file for a master and tried to connect for each event it fired (~1 s of CPU each, five
+    for a create and a destroy); it now asks the socket, once per run, and fires nothing."""
+    root = harness.copy_config(tmp_path / "root", repo_root)
+    sock_dir = root / ".salt" / "var" / "run" / "salt" / "master"
+    sock_dir.mkdir(parents=True)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(sock_dir / "master_event_pull.ipc"))
+    stale.close()  # the file stays; nothing listens
+    cli = harness.CloudCLI.for_endpoint(root, ec2_endpoint)
+    log_file = tmp_path / "cloud.log"
+    logging = ("--log-file", str(log_file), "--log-file-level", "debug")
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    created = cli.run("-p", "backends", "stale1", "--no-deploy", *logging)
+    destroyed = cli.run("-d", "stale1", "-y", *logging)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - used.ru_utime - used.ru_stime
+    print(f"create + destroy with a stale master socket: {cpu:.1f} s of CPU")
+    assert created.returncode == 0, output(created)
+    assert destroyed.returncode == 0, output(destroyed)
+    text = log_file.read_text()
+    assert text.count(f"No salt-master listens on {sock_dir}: events are not fired") == 2
+    assert "Unable to connect pusher" not in text

@@ -267,10 +267,11 @@ def test_growing_refuses_to_shrink_or_pass_the_maximum():
         ec2.check_growth(volume, 40)
     with pytest.raises(SaltCloudSystemExit, match=r"out of range for gp3 \(1-65536 GiB\)"):
         ec2.check_growth(volume, 70000)
-    assert ec2._size_argument({"size": "20"}) == 20
-    for kwargs in (None, {"size": "big"}, {"size": "-3"}, {"size": "10", "type": "io2"}):
-        with pytest.raises(SaltCloudSystemExit, match="grow_docker_volume"):
-            ec2._size_argument(kwargs)
+    assert ec2._whole_number({"size": "20"}, "size", None, "grow_docker_volume") == 20
+    assert ec2._whole_number({}, "keep", 7, "snapshot_docker_volume") == 7
+    for kwargs in ({}, {"size": "big"}, {"size": "-3"}, {"size": "0"}):
+        with pytest.raises(SaltCloudSystemExit, match=r"grow_docker_volume needs size=<a whole"):
+            ec2._whole_number(kwargs, "size", None, "grow_docker_volume")
 
 
 def test_protected_instance_id_comes_from_ec2s_refusal():

@@ -1,0 +1,189 @@
+"""Data outlives nodes (issue 19.3), the EC2 primitives, real CLI against the local endpoint:
+a dataserver's Docker volume is kept when its node is destroyed (and destroy says where),
+purged only by an explicit command naming it, snapshotted with a retention count that prunes
+only that node's older snapshots, attached to a new node (in the volume's zone), or restored
+from a snapshot into a new node. What EC2 holds is read with boto3."""
+
+import json
+
+import pytest
+import yaml
+
+from .conftest import DEVICE, left_on_master, node_record
+
+pytestmark = pytest.mark.cloud
+
+
+def tags_of(resource):
+    return {tag["Key"]: tag["Value"] for tag in resource.get("Tags", [])}
+
+
+def output(result):
+    return result.stdout + result.stderr
+
+
+def create(cli, tmp_path, name, **overrides):
+    """`salt-cloud -m` of one dataserver node with per-node overrides (as a map sets them)."""
+    path = tmp_path / f"{name}.map"
+    path.write_text(yaml.safe_dump({"dataserver": [{name: overrides}]}))
+    return cli.run("-m", str(path), "-y", "--no-deploy", "--out=json")
+
+
+def snapshots_of(cli, node):
+    found = cli.ec2().describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": "tag:node", "Values": [node]}]
+    )["Snapshots"]
+    return sorted(s["SnapshotId"] for s in found)
+
+
+@pytest.fixture(scope="module")
+def kept(fault_cloud, tmp_path_factory):
+    """vol1: a dataserver node created, snapshotted three times with keep=2, destroyed."""
+    cli, tmp = fault_cloud, tmp_path_factory.mktemp("volumes")
+    result = create(cli, tmp, "vol1")
+    assert result.returncode == 0, output(result)
+    instance = cli.instance("vol1")
+    volume_id = instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
+    snapshots = [
+        cli.json("-a", "snapshot_docker_volume", "vol1", "keep=2", "-y")["aws"]["boto3_ec2"]["vol1"]
+        for _ in range(3)
+    ]
+    record = node_record(cli, "vol1")
+    destroyed = cli.run("-d", "vol1", "-y", "--out=json")
+    yield {
+        "cli": cli,
+        "tmp": tmp,
+        "volume_id": volume_id,
+        "snapshots": snapshots,
+        "record": record,
+        "destroyed": destroyed,
+        "instance": instance,
+    }
+    for name in ("vol2", "vol3"):
+        cli.run("-d", name, "-y")
+
+
+def test_destroy_keeps_a_dataservers_docker_volume_and_says_where(kept):
+    cli, volume_id = kept["cli"], kept["volume_id"]
+    assert kept["destroyed"].returncode == 0, output(kept["destroyed"])
+    result = json.loads(kept["destroyed"].stdout)["aws"]["boto3_ec2"]["vol1"]
+    assert result["kept_volumes"] == [
+        {"volume_id": volume_id, "device_name": DEVICE, "availability_zone": "eu-west-1a"}
+    ]
+    assert f"delete it with salt-cloud -f purge_volume aws volume_id={volume_id}" in (
+        kept["destroyed"].stderr
+    )
+    volume = cli.volume(volume_id)
+    assert volume["State"] == "available"
+    assert tags_of(volume) == {
+        "Name": "vol1",
+        "node": "vol1",
+        "class": "dataserver",
+        "role": "docker_volume",
+    }
+    assert left_on_master(cli, "vol1") == []
+
+
+def test_snapshots_keep_the_newest_and_prune_only_this_nodes(kept):
+    cli, snapshots = kept["cli"], kept["snapshots"]
+    ids = [s["snapshot_id"] for s in snapshots]
+    assert snapshots[2]["kept"] == [ids[2], ids[1]]
+    assert snapshots[2]["pruned"] == [ids[0]]
+    assert snapshots_of(cli, "vol1") == sorted(ids[1:])
+    [snapshot] = cli.ec2().describe_snapshots(SnapshotIds=[ids[2]])["Snapshots"]
+    assert snapshot["VolumeId"] == kept["volume_id"]
+    assert tags_of(snapshot) == {
+        "Name": "vol1 docker_volume",
+        "class": "dataserver",
+        "node": "vol1",
+        "role": "docker_volume",
+    }
+    assert kept["record"]["snapshots"] == [ids[2], ids[1]]
+
+
+def test_a_new_node_takes_over_the_kept_volume(kept):
+    cli, volume_id = kept["cli"], kept["volume_id"]
+    result = create(cli, kept["tmp"], "vol2", docker_volume_id=volume_id)
+    assert result.returncode == 0, output(result)
+    created = json.loads(result.stdout)["vol2"]
+    assert created["docker_volume"] == {"device_name": DEVICE, "volume_id": volume_id}
+    instance = cli.instance("vol2")
+    assert instance["Placement"]["AvailabilityZone"] == cli.volume(volume_id)["AvailabilityZone"]
+    assert tags_of(instance)["docker_volume"] == DEVICE
+    volume = cli.volume(volume_id)
+    assert (volume["State"], volume["Attachments"][0]["InstanceId"]) == (
+        "in-use",
+        instance["InstanceId"],
+    )
+    assert volume["Attachments"][0]["Device"] == DEVICE
+    assert (tags_of(volume)["node"], tags_of(volume)["Name"]) == ("vol2", "vol2")
+    assert node_record(cli, "vol2")["data_volumes"] == [
+        {"volume_id": volume_id, "device_name": DEVICE, "role": "docker_volume"}
+    ]
+    # Attached, it cannot be purged, nor taken over by another node.
+    purge = cli.run("-f", "purge_volume", "aws", f"volume_id={volume_id}")
+    assert purge.returncode != 0 and f"{volume_id} is in-use" in output(purge)
+    again = create(cli, kept["tmp"], "vol4", docker_volume_id=volume_id)
+    assert again.returncode != 0 and "is in-use: destroy its node first" in output(again)
+    assert cli.instances("vol4") == []
+
+
+def test_a_new_node_restores_a_snapshot(kept):
+    cli = kept["cli"]
+    snapshot_id = kept["snapshots"][2]["snapshot_id"]
+    result = create(cli, kept["tmp"], "vol3", docker_volume={"Ebs": {"SnapshotId": snapshot_id}})
+    assert result.returncode == 0, output(result)
+    volume = cli.volume(json.loads(result.stdout)["vol3"]["docker_volume"]["volume_id"])
+    assert volume["SnapshotId"] == snapshot_id
+    assert (volume["Size"], tags_of(volume)["node"]) == (50, "vol3")
+    small = create(
+        cli,
+        kept["tmp"],
+        "vol5",
+        docker_volume={"Ebs": {"SnapshotId": snapshot_id, "VolumeSize": 8}},
+    )
+    assert small.returncode != 0
+    assert "'docker_volume.Ebs.VolumeSize' 8 is smaller than" in output(small)
+
+
+def test_purge_refuses_what_is_not_a_kept_docker_volume(fault_cloud):
+    other = fault_cloud.ec2().create_volume(AvailabilityZone="eu-west-1a", Size=1)["VolumeId"]
+    result = fault_cloud.run("-f", "purge_volume", "aws", f"volume_id={other}")
+    assert result.returncode != 0
+    assert f"{other} has no node and role=docker_volume tags" in output(result)
+    assert fault_cloud.volume(other)["State"] == "available"
+
+
+def test_a_volume_of_another_class_is_not_taken_over(fault_cloud, tmp_path):
+    other = fault_cloud.ec2().create_volume(
+        AvailabilityZone="eu-west-1a",
+        Size=1,
+        TagSpecifications=[
+            {
+                "ResourceType": "volume",
+                "Tags": [{"Key": "role", "Value": "docker_volume"}, {"Key": "class", "Value": "x"}],
+            }
+        ],
+    )["VolumeId"]
+    result = create(fault_cloud, tmp_path, "vol6", docker_volume_id=other)
+    assert result.returncode != 0
+    assert f"'docker_volume_id' {other} is not a Docker volume of class dataserver" in output(
+        result
+    )
+    assert fault_cloud.instances("vol6") == []
+
+
+def test_purge_deletes_the_kept_volume(kept):
+    """Last: vol3 restored a snapshot and vol2 holds vol1's volume; vol2's destroy keeps it
+    once more, then the purge deletes it."""
+    cli, volume_id = kept["cli"], kept["volume_id"]
+    assert cli.run("-d", "vol2", "-y").returncode == 0
+    result = cli.run("-f", "purge_volume", "aws", f"volume_id={volume_id}", "--out=json")
+    assert result.returncode == 0, output(result)
+    assert json.loads(result.stdout)["aws"]["boto3_ec2"] == {
+        "volume_id": volume_id,
+        "node": "vol2",
+        "state": "deleted",
+    }
+    found = cli.ec2().describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume_id]}])
+    assert found["Volumes"] == []
