@@ -8,9 +8,11 @@ import json
 import os
 import queue
 import resource
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -410,11 +412,19 @@ def test_salt_cloud_does_not_walk_the_checkout(ec2_endpoint, repo_root, tmp_path
     assert (other.stat().st_uid, other.stat().st_gid) == (12345, 12345)
 
 
-def test_a_stopped_masters_socket_is_not_taken_for_a_master(ec2_endpoint, repo_root, tmp_path):
+@pytest.fixture
+def short_dir():
+    """A directory with a short path: a unix socket's path may not exceed 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="stale-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_stopped_masters_socket_is_not_taken_for_a_master(ec2_endpoint, repo_root, short_dir):
     """A salt-master that stopped leaves master_event_pull.ipc behind. salt-cloud took the
     file for a master and tried to connect for each event it fired (~1 s of CPU each, five
     for a create and a destroy); it now asks the socket, once per run, and fires nothing."""
-    root = harness.copy_config(tmp_path / "root", repo_root)
+    root, tmp_path = harness.copy_config(short_dir / "root", repo_root), short_dir
     sock_dir = root / ".salt" / "var" / "run" / "salt" / "master"
     sock_dir.mkdir(parents=True)
     stale = socket.socket(socket.AF_UNIX)
