@@ -8,43 +8,25 @@ or a volume, or leave a minion key or a record on the master.
 """
 
 import os
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tools import cloud_harness as harness
 from tools.fault_proxy import FaultProxy
 
+from .bad_profiles import CORPUS, ENTRIES, expand
+
 pytestmark = pytest.mark.cloud
 
 HERE = Path(__file__).parent
-CORPUS = yaml.safe_load((HERE / "bad_profiles.yaml").read_text())
-ENTRIES = {
-    entry["id"]: {**entry, "kind": kind}
-    for kind in ("profiles", "names", "providers")
-    for entry in CORPUS[kind]
-}
 ALL_STATES = ("pending", "running", "shutting-down", "terminated", "stopping", "stopped")
 # salt-cloud runs at once: they are CPU-bound, and the machine has 2 cores.
 CONCURRENT_RUNS = 4
 SMOKE = ("name-traversal", "volume-size-string", "provider-retry-mode", "minion-id-path")
 CHOSEN = sorted(entry_id for entry_id, entry in ENTRIES.items() if entry.get("ec2")) + list(SMOKE)
-
-
-def expand(value, values):
-    """Fill in {placeholders} and {repeat <character> <count>}."""
-    if isinstance(value, dict):
-        return {expand(key, values): expand(item, values) for key, item in value.items()}
-    if isinstance(value, list):
-        return [expand(item, values) for item in value]
-    if not isinstance(value, str):
-        return value
-    value = re.sub(r"\{repeat (.) (\d+)\}", lambda m: m.group(1) * int(m.group(2)), value)
-    return values.get(value[1:-1], value) if value.startswith("{") else value
 
 
 def node_name(entry, values):

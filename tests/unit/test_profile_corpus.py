@@ -4,22 +4,16 @@ the corpus base, the entry), goes through `_plan`, the step every create run tak
 anything else; it must be refused naming the key. The entries that need EC2's answer run in
 the cloud tier (tests/cloud/test_bad_profiles.py)."""
 
-import re
 from pathlib import Path
 
 import pytest
 import yaml
 from salt.exceptions import SaltCloudConfigError
 
+from tests.cloud.bad_profiles import ENTRIES, expand
 from tools.salt_repo import load_module
 
 REPO = Path(__file__).resolve().parents[2]
-CORPUS = yaml.safe_load((REPO / "tests" / "cloud" / "bad_profiles.yaml").read_text())
-ENTRIES = {
-    entry["id"]: {**entry, "kind": kind}
-    for kind in ("profiles", "names", "providers")
-    for entry in CORPUS[kind]
-}
 PURE = sorted(entry_id for entry_id, entry in ENTRIES.items() if not entry.get("ec2"))
 
 ec2 = load_module("clouds", "boto3_ec2")
@@ -58,18 +52,6 @@ def work(tmp_path):
         "big_userdata": str(tmp_path / "big-user-data"),
         "binary_userdata": str(tmp_path / "binary-user-data"),
     }
-
-
-def expand(value, values):
-    """Fill in {placeholders} and {repeat <character> <count>}."""
-    if isinstance(value, dict):
-        return {expand(key, values): expand(item, values) for key, item in value.items()}
-    if isinstance(value, list):
-        return [expand(item, values) for item in value]
-    if not isinstance(value, str):
-        return value
-    value = re.sub(r"\{repeat (.) (\d+)\}", lambda m: m.group(1) * int(m.group(2)), value)
-    return values.get(value[1:-1], value) if value.startswith("{") else value
 
 
 def node_config(entry, values):
