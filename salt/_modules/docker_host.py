@@ -7,7 +7,10 @@ are in docker_settings).
   ``{device, volume_id}`` is still read) or pillar ``docker:storage:device``: the name
   requested in EC2 differs from the one the kernel gives it on Xen and Nitro.
 - ``disk_verdict``: may Docker's storage go on that disk? Fail-closed: only a blank, whole,
-  unused block device that is not the root disk, or our own (half-made) volume group.
+  unused block device that is not the root disk, or our own (half-made) volume group. Blank is
+  read, not guessed: zeros in the first GiB and the last MiB (and samples beyond); partition
+  tables (MBR and its logical partitions, primary and backup GPT) and libblkid name what is
+  there; a probe that fails, whatever its exit code, refuses.
 - ``engine_version`` / ``check_storage_driver``: devicemapper exists only in Engine <= 24.
 - ``move_data_root``: move an existing /var/lib/docker into the new volume (never delete);
   ``mounted_device`` / ``entries_to_move`` / ``stop_running``: the checks and the stop that
@@ -19,11 +22,14 @@ are in docker_settings).
 
 import glob
 import hashlib
+import itertools
 import json
+import mmap
 import os
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 
@@ -111,49 +117,53 @@ def resolve_disk(device=None, volume_id=None, root="/"):
     )
 
 
-# --- is the disk ours to use? (fail closed: any probe error means no) ------------------------
+# --- may Docker's storage go on this disk? (fail closed: any probe error means no) ------------
 
-# A PV this formula creates carries a PV UUID derived from the disk (see pv_marker), and its
-# VG a tag: a PV left without a VG by an interrupted run is recognised as ours and finished.
+MIB = 1 << 20
+# What "blank" means: zeros in the first GiB (partition tables, and whatever a table ever put at
+# a partition start there) and in the last MiB (backup GPT, md 0.90/1.0, DDF/IMSM RAID metadata),
+# and in the first 64 KiB of every 64 MiB beyond (backup superblocks, allocation group headers).
+# A new EBS volume reads as zeros; anything else is someone's data.
+HEAD, TAIL, STRIDE, SAMPLE = 1024 * MIB, MIB, 64 * MIB, 64 * 1024
+# Offsets named with blkid per refusal, at most (~5 ms each), and findings shown.
+MAX_PROBES, MAX_SHOWN = 32, 8
+# lvm2 and util-linux live in sbin, which a minion's PATH may lack.
+SBIN_PATH = "/usr/sbin:/sbin"
 VG_TAG = "docker_host"
 UUID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-GPT_SIGNATURE = b"EFI PART"
-# A blank EBS volume reads as zeros; these regions of a used disk rarely do (partition
-# tables, filesystem superblocks at the usual first-partition offsets).
-ZERO_HEAD = 2 * 1024 * 1024
-ZERO_TAIL = 1024 * 1024
-# Where a partition usually starts: a filesystem there survives a wiped partition table.
-PARTITION_OFFSETS = tuple(
-    n * 512 for n in (63, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
-)
+EXTENDED = (0x05, 0x0F, 0x85)
+ZEROS = bytes(MIB)
 
 
 def pv_marker(disk_id):
     """The PV UUID this formula gives the Docker disk ``disk_id`` (its volume id or path)."""
     digest = hashlib.sha256(f"docker_host:{disk_id}".encode()).digest()
     chars = "".join(UUID_ALPHABET[byte % len(UUID_ALPHABET)] for byte in digest[:32])
-    groups = (6, 4, 4, 4, 4, 4, 6)
-    parts, at = [], 0
-    for size in groups:
-        parts.append(chars[at : at + size])
-        at += size
-    return "-".join(parts)
+    cuts = (0, 6, 10, 14, 18, 22, 26, 32)
+    return "-".join(chars[a:b] for a, b in itertools.pairwise(cuts))
 
 
-def _run(cmd):
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def _run_checked(cmd, what):
-    """Run ``cmd`` (an argument list); any failure to run it is an error, never "nothing"."""
+def _run(argv, what, ok=(0,), strict=False):
+    """``(exit code, stdout)`` of ``argv`` (no shell, C locale). Not running, an exit code not
+    in ``ok``, or (``strict``) anything on stderr raises, naming ``what``."""
+    env = {**os.environ, "LC_ALL": "C", "PATH": f"{os.environ.get('PATH', '')}:{SBIN_PATH}"}
     try:
-        return _run(cmd)
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     except OSError as error:
-        raise CommandExecutionError(f"cannot probe {what}: {cmd[0]}: {error}") from error
+        raise CommandExecutionError(f"cannot run {argv[0]} ({what}): {error.strerror}") from error
+    if proc.returncode not in ok or (strict and proc.stderr.strip()):
+        output = " ".join((proc.stderr or proc.stdout).split())
+        raise CommandExecutionError(
+            f"{' '.join(argv)} ({what}) exited {proc.returncode}: {output or 'no output'}"
+        )
+    return proc.returncode, proc.stdout
 
 
-def _sys_block(device):
+def _where(offset):
+    return f"{offset // MIB} MiB" if offset % MIB == 0 and offset else f"byte {offset}"
+
+
+def _whole_disk(device):
     """The sysfs directory of a whole block device; refuses anything else."""
     try:
         info = os.stat(device)
@@ -170,30 +180,6 @@ def _sys_block(device):
     if os.path.isdir(os.path.join(sys_dir, "dm")):
         raise CommandExecutionError(f"{device} is a device-mapper device: refusing it")
     return sys_dir
-
-
-def _dev_numbers(sys_dir):
-    """major:minor of the disk and of each of its partitions."""
-    numbers = set()
-    partitions = glob.glob(os.path.join(sys_dir, "*", "partition"))
-    for directory in [sys_dir, *sorted(os.path.dirname(p) for p in partitions)]:
-        with open(os.path.join(directory, "dev"), encoding="ascii") as handle:
-            numbers.add(handle.read().strip())
-    return numbers
-
-
-def _mounted_numbers():
-    """major:minor of every mounted filesystem and active swap device."""
-    numbers = set()
-    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
-        numbers.update(line.split()[2] for line in handle if line.strip())
-    with open("/proc/swaps", encoding="utf-8") as handle:
-        for line in list(handle)[1:]:
-            path = line.split()[0]
-            if path.startswith("/dev/") and os.path.exists(path):
-                rdev = os.stat(path).st_rdev
-                numbers.add(f"{os.major(rdev)}:{os.minor(rdev)}")
-    return numbers
 
 
 def _backing_disks(number, seen=None):
@@ -216,163 +202,232 @@ def _root_disks():
     return _backing_disks(f"{os.major(root)}:{os.minor(root)}")
 
 
-def _check_not_in_use(device, sys_dir):
+def _in_use(device, sys_dir):
+    """Refuses the root disk, a disk mounted or swapped on (or a partition of it), one held."""
     if sys_dir in _root_disks():
         raise CommandExecutionError(f"{device} holds the root filesystem: refusing it")
-    if _dev_numbers(sys_dir) & _mounted_numbers():
+    numbers = set()
+    for directory in [sys_dir, *glob.glob(os.path.join(sys_dir, "*", ""))]:
+        if os.path.exists(os.path.join(directory, "dev")):
+            with open(os.path.join(directory, "dev"), encoding="ascii") as handle:
+                numbers.add(handle.read().strip())
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        mounted = {line.split()[2] for line in handle if line.strip()}
+    with open("/proc/swaps", encoding="utf-8") as handle:
+        for path in (line.split()[0] for line in list(handle)[1:]):
+            if path.startswith("/dev/") and os.path.exists(path):
+                rdev = os.stat(path).st_rdev
+                mounted.add(f"{os.major(rdev)}:{os.minor(rdev)}")
+    if numbers & mounted:
         raise CommandExecutionError(f"{device} (or a partition of it) is mounted or swap")
-    holders = glob.glob(os.path.join(sys_dir, "holders", "*")) + glob.glob(
-        os.path.join(sys_dir, "*", "holders", "*")
-    )
+    holders = glob.glob(os.path.join(sys_dir, "holders", "*"))
+    holders += glob.glob(os.path.join(sys_dir, "*", "holders", "*"))
     if holders:
-        names = sorted({os.path.basename(h) for h in holders})
-        raise CommandExecutionError(f"{device} is in use by {', '.join(names)}")
+        names = ", ".join(sorted({os.path.basename(h) for h in holders}))
+        raise CommandExecutionError(f"{device} is in use by {names}")
 
 
-def signatures(device):
-    """``wipefs --no-act``: every signature libblkid finds (type, offset, uuid)."""
-    rc, out, err = _run_checked(["wipefs", "--no-act", "--json", device], "signatures")
-    if rc != 0:
-        raise CommandExecutionError(f"wipefs -n {device} failed: {(err or out).strip()}")
+def _probe(device, offset=0):
+    """What libblkid finds at ``offset``: its fields, ``{}`` for nothing, ``{"error": ...}``
+    when the probe fails. blkid exits 2 both for "nothing" and on some probe errors
+    ("Operation not permitted"): only a silent 2 means nothing."""
+    argv = ["blkid", "-p", "-o", "export", *(["-O", str(offset)] if offset else []), device]
     try:
-        found = json.loads(out) if out.strip() else {"signatures": []}
-    except ValueError as error:
-        raise CommandExecutionError(f"wipefs -n {device}: unreadable output") from error
-    return [
-        {"type": sig.get("type"), "offset": sig.get("offset"), "uuid": sig.get("uuid")}
-        for sig in found.get("signatures", [])
+        code, out = _run(argv, f"probe at {_where(offset)}", ok=(0, 2), strict=True)
+    except CommandExecutionError as error:
+        return {"error": str(error)}
+    found = dict(line.partition("=")[::2] for line in out.splitlines() if "=" in line)
+    if code == 0 and not (found.get("TYPE") or found.get("PTTYPE")):
+        return {"error": f"{' '.join(argv)} exited 0 but named nothing"}
+    return found if code == 0 else {}
+
+
+def _describe(found, where):
+    """A finding of ``_probe`` in words (None: nothing)."""
+    if found.get("TYPE"):
+        return f"{found['TYPE']} {where}"
+    if found.get("PTTYPE"):
+        return f"a {found['PTTYPE']} partition table {where}"
+    return found.get("error")
+
+
+def _read(disk, offset, length):
+    disk.seek(offset)
+    return disk.read(length)
+
+
+def _mbr_entries(sector):
+    """(type, first LBA, sectors) of the four entries of an MBR or EBR; [] without one."""
+    if len(sector) < 512 or sector[510:512] != b"\x55\xaa":
+        return []
+    return [struct.unpack_from("<4xB3xII", sector, 446 + 16 * i) for i in range(4)]
+
+
+def _mbr_starts(disk, sector):
+    """Byte offsets of the MBR's partitions and of the logical ones its extended one chains."""
+    starts, chain = set(), []
+    for kind, lba, count in _mbr_entries(_read(disk, 0, 512)):
+        if kind in EXTENDED:
+            chain = [lba]
+        elif kind not in (0, 0xEE) and count:  # 0xEE: GPT's protective entry
+            starts.add(lba * sector)
+    while 0 < len(chain) < 256:  # a chain that loops ends here
+        entries = _mbr_entries(_read(disk, chain[-1] * sector, 512))
+        (kind, lba, count), (next_kind, next_lba, _) = entries[:2] if entries else [(0,) * 3] * 2
+        if kind and count:
+            starts.add((chain[-1] + lba) * sector)
+        if next_kind not in EXTENDED or not next_lba:
+            break
+        chain.append(chain[0] + next_lba)
+    return starts
+
+
+def _gpt_starts(disk, size):
+    """Byte offsets of the partitions the primary and backup GPT list (512- or 4096-byte
+    sectors), and the headers found."""
+    starts, headers = set(), []
+    for sector in (512, 4096):
+        for which, lba in (("primary", 1), ("backup", size // sector - 1)):
+            header = _read(disk, lba * sector, 92)
+            if header[:8] != b"EFI PART":
+                continue
+            headers.append(f"a GPT header ({which}) at byte {lba * sector}")
+            table, count, entry_size = struct.unpack_from("<QII", header, 72)
+            entry_size = max(entry_size, 128)
+            entries = _read(disk, table * sector, min(count, 1024) * entry_size)
+            for at in range(0, len(entries) - 39, entry_size):
+                if entries[at : at + 16].strip(b"\0"):  # a type GUID: a partition
+                    starts.add(struct.unpack_from("<Q", entries, at + 32)[0] * sector)
+    return starts, headers
+
+
+def _areas(size, start):
+    """(offset, length) of what the blank check reads, from ``start`` on."""
+    head = min(size, HEAD)
+    areas = [(at, min(MIB, head - at)) for at in range(start, head, MIB)]
+    areas += [(at, SAMPLE) for at in range(HEAD, size - TAIL - SAMPLE + 1, STRIDE)]
+    tail = max(size - TAIL, head, start)
+    return areas + ([(tail, size - tail)] if tail < size else [])
+
+
+def _data_areas(device, size, start):
+    """Offsets of the areas (``_areas``) that hold anything but zeros, and the first byte of
+    data. Read around the page cache: what is on the disk now, and fast."""
+    found, first, buffer = [], None, mmap.mmap(-1, MIB)
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_DIRECT)
+    except OSError:
+        fd = os.open(device, os.O_RDONLY)  # no O_DIRECT here: read through the cache
+    try:
+        for offset, length in _areas(size, start):
+            if os.preadv(fd, [memoryview(buffer)[:length]], offset) != length:
+                raise CommandExecutionError(f"cannot read {device}: short read at byte {offset}")
+            data = buffer[:length]
+            if data != ZEROS[:length]:
+                found.append(offset)
+                first = first if first is not None else offset + length - len(data.lstrip(b"\0"))
+    except OSError as error:
+        raise CommandExecutionError(f"cannot read {device}: {error.strerror}") from error
+    finally:
+        os.close(fd)
+    return found, first
+
+
+def _check_blank(device, sys_dir, start, whole):
+    """Refuses, saying what is there, unless every area the gate reads holds only zeros and
+    the whole-disk probe (``whole``, unless our PV starts the disk) found nothing."""
+    with open(device, "rb") as disk:
+        size = disk.seek(0, os.SEEK_END)
+        data, first = _data_areas(device, size, start)
+        if not data and not (whole and start == 0):
+            return
+        with open(os.path.join(sys_dir, "queue", "logical_block_size"), encoding="ascii") as fh:
+            gpt, headers = _gpt_starts(disk, size)
+            starts = sorted(gpt | _mbr_starts(disk, int(fh.read())))
+    findings = [_describe(whole, "on the whole disk")] if start == 0 else []
+    if data:
+        findings.append(f"data at byte {first} ({len(data)} of the areas read hold data)")
+    probes = [
+        (at, f"in a partition at {_where(at)}", f"a partition at {_where(at)}") for at in starts
     ]
+    probes += [(at, f"at {_where(at)}", None) for at in data if at and at not in starts]
+    for offset, where, otherwise in probes[:MAX_PROBES]:
+        found = _probe(device, offset)
+        findings.append(_describe(found, where) or otherwise)
+        if "error" in found:  # the next probes would fail alike
+            break
+    findings = list(dict.fromkeys(f for f in [*findings[:2], *headers, *findings[2:]] if f))
+    if len(findings) > MAX_SHOWN:
+        findings[MAX_SHOWN:] = [f"and {len(findings) - MAX_SHOWN} more"]
+    todo = (
+        "Docker's storage goes only on a blank disk or its own volume group: check that this "
+        "is the Docker volume"
+        if data
+        else "run that probe by hand to see why"
+    )
+    state = "is not blank" if data else "could not be checked"
+    raise CommandExecutionError(f"{device} {state}: {'; '.join(findings)}: refusing it. {todo}")
 
 
-def _read_at(handle, offset, size):
-    handle.seek(offset)
-    return handle.read(size)
+def _pv(device):
+    """lvm2's report of the PV on ``device``: pv_uuid, vg_name, vg_tags, pe_start (bytes)."""
+    fields = "pv_uuid,vg_name,vg_tags,pe_start"
+    argv = ["pvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", fields, device]
+    _, out = _run(argv, "the LVM physical volume")
+    try:
+        (pv,) = json.loads(out)["report"][0]["pv"]
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise CommandExecutionError(f"pvs {device}: unreadable report {out[:200]!r}") from error
+    return pv
 
 
-def _gpt_headers(device, size):
-    """Offsets of GPT headers (primary or backup, 512- or 4096-byte sectors) on ``device``."""
-    places = (512, 4096, size - 512, size - 4096)
-    with open(device, "rb") as handle:
-        return [p for p in places if p >= 0 and _read_at(handle, p, 8) == GPT_SIGNATURE]
-
-
-def _nonzero_at(device, size):
-    """First offset in the head/tail regions that is not zero, or None."""
-    with open(device, "rb") as handle:
-        for start, length in ((0, min(ZERO_HEAD, size)), (max(size - ZERO_TAIL, 0), ZERO_TAIL)):
-            data = _read_at(handle, start, length)
-            stripped = data.lstrip(b"\0")
-            if stripped:
-                return start + len(data) - len(stripped)
-    return None
-
-
-def _deep_signatures(device, size):
-    """Filesystems or other signatures at the usual partition offsets."""
-    found = []
-    for offset in (o for o in PARTITION_OFFSETS if o < size):
-        cmd = ["blkid", "-p", "-o", "export", "-O", str(offset), device]
-        rc, out, err = _run_checked(cmd, "signatures")
-        if rc == 2:
-            continue
-        if rc != 0:
-            raise CommandExecutionError(f"blkid -p -O {offset} {device} failed: {err.strip()}")
-        kind = dict(line.partition("=")[::2] for line in out.splitlines()).get("TYPE", "?")
-        found.append(f"{kind} at offset {offset}")
-    return found
-
-
-def _device_size(device):
-    with open(device, "rb") as handle:
-        return handle.seek(0, os.SEEK_END)
-
-
-def _check_blank(device):
-    """Nothing anywhere that matters: signatures, GPT headers, data where tables live."""
-    size = _device_size(device)
-    found = [f"{s['type']} at {s['offset']}" for s in signatures(device)]
-    found += [f"a GPT header at {offset}" for offset in _gpt_headers(device, size)]
-    found += _deep_signatures(device, size)
-    if found:
-        raise CommandExecutionError(f"{device} is not blank ({'; '.join(found)}): refusing it")
-    nonzero = _nonzero_at(device, size)
-    if nonzero is not None:
+def _lvm_verdict(device, volume_group, disk_id):
+    """``("our-vg" | "our-pv", where our data starts)``; a PV of anyone else raises."""
+    pv = _pv(device)
+    ours = pv["pv_uuid"].replace("-", "") == pv_marker(disk_id).replace("-", "")
+    group, tagged = pv["vg_name"], VG_TAG in pv["vg_tags"].split(",")
+    if ours and not group:
+        return "our-pv", int(pv["pe_start"])
+    if ours and tagged and group == volume_group:
+        return "our-vg", None
+    if ours and tagged:
         raise CommandExecutionError(
-            f"{device} is not blank (data at byte {nonzero}, where partition tables and "
-            "filesystems live): refusing it"
+            f"{device} holds volume group {group!r}, which this formula made for {disk_id}, "
+            f"but docker:storage:volume_group is {volume_group!r}: set it to {group!r}"
         )
+    what = f"of volume group {group!r}" if group else "without a volume group"
+    raise CommandExecutionError(
+        f"{device} is an LVM physical volume {what} that this formula did not make for "
+        f"{disk_id}: refusing it"
+    )
 
 
 def lvm_tool(name):
-    """Path of an lvm2 command; refuses when lvm2 is missing (the PV cannot be read)."""
-    tool = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    """Path of an lvm2 command; refuses when lvm2 is missing."""
+    tool = shutil.which(name) or shutil.which(name, path=SBIN_PATH)
     if not tool:
-        raise CommandExecutionError(
-            f"{name} is not installed (lvm2): cannot tell whose physical volume this is"
-        )
+        raise CommandExecutionError(f"{name} is not installed (lvm2)")
     return tool
-
-
-def pv_details(device):
-    """``{"vg_name", "vg_tags", "pv_uuid"}`` of the PV on ``device`` (lvm2's own view)."""
-    cmd = [
-        lvm_tool("pvs"),
-        "--noheadings",
-        "--nameprefixes",
-        "--unquoted",
-        "-o",
-        "pv_uuid,vg_name,vg_tags",
-        device,
-    ]
-    rc, out, err = _run_checked(cmd, "the physical volume")
-    if rc != 0:
-        raise CommandExecutionError(f"pvs {device} failed: {err.strip()}")
-    fields = dict(item.partition("=")[::2] for item in out.split())
-    return {
-        "pv_uuid": fields.get("LVM2_PV_UUID", ""),
-        "vg_name": fields.get("LVM2_VG_NAME", ""),
-        "vg_tags": [t for t in fields.get("LVM2_VG_TAGS", "").split(",") if t],
-    }
-
-
-def _lvm_verdict(device, pv, volume_group, marker):
-    """Our VG, our PV without a VG (an interrupted run), or someone else's: refuse."""
-    ours = pv["pv_uuid"].replace("-", "") == marker.replace("-", "")
-    if pv["vg_name"] == volume_group:
-        return "our-vg"
-    if pv["vg_name"]:
-        raise CommandExecutionError(
-            f"{device} is a physical volume of volume group {pv['vg_name']!r}, not "
-            f"{volume_group!r} (docker:storage:volume_group): refusing it"
-        )
-    if ours:
-        return "our-pv"
-    raise CommandExecutionError(
-        f"{device} is a physical volume without a volume group that this formula did not "
-        "create: refusing it (pvremove it if it is really unused)"
-    )
 
 
 def disk_verdict(device, volume_group, disk_id):
     """
-    May Docker's storage go on ``device``? ``"blank"``, ``"our-pv"`` (a PV an interrupted
-    run left, no VG yet), ``"our-vg"`` (already Docker's VG); anything else raises saying
-    what is in the way. Any probe that fails raises too.
+    May Docker's storage go on ``device``? ``"blank"``, ``"our-pv"`` (the PV an interrupted
+    run left, no VG yet) or ``"our-vg"`` (Docker's VG, made by this formula for ``disk_id``:
+    the volume id, else the device path). Anything else raises, saying what is in the way;
+    so does any probe that fails or cannot run.
 
     CLI Example: ``salt '*' docker_host.disk_verdict /dev/nvme1n1 docker_vol vol-0123``
     """
-    sys_dir = _sys_block(device)
-    found = signatures(device)
-    if [s["type"] for s in found] == ["LVM2_member"]:
-        verdict = _lvm_verdict(device, pv_details(device), volume_group, pv_marker(disk_id))
+    sys_dir = _whole_disk(device)
+    whole, start = _probe(device), 0
+    if whole.get("TYPE") == "LVM2_member" and not whole.get("PTTYPE"):
+        verdict, start = _lvm_verdict(device, volume_group, disk_id)
         if verdict == "our-vg":
             return verdict
-    else:
-        verdict = "blank"
-    _check_not_in_use(device, sys_dir)
-    if verdict == "blank":
-        _check_blank(device)
-    return verdict
+    _in_use(device, sys_dir)
+    _check_blank(device, sys_dir, start, whole)
+    return "our-pv" if start else "blank"
 
 
 def docker_disk(device=None, volume_id=None):

@@ -172,7 +172,7 @@ def check_devicemapper_refused_on_engine_26(stack, deployed, blank_disk):
 def check_disk_with_filesystem_refused(stack, deployed, data_disk):
     before = sha256_file(data_disk)
     errors = refused_storage(stack, deployed.name, {"device": by_id(DATA_DISK_SERIAL)})
-    assert "not blank (ext4" in errors, errors
+    assert "is not blank: ext4 on the whole disk" in errors, errors
     assert sha256_file(data_disk) == before, "the data disk was written to"
     assert_storage(deployed)
 

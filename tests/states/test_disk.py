@@ -1,20 +1,20 @@
 """
-The Docker disk check, fail-closed, on real loop devices: one case per situation (blank,
-filesystems, partition tables, a backup GPT alone, a filesystem left in a partition after
-its table was wiped, stray data, PVs of other groups, our own half-made PV, our own VG,
-mounted, not a block device, a partition, the root disk, probe errors, lvm2 missing), then
-the storage states through salt-call: the VG made on a blank disk and marked as ours, an
-interrupted run finished, a foreign disk refused and left byte for byte as it was, a
-filesystem made only on a blank LV stand-in.
+The Docker disk gate, fail-closed, on real loop devices: the disk corpus (tests/states/
+disk_corpus.py: every layout this host's tools make, zeroed tables, odd offsets, partial wipes,
+probe faults), each refused, naming what was found, the image byte for byte as it was; blank
+disks and our own (half-made) volume group accepted; a disk that is mounted, in use, a
+partition, the root disk, not a block device, refused; then the storage states through
+salt-call: the VG made on a blank disk and marked as ours, an interrupted run finished, a
+foreign disk refused and left as it was, a filesystem made only on a blank LV stand-in.
 
 This host's kernel has no device-mapper: PV and VG metadata work on loop devices, LVs need
 the VM tier (tests/e2e). Every loop device, VG, mount and image is removed afterwards.
 """
 
 import contextlib
-import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -22,6 +22,7 @@ import subprocess
 import pytest
 from salt.exceptions import CommandExecutionError
 
+from tests.states import disk_corpus as corpus
 from tools.salt_repo import load_module, local_salt_call
 
 pytestmark = [
@@ -29,8 +30,12 @@ pytestmark = [
     pytest.mark.skipif(not shutil.which("pvcreate"), reason="lvm2 is not installed (bin/setup)"),
 ]
 
-MIB = 1024 * 1024
+MIB, GIB = corpus.MIB, corpus.GIB
 XFS_MIN = 320 * MIB  # mkfs.xfs refuses less than 300 MiB (sparse images: no real space)
+# Names of this run's own: the 3008 and 3007 lanes run at the same time, LVM sees every loop
+# device on the host, and two PVs with one UUID (derived from the volume id) confuse it.
+VG = f"dhtest{secrets.token_hex(4)}"
+VOLUME_ID = f"vol-0{secrets.token_hex(8)}"
 
 
 def run(*cmd, check=True):
@@ -38,19 +43,24 @@ def run(*cmd, check=True):
 
 
 @contextlib.contextmanager
-def loop_device(path, size=64 * MIB, partscan=False):
-    with open(path, "wb") as handle:
-        handle.truncate(size)
-    args = ["losetup", "--find", "--show", *(["--partscan"] if partscan else []), str(path)]
-    device = run(*args).stdout.strip()
+def attached(image, sector=512, partscan=False):
+    """``image`` on a loop device; our test VGs on it removed and the device detached after."""
+    args = ["losetup", "--find", "--show", "--sector-size", str(sector)]
+    device = run(*args, *(["--partscan"] if partscan else []), str(image)).stdout.strip()
     try:
         yield device
     finally:
         run("umount", device, check=False)
         for vg in run("pvs", "--noheadings", "-o", "vg_name", device, check=False).stdout.split():
-            run("vgremove", "-f", vg, check=False)
-        run("pvremove", "-ff", "-y", device, check=False)
+            if vg.startswith("dhtest"):
+                run("vgremove", "-f", vg, check=False)
         run("losetup", "-d", device, check=False)
+
+
+@contextlib.contextmanager
+def loop_device(path, size=64 * MIB, partscan=False):
+    with attached(corpus.make_image(path, size), partscan=partscan) as device:
+        yield device
 
 
 def partition_of(device):
@@ -71,7 +81,12 @@ def loop(tmp_path):
 
 @pytest.fixture
 def vg_name():
-    return f"dhtest{secrets.token_hex(4)}"
+    return VG
+
+
+@pytest.fixture
+def volume_id():
+    return VOLUME_ID
 
 
 @pytest.fixture
@@ -81,108 +96,94 @@ def docker_host():
     return module
 
 
-def head_digest(device, size=4 * MIB):
-    with open(device, "rb") as handle:
-        return hashlib.sha256(handle.read(size)).hexdigest()
+def refusal(docker_host, device, vg_name, disk_id):
+    with pytest.raises(CommandExecutionError) as refused:
+        docker_host.disk_verdict(device, vg_name, disk_id)
+    return str(refused.value)
 
 
-# --- the verdict, one case per situation --------------------------------------------------------
+# --- the corpus: every layout refused, naming what was found, the disk untouched ---------------
 
 
-def test_blank_disk_may_be_used(docker_host, loop, vg_name):
-    assert docker_host.disk_verdict(loop, vg_name, loop) == "blank"
+@pytest.mark.parametrize("item", corpus.refused_cases(), ids=lambda item: item.id)
+def test_corpus_layout_is_refused_untouched(docker_host, tmp_path, item, monkeypatch):
+    image = corpus.make_image(tmp_path / "disk.img", item.size)
+    item.build(image)
+    before = corpus.digest(image)
+    if item.blkid:
+        fakes = tmp_path / "bin"
+        fakes.mkdir()
+        corpus.fake_blkid(fakes, *item.blkid)
+        monkeypatch.setenv("PATH", f"{fakes}:{os.environ['PATH']}")
+    with attached(image, item.sector) as device:
+        message = refusal(docker_host, device, VG, VOLUME_ID)
+        assert corpus.digest(image) == before, "the gate wrote to the disk"
+    assert message.startswith(device) and "refusing it" in message, message
+    for expected in item.expect if isinstance(item.expect, tuple) else (item.expect,):
+        assert re.search(expected, message), message
+    assert "\n" not in message
 
 
-def test_filesystem_on_the_whole_disk_is_refused(docker_host, loop, vg_name):
-    run("mkfs.ext4", "-q", "-F", loop)
-    with pytest.raises(CommandExecutionError, match=r"not blank \(ext4 at 0x438"):
-        docker_host.disk_verdict(loop, vg_name, loop)
+@pytest.mark.parametrize(
+    ("size", "sector"),
+    [(64 * MIB, 512), (64 * MIB + 7 * 512, 512), (GIB, 512), (3 * GIB, 512), (256 * MIB, 4096)],
+    ids=["64MiB", "odd-size", "1GiB", "3GiB", "4k-sectors"],
+)
+def test_blank_disk_may_be_used(docker_host, tmp_path, size, sector):
+    image = corpus.make_image(tmp_path / "blank.img", size)
+    with attached(image, sector) as device:
+        assert docker_host.disk_verdict(device, VG, VOLUME_ID) == "blank"
+    assert corpus.digest(image) == corpus.digest(corpus.make_image(tmp_path / "ref.img", size))
 
 
-def test_xfs_is_refused(docker_host, tmp_path, vg_name):
-    with loop_device(tmp_path / "xfs.img", size=XFS_MIN) as device:
-        run("mkfs.xfs", "-q", "-f", device)
-        with pytest.raises(CommandExecutionError, match=r"not blank \(xfs at 0x0"):
-            docker_host.disk_verdict(device, vg_name, device)
+# --- LVM: ours or not ----------------------------------------------------------------------
 
 
-def test_gpt_partition_table_is_refused(docker_host, loop, vg_name):
-    run("sgdisk", "-n", "1:2048:+10M", loop)
-    with pytest.raises(CommandExecutionError, match=r"gpt at 0x200.*PMBR"):
-        docker_host.disk_verdict(loop, vg_name, loop)
-
-
-def test_dos_partition_table_is_refused(docker_host, loop, vg_name):
-    with open(loop, "r+b") as handle:
-        sector = bytearray(512)
-        sector[446 + 4] = 0x83
-        sector[446 + 8 : 446 + 16] = (2048).to_bytes(4, "little") + (8192).to_bytes(4, "little")
-        sector[510:512] = b"\x55\xaa"
-        handle.write(sector)
-    with pytest.raises(CommandExecutionError, match="dos at 0x1fe"):
-        docker_host.disk_verdict(loop, vg_name, loop)
-
-
-def test_backup_gpt_alone_is_refused(docker_host, loop, vg_name):
-    run("sgdisk", "-n", "1:2048:+10M", loop)
-    with open(loop, "r+b") as handle:  # wipe the protective MBR, primary header and entries
-        handle.write(b"\0" * 34 * 512)
-    with pytest.raises(CommandExecutionError, match=rf"a GPT header at {64 * MIB - 512}"):
-        docker_host.disk_verdict(loop, vg_name, loop)
-
-
-def test_filesystem_left_after_the_table_was_wiped_is_refused(docker_host, tmp_path, vg_name):
-    with loop_device(tmp_path / "parted.img", partscan=True) as device:
-        partition = partition_of(device)
-        run("mkfs.ext4", "-q", "-F", partition)
-        run("sgdisk", "--zap-all", device)
-        run("partx", "-d", device, check=False)
-        with pytest.raises(CommandExecutionError, match="ext4 at offset 1048576"):
-            docker_host.disk_verdict(device, vg_name, device)
-
-
-def test_stray_data_where_tables_live_is_refused(docker_host, loop, vg_name):
-    with open(loop, "r+b") as handle:
-        handle.seek(300 * 1024)
-        handle.write(b"leftover")
-    with pytest.raises(CommandExecutionError, match=f"data at byte {300 * 1024}"):
-        docker_host.disk_verdict(loop, vg_name, loop)
-
-
-def test_physical_volume_of_another_group_is_refused(docker_host, loop, vg_name):
-    run("pvcreate", "-q", loop)
-    run("vgcreate", "-q", f"{vg_name}x", loop)
-    with pytest.raises(CommandExecutionError, match=f"volume group '{vg_name}x', not"):
-        docker_host.disk_verdict(loop, vg_name, loop)
-
-
-def test_foreign_physical_volume_without_a_group_is_refused(docker_host, loop, vg_name):
-    run("pvcreate", "-q", loop)
-    with pytest.raises(CommandExecutionError, match="that this formula did not create"):
-        docker_host.disk_verdict(loop, vg_name, loop)
-
-
-def test_our_half_made_physical_volume_is_recognised(docker_host, loop, vg_name):
-    marker = docker_host.pv_marker("vol-0123456789abcdef0")
+def test_our_half_made_physical_volume_is_recognised(docker_host, loop, vg_name, volume_id):
+    marker = docker_host.pv_marker(volume_id)
     run("pvcreate", "-q", "--norestorefile", "--uuid", marker, loop)
-    assert docker_host.disk_verdict(loop, vg_name, "vol-0123456789abcdef0") == "our-pv"
+    assert docker_host.disk_verdict(loop, vg_name, volume_id) == "our-pv"
     # The same PV is not ours for another disk id.
-    with pytest.raises(CommandExecutionError, match="did not create"):
-        docker_host.disk_verdict(loop, vg_name, "vol-0fffffffffffffff0")
+    message = refusal(docker_host, loop, vg_name, "vol-0fffffffffffffff0")
+    assert "did not make for vol-0fffffffffffffff0" in message
 
 
-def test_our_volume_group_is_recognised(docker_host, loop, vg_name):
+def test_our_half_made_physical_volume_with_data_after_it_is_refused(
+    docker_host, loop, vg_name, volume_id
+):
+    run("pvcreate", "-q", "--norestorefile", "--uuid", docker_host.pv_marker(volume_id), loop)
+    corpus.write_at(loop, 5 * MIB, b"not ours")
+    assert "data at byte 5242880" in refusal(docker_host, loop, vg_name, volume_id)
+
+
+def test_our_volume_group_is_recognised(docker_host, loop, vg_name, volume_id):
+    run("pvcreate", "-q", "--norestorefile", "--uuid", docker_host.pv_marker(volume_id), loop)
+    run("vgcreate", "-q", "--addtag", "docker_host", vg_name, loop)
+    assert docker_host.disk_verdict(loop, vg_name, volume_id) == "our-vg"
+
+
+def test_lvm2_missing_refuses_a_physical_volume(docker_host, loop, vg_name, tmp_path, monkeypatch):
     run("pvcreate", "-q", loop)
     run("vgcreate", "-q", vg_name, loop)
-    assert docker_host.disk_verdict(loop, vg_name, loop) == "our-vg"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "blkid").symlink_to(shutil.which("blkid"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setattr(docker_host, "SBIN_PATH", "/nonexistent")
+    assert "cannot run pvs" in refusal(docker_host, loop, vg_name, loop)
 
 
-def test_lvm2_missing_refuses_a_physical_volume(docker_host, loop, vg_name, monkeypatch):
-    run("pvcreate", "-q", loop)
-    run("vgcreate", "-q", vg_name, loop)
-    monkeypatch.setattr(docker_host.shutil, "which", lambda *args, **kwargs: None)
-    with pytest.raises(CommandExecutionError, match="pvs is not installed"):
-        docker_host.disk_verdict(loop, vg_name, loop)
+def test_failing_pvs_refuses(docker_host, loop, tmp_path, monkeypatch):
+    run("pvcreate", "-q", "--norestorefile", "--uuid", docker_host.pv_marker(VOLUME_ID), loop)
+    run("vgcreate", "-q", "--addtag", "docker_host", VG, loop)
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    (fakes / "pvs").write_text("#!/bin/sh\necho '  Cannot use device: locked' >&2\nexit 5\n")
+    (fakes / "pvs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fakes}:{os.environ['PATH']}")
+    assert "Cannot use device: locked" in refusal(docker_host, loop, VG, VOLUME_ID)
+
+
+# --- not a blank whole disk of its own ------------------------------------------------------
 
 
 def test_mounted_disk_is_refused(docker_host, loop, vg_name, tmp_path):
@@ -190,56 +191,53 @@ def test_mounted_disk_is_refused(docker_host, loop, vg_name, tmp_path):
     (tmp_path / "mnt").mkdir()
     run("mount", loop, str(tmp_path / "mnt"))
     try:
-        with pytest.raises(CommandExecutionError, match="is mounted or swap"):
-            docker_host.disk_verdict(loop, vg_name, loop)
+        assert "is mounted or swap" in refusal(docker_host, loop, vg_name, loop)
     finally:
         run("umount", str(tmp_path / "mnt"), check=False)
 
 
 def test_regular_file_is_refused(docker_host, tmp_path, vg_name):
-    image = tmp_path / "file.img"
-    image.write_bytes(b"\0" * MIB)
-    with pytest.raises(CommandExecutionError, match="is not a block device"):
-        docker_host.disk_verdict(str(image), vg_name, str(image))
+    image = corpus.make_image(tmp_path / "file.img", MIB)
+    assert "is not a block device" in refusal(docker_host, str(image), vg_name, str(image))
 
 
 def test_character_device_is_refused(docker_host, vg_name):
-    with pytest.raises(CommandExecutionError, match="is a character device"):
-        docker_host.disk_verdict("/dev/null", vg_name, "/dev/null")
+    assert "is a character device" in refusal(docker_host, "/dev/null", vg_name, "/dev/null")
 
 
 def test_missing_device_is_refused(docker_host, vg_name):
-    with pytest.raises(CommandExecutionError, match="No such file"):
-        docker_host.disk_verdict("/dev/dh-no-such-disk", vg_name, "x")
+    assert "No such file" in refusal(docker_host, "/dev/dh-no-such-disk", vg_name, "x")
 
 
 def test_partition_is_refused(docker_host, tmp_path, vg_name):
     with loop_device(tmp_path / "parted.img", partscan=True) as device:
         partition = partition_of(device)
-        with pytest.raises(CommandExecutionError, match="is a partition, not a whole disk"):
-            docker_host.disk_verdict(partition, vg_name, partition)
+        message = refusal(docker_host, partition, vg_name, partition)
+        assert "is a partition, not a whole disk" in message
 
 
 def test_root_disk_is_refused(docker_host, loop, vg_name, monkeypatch):
     # The root filesystem here is not on a block device: pretend the loop device holds it.
-    sys_dir = docker_host._sys_block(loop)
+    sys_dir = docker_host._whole_disk(loop)
     monkeypatch.setattr(docker_host, "_root_disks", lambda: {sys_dir})
-    with pytest.raises(CommandExecutionError, match="holds the root filesystem"):
-        docker_host.disk_verdict(loop, vg_name, loop)
+    assert "holds the root filesystem" in refusal(docker_host, loop, vg_name, loop)
 
 
-@pytest.mark.parametrize("failing", ["wipefs", "blkid"])
-def test_probe_errors_refuse(docker_host, loop, vg_name, monkeypatch, failing):
-    real_run = docker_host._run
+@pytest.mark.parametrize(
+    "error", [PermissionError(1, "Operation not permitted"), OSError(5, "I/O")]
+)
+def test_unreadable_disk_is_refused(docker_host, loop, vg_name, monkeypatch, error):
+    def unreadable(*args):
+        raise error
 
-    def broken(cmd):
-        if cmd[0] == failing:
-            return 1, "", f"{failing}: probe failed"
-        return real_run(cmd)
+    monkeypatch.setattr(docker_host.os, "preadv", unreadable)
+    message = refusal(docker_host, loop, vg_name, loop)
+    assert f"cannot read {loop}" in message and error.strerror in message
 
-    monkeypatch.setattr(docker_host, "_run", broken)
-    with pytest.raises(CommandExecutionError, match=f"{failing}.*failed"):
-        docker_host.disk_verdict(loop, vg_name, loop)
+
+def test_short_read_is_refused(docker_host, loop, vg_name, monkeypatch):
+    monkeypatch.setattr(docker_host.os, "preadv", lambda fd, buffers, offset: 4096)
+    assert "short read" in refusal(docker_host, loop, vg_name, loop)
 
 
 def test_probe_that_cannot_run_refuses(docker_host, loop, vg_name, monkeypatch):
@@ -247,8 +245,7 @@ def test_probe_that_cannot_run_refuses(docker_host, loop, vg_name, monkeypatch):
         raise FileNotFoundError(2, "No such file or directory", cmd[0])
 
     monkeypatch.setattr(docker_host.subprocess, "run", missing)
-    with pytest.raises(CommandExecutionError, match="cannot probe"):
-        docker_host.disk_verdict(loop, vg_name, loop)
+    assert "cannot run blkid" in refusal(docker_host, loop, vg_name, loop)
 
 
 # --- the states, through salt-call -------------------------------------------------------
@@ -304,22 +301,29 @@ def test_interrupted_run_is_finished(salt_call, docker_host, loop, vg_name):
     assert pv_fields(loop)["vg_name"] == vg_name
 
 
-@pytest.mark.parametrize("prepare", ["ext4", "foreign-pv", "gpt"])
-def test_foreign_disk_is_refused_and_left_as_it_was(salt_call, loop, vg_name, prepare):
-    if prepare == "ext4":
-        run("mkfs.ext4", "-q", "-F", loop)
-    elif prepare == "foreign-pv":
-        run("pvcreate", "-q", loop)
-    else:
-        run("sgdisk", "-n", "1:2048:+10M", loop)
-    before = head_digest(loop)
-    rc, checked = single(salt_call, "docker_storage.disk_checked", name=vg_name, device=loop)
-    assert rc != 0
-    assert checked["result"] is False
-    assert "refusing" in checked["comment"]
-    rc, made = single(salt_call, "docker_storage.volume_group_present", name=vg_name, device=loop)
-    assert (rc != 0, made["result"]) == (True, False)
-    assert head_digest(loop) == before
+@pytest.mark.parametrize(
+    ("prepare", "expect"),
+    [
+        (lambda image: corpus.mkfs(image, "ext4"), "ext4 on the whole disk"),
+        (corpus.pv, "physical volume without a volume group"),
+        (lambda image: corpus.sgdisk(image, "-n", "1:2048:+10M"), "gpt partition table"),
+        (lambda image: corpus.mkfs(image, "ext4", 3 * MIB, 40 * MIB), "ext4 at 3 MiB"),
+    ],
+    ids=["ext4", "foreign-pv", "gpt", "ext4-at-3MiB"],
+)
+def test_foreign_disk_is_refused_and_left_as_it_was(salt_call, tmp_path, vg_name, prepare, expect):
+    image = corpus.make_image(tmp_path / "foreign.img", 64 * MIB)
+    prepare(image)
+    before = corpus.digest(image)
+    with attached(image) as device:
+        rc, checked = single(salt_call, "docker_storage.disk_checked", name=vg_name, device=device)
+        assert (rc != 0, checked["result"]) == (True, False)
+        assert expect in checked["comment"] and "refusing it" in checked["comment"], checked
+        rc, made = single(
+            salt_call, "docker_storage.volume_group_present", name=vg_name, device=device
+        )
+        assert (rc != 0, made["result"]) == (True, False)
+        assert corpus.digest(image) == before
 
 
 def test_filesystem_is_made_once_and_never_over_another(salt_call, tmp_path):
@@ -329,8 +333,8 @@ def test_filesystem_is_made_once_and_never_over_another(salt_call, tmp_path):
         assert run("blkid", "-p", "-s", "TYPE", "-o", "value", lv).stdout.strip() == "xfs"
         _rc, again = single(salt_call, "docker_storage.filesystem_present", name=lv, fstype="xfs")
         assert (again["result"], again["changes"]) == (True, {})
-        before = head_digest(lv)
+        before = corpus.digest(tmp_path / "lv.img")
         _, other = single(salt_call, "docker_storage.filesystem_present", name=lv, fstype="ext4")
         assert other["result"] is False
         assert "holds xfs, not ext4: refusing" in other["comment"]
-        assert head_digest(lv) == before
+        assert corpus.digest(tmp_path / "lv.img") == before
