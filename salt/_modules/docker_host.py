@@ -2,10 +2,10 @@
 Docker host helpers for the ``docker`` formula (host probes and actions; the pillar checks
 are in docker_settings).
 
-- ``resolve_disk`` / ``docker_disk``: the real block device of the extra EBS disk, from the
-  ``docker_ebs_volume`` grain (``{device_name, volume_id}``; the old ``docker_disk`` grain
-  ``{device, volume_id}`` is still read) or pillar ``docker:storage:device``: the name
-  requested in EC2 differs from the one the kernel gives it on Xen and Nitro.
+- ``docker_volume``: the block device of the Docker volume (the node's extra EBS volume),
+  from grain ``docker_volume`` (``{device_name, volume_id}``, pushed at deploy) or pillar
+  ``docker:storage:docker_volume``; the old grains ``docker_ebs_volume`` / ``docker_disk``
+  are refused, naming the new one. ``checked_volume``: that and ``disk_verdict``.
 - ``disk_verdict``: may Docker's storage go on that disk? Fail-closed: only a blank, whole,
   unused block device that is not the root disk, or our own (half-made) volume group. Blank is
   read, not guessed: zeros in the first GiB and the last MiB (and samples beyond); partition
@@ -47,74 +47,101 @@ def __virtual__():
     return __virtualname__
 
 
-# --- finding the disk ------------------------------------------------------------------
+# --- finding the Docker volume ----------------------------------------------------------------
+
+GRAIN = "docker_volume"
+# Its names before 18.4: refused, naming the new one (no silent aliases).
+OLD_GRAINS = ("docker_ebs_volume", "docker_disk")
+GRAIN_FIELDS = {
+    "device_name": re.compile(r"/dev/[a-z0-9]+"),
+    "volume_id": re.compile(r"vol-[0-9a-f]{8,17}"),
+}
+SET_GRAIN = "grains.setval docker_volume '{device_name: /dev/sdX, volume_id: vol-...}'"
 
 
 def _under(root, path):
     return os.path.join(root, path.lstrip("/"))
 
 
-def _xen_name(device):
-    # Xen's blkfront names the disk requested as /dev/sdX /dev/xvdX.
-    match = re.match(r"^/dev/(?:sd|xvd)([a-z]+)$", device)
-    return f"/dev/xvd{match.group(1)}" if match else None
+def _volume_grain():
+    """``{device_name, volume_id}`` from grain docker_volume, checked (minions set grains)."""
+    value = __grains__.get(GRAIN)
+    minion = __grains__.get("id", "<minion id>")
+    if value is None:
+        old = next((name for name in OLD_GRAINS if name in __grains__), None)
+        if old:
+            raise CommandExecutionError(
+                f"grain {old} was renamed {GRAIN}: run `salt {minion} {SET_GRAIN}` (the values "
+                f"of {old}), or re-deploy the node"
+            )
+        raise CommandExecutionError(
+            f"grain {GRAIN} is missing (salt-cloud sets it at deploy): run `salt {minion} "
+            f"{SET_GRAIN}`, or set docker:storage:docker_volume to the disk's device, or "
+            "docker:storage:mode: none"
+        )
+    if (
+        not isinstance(value, dict)
+        or not value
+        or any(
+            key not in GRAIN_FIELDS or not GRAIN_FIELDS[key].fullmatch(str(item))
+            for key, item in value.items()
+        )
+    ):
+        raise CommandExecutionError(
+            f"grain {GRAIN} must be {{device_name: /dev/sdX, volume_id: vol-...}}, not "
+            f"{str(value)[:100]!r}: run `salt {minion} {SET_GRAIN}`"
+        )
+    return value
 
 
 def _nvme_by_serial(volume_id, root):
     # On Nitro, EBS volumes are NVMe namespaces; the controller serial is the volume id
     # without its dash ("vol0abc..."), padded with spaces.
-    wanted = volume_id.replace("-", "").strip().lower()
+    wanted = volume_id.replace("-", "")
     for serial_file in sorted(glob.glob(_under(root, "/sys/block/nvme*/device/serial"))):
         with open(serial_file, encoding="ascii", errors="replace") as handle:
-            serial = handle.read().strip().replace("-", "").lower()
-        if serial == wanted:
-            name = serial_file.split(os.sep)[-3]
-            if os.path.exists(_under(root, f"/dev/{name}")):
-                return f"/dev/{name}"
+            if handle.read().strip().replace("-", "") == wanted:
+                return f"/dev/{serial_file.split(os.sep)[-3]}"
     return None
 
 
-def _disk_grain():
-    """``(device, volume_id)`` from grain docker_ebs_volume, else the old docker_disk."""
-    for grain, device_key in (("docker_ebs_volume", "device_name"), ("docker_disk", "device")):
-        value = __grains__.get(grain)
-        if value is None:
-            continue
-        if not isinstance(value, dict) or not (value.get(device_key) or value.get("volume_id")):
-            raise CommandExecutionError(f"grain {grain} has neither {device_key} nor volume_id")
-        return value.get(device_key), value.get("volume_id")
+def docker_volume(device=None, root="/"):
+    """
+    ``{"device", "volume_id"}``: the block device the Docker volume has on this node and its
+    EBS volume id (None when unknown). ``device`` (pillar docker:storage:docker_volume)
+    overrides the device grain docker_volume names (``{device_name, volume_id}``, pushed at
+    deploy); the name requested in EC2 is not the kernel's on Nitro (an NVMe namespace whose
+    serial is the volume id) nor on Xen (/dev/sdX is /dev/xvdX). ``root`` prefixes every /dev
+    and /sys path (tests use a fake tree).
+
+    CLI Example: ``salt '*' docker_host.docker_volume``
+    """
+    grain = _volume_grain() if device is None or GRAIN in __grains__ else {}
+    volume_id, name = grain.get("volume_id"), grain.get("device_name")
+    if device:
+        return {"device": device, "volume_id": volume_id}
+    found = _nvme_by_serial(volume_id, root) if volume_id else None
+    xen = re.sub(r"^/dev/(?:sd|xvd)", "/dev/xvd", name) if name else None
+    for candidate in (found, name, xen):
+        if candidate and os.path.exists(_under(root, candidate)):
+            return {"device": candidate, "volume_id": volume_id}
     raise CommandExecutionError(
-        "grain docker_ebs_volume is missing: the node has no extra disk recorded "
-        "(set docker:storage:device, or docker:storage:mode: none)"
+        f"the Docker volume (grain {GRAIN}: {name} / {volume_id}) is not on this node: looked "
+        "for an NVMe namespace with that volume serial, the device name and its /dev/xvdX form"
     )
 
 
-def resolve_disk(device=None, volume_id=None, root="/"):
+def checked_volume(volume_group, device=None):
     """
-    Return the block device the extra disk really has on this node.
+    The Docker volume (``docker_volume``) and what it holds (``disk_verdict``): ``{"device",
+    "volume_id", "disk_id", "verdict"}``; refused volumes raise.
 
-    ``device`` / ``volume_id`` default to the ``docker_ebs_volume`` grain (or the old
-    ``docker_disk``). ``root`` prefixes every /dev and /sys path (tests use a fake tree).
-
-    CLI Example: ``salt '*' docker_host.resolve_disk``
+    CLI Example: ``salt '*' docker_host.checked_volume docker_vol``
     """
-    if device is None and volume_id is None:
-        device, volume_id = _disk_grain()
-    if not device and not volume_id:
-        raise CommandExecutionError("the Docker disk: neither device nor volume_id given")
-    if device and os.path.exists(_under(root, device)):
-        return device
-    if volume_id:
-        nvme = _nvme_by_serial(volume_id, root)
-        if nvme:
-            return nvme
-    xen = _xen_name(device) if device else None
-    if xen and os.path.exists(_under(root, xen)):
-        return xen
-    raise CommandExecutionError(
-        f"the Docker disk: no block device for device {device!r} / volume_id {volume_id!r} "
-        "(looked for it as-is, as /dev/xvdX and as an NVMe namespace with that volume serial)"
-    )
+    volume = docker_volume(device)
+    disk_id = volume["volume_id"] or volume["device"]
+    verdict = disk_verdict(volume["device"], volume_group, disk_id)
+    return {**volume, "disk_id": disk_id, "verdict": verdict}
 
 
 # --- may Docker's storage go on this disk? (fail closed: any probe error means no) ------------
@@ -428,20 +455,6 @@ def disk_verdict(device, volume_group, disk_id):
     _in_use(device, sys_dir)
     _check_blank(device, sys_dir, start, whole)
     return "our-pv" if start else "blank"
-
-
-def docker_disk(device=None, volume_id=None):
-    """
-    ``(device, disk_id)`` of the Docker disk: ``device`` (pillar docker:storage:device) or
-    the disk the grains name, resolved to its kernel name; ``disk_id`` (the volume id, else
-    the device) names it for the PV marker.
-
-    CLI Example: ``salt '*' docker_host.docker_disk``
-    """
-    resolved = resolve_disk(device, volume_id) if (device or volume_id) else resolve_disk()
-    if not volume_id and not device:
-        volume_id = _disk_grain()[1]
-    return resolved, volume_id or resolved
 
 
 # --- engine version ------------------------------------------------------------------------

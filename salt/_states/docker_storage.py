@@ -1,10 +1,11 @@
 """
 States for Docker's storage on the extra disk, each command an argument list (no shell).
 
-- ``disk_checked``: the gate every other storage state requires: finds the Docker disk
-  (pillar docker:storage:device, else the ``docker_ebs_volume`` / ``docker_disk`` grain)
-  and refuses it unless it is blank, whole, unused and not the root disk, or already our
-  own (half-made) volume group. Any probe error refuses (docker_host.disk_verdict).
+- ``disk_checked``: the gate every other storage state requires: finds the Docker volume
+  (pillar docker:storage:docker_volume, else grain ``docker_volume``) and refuses it unless
+  it is blank, whole, unused and not the root disk, or already our own (half-made) volume
+  group. Any probe error refuses (docker_host.disk_verdict). The volume is found and probed
+  once per state run: the states after the gate take its answer from the run's context.
 - ``volume_group_present``: PV (with a UUID derived from the disk, so a PV an interrupted
   run left is recognised as ours) and VG (tagged) on that disk.
 - ``filesystem_present``: make a filesystem on a blank LV; refuse one holding another.
@@ -30,8 +31,22 @@ def _ret(name):
     return {"name": name, "result": True, "changes": {}, "comment": ""}
 
 
-def _disk(device, volume_id):
-    return __salt__["docker_host.docker_disk"](device, volume_id)
+# The gate's answer, for the rest of its state run (see _volume).
+CONTEXT_KEY = "docker_storage.volume"
+
+
+def _volume(name, device):
+    """The Docker volume and its verdict (docker_host.checked_volume), found and probed once
+    per state run: by the gate, whose result the other storage states require; a state run
+    without the gate (state.single) probes here. The state run's __context__ is its own (a
+    copy that salt.state.State takes) and names the run by its file client."""
+    run, kept = __context__.get("fileclient"), __context__.get(CONTEXT_KEY)
+    if run is not None and kept and kept[0] is run and kept[1] == (name, device):
+        return kept[2]
+    found = __salt__["docker_host.checked_volume"](name, device)
+    if run is not None:
+        __context__[CONTEXT_KEY] = (run, (name, device), found)
+    return found
 
 
 def _run(cmd):
@@ -42,12 +57,7 @@ def _run(cmd):
     return result["stdout"]
 
 
-def _verdict(name, device, volume_id):
-    disk, disk_id = _disk(device, volume_id)
-    return disk, disk_id, __salt__["docker_host.disk_verdict"](disk, name, disk_id)
-
-
-def disk_checked(name, device=None, volume_id=None):
+def disk_checked(name, device=None):
     """
     Succeed only when Docker's volume group ``name`` may live on the Docker disk.
 
@@ -59,10 +69,11 @@ def disk_checked(name, device=None, volume_id=None):
     """
     ret = _ret(name)
     try:
-        disk, _, verdict = _verdict(name, device, volume_id)
+        found = _volume(name, device)
     except Exception as error:  # every probe failure refuses
-        ret.update(result=False, comment=f"docker:storage: refusing the Docker disk: {error}")
+        ret.update(result=False, comment=f"docker:storage: refusing the Docker volume: {error}")
         return ret
+    disk, verdict = found["device"], found["verdict"]
     meaning = {
         "blank": "is blank: the volume group will be created on it",
         "our-pv": "holds the physical volume a previous run made: the group will be finished",
@@ -72,17 +83,18 @@ def disk_checked(name, device=None, volume_id=None):
     return ret
 
 
-def volume_group_present(name, device=None, volume_id=None):
+def volume_group_present(name, device=None):
     """
     Volume group ``name`` on the Docker disk: ``pvcreate`` with the disk's marker UUID and
     ``vgcreate`` with the ``docker_host`` tag, each only when missing.
     """
     ret = _ret(name)
     try:
-        disk, disk_id, verdict = _verdict(name, device, volume_id)
+        found = _volume(name, device)
     except Exception as error:
-        ret.update(result=False, comment=f"docker:storage: refusing the Docker disk: {error}")
+        ret.update(result=False, comment=f"docker:storage: refusing the Docker volume: {error}")
         return ret
+    disk, disk_id, verdict = found["device"], found["disk_id"], found["verdict"]
     if verdict == "our-vg":
         ret["comment"] = f"volume group {name} is on {disk}"
         return ret
@@ -242,17 +254,16 @@ def thin_pool_present(name, vgname, metadata, extents, metadata_extents, profile
     return ret
 
 
-def grown(  # noqa: PLR0917 (Salt passes state arguments by keyword)
+def grown(
     name,
     logical_volume,
     device=None,
-    volume_id=None,
     mode="overlay2",
     extents="100%FREE",
     **kwargs,
 ):
     """
-    ``name``: the volume group; the disk is found as ``disk_checked`` finds it (``device``,
+    ``name``: the volume group; the disk is the one ``disk_checked`` found (``device``,
     else the grain). ``kwargs``: ``filesystem``, ``mountpoint`` (overlay2).
 
     .. code-block:: yaml
@@ -266,7 +277,7 @@ def grown(  # noqa: PLR0917 (Salt passes state arguments by keyword)
     module = __salt__
     volume_group = name
     try:
-        name = _disk(device, volume_id)[0]
+        name = _volume(volume_group, device)["device"]
         steps = module["docker_storage.pending"](name, volume_group, logical_volume, mode, extents)[
             "steps"
         ]

@@ -290,6 +290,27 @@ def test_volume_group_is_made_on_a_blank_disk_and_marked(salt_call, docker_host,
     assert (again["result"], again["changes"]) == (True, {})
 
 
+def test_the_volume_is_probed_once_per_state_run(salt_call, loop, tmp_path, monkeypatch):
+    """docker.storage.disk (the gate, then the VG) through state.apply: one blkid probe of
+    the volume per run (each state probed it before), the VG made; the next run finds it."""
+    calls = tmp_path / "blkid.calls"
+    wrapper = tmp_path / "bin" / "blkid"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {shutil.which("blkid")} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
+    storage = {"docker_volume": loop, "volume_group": VG, "mode": "overlay2"}
+    pillar = json.dumps({"docker": {"storage": storage, "storage_pkgs": []}})
+    for verdict in ("blank", "already holds volume group"):
+        calls.write_text("")
+        rc, ret = salt_call("state.apply", "docker.storage.disk", f"pillar={pillar}")
+        assert rc == 0, ret
+        gate = next(r for k, r in ret.items() if "docker-storage-disk" in k)
+        assert verdict in gate["comment"], gate
+        assert calls.read_text().splitlines() == [f"-p -o export {loop}"]
+    assert pv_fields(loop)["vg_name"] == VG
+
+
 def test_interrupted_run_is_finished(salt_call, docker_host, loop, vg_name):
     # What a run that stopped between pvcreate and vgcreate leaves behind.
     run("pvcreate", "-q", "--norestorefile", "--uuid", docker_host.pv_marker(loop), loop)

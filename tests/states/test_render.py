@@ -1,7 +1,7 @@
 """
 Render the whole docker formula for every OS family a user meets on EC2 (salt-call --local
 with grain overrides) and check packages, repositories, services, storage states and
-daemon.json. Rendering is pure: the docker_ebs_volume grain names a disk this machine does
+daemon.json. Rendering is pure: the docker_volume grain names a disk this machine does
 not have, and the render still works (the disk is found and checked by the states when they
 run; those run on loop devices in test_disk.py and for real in the VM tests).
 """
@@ -90,7 +90,7 @@ def renders(tmp_path_factory, repo_root, render_pillar):
     for name, os_grains in OS_GRAINS.items():
         config_dir = base / name
         config_dir.mkdir()
-        grains = dict(os_grains, docker_ebs_volume=ABSENT_DISK)
+        grains = dict(os_grains, docker_volume=ABSENT_DISK)
         config = {
             "id": f"render-{name}",
             "file_client": "local",
@@ -180,7 +180,6 @@ def test_overlay2_storage_packages_and_service(node_os):
         {
             "name": "docker_vol",
             "device": None,
-            "volume_id": None,
             "require": ["docker-storage-packages"],
         },
     )
