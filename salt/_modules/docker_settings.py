@@ -189,7 +189,7 @@ RESERVED = {
 # docker SDK arguments the container state builds itself from the pillar's options.
 SDK_ARGS_THE_STATE_BUILDS = ("host_config", "networking_config", "detach", "log_config")
 # This formula's own state modules (salt/_states), read from the minion's synced copy.
-OWN_STATE_MODULES = ("docker_host", "docker_containers")
+OWN_STATE_MODULES = ("docker_containers",)
 
 
 def _state_function(ref):

@@ -443,29 +443,21 @@ def zeroed_table_cases():
 
 
 def odd_offset_cases():
+    # (id, filesystem, its offset, its size, the image's size): starts no table would give.
+    odd = [
+        ("ext4-at-1MiB-plus-4KiB", "ext4", MIB + 4096, 40 * MIB, 256 * MIB),
+        ("xfs-at-5MiB-plus-512", "xfs", 5 * MIB + 512, 310 * MIB, 400 * MIB),
+        ("ext4-at-63-sectors", "ext4", 63 * SECTOR, 40 * MIB, 256 * MIB),
+        ("btrfs-at-513MiB-plus-64KiB", "btrfs", 513 * MIB + 65536, 200 * MIB, 800 * MIB),
+    ]
     return [
         case(
-            "ext4-at-1MiB-plus-4KiB",
-            lambda image: mkfs(image, "ext4", MIB + 4096, 40 * MIB),
-            "data at byte 105369",
-        ),
-        case(
-            "xfs-at-5MiB-plus-512",
-            lambda image: mkfs(image, "xfs", 5 * MIB + 512, 310 * MIB),
-            "data at byte",
-            size=400 * MIB,
-        ),
-        case(
-            "ext4-at-63-sectors",
-            lambda image: mkfs(image, "ext4", 63 * SECTOR, 40 * MIB),
-            "data at byte",
-        ),
-        case(
-            "btrfs-at-513MiB-plus-64KiB",
-            lambda image: mkfs(image, "btrfs", 513 * MIB + 65536, 200 * MIB),
-            "data at byte",
-            size=800 * MIB,
-        ),
+            name,
+            lambda image, kind=kind, at=at, length=length: mkfs(image, kind, at, length),
+            f"data at byte {at}" if kind == "xfs" else "data at byte",
+            size=size,
+        )
+        for name, kind, at, length, size in odd
     ]
 
 
@@ -573,3 +565,25 @@ def fake_blkid(directory, returncode, stderr, stdout):
 
 def shell_quote(text):
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+def loader_modules(storage, grains=None, functions=None):
+    """configure_loader_modules for the docker_storage module ``storage``: its commands run
+    through Salt's own cmd.run_all, as on a minion."""
+    from salt.config import DEFAULT_MINION_OPTS  # noqa: PLC0415 - only the tests that use it
+    from salt.modules import cmdmod  # noqa: PLC0415
+
+    os_grains = {"kernel": "Linux", "os": "Debian", "os_family": "Debian"}
+    return {
+        storage: {
+            "__grains__": grains if grains is not None else {},
+            "__salt__": {"cmd.run_all": cmdmod.run_all, **(functions or {})},
+            "__context__": {},
+        },
+        cmdmod: {
+            "__opts__": DEFAULT_MINION_OPTS.copy(),
+            "__grains__": os_grains,
+            "__salt__": {},
+            "__context__": {},
+        },
+    }

@@ -89,16 +89,22 @@ def volume_id():
     return VOLUME_ID
 
 
+STORAGE = load_module("modules", "docker_storage")
+
+
 @pytest.fixture
-def docker_host():
-    module = load_module("modules", "docker_host")
-    module.__grains__ = {}
-    return module
+def configure_loader_modules():
+    return corpus.loader_modules(STORAGE)
 
 
-def refusal(docker_host, device, vg_name, disk_id):
+@pytest.fixture
+def storage():
+    return STORAGE
+
+
+def refusal(storage, device, vg_name, disk_id):
     with pytest.raises(CommandExecutionError) as refused:
-        docker_host.disk_verdict(device, vg_name, disk_id)
+        storage.disk_verdict(device, vg_name, disk_id)
     return str(refused.value)
 
 
@@ -106,7 +112,7 @@ def refusal(docker_host, device, vg_name, disk_id):
 
 
 @pytest.mark.parametrize("item", corpus.refused_cases(), ids=lambda item: item.id)
-def test_corpus_layout_is_refused_untouched(docker_host, tmp_path, item, monkeypatch):
+def test_corpus_layout_is_refused_untouched(storage, tmp_path, item, monkeypatch):
     image = corpus.make_image(tmp_path / "disk.img", item.size)
     item.build(image)
     before = corpus.digest(image)
@@ -116,7 +122,7 @@ def test_corpus_layout_is_refused_untouched(docker_host, tmp_path, item, monkeyp
         corpus.fake_blkid(fakes, *item.blkid)
         monkeypatch.setenv("PATH", f"{fakes}:{os.environ['PATH']}")
     with attached(image, item.sector) as device:
-        message = refusal(docker_host, device, VG, VOLUME_ID)
+        message = refusal(storage, device, VG, VOLUME_ID)
         assert corpus.digest(image) == before, "the gate wrote to the disk"
     assert message.startswith(device) and "refusing it" in message, message
     for expected in item.expect if isinstance(item.expect, tuple) else (item.expect,):
@@ -129,123 +135,124 @@ def test_corpus_layout_is_refused_untouched(docker_host, tmp_path, item, monkeyp
     [(64 * MIB, 512), (64 * MIB + 7 * 512, 512), (GIB, 512), (3 * GIB, 512), (256 * MIB, 4096)],
     ids=["64MiB", "odd-size", "1GiB", "3GiB", "4k-sectors"],
 )
-def test_blank_disk_may_be_used(docker_host, tmp_path, size, sector):
+def test_blank_disk_may_be_used(storage, tmp_path, size, sector):
     image = corpus.make_image(tmp_path / "blank.img", size)
     with attached(image, sector) as device:
-        assert docker_host.disk_verdict(device, VG, VOLUME_ID) == "blank"
+        assert storage.disk_verdict(device, VG, VOLUME_ID) == "blank"
     assert corpus.digest(image) == corpus.digest(corpus.make_image(tmp_path / "ref.img", size))
 
 
 # --- LVM: ours or not ----------------------------------------------------------------------
 
 
-def test_our_half_made_physical_volume_is_recognised(docker_host, loop, vg_name, volume_id):
-    marker = docker_host.pv_marker(volume_id)
+def test_our_half_made_physical_volume_is_recognised(storage, loop, vg_name, volume_id):
+    marker = storage.pv_marker(volume_id)
     run("pvcreate", "-q", "--norestorefile", "--uuid", marker, loop)
-    assert docker_host.disk_verdict(loop, vg_name, volume_id) == "our-pv"
+    assert storage.disk_verdict(loop, vg_name, volume_id) == "our-pv"
     # The same PV is not ours for another disk id.
-    message = refusal(docker_host, loop, vg_name, "vol-0fffffffffffffff0")
+    message = refusal(storage, loop, vg_name, "vol-0fffffffffffffff0")
     assert "did not make for vol-0fffffffffffffff0" in message
 
 
 def test_our_half_made_physical_volume_with_data_after_it_is_refused(
-    docker_host, loop, vg_name, volume_id
+    storage, loop, vg_name, volume_id
 ):
-    run("pvcreate", "-q", "--norestorefile", "--uuid", docker_host.pv_marker(volume_id), loop)
+    run("pvcreate", "-q", "--norestorefile", "--uuid", storage.pv_marker(volume_id), loop)
     corpus.write_at(loop, 5 * MIB, b"not ours")
-    assert "data at byte 5242880" in refusal(docker_host, loop, vg_name, volume_id)
+    assert "data at byte 5242880" in refusal(storage, loop, vg_name, volume_id)
 
 
-def test_our_volume_group_is_recognised(docker_host, loop, vg_name, volume_id):
-    run("pvcreate", "-q", "--norestorefile", "--uuid", docker_host.pv_marker(volume_id), loop)
+def test_our_volume_group_is_recognised(storage, loop, vg_name, volume_id):
+    run("pvcreate", "-q", "--norestorefile", "--uuid", storage.pv_marker(volume_id), loop)
     run("vgcreate", "-q", "--addtag", "docker_host", vg_name, loop)
-    assert docker_host.disk_verdict(loop, vg_name, volume_id) == "our-vg"
+    assert storage.disk_verdict(loop, vg_name, volume_id) == "our-vg"
 
 
-def test_lvm2_missing_refuses_a_physical_volume(docker_host, loop, vg_name, tmp_path, monkeypatch):
+def test_lvm2_missing_refuses_a_physical_volume(storage, loop, vg_name, tmp_path, monkeypatch):
     run("pvcreate", "-q", loop)
     run("vgcreate", "-q", vg_name, loop)
     (tmp_path / "bin").mkdir()
-    (tmp_path / "bin" / "blkid").symlink_to(shutil.which("blkid"))
+    for tool in ("blkid", "lsblk"):
+        (tmp_path / "bin" / tool).symlink_to(shutil.which(tool))
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    monkeypatch.setattr(docker_host, "SBIN_PATH", "/nonexistent")
-    assert "cannot run pvs" in refusal(docker_host, loop, vg_name, loop)
+    monkeypatch.setattr(storage, "SBIN_PATH", "/nonexistent")
+    assert "cannot run pvs" in refusal(storage, loop, vg_name, loop)
 
 
-def test_failing_pvs_refuses(docker_host, loop, tmp_path, monkeypatch):
-    run("pvcreate", "-q", "--norestorefile", "--uuid", docker_host.pv_marker(VOLUME_ID), loop)
+def test_failing_pvs_refuses(storage, loop, tmp_path, monkeypatch):
+    run("pvcreate", "-q", "--norestorefile", "--uuid", storage.pv_marker(VOLUME_ID), loop)
     run("vgcreate", "-q", "--addtag", "docker_host", VG, loop)
     fakes = tmp_path / "bin"
     fakes.mkdir()
     (fakes / "pvs").write_text("#!/bin/sh\necho '  Cannot use device: locked' >&2\nexit 5\n")
     (fakes / "pvs").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fakes}:{os.environ['PATH']}")
-    assert "Cannot use device: locked" in refusal(docker_host, loop, VG, VOLUME_ID)
+    assert "Cannot use device: locked" in refusal(storage, loop, VG, VOLUME_ID)
 
 
 # --- not a blank whole disk of its own ------------------------------------------------------
 
 
-def test_mounted_disk_is_refused(docker_host, loop, vg_name, tmp_path):
+def test_mounted_disk_is_refused(storage, loop, vg_name, tmp_path):
     run("mkfs.ext4", "-q", "-F", loop)
     (tmp_path / "mnt").mkdir()
     run("mount", loop, str(tmp_path / "mnt"))
     try:
-        assert "is mounted or swap" in refusal(docker_host, loop, vg_name, loop)
+        assert f"is in use (mounted at {tmp_path}/mnt)" in refusal(storage, loop, vg_name, loop)
     finally:
         run("umount", str(tmp_path / "mnt"), check=False)
 
 
-def test_regular_file_is_refused(docker_host, tmp_path, vg_name):
-    image = corpus.make_image(tmp_path / "file.img", MIB)
-    assert "is not a block device" in refusal(docker_host, str(image), vg_name, str(image))
+@pytest.mark.parametrize("path", ["file.img", "/dev/null", "/dev/dh-no-such-disk"])
+def test_what_is_not_a_block_device_is_refused(storage, tmp_path, vg_name, path):
+    path = str(corpus.make_image(tmp_path / path, MIB)) if path == "file.img" else path
+    assert f"{path}: not a block device" in refusal(storage, path, vg_name, path)
 
 
-def test_character_device_is_refused(docker_host, vg_name):
-    assert "is a character device" in refusal(docker_host, "/dev/null", vg_name, "/dev/null")
-
-
-def test_missing_device_is_refused(docker_host, vg_name):
-    assert "No such file" in refusal(docker_host, "/dev/dh-no-such-disk", vg_name, "x")
-
-
-def test_partition_is_refused(docker_host, tmp_path, vg_name):
+def test_partition_is_refused(storage, tmp_path, vg_name):
     with loop_device(tmp_path / "parted.img", partscan=True) as device:
         partition = partition_of(device)
-        message = refusal(docker_host, partition, vg_name, partition)
+        message = refusal(storage, partition, vg_name, partition)
         assert "is a partition, not a whole disk" in message
+        # And the disk: in use through its partition.
+        assert "is in use (loop" in refusal(storage, device, vg_name, device)
 
 
-def test_root_disk_is_refused(docker_host, loop, vg_name, monkeypatch):
-    # The root filesystem here is not on a block device: pretend the loop device holds it.
-    sys_dir = docker_host._whole_disk(loop)
-    monkeypatch.setattr(docker_host, "_root_disks", lambda: {sys_dir})
-    assert "holds the root filesystem" in refusal(docker_host, loop, vg_name, loop)
+def test_root_disk_is_refused(storage, loop, vg_name, tmp_path, monkeypatch):
+    # The root filesystem here is not on a block device: lsblk says the loop device holds it.
+    answer = {"name": "loop0", "type": "loop", "size": 1, "log-sec": 512, "mountpoints": ["/"]}
+    fake = tmp_path / "bin" / "lsblk"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho '{json.dumps({'blockdevices': [answer]})}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    assert "is in use (mounted at /)" in refusal(storage, loop, vg_name, loop)
 
 
 @pytest.mark.parametrize(
     "error", [PermissionError(1, "Operation not permitted"), OSError(5, "I/O")]
 )
-def test_unreadable_disk_is_refused(docker_host, loop, vg_name, monkeypatch, error):
+def test_unreadable_disk_is_refused(storage, loop, vg_name, monkeypatch, error):
     def unreadable(*args):
         raise error
 
-    monkeypatch.setattr(docker_host.os, "preadv", unreadable)
-    message = refusal(docker_host, loop, vg_name, loop)
+    monkeypatch.setattr(storage.os, "preadv", unreadable)
+    message = refusal(storage, loop, vg_name, loop)
     assert f"cannot read {loop}" in message and error.strerror in message
 
 
-def test_short_read_is_refused(docker_host, loop, vg_name, monkeypatch):
-    monkeypatch.setattr(docker_host.os, "preadv", lambda fd, buffers, offset: 4096)
-    assert "short read" in refusal(docker_host, loop, vg_name, loop)
+def test_short_read_is_refused(storage, loop, vg_name, monkeypatch):
+    monkeypatch.setattr(storage.os, "preadv", lambda fd, buffers, offset: 4096)
+    assert "short read" in refusal(storage, loop, vg_name, loop)
 
 
-def test_probe_that_cannot_run_refuses(docker_host, loop, vg_name, monkeypatch):
-    def missing(cmd, **kwargs):
-        raise FileNotFoundError(2, "No such file or directory", cmd[0])
-
-    monkeypatch.setattr(docker_host.subprocess, "run", missing)
-    assert "cannot run blkid" in refusal(docker_host, loop, vg_name, loop)
+def test_probe_that_cannot_run_refuses(storage, loop, vg_name, tmp_path, monkeypatch):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "lsblk").symlink_to(shutil.which("lsblk"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setattr(storage, "SBIN_PATH", "/nonexistent")
+    message = refusal(storage, loop, vg_name, loop)
+    assert message.startswith(f"{loop} could not be checked: cannot run blkid (probe at byte 0)")
 
 
 # --- the states, through salt-call -------------------------------------------------------
@@ -276,16 +283,22 @@ def pv_fields(device):
     return pv
 
 
-def test_volume_group_is_made_on_a_blank_disk_and_marked(salt_call, docker_host, loop, vg_name):
+def test_volume_group_is_made_on_a_blank_disk_and_marked(salt_call, storage, loop, vg_name):
     rc, checked = single(salt_call, "docker_storage.disk_checked", name=vg_name, device=loop)
     assert (rc, checked["result"]) == (0, True), checked
     rc, made = single(salt_call, "docker_storage.volume_group_present", name=vg_name, device=loop)
     assert made["result"] is True, made
-    assert made["changes"]["volume_group"] == vg_name
+    marker = storage.pv_marker(loop)
+    assert made["changes"] == {
+        "created": [
+            f"pvcreate --norestorefile --uuid {marker} {loop}",
+            f"vgcreate --addtag docker_host {vg_name} {loop}",
+        ]
+    }
     fields = pv_fields(loop)
     assert fields["vg_name"] == vg_name
     assert fields["vg_tags"] == "docker_host"
-    assert fields["pv_uuid"] == docker_host.pv_marker(loop)
+    assert fields["pv_uuid"] == storage.pv_marker(loop)
     rc, again = single(salt_call, "docker_storage.volume_group_present", name=vg_name, device=loop)
     assert (again["result"], again["changes"]) == (True, {})
 
@@ -311,9 +324,9 @@ def test_the_volume_is_probed_once_per_state_run(salt_call, loop, tmp_path, monk
     assert pv_fields(loop)["vg_name"] == VG
 
 
-def test_interrupted_run_is_finished(salt_call, docker_host, loop, vg_name):
+def test_interrupted_run_is_finished(salt_call, storage, loop, vg_name):
     # What a run that stopped between pvcreate and vgcreate leaves behind.
-    run("pvcreate", "-q", "--norestorefile", "--uuid", docker_host.pv_marker(loop), loop)
+    run("pvcreate", "-q", "--norestorefile", "--uuid", storage.pv_marker(loop), loop)
     _rc, checked = single(salt_call, "docker_storage.disk_checked", name=vg_name, device=loop)
     assert checked["result"] is True
     assert "a previous run made" in checked["comment"]
@@ -350,12 +363,12 @@ def test_foreign_disk_is_refused_and_left_as_it_was(salt_call, tmp_path, vg_name
 def test_filesystem_is_made_once_and_never_over_another(salt_call, tmp_path):
     with loop_device(tmp_path / "lv.img", size=XFS_MIN) as lv:
         _, made = single(salt_call, "docker_storage.filesystem_present", name=lv, fstype="xfs")
-        assert made["result"] is True and made["changes"] == {"filesystem": "xfs"}, made
+        assert made["changes"] == {"made": [f"mkfs.xfs -n ftype=1 {lv}"]}, made
         assert run("blkid", "-p", "-s", "TYPE", "-o", "value", lv).stdout.strip() == "xfs"
         _rc, again = single(salt_call, "docker_storage.filesystem_present", name=lv, fstype="xfs")
         assert (again["result"], again["changes"]) == (True, {})
         before = corpus.digest(tmp_path / "lv.img")
         _, other = single(salt_call, "docker_storage.filesystem_present", name=lv, fstype="ext4")
         assert other["result"] is False
-        assert "holds xfs, not ext4: refusing" in other["comment"]
+        assert other["comment"] == f"{lv}: {lv} holds xfs, not ext4: refusing it"
         assert corpus.digest(tmp_path / "lv.img") == before

@@ -207,7 +207,7 @@ def test_overlay2_storage_packages_and_service(node_os):
     assert mounted[0] == "mount.mounted"
     assert mounted[1]["name"] == "/var/lib/docker"
     assert mounted[1]["persist"] is True
-    assert {"docker_host": "docker-storage-data-root-moved"} in mounted[1]["require"]
+    assert {"docker_storage": "docker-storage-data-root-moved"} in mounted[1]["require"]
     # No state runs a shell.
     assert not [sid for sid, body in rendered.items() if "cmd" in body]
 
@@ -230,7 +230,7 @@ def test_devicemapper_direct_lvm(node_os):
     rendered = show_sls(show, {"docker": {"storage": {"mode": "devicemapper"}}})
     # The engine check gates the disk: nothing touches it on Engine >= 25.
     assert state(rendered, "docker-storage-driver-supported") == (
-        "docker_host.storage_driver_supported",
+        "docker_storage.storage_driver_supported",
         {
             "name": "devicemapper",
             "require": [{"pkg": "docker-packages"}],

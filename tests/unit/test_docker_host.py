@@ -1,16 +1,19 @@
 """
-docker_host execution module: finding the Docker volume on a fake /dev + /sys tree (grain
-docker_volume, the pillar override, the old grains refused), the PV marker, engine check,
-data-root move, daemon.json, the docker SDK. The disk gate runs on real loop devices in
-tests/states/test_disk.py. Dunders come the loader's way (configure_loader_modules).
+The docker_storage and docker_host execution modules, pure parts and small trees: finding the
+Docker volume on a fake /dev + /sys tree (grain docker_volume, the pillar override, the old
+grains refused), the PV marker, the data-root move, the engine check, daemon.json, the docker
+SDK. The disk gate runs on real loop devices in tests/states/test_disk.py. Dunders come the
+loader's way (configure_loader_modules); commands run through Salt's own cmd.run_all.
 """
 
 import pytest
 from salt.exceptions import CommandExecutionError
 
+from tests.states.disk_corpus import loader_modules
 from tools.salt_repo import load_module
 
 docker_host = load_module("modules", "docker_host")
+storage = load_module("modules", "docker_storage")
 VOLUME = {"device_name": "/dev/sdf", "volume_id": "vol-0feed0feed0feed0f"}
 
 
@@ -21,7 +24,8 @@ def grains():
 
 @pytest.fixture
 def configure_loader_modules(grains):
-    return {docker_host: {"__grains__": grains, "__pillar__": {}}}
+    never_running = {"service.available": lambda unit: False}
+    return {**loader_modules(storage, grains, never_running), docker_host: {"__grains__": grains}}
 
 
 def make_tree(root, devices=(), nvme_serials=None):
@@ -45,20 +49,18 @@ def test_nitro_finds_the_nvme_namespace_by_volume_serial(grains, tmp_path):
     grains["docker_volume"] = VOLUME
     # /dev/sdf exists too (another disk): the volume id decides.
     root = make_tree(tmp_path, ["sdf"], {"nvme0n1": "vol0root", "nvme1n1": "vol0feed0feed0feed0f"})
-    found = docker_host.docker_volume(root=root)
+    found = storage.docker_volume(root=root)
     assert found == {"device": "/dev/nvme1n1", "volume_id": "vol-0feed0feed0feed0f"}
 
 
 def test_device_name_as_is(grains, tmp_path):
     grains["docker_volume"] = VOLUME
-    assert (
-        docker_host.docker_volume(root=make_tree(tmp_path, ["sda", "sdf"]))["device"] == "/dev/sdf"
-    )
+    assert storage.docker_volume(root=make_tree(tmp_path, ["sda", "sdf"]))["device"] == "/dev/sdf"
 
 
 def test_xen_names_sd_as_xvd(grains, tmp_path):
     grains["docker_volume"] = VOLUME
-    assert docker_host.docker_volume(root=make_tree(tmp_path, ["xvda", "xvdf"]))["device"] == (
+    assert storage.docker_volume(root=make_tree(tmp_path, ["xvda", "xvdf"]))["device"] == (
         "/dev/xvdf"
     )
 
@@ -67,22 +69,22 @@ def test_volume_not_on_this_node_is_an_error(grains, tmp_path):
     grains["docker_volume"] = VOLUME
     root = make_tree(tmp_path, ["sda"], {"nvme0n1": "vol0root"})
     with pytest.raises(CommandExecutionError, match=r"/dev/sdf / vol-0feed0feed0feed0f\) is not"):
-        docker_host.docker_volume(root=root)
+        storage.docker_volume(root=root)
 
 
 def test_pillar_device_overrides_the_grain_and_keeps_its_volume_id(grains):
     grains["docker_volume"] = VOLUME
-    found = docker_host.docker_volume("/dev/vdb")
+    found = storage.docker_volume("/dev/vdb")
     assert found == {"device": "/dev/vdb", "volume_id": "vol-0feed0feed0feed0f"}
 
 
 def test_pillar_device_alone(grains):
-    assert docker_host.docker_volume("/dev/vdb") == {"device": "/dev/vdb", "volume_id": None}
+    assert storage.docker_volume("/dev/vdb") == {"device": "/dev/vdb", "volume_id": None}
 
 
 def test_missing_grain_says_how_to_set_it(tmp_path):
     with pytest.raises(CommandExecutionError) as missing:
-        docker_host.docker_volume(root=str(tmp_path))
+        storage.docker_volume(root=str(tmp_path))
     message = str(missing.value)
     assert message.startswith("grain docker_volume is missing")
     assert (
@@ -96,7 +98,7 @@ def test_old_grains_are_refused_naming_the_new_one(grains, tmp_path, old):
     grains[old] = {"device_name": "/dev/sdf", "device": "/dev/sdf", "volume_id": "vol-0feed"}
     make_tree(tmp_path, ["sdf"])
     with pytest.raises(CommandExecutionError) as refused:
-        docker_host.docker_volume(root=str(tmp_path))
+        storage.docker_volume(root=str(tmp_path))
     assert str(refused.value) == (
         f"grain {old} was renamed docker_volume: run `salt db1 grains.setval docker_volume "
         f"'{{device_name: /dev/sdX, volume_id: vol-...}}'` (the values of {old}), or re-deploy "
@@ -106,9 +108,7 @@ def test_old_grains_are_refused_naming_the_new_one(grains, tmp_path, old):
 
 def test_the_new_grain_is_read_when_an_old_one_is_left(grains, tmp_path):
     grains.update(docker_volume=VOLUME, docker_ebs_volume={"device_name": "/dev/sdg"})
-    assert docker_host.docker_volume(root=make_tree(tmp_path, ["sdf", "sdg"]))["device"] == (
-        "/dev/sdf"
-    )
+    assert storage.docker_volume(root=make_tree(tmp_path, ["sdf", "sdg"]))["device"] == ("/dev/sdf")
 
 
 @pytest.mark.parametrize(
@@ -127,18 +127,18 @@ def test_the_new_grain_is_read_when_an_old_one_is_left(grains, tmp_path):
 def test_malformed_grain_is_refused(grains, tmp_path, grain):
     grains["docker_volume"] = grain
     with pytest.raises(CommandExecutionError, match="grain docker_volume must be"):
-        docker_host.docker_volume(root=str(tmp_path))
+        storage.docker_volume(root=str(tmp_path))
     # Also beside a pillar override: a grain that is there is read.
     with pytest.raises(CommandExecutionError, match="grain docker_volume must be"):
-        docker_host.docker_volume("/dev/vdb")
+        storage.docker_volume("/dev/vdb")
 
 
 def test_checked_volume_names_the_volume_by_its_id_else_its_device(grains, monkeypatch):
     seen = []
-    monkeypatch.setattr(docker_host, "disk_verdict", lambda *args: seen.append(args) or "blank")
-    assert docker_host.checked_volume("docker_vol", "/dev/vdb")["disk_id"] == "/dev/vdb"
+    monkeypatch.setattr(storage, "disk_verdict", lambda *args: seen.append(args) or "blank")
+    assert storage.checked_volume("docker_vol", "/dev/vdb")["disk_id"] == "/dev/vdb"
     grains["docker_volume"] = VOLUME
-    assert docker_host.checked_volume("docker_vol", "/dev/vdb") == {
+    assert storage.checked_volume("docker_vol", "/dev/vdb") == {
         "device": "/dev/vdb",
         "volume_id": "vol-0feed0feed0feed0f",
         "disk_id": "vol-0feed0feed0feed0f",
@@ -151,9 +151,9 @@ def test_checked_volume_names_the_volume_by_its_id_else_its_device(grains, monke
 
 
 def test_pv_marker_is_a_valid_lvm_uuid_fixed_per_disk():
-    marker = docker_host.pv_marker("vol-0123456789abcdef0")
-    assert marker == docker_host.pv_marker("vol-0123456789abcdef0")
-    assert marker != docker_host.pv_marker("vol-0123456789abcdef1")
+    marker = storage.pv_marker("vol-0123456789abcdef0")
+    assert marker == storage.pv_marker("vol-0123456789abcdef0")
+    assert marker != storage.pv_marker("vol-0123456789abcdef1")
     assert [len(part) for part in marker.split("-")] == [6, 4, 4, 4, 4, 4, 6]
     assert marker.replace("-", "").isalnum()
 
@@ -191,34 +191,37 @@ def test_data_root_is_moved_once_and_never_deleted(tmp_path):
     (source / "overlay2" / "abc").mkdir(parents=True)
     (source / "overlay2" / "abc" / "file").write_text("layer")
     (source / "containers").mkdir()
-    volume.mkdir()
-    (volume / "lost+found").mkdir()
-    assert docker_host.move_data_root(str(source), str(volume)) == ["containers", "overlay2"]
+    (volume / "lost+found").mkdir(parents=True)
+    assert storage.move_into(str(source), str(volume), dry_run=True) == {
+        "moved": ["containers", "overlay2"],
+        "to": str(volume),
+    }
+    assert (source / "overlay2").is_dir()
+    moved = storage.move_into(str(source), str(volume))
+    assert moved == {"moved": ["containers", "overlay2"], "to": str(volume)}
     assert (volume / "overlay2" / "abc" / "file").read_text() == "layer"
     assert source.is_dir() and not list(source.iterdir())
     # A second run finds nothing to move and leaves the volume alone.
-    assert docker_host.move_data_root(str(source), str(volume)) == []
+    assert storage.move_into(str(source), str(volume)) == {}
     assert (volume / "overlay2" / "abc" / "file").read_text() == "layer"
 
 
-def test_data_root_move_refuses_a_volume_with_content(tmp_path):
+def test_nothing_to_move_from_a_missing_or_empty_directory_or_a_mountpoint(tmp_path):
+    assert storage.move_into(str(tmp_path / "missing"), str(tmp_path)) == {}
+    (tmp_path / "empty").mkdir()
+    assert storage.move_into(str(tmp_path / "empty"), str(tmp_path)) == {}
+    assert storage.move_into("/proc", str(tmp_path)) == {}
+
+
+def test_a_volume_with_data_is_never_mixed_with_the_local_directory(tmp_path):
     source, volume = tmp_path / "src", tmp_path / "volume"
     (source / "image").mkdir(parents=True)
     (volume / "image").mkdir(parents=True)
-    with pytest.raises(CommandExecutionError, match="already holds"):
-        docker_host.move_data_root(str(source), str(volume))
-    assert (source / "image").is_dir()
-
-
-def test_entries_to_move_or_why_there_are_none(tmp_path):
-    data = tmp_path / "data"
-    assert docker_host.entries_to_move(str(data)) == ([], f"{data} is empty: nothing to move")
-    data.mkdir()
-    assert docker_host.entries_to_move(str(data)) == ([], f"{data} is empty: nothing to move")
-    (data / "volumes").mkdir()
-    (data / "containers").mkdir()
-    assert docker_host.entries_to_move(str(data)) == (["containers", "volumes"], "")
-    assert docker_host.entries_to_move("/proc") == ([], "/proc is already a mountpoint")
+    kept = storage.move_into(str(source), str(volume))
+    assert kept["kept_aside"].startswith(f"{source}.local-")
+    assert kept["because"] == f"{volume} holds ['image']"
+    assert (tmp_path / kept["kept_aside"] / "image").is_dir()
+    assert source.is_dir() and not list(source.iterdir())
 
 
 # --- daemon.json ------------------------------------------------------------------------------

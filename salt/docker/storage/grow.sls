@@ -16,9 +16,5 @@ docker-storage-grown:
     - device: {{ storage.docker_volume|json }}
     - mode: {{ storage.mode|json }}
     - extents: {{ extents|json }}
-{%- if storage.mode == "overlay2" %}
-    - filesystem: {{ storage.overlay2.filesystem|json }}
-    - mountpoint: {{ storage.overlay2.mountpoint|json }}
-{%- endif %}
     - require:
       - test: docker-storage-ready
