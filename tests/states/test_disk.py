@@ -168,6 +168,65 @@ def test_our_volume_group_is_recognised(storage, loop, vg_name, volume_id):
     assert storage.disk_verdict(loop, vg_name, volume_id) == "our-vg"
 
 
+def our_volume_group(image, volume_id, vg=VG, *, tag="docker_host", uuid=None):
+    """What a node's highstate leaves on its Docker volume (PV with the marker UUID, tagged
+    VG; this kernel makes no LVs), and a filesystem with Docker data where the first LV sits."""
+    with corpus.window(image) as device:
+        uuid = uuid or STORAGE.pv_marker(volume_id)
+        run("pvcreate", "-q", "--norestorefile", "--uuid", uuid, device)
+        run("vgcreate", "-q", "--autobackup", "n", *(["--addtag", tag] if tag else []), vg, device)
+        pe_start = int(run("pvs", "--noheadings", "--units", "b", "--nosuffix", "-o", "pe_start",
+                           device).stdout)  # fmt: skip
+    corpus.mkfs(image, "ext4", pe_start, 32 * MIB)
+    return pe_start
+
+
+def test_our_volume_group_moved_from_another_node_is_ours(storage, tmp_path, volume_id):
+    """Node A's volume (any device name there) attached to node B under another name: the
+    same volume id makes it ours, whole, without a change; nothing else does."""
+    image = corpus.make_image(tmp_path / "ebs.img", 256 * MIB)
+    our_volume_group(image, volume_id)
+    before = corpus.digest(image)
+    with attached(corpus.make_image(tmp_path / "other.img", MIB)), attached(image) as device:
+        assert device != "/dev/loop0"  # another device name than node A's window had
+        assert storage.disk_verdict(device, VG, volume_id) == "our-vg"
+        assert storage.volume_group(VG, device, volume_id, "our-vg") == {}
+        message = refusal(storage, device, VG, "vol-0ffffffffffffffff")
+        assert f"volume group '{VG}' that this formula did not make for vol-0ffff" in message
+        message = refusal(storage, device, "docker_data", volume_id)
+        assert (
+            f"which this formula made for {volume_id}, but docker:storage:volume_group" in message
+        )
+        assert corpus.digest(image) == before
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        ({"tag": None}, "that this formula did not make"),
+        ({"uuid": "abcdef-abcd-abcd-abcd-abcd-abcd-abcdef"}, "that this formula did not make"),
+    ],
+    ids=["untagged-vg", "foreign-pv-uuid"],
+)
+def test_a_volume_group_with_our_name_that_is_not_ours_is_refused(
+    storage, tmp_path, volume_id, change, expect
+):
+    image = corpus.make_image(tmp_path / "ebs.img", 256 * MIB)
+    our_volume_group(image, volume_id, **change)
+    before = corpus.digest(image)
+    with attached(image) as device:
+        assert expect in refusal(storage, device, VG, volume_id)
+        assert corpus.digest(image) == before  # (detaching removes the test VG)
+
+
+def test_our_volume_group_under_a_partition_table_is_refused(storage, tmp_path, volume_id):
+    image = corpus.make_image(tmp_path / "ebs.img", 256 * MIB)
+    our_volume_group(image, volume_id)
+    corpus.sfdisk(image, "label: dos\nstart=2048, size=20480, type=83\n")  # sector 0 only
+    with attached(image) as device:
+        assert "a dos partition table on the whole disk" in refusal(storage, device, VG, volume_id)
+
+
 def test_lvm2_missing_refuses_a_physical_volume(storage, loop, vg_name, tmp_path, monkeypatch):
     run("pvcreate", "-q", loop)
     run("vgcreate", "-q", vg_name, loop)
@@ -322,6 +381,36 @@ def test_the_volume_is_probed_once_per_state_run(salt_call, loop, tmp_path, monk
         assert verdict in gate["comment"], gate
         assert calls.read_text().splitlines() == [f"-p -o export {loop}"]
     assert pv_fields(loop)["vg_name"] == VG
+
+
+def test_a_moved_volume_passes_the_storage_states_unchanged(
+    tmp_path, repo_root, volume_id, storage
+):
+    """Node B (its own minion, grain docker_volume naming the volume id it was given) with
+    node A's volume under another device name: the gate takes it as ours, the VG state changes
+    nothing, the volume is left as it was; with another volume id in the grain it is refused."""
+    (tmp_path / "node-b").mkdir()
+    call = local_salt_call(tmp_path / "node-b", "node-b", repo_root)
+    assert call("saltutil.sync_all")[0] == 0
+    image = corpus.make_image(tmp_path / "ebs.img", 256 * MIB)
+    our_volume_group(image, volume_id)
+    before = corpus.digest(image)
+    with attached(corpus.make_image(tmp_path / "other.img", MIB)), attached(image) as device:
+        storage_pillar = {"docker_volume": device, "volume_group": VG, "mode": "overlay2"}
+        pillar = json.dumps({"docker": {"storage": storage_pillar, "storage_pkgs": []}})
+        for grain_volume, expect_rc in ((volume_id, 0), ("vol-0ffffffffffffffff", 1)):
+            grain = json.dumps({"device_name": "/dev/sdb", "volume_id": grain_volume})
+            assert call("grains.setval", "docker_volume", grain)[0] == 0
+            rc, ret, output = call("state.apply", "docker.storage.disk", f"pillar={pillar}")
+            assert rc == expect_rc, output
+            states = {key.split("_|-")[1]: result for key, result in ret.items()}
+            gate = states["docker-storage-disk"]
+            if expect_rc == 0:
+                assert gate["comment"] == f"{device} already holds volume group {VG}"
+                assert states["docker-storage-vg"]["changes"] == {}
+            else:
+                assert "that this formula did not make for vol-0ffff" in gate["comment"]
+            assert corpus.digest(image) == before
 
 
 def test_interrupted_run_is_finished(salt_call, storage, loop, vg_name):

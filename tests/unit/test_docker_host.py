@@ -6,6 +6,9 @@ SDK. The disk gate runs on real loop devices in tests/states/test_disk.py. Dunde
 loader's way (configure_loader_modules); commands run through Salt's own cmd.run_all.
 """
 
+import json
+import os
+
 import pytest
 from salt.exceptions import CommandExecutionError
 
@@ -278,3 +281,30 @@ def test_sdk_is_installed_into_a_pip_installed_salts_own_python(monkeypatch):
     assert sdk["bin_env"] == docker_host.sys.executable
     # This test environment has docker 7.2 (requirements-common.txt).
     assert sdk["usable"] is True
+
+
+# --- a volume group moved here from another node ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attr", "steps"),
+    [("-wi-------", {"activated": ["vgchange --activate y docker_vol"]}), ("-wi-ao----", {})],
+    ids=["inactive", "active"],
+)
+def test_our_moved_volume_group_gets_its_logical_volumes_activated(
+    tmp_path, monkeypatch, attr, steps
+):
+    """Attached after boot (no udev autoactivation yet), our VG's LVs are inactive: the VG
+    state activates them; made or formatted, nothing."""
+    report = {
+        "report": [
+            {"lv": [{"lv_name": "docker", "lv_attr": attr, "lv_size": "1", "lv_profile": ""}]}
+        ]
+    }
+    (tmp_path / "lvs").write_text(f"#!/bin/sh\necho '{json.dumps(report)}'\n")
+    (tmp_path / "lvs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert (
+        storage.volume_group("docker_vol", "/dev/nvme1n1", "vol-0a", "our-vg", dry_run=True)
+        == steps
+    )
