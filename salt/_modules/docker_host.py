@@ -82,16 +82,10 @@ def python_sdk():
         version = docker.__version__
     except ImportError:
         version = None
-    usable = False
-    if version:
-        parts = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
-        usable = parts >= MIN_SDK_VERSION
-    relenv_root = getattr(sys, "RELENV", None)
-    if relenv_root is not None and os.path.exists(os.path.join(str(relenv_root), "salt-pip")):
-        bin_env = os.path.join(str(relenv_root), "salt-pip")
-    else:
-        bin_env = sys.executable
-    return {"usable": usable, "version": version, "bin_env": bin_env}
+    parts = tuple(int(part) for part in re.findall(r"\d+", version or "")[:2])
+    salt_pip = os.path.join(str(getattr(sys, "RELENV", None)), "salt-pip")
+    bin_env = salt_pip if hasattr(sys, "RELENV") and os.path.exists(salt_pip) else sys.executable
+    return {"usable": parts >= MIN_SDK_VERSION, "version": version, "bin_env": bin_env}
 
 
 def dm_path(volume_group, logical_volume):

@@ -515,7 +515,14 @@ def move_into(path, target=None, device=None, fstype=None, services=(), dry_run=
         if staging:
             _run(["mount", "-t", fstype, device, staging], f"mounting {device}")
             mounted = True
-        held = [name for name in os.listdir(staging or target) if name != "lost+found"]
+        dest = staging or target
+        moving = os.path.join(dest, ".moving")  # a move in progress: never taken for data
+        if os.path.isdir(moving) and os.listdir(moving):
+            raise CommandExecutionError(
+                f"an earlier move of {path} onto {device or target} was interrupted: {moving} "
+                "holds part of it; finish that move by hand"
+            )
+        held = [name for name in os.listdir(dest) if name not in ("lost+found", ".moving")]
         for unit in services:
             if __salt__["service.available"](unit) and __salt__["service.status"](unit):
                 __salt__["service.stop"](unit)
@@ -528,8 +535,12 @@ def move_into(path, target=None, device=None, fstype=None, services=(), dry_run=
             return {"kept_aside": aside, "because": f"{device or target} holds {held[:5]}"}
         # GNU mv, in one call: across filesystems it recreates device nodes, FIFOs and sockets
         # as such (Docker keeps a block device node, volumes/backingFsBlockDev) and keeps hard
-        # links between the entries.
-        _run(["mv", "--", *(os.path.join(path, e) for e in entries), staging or target], "moving")
+        # links between the entries. Then renames on the volume put them in place at once.
+        os.makedirs(moving, exist_ok=True)
+        _run(["mv", "--", *(os.path.join(path, e) for e in entries), moving], "moving")
+        for entry in entries:
+            os.rename(os.path.join(moving, entry), os.path.join(dest, entry))
+        os.rmdir(moving)
         return {"moved": entries, "to": device or target}
     finally:
         if mounted:

@@ -216,6 +216,20 @@ def test_nothing_to_move_from_a_missing_or_empty_directory_or_a_mountpoint(tmp_p
     assert storage.move_into("/proc", str(tmp_path)) == {}
 
 
+def test_an_interrupted_move_is_refused_not_taken_for_data_from_elsewhere(tmp_path):
+    """The move goes through <volume>/.moving: a crash mid-move leaves part of it there, and
+    the next run refuses (finish by hand) instead of keeping the rest aside."""
+    source, volume = tmp_path / "src", tmp_path / "volume"
+    (source / "volumes").mkdir(parents=True)
+    (volume / ".moving" / "image").mkdir(parents=True)
+    with pytest.raises(CommandExecutionError, match=r"an earlier move of .*src onto .* was inter"):
+        storage.move_into(str(source), str(volume))
+    assert (source / "volumes").is_dir() and (volume / ".moving" / "image").is_dir()
+    (volume / ".moving" / "image").rmdir()  # an empty one: the move had finished
+    assert storage.move_into(str(source), str(volume))["moved"] == ["volumes"]
+    assert sorted(p.name for p in volume.iterdir()) == ["volumes"]
+
+
 def test_a_volume_with_data_is_never_mixed_with_the_local_directory(tmp_path):
     source, volume = tmp_path / "src", tmp_path / "volume"
     (source / "image").mkdir(parents=True)
