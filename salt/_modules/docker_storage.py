@@ -411,7 +411,7 @@ def filesystem(device, fstype, dry_run=False):
     """A ``fstype`` filesystem on the LV ``device``, made only when it holds nothing at all;
     one holding another filesystem is refused (Salt's blockdev.formatted would reformat it,
     and takes a failed probe for "no filesystem")."""
-    found = _probe(device)
+    found = _probe(device) if os.path.exists(device) or not dry_run else {}  # test mode
     if "error" in found:
         raise CommandExecutionError(found["error"])
     if found.get("TYPE") == fstype:

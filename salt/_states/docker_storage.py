@@ -105,10 +105,12 @@ def thin_pool_present(name, vgname, metadata, extents, metadata_extents, profile
 def grown(name, logical_volume, device=None, mode="overlay2", extents="100%FREE"):
     """``name``: the volume group; its LV ``logical_volume`` (created with ``extents``)."""
     try:
-        disk = _volume(name, device)["device"]
+        found = _volume(name, device)
     except Exception as error:
         return _ret(name, False, f"docker:storage: refusing the Docker volume: {error}")
-    return _change(name, "grow", disk, name, logical_volume, mode, extents)
+    if found["verdict"] != "our-vg":  # the group is made in this run: nothing grew yet
+        return _ret(name, comment=f"{name} is new on {found['device']}: nothing to grow")
+    return _change(name, "grow", found["device"], name, logical_volume, mode, extents)
 
 
 def moved_into(

@@ -413,6 +413,30 @@ def test_a_moved_volume_passes_the_storage_states_unchanged(
             assert corpus.digest(image) == before
 
 
+def test_test_mode_on_a_blank_volume_says_what_would_change_and_changes_nothing(
+    salt_call, loop, tmp_path
+):
+    """state.apply docker.storage test=True on a new node: nothing fails (the LV, its
+    filesystem and growth are what this run would make), the volume stays blank."""
+    (tmp_path / "data-root" / "containers").mkdir(parents=True)
+    storage = {
+        "docker_volume": loop,
+        "volume_group": VG,
+        "overlay2": {"mountpoint": str(tmp_path / "data-root")},
+    }
+    config = {"data-root": storage["overlay2"]["mountpoint"]}
+    pillar = json.dumps({"docker": {"storage": storage, "storage_pkgs": [], "config": config}})
+    rc, ret = salt_call("state.apply", "docker.storage", f"pillar={pillar}", "test=True")
+    assert rc == 0, ret
+    results = {key.split("_|-")[1]: (r["result"], r["comment"]) for key, r in ret.items()}
+    assert results["docker-storage-grown"] == (True, f"{VG} is new on {loop}: nothing to grow")
+    assert results["docker-storage-filesystem"][0] is None, results
+    assert results["docker-storage-data-root-moved"][0] is None, results
+    assert not any(changes for changes in (r["changes"] for r in ret.values())), ret
+    blank = corpus.digest(corpus.make_image(tmp_path / "zero", 64 * MIB))
+    assert corpus.digest(tmp_path / "disk.img") == blank  # the loop fixture's image
+
+
 def test_interrupted_run_is_finished(salt_call, storage, loop, vg_name):
     # What a run that stopped between pvcreate and vgcreate leaves behind.
     run("pvcreate", "-q", "--norestorefile", "--uuid", storage.pv_marker(loop), loop)
