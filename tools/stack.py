@@ -41,7 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
 STACK_MARKER = "DOCKERHOSTS_STACK"
 CONFIG_PATHS = ("Saltfile", "cloud", "cloud.providers.d", "cloud.profiles.d", "cloud.deploy.d")
-# The Docker disk's device name in the class profiles (cloud.profiles.d, docker_disk).
+# The Docker volume's device name in the class profiles (cloud.profiles.d, docker_volume).
 DOCKER_DISK_DEVICE = "/dev/sdb"
 # Containers name it without a tag (docker adds :latest); docker_image.present with `load`
 # wants the repository and the tag apart.
@@ -380,8 +380,8 @@ class Stack:
             placeholder = DeployedNode(name, mode, None, "", "", "")
             if disk_bus == "virtio":
                 # No NVMe serial to find the volume by (and /dev/sdb is not its name): the
-                # operator's override, docker:storage:device. The root disk is vda.
-                placeholder.docker_pillar["storage"] = {"device": "/dev/vdb"}
+                # operator's override, docker:storage:docker_volume. The root disk is vda.
+                placeholder.docker_pillar["storage"] = {"docker_volume": "/dev/vdb"}
             self.nodes[name] = placeholder
             self._write_pillar()
         ec2 = self.ec2()

@@ -189,7 +189,7 @@ RESERVED = {
 # docker SDK arguments the container state builds itself from the pillar's options.
 SDK_ARGS_THE_STATE_BUILDS = ("host_config", "networking_config", "detach", "log_config")
 # This formula's own state modules (salt/_states), read from the minion's synced copy.
-OWN_STATE_MODULES = ("docker_host", "docker_containers")
+OWN_STATE_MODULES = ("docker_containers",)
 
 
 def _state_function(ref):
@@ -634,6 +634,16 @@ def fixed(fields):
     return _mapping_of(check_entry)
 
 
+def retired(message):
+    """A key that no longer exists: refused with ``message``, whatever its value."""
+
+    def check(value, path, ctx):
+        ctx.error(path, message)
+        return value
+
+    return check
+
+
 def anything(value, path, ctx):
     refuse_secret(value, path, ctx)
     return value
@@ -770,9 +780,6 @@ def device_path(value, path, ctx):
     if isinstance(value, str) and not re.fullmatch(r"/dev/[A-Za-z0-9_.:/-]+", value):
         ctx.error(path, f"{value!r} is not a device under /dev")
     return value
-
-
-volume_id = string(r"vol-[0-9a-f]{8}(?:[0-9a-f]{9})?", "an EBS volume id (vol-...)")
 
 
 https_url = string(r"https://[^\s\[\]'\"]+", "an https:// URL")
@@ -1313,8 +1320,12 @@ def storage_schema():
     return fixed(
         {
             "mode": one_of(STORAGE_MODES),
-            "device": optional(device_path),
-            "volume_id": optional(volume_id),
+            "docker_volume": optional(device_path),
+            # Renamed in 18.4 (one name for the Docker volume): refused, saying what to write.
+            "device": retired("was renamed docker:storage:docker_volume: write that instead"),
+            "volume_id": retired(
+                "is gone: the volume id is grain docker_volume's ({device_name, volume_id})"
+            ),
             "volume_group": vg_name,
             "overlay2": fixed(
                 {

@@ -35,7 +35,7 @@ NODES = {
     # name: (Debian release, storage mode, how the EBS volume is attached)
     # QEMU 7.2's NVMe device refuses block_resize ("permissions 'resize' ... unshared"), so
     # the node that proves online growth of overlay2 gets its volume on virtio-blk (resizes
-    # online, the guest is told), found through docker:storage:device; the other node keeps
+    # online, the guest is told), found through docker:storage:docker_volume; the other node keeps
     # NVMe with the volume id as serial, as on Nitro.
     "e2e-deb12-dm": ("bookworm", "devicemapper", "nvme"),
     "e2e-deb13-ov": ("trixie", "overlay2", "virtio"),
@@ -135,10 +135,10 @@ def check_created(stack, deployed):
     name = deployed.name
     reported = deployed.cloud_output[name]
     assert reported["instance_id"] == deployed.instance_id
-    assert reported["docker_disk"] == {
-        "device": DOCKER_DISK_DEVICE,
-        "volume_id": deployed.volume_id,
-    }
+    volume = {"device_name": DOCKER_DISK_DEVICE, "volume_id": deployed.volume_id}
+    assert reported["docker_volume"] == volume
+    # The grain the disk gate reads, pushed at deploy.
+    assert stack.salt(name, "grains.get", "docker_volume").data == volume
     ec2 = stack.endpoint.client("ec2")
     instance = ec2.describe_instances(InstanceIds=[deployed.instance_id])["Reservations"][0][
         "Instances"
@@ -161,7 +161,7 @@ def check_devicemapper_refused_on_engine_26(stack, deployed, blank_disk):
     assert version.startswith("26."), version
     before = sha256_file(blank_disk)
     errors = refused_storage(
-        stack, deployed.name, {"mode": "devicemapper", "device": by_id(BLANK_DISK_SERIAL)}
+        stack, deployed.name, {"mode": "devicemapper", "docker_volume": by_id(BLANK_DISK_SERIAL)}
     )
     assert "devicemapper" in errors and version in errors, errors
     assert sha256_file(blank_disk) == before, "the blank disk was written to"
@@ -171,8 +171,8 @@ def check_devicemapper_refused_on_engine_26(stack, deployed, blank_disk):
 
 def check_disk_with_filesystem_refused(stack, deployed, data_disk):
     before = sha256_file(data_disk)
-    errors = refused_storage(stack, deployed.name, {"device": by_id(DATA_DISK_SERIAL)})
-    assert "not blank (ext4" in errors, errors
+    errors = refused_storage(stack, deployed.name, {"docker_volume": by_id(DATA_DISK_SERIAL)})
+    assert "is not blank: ext4 on the whole disk" in errors, errors
     assert sha256_file(data_disk) == before, "the data disk was written to"
     assert_storage(deployed)
 

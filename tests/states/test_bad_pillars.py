@@ -98,7 +98,7 @@ def test_render_refuses(renders, entry):
 
 @pytest.fixture(scope="module")
 def disk(tmp_path_factory):
-    """A blank loop device given to every highstate below as docker:storage:device."""
+    """A blank loop device given to every highstate below as docker:storage:docker_volume."""
     with loop_device(tmp_path_factory.mktemp("corpus-disk") / "disk.img") as device:
         yield device
 
@@ -125,7 +125,9 @@ def node_state(node, disk):
 
 @pytest.mark.parametrize("entry", HIGHSTATE, ids=[e["id"] for e in HIGHSTATE])
 def test_highstate_refuses_before_any_change(node, disk, entry):
-    override = corpus.with_override({"docker": {"storage": {"device": disk}}}, entry["pillar"])
+    override = corpus.with_override(
+        {"docker": {"storage": {"docker_volume": disk}}}, entry["pillar"]
+    )
     before = node_state(node, disk)
     ret = node.cli.run(
         "state.apply", f"pillar={json.dumps(override)}", minion_tgt=node.minion.id, _timeout=240

@@ -1,8 +1,9 @@
 """
-docker_host.data_root_moved for real (salt-call --local): an existing Docker data root is
-moved into a new volume (a loop device with a filesystem, standing in for the LV the VM
-tests create) once, then the volume is mounted there; nothing is deleted, and a second run
-changes nothing.
+docker_storage.moved_into for real (salt-call --local): an existing Docker data root is moved
+into a new volume (a loop device with a filesystem, standing in for the LV the VM tests create)
+once, then the volume is mounted there; nothing is deleted, and a second run changes nothing.
+A volume that already holds a data root (moved here from a destroyed node) keeps it: the local
+one is kept aside, renamed, never mixed in.
 """
 
 import os
@@ -51,7 +52,7 @@ def data_root_moved(data_root, volume):
     """salt-call's arguments for the state that moves ``data_root`` into ``volume``."""
     return [
         "state.single",
-        "docker_host.data_root_moved",
+        "docker_storage.moved_into",
         f"name={data_root}",
         f"device={volume}",
         "fstype=ext4",
@@ -78,7 +79,7 @@ def test_existing_data_root_is_moved_once_then_mounted(tmp_path, volume, salt_ca
     try:
         moved = only_result(salt_call(*move))
         assert moved["result"] is True
-        assert moved["changes"]["moved"] == ["image", "volumes"]
+        assert moved["changes"] == {"moved": ["image", "volumes"], "to": volume}
         assert list(data_root.iterdir()) == []
 
         mounted = only_result(
@@ -112,4 +113,42 @@ def test_empty_data_root_needs_no_move(tmp_path, volume, salt_call):
     ret = only_result(salt_call(*data_root_moved(data_root, volume)))
     assert ret["result"] is True
     assert ret["changes"] == {}
-    assert "nothing to move" in ret["comment"]
+    assert ret["comment"] == f"{data_root} is as it should be"
+
+
+def test_a_volume_holding_a_data_root_keeps_it_and_the_local_one_is_kept_aside(
+    tmp_path, volume, salt_call
+):
+    # The volume comes from another node: its data root has containers and a volume's data.
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    subprocess.run(["mount", volume, str(staging)], check=True)
+    (staging / "volumes" / "pgdata" / "_data").mkdir(parents=True)
+    (staging / "volumes" / "pgdata" / "_data" / "PG_VERSION").write_text("15\n")
+    subprocess.run(["umount", str(staging)], check=True)
+    # This node's package install started Docker, which wrote a fresh data root.
+    data_root = tmp_path / "var-lib-docker"
+    (data_root / "containers").mkdir(parents=True)
+    (data_root / "engine-id").write_text("new node")
+    data_root.chmod(0o710)
+    ret = only_result(salt_call(*data_root_moved(data_root, volume)))
+    assert ret["result"] is True, ret
+    aside = ret["changes"]["kept_aside"]
+    assert aside.startswith(f"{data_root}.local-")
+    assert "holds ['lost+found', 'volumes']" not in ret["changes"]["because"]
+    assert sorted(os.listdir(aside)) == ["containers", "engine-id"]
+    assert list(data_root.iterdir()) == []
+    assert stat.S_IMODE(data_root.stat().st_mode) == 0o710
+    try:
+        subprocess.run(["mount", volume, str(data_root)], check=True)
+        assert (data_root / "volumes" / "pgdata" / "_data" / "PG_VERSION").read_text() == "15\n"
+        assert not (data_root / "engine-id").exists()
+    finally:
+        subprocess.run(["umount", str(data_root)], check=False)
+    # The next run: the mounted data root is left alone.
+    subprocess.run(["mount", volume, str(data_root)], check=True)
+    try:
+        again = only_result(salt_call(*data_root_moved(data_root, volume)))
+        assert (again["result"], again["changes"]) == (True, {})
+    finally:
+        subprocess.run(["umount", str(data_root)], check=False)

@@ -1,20 +1,20 @@
 """
-The Docker disk check, fail-closed, on real loop devices: one case per situation (blank,
-filesystems, partition tables, a backup GPT alone, a filesystem left in a partition after
-its table was wiped, stray data, PVs of other groups, our own half-made PV, our own VG,
-mounted, not a block device, a partition, the root disk, probe errors, lvm2 missing), then
-the storage states through salt-call: the VG made on a blank disk and marked as ours, an
-interrupted run finished, a foreign disk refused and left byte for byte as it was, a
-filesystem made only on a blank LV stand-in.
+The Docker disk gate, fail-closed, on real loop devices: the disk corpus (tests/states/
+disk_corpus.py: every layout this host's tools make, zeroed tables, odd offsets, partial wipes,
+probe faults), each refused, naming what was found, the image byte for byte as it was; blank
+disks and our own (half-made) volume group accepted; a disk that is mounted, in use, a
+partition, the root disk, not a block device, refused; then the storage states through
+salt-call: the VG made on a blank disk and marked as ours, an interrupted run finished, a
+foreign disk refused and left as it was, a filesystem made only on a blank LV stand-in.
 
 This host's kernel has no device-mapper: PV and VG metadata work on loop devices, LVs need
 the VM tier (tests/e2e). Every loop device, VG, mount and image is removed afterwards.
 """
 
 import contextlib
-import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -22,6 +22,7 @@ import subprocess
 import pytest
 from salt.exceptions import CommandExecutionError
 
+from tests.states import disk_corpus as corpus
 from tools.salt_repo import load_module, local_salt_call
 
 pytestmark = [
@@ -29,8 +30,12 @@ pytestmark = [
     pytest.mark.skipif(not shutil.which("pvcreate"), reason="lvm2 is not installed (bin/setup)"),
 ]
 
-MIB = 1024 * 1024
+MIB, GIB = corpus.MIB, corpus.GIB
 XFS_MIN = 320 * MIB  # mkfs.xfs refuses less than 300 MiB (sparse images: no real space)
+# Names of this run's own: the 3008 and 3007 lanes run at the same time, LVM sees every loop
+# device on the host, and two PVs with one UUID (derived from the volume id) confuse it.
+VG = f"dhtest{secrets.token_hex(4)}"
+VOLUME_ID = f"vol-0{secrets.token_hex(8)}"
 
 
 def run(*cmd, check=True):
@@ -38,19 +43,24 @@ def run(*cmd, check=True):
 
 
 @contextlib.contextmanager
-def loop_device(path, size=64 * MIB, partscan=False):
-    with open(path, "wb") as handle:
-        handle.truncate(size)
-    args = ["losetup", "--find", "--show", *(["--partscan"] if partscan else []), str(path)]
-    device = run(*args).stdout.strip()
+def attached(image, sector=512, partscan=False):
+    """``image`` on a loop device; our test VGs on it removed and the device detached after."""
+    args = ["losetup", "--find", "--show", "--sector-size", str(sector)]
+    device = run(*args, *(["--partscan"] if partscan else []), str(image)).stdout.strip()
     try:
         yield device
     finally:
         run("umount", device, check=False)
         for vg in run("pvs", "--noheadings", "-o", "vg_name", device, check=False).stdout.split():
-            run("vgremove", "-f", vg, check=False)
-        run("pvremove", "-ff", "-y", device, check=False)
+            if vg.startswith("dhtest"):
+                run("vgremove", "-f", vg, check=False)
         run("losetup", "-d", device, check=False)
+
+
+@contextlib.contextmanager
+def loop_device(path, size=64 * MIB, partscan=False):
+    with attached(corpus.make_image(path, size), partscan=partscan) as device:
+        yield device
 
 
 def partition_of(device):
@@ -71,184 +81,237 @@ def loop(tmp_path):
 
 @pytest.fixture
 def vg_name():
-    return f"dhtest{secrets.token_hex(4)}"
+    return VG
 
 
 @pytest.fixture
-def docker_host():
-    module = load_module("modules", "docker_host")
-    module.__grains__ = {}
-    return module
+def volume_id():
+    return VOLUME_ID
 
 
-def head_digest(device, size=4 * MIB):
-    with open(device, "rb") as handle:
-        return hashlib.sha256(handle.read(size)).hexdigest()
+STORAGE = load_module("modules", "docker_storage")
 
 
-# --- the verdict, one case per situation --------------------------------------------------------
+@pytest.fixture
+def configure_loader_modules():
+    return corpus.loader_modules(STORAGE)
 
 
-def test_blank_disk_may_be_used(docker_host, loop, vg_name):
-    assert docker_host.disk_verdict(loop, vg_name, loop) == "blank"
+@pytest.fixture
+def storage():
+    return STORAGE
 
 
-def test_filesystem_on_the_whole_disk_is_refused(docker_host, loop, vg_name):
-    run("mkfs.ext4", "-q", "-F", loop)
-    with pytest.raises(CommandExecutionError, match=r"not blank \(ext4 at 0x438"):
-        docker_host.disk_verdict(loop, vg_name, loop)
+def refusal(storage, device, vg_name, disk_id):
+    with pytest.raises(CommandExecutionError) as refused:
+        storage.disk_verdict(device, vg_name, disk_id)
+    return str(refused.value)
 
 
-def test_xfs_is_refused(docker_host, tmp_path, vg_name):
-    with loop_device(tmp_path / "xfs.img", size=XFS_MIN) as device:
-        run("mkfs.xfs", "-q", "-f", device)
-        with pytest.raises(CommandExecutionError, match=r"not blank \(xfs at 0x0"):
-            docker_host.disk_verdict(device, vg_name, device)
+# --- the corpus: every layout refused, naming what was found, the disk untouched ---------------
 
 
-def test_gpt_partition_table_is_refused(docker_host, loop, vg_name):
-    run("sgdisk", "-n", "1:2048:+10M", loop)
-    with pytest.raises(CommandExecutionError, match=r"gpt at 0x200.*PMBR"):
-        docker_host.disk_verdict(loop, vg_name, loop)
+@pytest.mark.parametrize("item", corpus.refused_cases(), ids=lambda item: item.id)
+def test_corpus_layout_is_refused_untouched(storage, tmp_path, item, monkeypatch):
+    image = corpus.make_image(tmp_path / "disk.img", item.size)
+    item.build(image)
+    before = corpus.digest(image)
+    if item.blkid:
+        fakes = tmp_path / "bin"
+        fakes.mkdir()
+        corpus.fake_blkid(fakes, *item.blkid)
+        monkeypatch.setenv("PATH", f"{fakes}:{os.environ['PATH']}")
+    with attached(image, item.sector) as device:
+        message = refusal(storage, device, VG, VOLUME_ID)
+        assert corpus.digest(image) == before, "the gate wrote to the disk"
+    assert message.startswith(device) and "refusing it" in message, message
+    for expected in item.expect if isinstance(item.expect, tuple) else (item.expect,):
+        assert re.search(expected, message), message
+    assert "\n" not in message
 
 
-def test_dos_partition_table_is_refused(docker_host, loop, vg_name):
-    with open(loop, "r+b") as handle:
-        sector = bytearray(512)
-        sector[446 + 4] = 0x83
-        sector[446 + 8 : 446 + 16] = (2048).to_bytes(4, "little") + (8192).to_bytes(4, "little")
-        sector[510:512] = b"\x55\xaa"
-        handle.write(sector)
-    with pytest.raises(CommandExecutionError, match="dos at 0x1fe"):
-        docker_host.disk_verdict(loop, vg_name, loop)
+@pytest.mark.parametrize(
+    ("size", "sector"),
+    [(64 * MIB, 512), (64 * MIB + 7 * 512, 512), (GIB, 512), (3 * GIB, 512), (256 * MIB, 4096)],
+    ids=["64MiB", "odd-size", "1GiB", "3GiB", "4k-sectors"],
+)
+def test_blank_disk_may_be_used(storage, tmp_path, size, sector):
+    image = corpus.make_image(tmp_path / "blank.img", size)
+    with attached(image, sector) as device:
+        assert storage.disk_verdict(device, VG, VOLUME_ID) == "blank"
+    assert corpus.digest(image) == corpus.digest(corpus.make_image(tmp_path / "ref.img", size))
 
 
-def test_backup_gpt_alone_is_refused(docker_host, loop, vg_name):
-    run("sgdisk", "-n", "1:2048:+10M", loop)
-    with open(loop, "r+b") as handle:  # wipe the protective MBR, primary header and entries
-        handle.write(b"\0" * 34 * 512)
-    with pytest.raises(CommandExecutionError, match=rf"a GPT header at {64 * MIB - 512}"):
-        docker_host.disk_verdict(loop, vg_name, loop)
+# --- LVM: ours or not ----------------------------------------------------------------------
 
 
-def test_filesystem_left_after_the_table_was_wiped_is_refused(docker_host, tmp_path, vg_name):
-    with loop_device(tmp_path / "parted.img", partscan=True) as device:
-        partition = partition_of(device)
-        run("mkfs.ext4", "-q", "-F", partition)
-        run("sgdisk", "--zap-all", device)
-        run("partx", "-d", device, check=False)
-        with pytest.raises(CommandExecutionError, match="ext4 at offset 1048576"):
-            docker_host.disk_verdict(device, vg_name, device)
-
-
-def test_stray_data_where_tables_live_is_refused(docker_host, loop, vg_name):
-    with open(loop, "r+b") as handle:
-        handle.seek(300 * 1024)
-        handle.write(b"leftover")
-    with pytest.raises(CommandExecutionError, match=f"data at byte {300 * 1024}"):
-        docker_host.disk_verdict(loop, vg_name, loop)
-
-
-def test_physical_volume_of_another_group_is_refused(docker_host, loop, vg_name):
-    run("pvcreate", "-q", loop)
-    run("vgcreate", "-q", f"{vg_name}x", loop)
-    with pytest.raises(CommandExecutionError, match=f"volume group '{vg_name}x', not"):
-        docker_host.disk_verdict(loop, vg_name, loop)
-
-
-def test_foreign_physical_volume_without_a_group_is_refused(docker_host, loop, vg_name):
-    run("pvcreate", "-q", loop)
-    with pytest.raises(CommandExecutionError, match="that this formula did not create"):
-        docker_host.disk_verdict(loop, vg_name, loop)
-
-
-def test_our_half_made_physical_volume_is_recognised(docker_host, loop, vg_name):
-    marker = docker_host.pv_marker("vol-0123456789abcdef0")
+def test_our_half_made_physical_volume_is_recognised(storage, loop, vg_name, volume_id):
+    marker = storage.pv_marker(volume_id)
     run("pvcreate", "-q", "--norestorefile", "--uuid", marker, loop)
-    assert docker_host.disk_verdict(loop, vg_name, "vol-0123456789abcdef0") == "our-pv"
+    assert storage.disk_verdict(loop, vg_name, volume_id) == "our-pv"
     # The same PV is not ours for another disk id.
-    with pytest.raises(CommandExecutionError, match="did not create"):
-        docker_host.disk_verdict(loop, vg_name, "vol-0fffffffffffffff0")
+    message = refusal(storage, loop, vg_name, "vol-0fffffffffffffff0")
+    assert "did not make for vol-0fffffffffffffff0" in message
 
 
-def test_our_volume_group_is_recognised(docker_host, loop, vg_name):
+def test_our_half_made_physical_volume_with_data_after_it_is_refused(
+    storage, loop, vg_name, volume_id
+):
+    run("pvcreate", "-q", "--norestorefile", "--uuid", storage.pv_marker(volume_id), loop)
+    corpus.write_at(loop, 5 * MIB, b"not ours")
+    assert "data at byte 5242880" in refusal(storage, loop, vg_name, volume_id)
+
+
+def test_our_volume_group_is_recognised(storage, loop, vg_name, volume_id):
+    run("pvcreate", "-q", "--norestorefile", "--uuid", storage.pv_marker(volume_id), loop)
+    run("vgcreate", "-q", "--addtag", "docker_host", vg_name, loop)
+    assert storage.disk_verdict(loop, vg_name, volume_id) == "our-vg"
+
+
+def our_volume_group(image, volume_id, vg=VG, *, tag="docker_host", uuid=None):
+    """What a node's highstate leaves on its Docker volume (PV with the marker UUID, tagged
+    VG; this kernel makes no LVs), and a filesystem with Docker data where the first LV sits."""
+    with corpus.window(image) as device:
+        uuid = uuid or STORAGE.pv_marker(volume_id)
+        run("pvcreate", "-q", "--norestorefile", "--uuid", uuid, device)
+        run("vgcreate", "-q", "--autobackup", "n", *(["--addtag", tag] if tag else []), vg, device)
+        pe_start = int(run("pvs", "--noheadings", "--units", "b", "--nosuffix", "-o", "pe_start",
+                           device).stdout)  # fmt: skip
+    corpus.mkfs(image, "ext4", pe_start, 32 * MIB)
+    return pe_start
+
+
+def test_our_volume_group_moved_from_another_node_is_ours(storage, tmp_path, volume_id):
+    """Node A's volume (any device name there) attached to node B under another name: the
+    same volume id makes it ours, whole, without a change; nothing else does."""
+    image = corpus.make_image(tmp_path / "ebs.img", 256 * MIB)
+    our_volume_group(image, volume_id)
+    before = corpus.digest(image)
+    with attached(corpus.make_image(tmp_path / "other.img", MIB)), attached(image) as device:
+        assert device != "/dev/loop0"  # another device name than node A's window had
+        assert storage.disk_verdict(device, VG, volume_id) == "our-vg"
+        assert storage.volume_group(VG, device, volume_id, "our-vg") == {}
+        message = refusal(storage, device, VG, "vol-0ffffffffffffffff")
+        assert f"volume group '{VG}' that this formula did not make for vol-0ffff" in message
+        message = refusal(storage, device, "docker_data", volume_id)
+        assert (
+            f"which this formula made for {volume_id}, but docker:storage:volume_group" in message
+        )
+        assert corpus.digest(image) == before
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        ({"tag": None}, "that this formula did not make"),
+        ({"uuid": "abcdef-abcd-abcd-abcd-abcd-abcd-abcdef"}, "that this formula did not make"),
+    ],
+    ids=["untagged-vg", "foreign-pv-uuid"],
+)
+def test_a_volume_group_with_our_name_that_is_not_ours_is_refused(
+    storage, tmp_path, volume_id, change, expect
+):
+    image = corpus.make_image(tmp_path / "ebs.img", 256 * MIB)
+    our_volume_group(image, volume_id, **change)
+    before = corpus.digest(image)
+    with attached(image) as device:
+        assert expect in refusal(storage, device, VG, volume_id)
+        assert corpus.digest(image) == before  # (detaching removes the test VG)
+
+
+def test_our_volume_group_under_a_partition_table_is_refused(storage, tmp_path, volume_id):
+    image = corpus.make_image(tmp_path / "ebs.img", 256 * MIB)
+    our_volume_group(image, volume_id)
+    corpus.sfdisk(image, "label: dos\nstart=2048, size=20480, type=83\n")  # sector 0 only
+    with attached(image) as device:
+        assert "a dos partition table on the whole disk" in refusal(storage, device, VG, volume_id)
+
+
+def test_lvm2_missing_refuses_a_physical_volume(storage, loop, vg_name, tmp_path, monkeypatch):
     run("pvcreate", "-q", loop)
     run("vgcreate", "-q", vg_name, loop)
-    assert docker_host.disk_verdict(loop, vg_name, loop) == "our-vg"
+    (tmp_path / "bin").mkdir()
+    for tool in ("blkid", "lsblk"):
+        (tmp_path / "bin" / tool).symlink_to(shutil.which(tool))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setattr(storage, "SBIN_PATH", "/nonexistent")
+    assert "cannot run pvs" in refusal(storage, loop, vg_name, loop)
 
 
-def test_lvm2_missing_refuses_a_physical_volume(docker_host, loop, vg_name, monkeypatch):
-    run("pvcreate", "-q", loop)
-    run("vgcreate", "-q", vg_name, loop)
-    monkeypatch.setattr(docker_host.shutil, "which", lambda *args, **kwargs: None)
-    with pytest.raises(CommandExecutionError, match="pvs is not installed"):
-        docker_host.disk_verdict(loop, vg_name, loop)
+def test_failing_pvs_refuses(storage, loop, tmp_path, monkeypatch):
+    run("pvcreate", "-q", "--norestorefile", "--uuid", storage.pv_marker(VOLUME_ID), loop)
+    run("vgcreate", "-q", "--addtag", "docker_host", VG, loop)
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    (fakes / "pvs").write_text("#!/bin/sh\necho '  Cannot use device: locked' >&2\nexit 5\n")
+    (fakes / "pvs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fakes}:{os.environ['PATH']}")
+    assert "Cannot use device: locked" in refusal(storage, loop, VG, VOLUME_ID)
 
 
-def test_mounted_disk_is_refused(docker_host, loop, vg_name, tmp_path):
+# --- not a blank whole disk of its own ------------------------------------------------------
+
+
+def test_mounted_disk_is_refused(storage, loop, vg_name, tmp_path):
     run("mkfs.ext4", "-q", "-F", loop)
     (tmp_path / "mnt").mkdir()
     run("mount", loop, str(tmp_path / "mnt"))
     try:
-        with pytest.raises(CommandExecutionError, match="is mounted or swap"):
-            docker_host.disk_verdict(loop, vg_name, loop)
+        assert f"is in use (mounted at {tmp_path}/mnt)" in refusal(storage, loop, vg_name, loop)
     finally:
         run("umount", str(tmp_path / "mnt"), check=False)
 
 
-def test_regular_file_is_refused(docker_host, tmp_path, vg_name):
-    image = tmp_path / "file.img"
-    image.write_bytes(b"\0" * MIB)
-    with pytest.raises(CommandExecutionError, match="is not a block device"):
-        docker_host.disk_verdict(str(image), vg_name, str(image))
+@pytest.mark.parametrize("path", ["file.img", "/dev/null", "/dev/dh-no-such-disk"])
+def test_what_is_not_a_block_device_is_refused(storage, tmp_path, vg_name, path):
+    path = str(corpus.make_image(tmp_path / path, MIB)) if path == "file.img" else path
+    assert f"{path}: not a block device" in refusal(storage, path, vg_name, path)
 
 
-def test_character_device_is_refused(docker_host, vg_name):
-    with pytest.raises(CommandExecutionError, match="is a character device"):
-        docker_host.disk_verdict("/dev/null", vg_name, "/dev/null")
-
-
-def test_missing_device_is_refused(docker_host, vg_name):
-    with pytest.raises(CommandExecutionError, match="No such file"):
-        docker_host.disk_verdict("/dev/dh-no-such-disk", vg_name, "x")
-
-
-def test_partition_is_refused(docker_host, tmp_path, vg_name):
+def test_partition_is_refused(storage, tmp_path, vg_name):
     with loop_device(tmp_path / "parted.img", partscan=True) as device:
         partition = partition_of(device)
-        with pytest.raises(CommandExecutionError, match="is a partition, not a whole disk"):
-            docker_host.disk_verdict(partition, vg_name, partition)
+        message = refusal(storage, partition, vg_name, partition)
+        assert "is a partition, not a whole disk" in message
+        # And the disk: in use through its partition.
+        assert "is in use (loop" in refusal(storage, device, vg_name, device)
 
 
-def test_root_disk_is_refused(docker_host, loop, vg_name, monkeypatch):
-    # The root filesystem here is not on a block device: pretend the loop device holds it.
-    sys_dir = docker_host._sys_block(loop)
-    monkeypatch.setattr(docker_host, "_root_disks", lambda: {sys_dir})
-    with pytest.raises(CommandExecutionError, match="holds the root filesystem"):
-        docker_host.disk_verdict(loop, vg_name, loop)
+def test_root_disk_is_refused(storage, loop, vg_name, tmp_path, monkeypatch):
+    # The root filesystem here is not on a block device: lsblk says the loop device holds it.
+    answer = {"name": "loop0", "type": "loop", "size": 1, "log-sec": 512, "mountpoints": ["/"]}
+    fake = tmp_path / "bin" / "lsblk"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho '{json.dumps({'blockdevices': [answer]})}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    assert "is in use (mounted at /)" in refusal(storage, loop, vg_name, loop)
 
 
-@pytest.mark.parametrize("failing", ["wipefs", "blkid"])
-def test_probe_errors_refuse(docker_host, loop, vg_name, monkeypatch, failing):
-    real_run = docker_host._run
+@pytest.mark.parametrize(
+    "error", [PermissionError(1, "Operation not permitted"), OSError(5, "I/O")]
+)
+def test_unreadable_disk_is_refused(storage, loop, vg_name, monkeypatch, error):
+    def unreadable(*args):
+        raise error
 
-    def broken(cmd):
-        if cmd[0] == failing:
-            return 1, "", f"{failing}: probe failed"
-        return real_run(cmd)
-
-    monkeypatch.setattr(docker_host, "_run", broken)
-    with pytest.raises(CommandExecutionError, match=f"{failing}.*failed"):
-        docker_host.disk_verdict(loop, vg_name, loop)
+    monkeypatch.setattr(storage.os, "preadv", unreadable)
+    message = refusal(storage, loop, vg_name, loop)
+    assert f"cannot read {loop}" in message and error.strerror in message
 
 
-def test_probe_that_cannot_run_refuses(docker_host, loop, vg_name, monkeypatch):
-    def missing(cmd, **kwargs):
-        raise FileNotFoundError(2, "No such file or directory", cmd[0])
+def test_short_read_is_refused(storage, loop, vg_name, monkeypatch):
+    monkeypatch.setattr(storage.os, "preadv", lambda fd, buffers, offset: 4096)
+    assert "short read" in refusal(storage, loop, vg_name, loop)
 
-    monkeypatch.setattr(docker_host.subprocess, "run", missing)
-    with pytest.raises(CommandExecutionError, match="cannot probe"):
-        docker_host.disk_verdict(loop, vg_name, loop)
+
+def test_probe_that_cannot_run_refuses(storage, loop, vg_name, tmp_path, monkeypatch):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "lsblk").symlink_to(shutil.which("lsblk"))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setattr(storage, "SBIN_PATH", "/nonexistent")
+    message = refusal(storage, loop, vg_name, loop)
+    assert message.startswith(f"{loop} could not be checked: cannot run blkid (probe at byte 0)")
 
 
 # --- the states, through salt-call -------------------------------------------------------
@@ -279,23 +342,104 @@ def pv_fields(device):
     return pv
 
 
-def test_volume_group_is_made_on_a_blank_disk_and_marked(salt_call, docker_host, loop, vg_name):
+def test_volume_group_is_made_on_a_blank_disk_and_marked(salt_call, storage, loop, vg_name):
     rc, checked = single(salt_call, "docker_storage.disk_checked", name=vg_name, device=loop)
     assert (rc, checked["result"]) == (0, True), checked
     rc, made = single(salt_call, "docker_storage.volume_group_present", name=vg_name, device=loop)
     assert made["result"] is True, made
-    assert made["changes"]["volume_group"] == vg_name
+    marker = storage.pv_marker(loop)
+    assert made["changes"] == {
+        "created": [
+            f"pvcreate --norestorefile --uuid {marker} {loop}",
+            f"vgcreate --addtag docker_host {vg_name} {loop}",
+        ]
+    }
     fields = pv_fields(loop)
     assert fields["vg_name"] == vg_name
     assert fields["vg_tags"] == "docker_host"
-    assert fields["pv_uuid"] == docker_host.pv_marker(loop)
+    assert fields["pv_uuid"] == storage.pv_marker(loop)
     rc, again = single(salt_call, "docker_storage.volume_group_present", name=vg_name, device=loop)
     assert (again["result"], again["changes"]) == (True, {})
 
 
-def test_interrupted_run_is_finished(salt_call, docker_host, loop, vg_name):
+def test_the_volume_is_probed_once_per_state_run(salt_call, loop, tmp_path, monkeypatch):
+    """docker.storage.disk (the gate, then the VG) through state.apply: one blkid probe of
+    the volume per run (each state probed it before), the VG made; the next run finds it."""
+    calls = tmp_path / "blkid.calls"
+    wrapper = tmp_path / "bin" / "blkid"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {shutil.which("blkid")} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}:{os.environ['PATH']}")
+    storage = {"docker_volume": loop, "volume_group": VG, "mode": "overlay2"}
+    pillar = json.dumps({"docker": {"storage": storage, "storage_pkgs": []}})
+    for verdict in ("blank", "already holds volume group"):
+        calls.write_text("")
+        rc, ret = salt_call("state.apply", "docker.storage.disk", f"pillar={pillar}")
+        assert rc == 0, ret
+        gate = next(r for k, r in ret.items() if "docker-storage-disk" in k)
+        assert verdict in gate["comment"], gate
+        assert calls.read_text().splitlines() == [f"-p -o export {loop}"]
+    assert pv_fields(loop)["vg_name"] == VG
+
+
+def test_a_moved_volume_passes_the_storage_states_unchanged(
+    tmp_path, repo_root, volume_id, storage
+):
+    """Node B (its own minion, grain docker_volume naming the volume id it was given) with
+    node A's volume under another device name: the gate takes it as ours, the VG state changes
+    nothing, the volume is left as it was; with another volume id in the grain it is refused."""
+    (tmp_path / "node-b").mkdir()
+    call = local_salt_call(tmp_path / "node-b", "node-b", repo_root)
+    assert call("saltutil.sync_all")[0] == 0
+    image = corpus.make_image(tmp_path / "ebs.img", 256 * MIB)
+    our_volume_group(image, volume_id)
+    before = corpus.digest(image)
+    with attached(corpus.make_image(tmp_path / "other.img", MIB)), attached(image) as device:
+        storage_pillar = {"docker_volume": device, "volume_group": VG, "mode": "overlay2"}
+        pillar = json.dumps({"docker": {"storage": storage_pillar, "storage_pkgs": []}})
+        for grain_volume, expect_rc in ((volume_id, 0), ("vol-0ffffffffffffffff", 1)):
+            grain = json.dumps({"device_name": "/dev/sdb", "volume_id": grain_volume})
+            assert call("grains.setval", "docker_volume", grain)[0] == 0
+            rc, ret, output = call("state.apply", "docker.storage.disk", f"pillar={pillar}")
+            assert rc == expect_rc, output
+            states = {key.split("_|-")[1]: result for key, result in ret.items()}
+            gate = states["docker-storage-disk"]
+            if expect_rc == 0:
+                assert gate["comment"] == f"{device} already holds volume group {VG}"
+                assert states["docker-storage-vg"]["changes"] == {}
+            else:
+                assert "that this formula did not make for vol-0ffff" in gate["comment"]
+            assert corpus.digest(image) == before
+
+
+def test_test_mode_on_a_blank_volume_says_what_would_change_and_changes_nothing(
+    salt_call, loop, tmp_path
+):
+    """state.apply docker.storage test=True on a new node: nothing fails (the LV, its
+    filesystem and growth are what this run would make), the volume stays blank."""
+    (tmp_path / "data-root" / "containers").mkdir(parents=True)
+    storage = {
+        "docker_volume": loop,
+        "volume_group": VG,
+        "overlay2": {"mountpoint": str(tmp_path / "data-root")},
+    }
+    config = {"data-root": storage["overlay2"]["mountpoint"]}
+    pillar = json.dumps({"docker": {"storage": storage, "storage_pkgs": [], "config": config}})
+    rc, ret = salt_call("state.apply", "docker.storage", f"pillar={pillar}", "test=True")
+    assert rc == 0, ret
+    results = {key.split("_|-")[1]: (r["result"], r["comment"]) for key, r in ret.items()}
+    assert results["docker-storage-grown"] == (True, f"{VG} is new on {loop}: nothing to grow")
+    assert results["docker-storage-filesystem"][0] is None, results
+    assert results["docker-storage-data-root-moved"][0] is None, results
+    assert not any(changes for changes in (r["changes"] for r in ret.values())), ret
+    blank = corpus.digest(corpus.make_image(tmp_path / "zero", 64 * MIB))
+    assert corpus.digest(tmp_path / "disk.img") == blank  # the loop fixture's image
+
+
+def test_interrupted_run_is_finished(salt_call, storage, loop, vg_name):
     # What a run that stopped between pvcreate and vgcreate leaves behind.
-    run("pvcreate", "-q", "--norestorefile", "--uuid", docker_host.pv_marker(loop), loop)
+    run("pvcreate", "-q", "--norestorefile", "--uuid", storage.pv_marker(loop), loop)
     _rc, checked = single(salt_call, "docker_storage.disk_checked", name=vg_name, device=loop)
     assert checked["result"] is True
     assert "a previous run made" in checked["comment"]
@@ -304,33 +448,40 @@ def test_interrupted_run_is_finished(salt_call, docker_host, loop, vg_name):
     assert pv_fields(loop)["vg_name"] == vg_name
 
 
-@pytest.mark.parametrize("prepare", ["ext4", "foreign-pv", "gpt"])
-def test_foreign_disk_is_refused_and_left_as_it_was(salt_call, loop, vg_name, prepare):
-    if prepare == "ext4":
-        run("mkfs.ext4", "-q", "-F", loop)
-    elif prepare == "foreign-pv":
-        run("pvcreate", "-q", loop)
-    else:
-        run("sgdisk", "-n", "1:2048:+10M", loop)
-    before = head_digest(loop)
-    rc, checked = single(salt_call, "docker_storage.disk_checked", name=vg_name, device=loop)
-    assert rc != 0
-    assert checked["result"] is False
-    assert "refusing" in checked["comment"]
-    rc, made = single(salt_call, "docker_storage.volume_group_present", name=vg_name, device=loop)
-    assert (rc != 0, made["result"]) == (True, False)
-    assert head_digest(loop) == before
+@pytest.mark.parametrize(
+    ("prepare", "expect"),
+    [
+        (lambda image: corpus.mkfs(image, "ext4"), "ext4 on the whole disk"),
+        (corpus.pv, "physical volume without a volume group"),
+        (lambda image: corpus.sgdisk(image, "-n", "1:2048:+10M"), "gpt partition table"),
+        (lambda image: corpus.mkfs(image, "ext4", 3 * MIB, 40 * MIB), "ext4 at 3 MiB"),
+    ],
+    ids=["ext4", "foreign-pv", "gpt", "ext4-at-3MiB"],
+)
+def test_foreign_disk_is_refused_and_left_as_it_was(salt_call, tmp_path, vg_name, prepare, expect):
+    image = corpus.make_image(tmp_path / "foreign.img", 64 * MIB)
+    prepare(image)
+    before = corpus.digest(image)
+    with attached(image) as device:
+        rc, checked = single(salt_call, "docker_storage.disk_checked", name=vg_name, device=device)
+        assert (rc != 0, checked["result"]) == (True, False)
+        assert expect in checked["comment"] and "refusing it" in checked["comment"], checked
+        rc, made = single(
+            salt_call, "docker_storage.volume_group_present", name=vg_name, device=device
+        )
+        assert (rc != 0, made["result"]) == (True, False)
+        assert corpus.digest(image) == before
 
 
 def test_filesystem_is_made_once_and_never_over_another(salt_call, tmp_path):
     with loop_device(tmp_path / "lv.img", size=XFS_MIN) as lv:
         _, made = single(salt_call, "docker_storage.filesystem_present", name=lv, fstype="xfs")
-        assert made["result"] is True and made["changes"] == {"filesystem": "xfs"}, made
+        assert made["changes"] == {"made": [f"mkfs.xfs -n ftype=1 {lv}"]}, made
         assert run("blkid", "-p", "-s", "TYPE", "-o", "value", lv).stdout.strip() == "xfs"
         _rc, again = single(salt_call, "docker_storage.filesystem_present", name=lv, fstype="xfs")
         assert (again["result"], again["changes"]) == (True, {})
-        before = head_digest(lv)
+        before = corpus.digest(tmp_path / "lv.img")
         _, other = single(salt_call, "docker_storage.filesystem_present", name=lv, fstype="ext4")
         assert other["result"] is False
-        assert "holds xfs, not ext4: refusing" in other["comment"]
-        assert head_digest(lv) == before
+        assert other["comment"] == f"{lv}: {lv} holds xfs, not ext4: refusing it"
+        assert corpus.digest(tmp_path / "lv.img") == before

@@ -226,13 +226,13 @@ def test_secret_for_another_key_stops_state_apply(node, restore_secrets, tmp_pat
 
 
 def test_storage_without_a_disk_stops_before_docker(node):
-    """No docker_ebs_volume grain and no docker:storage:device: the disk gate fails when it
+    """No docker_volume grain and no docker:storage:docker_volume: the disk gate fails when it
     runs, and nothing that needs storage (daemon.json, containers) is touched."""
     before = (node.dockerd.cli("ps", "-aq", "--no-trunc"), node.paths["daemon_json"].read_text())
     override = {"docker": {"storage": {"mode": "overlay2"}}}
     ret, _ = apply(node, f"pillar={json.dumps(override)}")
     assert ret.returncode != 0
-    assert "grain docker_ebs_volume is missing" in ret.stdout
+    assert "grain docker_volume is missing" in ret.stdout
     assert failed(ret)["docker_storage_|-docker-storage-disk_|-docker_vol_|-disk_checked"]
     after = (node.dockerd.cli("ps", "-aq", "--no-trunc"), node.paths["daemon_json"].read_text())
     assert after == before

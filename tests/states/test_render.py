@@ -1,7 +1,7 @@
 """
 Render the whole docker formula for every OS family a user meets on EC2 (salt-call --local
 with grain overrides) and check packages, repositories, services, storage states and
-daemon.json. Rendering is pure: the docker_ebs_volume grain names a disk this machine does
+daemon.json. Rendering is pure: the docker_volume grain names a disk this machine does
 not have, and the render still works (the disk is found and checked by the states when they
 run; those run on loop devices in test_disk.py and for real in the VM tests).
 """
@@ -90,7 +90,7 @@ def renders(tmp_path_factory, repo_root, render_pillar):
     for name, os_grains in OS_GRAINS.items():
         config_dir = base / name
         config_dir.mkdir()
-        grains = dict(os_grains, docker_ebs_volume=ABSENT_DISK)
+        grains = dict(os_grains, docker_volume=ABSENT_DISK)
         config = {
             "id": f"render-{name}",
             "file_client": "local",
@@ -180,7 +180,6 @@ def test_overlay2_storage_packages_and_service(node_os):
         {
             "name": "docker_vol",
             "device": None,
-            "volume_id": None,
             "require": ["docker-storage-packages"],
         },
     )
@@ -208,7 +207,7 @@ def test_overlay2_storage_packages_and_service(node_os):
     assert mounted[0] == "mount.mounted"
     assert mounted[1]["name"] == "/var/lib/docker"
     assert mounted[1]["persist"] is True
-    assert {"docker_host": "docker-storage-data-root-moved"} in mounted[1]["require"]
+    assert {"docker_storage": "docker-storage-data-root-moved"} in mounted[1]["require"]
     # No state runs a shell.
     assert not [sid for sid, body in rendered.items() if "cmd" in body]
 
@@ -231,7 +230,7 @@ def test_devicemapper_direct_lvm(node_os):
     rendered = show_sls(show, {"docker": {"storage": {"mode": "devicemapper"}}})
     # The engine check gates the disk: nothing touches it on Engine >= 25.
     assert state(rendered, "docker-storage-driver-supported") == (
-        "docker_host.storage_driver_supported",
+        "docker_storage.storage_driver_supported",
         {
             "name": "devicemapper",
             "require": [{"pkg": "docker-packages"}],

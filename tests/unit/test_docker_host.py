@@ -1,22 +1,34 @@
 """
-docker_host execution module and states: disk resolution on a fake /dev + /sys tree (grains
-docker_ebs_volume and the old docker_disk), the PV marker, engine check, data-root move,
-daemon.json, secret resolution and masking. The disk checks run on real loop devices in
-tests/states/test_disk.py.
+The docker_storage and docker_host execution modules, pure parts and small trees: finding the
+Docker volume on a fake /dev + /sys tree (grain docker_volume, the pillar override, the old
+grains refused), the PV marker, the data-root move, the engine check, daemon.json, the docker
+SDK. The disk gate runs on real loop devices in tests/states/test_disk.py. Dunders come the
+loader's way (configure_loader_modules); commands run through Salt's own cmd.run_all.
 """
+
+import json
+import os
 
 import pytest
 from salt.exceptions import CommandExecutionError
 
+from tests.states.disk_corpus import loader_modules
 from tools.salt_repo import load_module
+
+docker_host = load_module("modules", "docker_host")
+storage = load_module("modules", "docker_storage")
+VOLUME = {"device_name": "/dev/sdf", "volume_id": "vol-0feed0feed0feed0f"}
 
 
 @pytest.fixture
-def docker_host():
-    module = load_module("modules", "docker_host")
-    module.__grains__ = {"os": "Debian", "osrelease": "12"}
-    module.__pillar__ = {}
-    return module
+def grains():
+    return {"id": "db1", "os": "Debian", "osrelease": "12"}
+
+
+@pytest.fixture
+def configure_loader_modules(grains):
+    never_running = {"service.available": lambda unit: False}
+    return {**loader_modules(storage, grains, never_running), docker_host: {"__grains__": grains}}
 
 
 def make_tree(root, devices=(), nvme_serials=None):
@@ -30,75 +42,121 @@ def make_tree(root, devices=(), nvme_serials=None):
         serial_dir.mkdir(parents=True)
         # The kernel pads the 20-byte NVMe serial with spaces.
         (serial_dir / "serial").write_text(f"{serial:<20}\n")
-    return root
+    return str(root)
 
 
-# --- resolve_disk -------------------------------------------------------------------------
+# --- finding the Docker volume -----------------------------------------------------------------
 
 
-def test_device_that_exists_is_used_as_is(docker_host, tmp_path):
-    root = make_tree(tmp_path, devices=["sda", "sdb"])
-    assert docker_host.resolve_disk("/dev/sdb", "vol-0abc", root=str(root)) == "/dev/sdb"
+def test_nitro_finds_the_nvme_namespace_by_volume_serial(grains, tmp_path):
+    grains["docker_volume"] = VOLUME
+    # /dev/sdf exists too (another disk): the volume id decides.
+    root = make_tree(tmp_path, ["sdf"], {"nvme0n1": "vol0root", "nvme1n1": "vol0feed0feed0feed0f"})
+    found = storage.docker_volume(root=root)
+    assert found == {"device": "/dev/nvme1n1", "volume_id": "vol-0feed0feed0feed0f"}
 
 
-def test_xen_names_sd_as_xvd(docker_host, tmp_path):
-    root = make_tree(tmp_path, devices=["xvda", "xvdb"])
-    assert docker_host.resolve_disk("/dev/sdb", "vol-0abc", root=str(root)) == "/dev/xvdb"
+def test_device_name_as_is(grains, tmp_path):
+    grains["docker_volume"] = VOLUME
+    assert storage.docker_volume(root=make_tree(tmp_path, ["sda", "sdf"]))["device"] == "/dev/sdf"
 
 
-def test_nitro_finds_the_nvme_namespace_by_volume_serial(docker_host, tmp_path):
-    root = make_tree(
-        tmp_path,
-        nvme_serials={"nvme0n1": "vol0rootrootroot0000", "nvme1n1": "vol0123456789abcdef0"},
+def test_xen_names_sd_as_xvd(grains, tmp_path):
+    grains["docker_volume"] = VOLUME
+    assert storage.docker_volume(root=make_tree(tmp_path, ["xvda", "xvdf"]))["device"] == (
+        "/dev/xvdf"
     )
-    found = docker_host.resolve_disk("/dev/sdb", "vol-0123456789abcdef0", root=str(root))
-    assert found == "/dev/nvme1n1"
 
 
-def test_nitro_without_matching_serial_is_an_error(docker_host, tmp_path):
-    root = make_tree(tmp_path, nvme_serials={"nvme0n1": "vol0rootrootroot0000"})
-    with pytest.raises(CommandExecutionError, match=r"the Docker disk: no block device.*/dev/sdb"):
-        docker_host.resolve_disk("/dev/sdb", "vol-0123456789abcdef0", root=str(root))
+def test_volume_not_on_this_node_is_an_error(grains, tmp_path):
+    grains["docker_volume"] = VOLUME
+    root = make_tree(tmp_path, ["sda"], {"nvme0n1": "vol0root"})
+    with pytest.raises(CommandExecutionError, match=r"/dev/sdf / vol-0feed0feed0feed0f\) is not"):
+        storage.docker_volume(root=root)
 
 
-def test_resolve_reads_the_docker_ebs_volume_grain(docker_host, tmp_path):
-    root = make_tree(tmp_path, nvme_serials={"nvme1n1": "vol0feed"})
-    docker_host.__grains__["docker_ebs_volume"] = {
-        "device_name": "/dev/sdf",
-        "volume_id": "vol-0feed",
+def test_pillar_device_overrides_the_grain_and_keeps_its_volume_id(grains):
+    grains["docker_volume"] = VOLUME
+    found = storage.docker_volume("/dev/vdb")
+    assert found == {"device": "/dev/vdb", "volume_id": "vol-0feed0feed0feed0f"}
+
+
+def test_pillar_device_alone(grains):
+    assert storage.docker_volume("/dev/vdb") == {"device": "/dev/vdb", "volume_id": None}
+
+
+def test_missing_grain_says_how_to_set_it(tmp_path):
+    with pytest.raises(CommandExecutionError) as missing:
+        storage.docker_volume(root=str(tmp_path))
+    message = str(missing.value)
+    assert message.startswith("grain docker_volume is missing")
+    assert (
+        "salt db1 grains.setval docker_volume '{device_name: /dev/sdX, volume_id: vol-" in message
+    )
+    assert "docker:storage:docker_volume" in message
+
+
+@pytest.mark.parametrize("old", ["docker_ebs_volume", "docker_disk"])
+def test_old_grains_are_refused_naming_the_new_one(grains, tmp_path, old):
+    grains[old] = {"device_name": "/dev/sdf", "device": "/dev/sdf", "volume_id": "vol-0feed"}
+    make_tree(tmp_path, ["sdf"])
+    with pytest.raises(CommandExecutionError) as refused:
+        storage.docker_volume(root=str(tmp_path))
+    assert str(refused.value) == (
+        f"grain {old} was renamed docker_volume: run `salt db1 grains.setval docker_volume "
+        f"'{{device_name: /dev/sdX, volume_id: vol-...}}'` (the values of {old}), or re-deploy "
+        "the node"
+    )
+
+
+def test_the_new_grain_is_read_when_an_old_one_is_left(grains, tmp_path):
+    grains.update(docker_volume=VOLUME, docker_ebs_volume={"device_name": "/dev/sdg"})
+    assert storage.docker_volume(root=make_tree(tmp_path, ["sdf", "sdg"]))["device"] == ("/dev/sdf")
+
+
+@pytest.mark.parametrize(
+    "grain",
+    [
+        "not-a-dict",
+        {},
+        {"volume": "x"},
+        {"device_name": "/dev/../etc/passwd"},
+        {"device_name": "sdb"},
+        {"volume_id": "vol-xyz"},
+        {"volume_id": "vol-0abc/../../x"},
+        {"device_name": "/dev/sdb", "volume_id": 5},
+    ],
+)
+def test_malformed_grain_is_refused(grains, tmp_path, grain):
+    grains["docker_volume"] = grain
+    with pytest.raises(CommandExecutionError, match="grain docker_volume must be"):
+        storage.docker_volume(root=str(tmp_path))
+    # Also beside a pillar override: a grain that is there is read.
+    with pytest.raises(CommandExecutionError, match="grain docker_volume must be"):
+        storage.docker_volume("/dev/vdb")
+
+
+def test_checked_volume_names_the_volume_by_its_id_else_its_device(grains, monkeypatch):
+    seen = []
+    monkeypatch.setattr(storage, "disk_verdict", lambda *args: seen.append(args) or "blank")
+    assert storage.checked_volume("docker_vol", "/dev/vdb")["disk_id"] == "/dev/vdb"
+    grains["docker_volume"] = VOLUME
+    assert storage.checked_volume("docker_vol", "/dev/vdb") == {
+        "device": "/dev/vdb",
+        "volume_id": "vol-0feed0feed0feed0f",
+        "disk_id": "vol-0feed0feed0feed0f",
+        "verdict": "blank",
     }
-    assert docker_host.resolve_disk(root=str(root)) == "/dev/nvme1n1"
+    assert seen == [
+        ("/dev/vdb", "docker_vol", "/dev/vdb"),
+        ("/dev/vdb", "docker_vol", "vol-0feed0feed0feed0f"),
+    ]
 
 
-def test_resolve_falls_back_to_the_old_docker_disk_grain(docker_host, tmp_path):
-    root = make_tree(tmp_path, devices=["xvdf"])
-    docker_host.__grains__["docker_disk"] = {"device": "/dev/sdf", "volume_id": "vol-0feed"}
-    assert docker_host.resolve_disk(root=str(root)) == "/dev/xvdf"
-
-
-def test_new_grain_wins_over_the_old_one(docker_host, tmp_path):
-    root = make_tree(tmp_path, devices=["xvdf", "xvdg"])
-    docker_host.__grains__["docker_disk"] = {"device": "/dev/sdf"}
-    docker_host.__grains__["docker_ebs_volume"] = {"device_name": "/dev/sdg"}
-    assert docker_host.resolve_disk(root=str(root)) == "/dev/xvdg"
-
-
-def test_missing_grain_names_it(docker_host, tmp_path):
-    with pytest.raises(CommandExecutionError, match="grain docker_ebs_volume is missing"):
-        docker_host.resolve_disk(root=str(tmp_path))
-
-
-@pytest.mark.parametrize("grain", ["not-a-dict", {"volume": "x"}, {}])
-def test_malformed_grain_is_refused(docker_host, tmp_path, grain):
-    docker_host.__grains__["docker_ebs_volume"] = grain
-    with pytest.raises(CommandExecutionError, match="docker_ebs_volume"):
-        docker_host.resolve_disk(root=str(tmp_path))
-
-
-def test_pv_marker_is_a_valid_lvm_uuid_fixed_per_disk(docker_host):
-    marker = docker_host.pv_marker("vol-0123456789abcdef0")
-    assert marker == docker_host.pv_marker("vol-0123456789abcdef0")
-    assert marker != docker_host.pv_marker("vol-0123456789abcdef1")
+def test_pv_marker_is_a_valid_lvm_uuid_fixed_per_disk():
+    marker = storage.pv_marker("vol-0123456789abcdef0")
+    assert marker == storage.pv_marker("vol-0123456789abcdef0")
+    assert marker != storage.pv_marker("vol-0123456789abcdef1")
     assert [len(part) for part in marker.split("-")] == [6, 4, 4, 4, 4, 4, 6]
     assert marker.replace("-", "").isalnum()
 
@@ -107,23 +165,23 @@ def test_pv_marker_is_a_valid_lvm_uuid_fixed_per_disk(docker_host):
 
 
 @pytest.mark.parametrize("version", ["20.10.24", "23.0.6", "24.0.9"])
-def test_devicemapper_works_up_to_engine_24(docker_host, version):
+def test_devicemapper_works_up_to_engine_24(version):
     assert docker_host.check_storage_driver("devicemapper", version)
 
 
 @pytest.mark.parametrize("version", ["25.0.0", "28.2.2"])
-def test_devicemapper_stops_on_engine_25_and_later(docker_host, version):
+def test_devicemapper_stops_on_engine_25_and_later(version):
     with pytest.raises(
         CommandExecutionError, match=r"devicemapper was removed in Docker Engine 25"
     ):
         docker_host.check_storage_driver("devicemapper", version)
 
 
-def test_overlay2_works_on_any_engine(docker_host):
+def test_overlay2_works_on_any_engine():
     assert docker_host.check_storage_driver("overlay2", "28.2.2")
 
 
-def test_engine_version_parses_dockerd_output(docker_host):
+def test_engine_version_parses_dockerd_output():
     text = "Docker version 20.10.24+dfsg1, build 5d6db84"
     assert docker_host.parse_engine_version(text) == (20, 10, 24)
 
@@ -131,52 +189,69 @@ def test_engine_version_parses_dockerd_output(docker_host):
 # --- moving /var/lib/docker -----------------------------------------------------------------
 
 
-def test_data_root_is_moved_once_and_never_deleted(docker_host, tmp_path):
+def test_data_root_is_moved_once_and_never_deleted(tmp_path):
     source, volume = tmp_path / "var-lib-docker", tmp_path / "volume"
     (source / "overlay2" / "abc").mkdir(parents=True)
     (source / "overlay2" / "abc" / "file").write_text("layer")
     (source / "containers").mkdir()
-    volume.mkdir()
-    (volume / "lost+found").mkdir()
-    assert docker_host.move_data_root(str(source), str(volume)) == ["containers", "overlay2"]
+    (volume / "lost+found").mkdir(parents=True)
+    assert storage.move_into(str(source), str(volume), dry_run=True) == {
+        "moved": ["containers", "overlay2"],
+        "to": str(volume),
+    }
+    assert (source / "overlay2").is_dir()
+    moved = storage.move_into(str(source), str(volume))
+    assert moved == {"moved": ["containers", "overlay2"], "to": str(volume)}
     assert (volume / "overlay2" / "abc" / "file").read_text() == "layer"
     assert source.is_dir() and not list(source.iterdir())
     # A second run finds nothing to move and leaves the volume alone.
-    assert docker_host.move_data_root(str(source), str(volume)) == []
+    assert storage.move_into(str(source), str(volume)) == {}
     assert (volume / "overlay2" / "abc" / "file").read_text() == "layer"
 
 
-def test_data_root_move_refuses_a_volume_with_content(docker_host, tmp_path):
+def test_nothing_to_move_from_a_missing_or_empty_directory_or_a_mountpoint(tmp_path):
+    assert storage.move_into(str(tmp_path / "missing"), str(tmp_path)) == {}
+    (tmp_path / "empty").mkdir()
+    assert storage.move_into(str(tmp_path / "empty"), str(tmp_path)) == {}
+    assert storage.move_into("/proc", str(tmp_path)) == {}
+
+
+def test_an_interrupted_move_is_refused_not_taken_for_data_from_elsewhere(tmp_path):
+    """The move goes through <volume>/.moving: a crash mid-move leaves part of it there, and
+    the next run refuses (finish by hand) instead of keeping the rest aside."""
+    source, volume = tmp_path / "src", tmp_path / "volume"
+    (source / "volumes").mkdir(parents=True)
+    (volume / ".moving" / "image").mkdir(parents=True)
+    with pytest.raises(CommandExecutionError, match=r"an earlier move of .*src onto .* was inter"):
+        storage.move_into(str(source), str(volume))
+    assert (source / "volumes").is_dir() and (volume / ".moving" / "image").is_dir()
+    (volume / ".moving" / "image").rmdir()  # an empty one: the move had finished
+    assert storage.move_into(str(source), str(volume))["moved"] == ["volumes"]
+    assert sorted(p.name for p in volume.iterdir()) == ["volumes"]
+
+
+def test_a_volume_with_data_is_never_mixed_with_the_local_directory(tmp_path):
     source, volume = tmp_path / "src", tmp_path / "volume"
     (source / "image").mkdir(parents=True)
     (volume / "image").mkdir(parents=True)
-    with pytest.raises(CommandExecutionError, match="already holds"):
-        docker_host.move_data_root(str(source), str(volume))
-    assert (source / "image").is_dir()
-
-
-def test_entries_to_move_or_why_there_are_none(docker_host, tmp_path):
-    data = tmp_path / "data"
-    assert docker_host.entries_to_move(str(data)) == ([], f"{data} is empty: nothing to move")
-    data.mkdir()
-    assert docker_host.entries_to_move(str(data)) == ([], f"{data} is empty: nothing to move")
-    (data / "volumes").mkdir()
-    (data / "containers").mkdir()
-    assert docker_host.entries_to_move(str(data)) == (["containers", "volumes"], "")
-    assert docker_host.entries_to_move("/proc") == ([], "/proc is already a mountpoint")
+    kept = storage.move_into(str(source), str(volume))
+    assert kept["kept_aside"].startswith(f"{source}.local-")
+    assert kept["because"] == f"{volume} holds ['image']"
+    assert (tmp_path / kept["kept_aside"] / "image").is_dir()
+    assert source.is_dir() and not list(source.iterdir())
 
 
 # --- daemon.json ------------------------------------------------------------------------------
 
 
-def test_overlay2_daemon_json_names_the_driver(docker_host):
+def test_overlay2_daemon_json_names_the_driver():
     config = docker_host.daemon_json(
         {"config": {"log-driver": "json-file"}, "storage": {"mode": "overlay2"}}
     )
     assert config == {"log-driver": "json-file", "storage-driver": "overlay2"}
 
 
-def test_overlay2_with_the_containerd_store_leaves_the_snapshotter_to_containerd(docker_host):
+def test_overlay2_with_the_containerd_store_leaves_the_snapshotter_to_containerd():
     features = {"containerd-snapshotter": True}
     config = docker_host.daemon_json(
         {"config": {"features": features}, "storage": {"mode": "overlay2"}}
@@ -184,7 +259,7 @@ def test_overlay2_with_the_containerd_store_leaves_the_snapshotter_to_containerd
     assert config == {"features": features}
 
 
-def test_devicemapper_daemon_json_points_at_the_thin_pool(docker_host):
+def test_devicemapper_daemon_json_points_at_the_thin_pool():
     config = docker_host.daemon_json(
         {
             "config": {},
@@ -208,15 +283,42 @@ def test_devicemapper_daemon_json_points_at_the_thin_pool(docker_host):
 # --- docker SDK for the minion's own Python ----------------------------------------------------
 
 
-def test_sdk_is_installed_with_salt_pip_on_onedir(docker_host, tmp_path, monkeypatch):
+def test_sdk_is_installed_with_salt_pip_on_onedir(tmp_path, monkeypatch):
     (tmp_path / "salt-pip").write_text("#!/bin/sh\n")
     monkeypatch.setattr(docker_host.sys, "RELENV", tmp_path, raising=False)
     assert docker_host.python_sdk()["bin_env"] == str(tmp_path / "salt-pip")
 
 
-def test_sdk_is_installed_into_a_pip_installed_salts_own_python(docker_host, monkeypatch):
+def test_sdk_is_installed_into_a_pip_installed_salts_own_python(monkeypatch):
     monkeypatch.delattr(docker_host.sys, "RELENV", raising=False)
     sdk = docker_host.python_sdk()
     assert sdk["bin_env"] == docker_host.sys.executable
     # This test environment has docker 7.2 (requirements-common.txt).
     assert sdk["usable"] is True
+
+
+# --- a volume group moved here from another node ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attr", "steps"),
+    [("-wi-------", {"activated": ["vgchange --activate y docker_vol"]}), ("-wi-ao----", {})],
+    ids=["inactive", "active"],
+)
+def test_our_moved_volume_group_gets_its_logical_volumes_activated(
+    tmp_path, monkeypatch, attr, steps
+):
+    """Attached after boot (no udev autoactivation yet), our VG's LVs are inactive: the VG
+    state activates them; made or formatted, nothing."""
+    report = {
+        "report": [
+            {"lv": [{"lv_name": "docker", "lv_attr": attr, "lv_size": "1", "lv_profile": ""}]}
+        ]
+    }
+    (tmp_path / "lvs").write_text(f"#!/bin/sh\necho '{json.dumps(report)}'\n")
+    (tmp_path / "lvs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert (
+        storage.volume_group("docker_vol", "/dev/nvme1n1", "vol-0a", "our-vg", dry_run=True)
+        == steps
+    )

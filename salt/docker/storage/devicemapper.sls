@@ -13,7 +13,7 @@ include:
 
 # The engine is known only once it is installed: stop here, before the disk is touched.
 docker-storage-driver-supported:
-  docker_host.storage_driver_supported:
+  docker_storage.storage_driver_supported:
     - name: devicemapper
 {%- if docker.install.manage %}
     - require:

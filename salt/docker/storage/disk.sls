@@ -20,15 +20,13 @@ docker-storage-packages:
 docker-storage-disk:
   docker_storage.disk_checked:
     - name: {{ storage.volume_group|json }}
-    - device: {{ storage.device|json }}
-    - volume_id: {{ storage.volume_id|json }}
+    - device: {{ storage.docker_volume|json }}
     - require:
       - docker-storage-packages
 
 docker-storage-vg:
   docker_storage.volume_group_present:
     - name: {{ storage.volume_group|json }}
-    - device: {{ storage.device|json }}
-    - volume_id: {{ storage.volume_id|json }}
+    - device: {{ storage.docker_volume|json }}
     - require:
       - docker_storage: docker-storage-disk

@@ -1,4 +1,4 @@
-{#- When the Docker disk has grown (EBS ModifyVolume; `salt-cloud -a grow_docker_disk`), grow
+{#- When the Docker volume has grown (EBS ModifyVolume; `salt-cloud -a grow_docker_volume`), grow
     the storage on it online: PV, then the overlay2 LV and its filesystem, or the devicemapper
     thin pool. Containers keep running. A no-op when nothing grew; a shrunk disk fails. #}
 {%- from tpldir.split("/")[0] ~ "/settings.jinja" import docker with context %}
@@ -13,13 +13,8 @@ docker-storage-grown:
   docker_storage.grown:
     - name: {{ storage.volume_group|json }}
     - logical_volume: {{ lv|json }}
-    - device: {{ storage.device|json }}
-    - volume_id: {{ storage.volume_id|json }}
+    - device: {{ storage.docker_volume|json }}
     - mode: {{ storage.mode|json }}
     - extents: {{ extents|json }}
-{%- if storage.mode == "overlay2" %}
-    - filesystem: {{ storage.overlay2.filesystem|json }}
-    - mountpoint: {{ storage.overlay2.mountpoint|json }}
-{%- endif %}
     - require:
       - test: docker-storage-ready

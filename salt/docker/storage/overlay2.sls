@@ -23,11 +23,14 @@ docker-storage-filesystem:
     - require:
       - lvm: docker-storage-lv
 
+# What Docker wrote there before (the package starts it) moves onto the volume; a volume that
+# already holds a data root (moved here from another node) keeps it, the local one is kept aside.
 docker-storage-data-root-moved:
-  docker_host.data_root_moved:
+  docker_storage.moved_into:
     - name: {{ overlay.mountpoint|json }}
     - device: {{ lv_device|json }}
     - fstype: {{ overlay.filesystem|json }}
+    - services: [docker.socket, docker]
     - require:
       - docker_storage: docker-storage-filesystem
 
@@ -43,6 +46,6 @@ docker-storage-mounted:
     - mkmnt: True
     - persist: True
     - require:
-      - docker_host: docker-storage-data-root-moved
+      - docker_storage: docker-storage-data-root-moved
     - require_in:
       - test: docker-storage-ready
