@@ -3,14 +3,15 @@ Swarm per class, decided on the master: which nodes form a class's swarm, which 
 manage it, who may join it, and in what order it converges.
 
 Identity and entitlement come from the master only: a node belongs to a class when the
-master's node class registry says so (runner ``node_class``; until that runner is present,
-its files ``<pki_dir>/node_classes/<minion id>`` are read directly), its key is accepted,
-and the pillar the master compiles for it enables ``swarm``. Never from a grain.
+master's node record says so while the key the record was made for is the accepted one
+(``__utils__["dockerhosts_nodes.class_of"/"members"]``), and the pillar the master compiles
+for it enables ``swarm``. Never from a grain.
 
 Join tokens never travel in clear: for each node that may join, a manager seals the token
 to that node's public key (the one the master authenticated it with,
-``<pki_dir>/minions/<id>``) and only the sealed blob crosses the event bus to that node,
-whose private key alone opens it (execution module ``docker_swarm``).
+``<pki_dir>/minions/<id>``, only while it is the key of the node's record) and only the sealed
+blob crosses the event bus to that node, whose private key alone opens it (execution module
+``docker_swarm``).
 
 Functions (each returns {result, changes, comment}; ``test=True`` plans without changing):
 
@@ -21,7 +22,7 @@ Functions (each returns {result, changes, comment}; ``test=True`` plans without 
   ``swarm:managers:count``;
 - ``workers <class>``: every other member joins as a worker;
 - ``cluster <class>``: state docker.swarm.cluster on one manager;
-- ``admit <minion id>``: converge the class the registry puts that minion in (for the
+- ``admit <minion id>``: converge the class the node record puts that minion in (for the
   create reactor);
 - ``remove_node <minion id>``: drain, leave and remove from the node list (for the destroy
   reactor, or before ``salt-cloud -d``); services move to the remaining nodes;
@@ -31,6 +32,7 @@ Functions (each returns {result, changes, comment}; ``test=True`` plans without 
 import contextlib
 import copy
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -45,7 +47,6 @@ import salt.pillar
 log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-REGISTRY = "node_classes"
 STATE_DIR = "docker-hosts-swarm"
 CALL_TIMEOUT = 60
 JOIN_PARALLEL = 8
@@ -139,7 +140,7 @@ def plan_workers(members, infos):
     return {"join": join, "foreign": foreign}
 
 
-# --- registry, keys, pillar: the master's view --------------------------------------------
+# --- node records, keys, pillar: the master's view --------------------------------------------
 
 
 def _valid_name(name, what):
@@ -149,42 +150,33 @@ def _valid_name(name, what):
 
 
 def _class_of(minion_id):
+    """The class the master's node record gives ``minion_id`` while the key it was made for is
+    the accepted one (``dockerhosts_nodes.class_of``); None otherwise (fail closed)."""
     _valid_name(minion_id, "minion id")
-    if "node_class.get" in __salt__:
-        try:
-            found = __salt__["node_class.get"](minion_id)
-        except Exception:  # fail closed: no class, no token
-            return None
-        return found if isinstance(found, str) and NAME_RE.match(found) else None
-    path = os.path.join(__opts__["pki_dir"], REGISTRY, minion_id)
     try:
-        with open(path, encoding="utf-8") as handle:
-            name = handle.read().strip()
-    except OSError:
+        return __utils__["dockerhosts_nodes.class_of"](__opts__, minion_id)
+    except Exception:  # an unreadable record: no class, no token
+        log.exception("swarm: cannot read the node record of %s", minion_id)
         return None
-    return name if NAME_RE.match(name) else None
 
 
 def _members(class_name):
-    if "node_class.members" in __salt__:
-        return sorted(__salt__["node_class.members"](class_name))
-    directory = os.path.join(__opts__["pki_dir"], REGISTRY)
-    try:
-        entries = os.listdir(directory)
-    except OSError:
-        return []
-    return sorted(m for m in entries if NAME_RE.match(m) and _class_of(m) == class_name)
+    return __utils__["dockerhosts_nodes.members"](__opts__, class_name)
 
 
 def _public_key(minion_id):
-    """The key the master accepted for the minion: only its holder can open what is sealed
-    with it. Not accepted (pending, rejected, unknown): no key, no token."""
+    """The key the master accepted for the minion, only when it is the key its node record was
+    made for: only its holder can open what is sealed with it. Anything else (pending,
+    rejected, unknown, a new key for an old name): no key, no token."""
     path = os.path.join(__opts__["pki_dir"], "minions", _valid_name(minion_id, "minion id"))
     try:
         with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError:
+            key = handle.read()
+        record = __utils__["dockerhosts_nodes.get"](__opts__, minion_id) or {}
+    except Exception:  # fail closed
         return None
+    fingerprint = hashlib.sha256(key.strip().encode()).hexdigest()
+    return key if record.get("key") == fingerprint else None
 
 
 def _compile_pillar(minion_id):
@@ -292,7 +284,7 @@ class _Run:
 
     def class_settings(self):
         if not self.members:
-            raise SwarmError(f"the registry has no node of class {self.class_name}")
+            raise SwarmError(f"the master has no node record of class {self.class_name}")
         settings = self.settings(self.members[0])
         if not settings["enabled"]:
             raise SwarmError(f"swarm is not enabled in the pillar of class {self.class_name}")
@@ -303,7 +295,7 @@ class _Run:
         registered = _class_of(minion)
         if registered != self.class_name:
             where = f"class {registered!r}" if registered else "no class"
-            return f"{minion} is not entitled: the master's registry gives it {where}"
+            return f"{minion} is not entitled: the master's node records give it {where}"
         if _public_key(minion) is None:
             return f"{minion} is not entitled: its key is not accepted"
         try:
@@ -591,7 +583,7 @@ def converge(class_name, test=False):
 
 
 def admit(minion_id, test=False):
-    """Converge the swarm of the class the master's registry gives ``minion_id`` (refused
+    """Converge the swarm of the class the master's node record gives ``minion_id`` (refused
     when that class does not enable swarm for it). For the create reactor."""
     class_name, refusal = None, None
     try:
@@ -600,7 +592,7 @@ def admit(minion_id, test=False):
     except SwarmError as error:
         refusal = str(error)
     if not class_name and not refusal:
-        refusal = f"{minion_id} is not entitled: the master's registry gives it no class"
+        refusal = f"{minion_id} is not entitled: the master's node records give it no class"
     if refusal:
         return _finish({"result": False, "changes": {}, "comment": refusal})
     return converge(class_name, test=test)
@@ -696,7 +688,7 @@ def remove_node(minion_id, class_name=None, force=False, test=False):
     """
     Take ``minion_id`` out of its class's swarm: demote (if a manager), drain (its tasks
     move to the other nodes), leave, remove from the node list. ``class_name`` defaults to the
-    registry's (pass it when the registry entry is already gone). The destroy reactor calls
+    node record's (pass it when the record is already gone). The destroy reactor calls
     this; so can the operator before ``salt-cloud -d``. Refuses to remove the only manager.
     """
     try:
@@ -709,7 +701,8 @@ def remove_node(minion_id, class_name=None, force=False, test=False):
             {
                 "result": False,
                 "changes": {},
-                "comment": f"{minion_id} has no class in the registry: pass class_name",
+                "comment": f"{minion_id} has no class in the master's node records: "
+                "pass class_name",
             }
         )
     return _step(class_name, test, lambda run: _remove_step(run, minion_id, force))

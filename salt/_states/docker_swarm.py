@@ -50,26 +50,24 @@ def _call(function, *args, **kwargs):
 
 
 def _masked(value, used):
-    return __salt__["docker_settings.masked"](value, used)
+    return __utils__["dockerhosts_secrets.masked"](value, used)
 
 
 # --- secrets from pillar docker_secrets --------------------------------------------------------
 
 
+def _resolved(value, used):
+    """``value`` with its ``{secret: name}`` references resolved from pillar docker_secrets
+    (each value used appended to ``used``, for ``_masked``)."""
+    secrets = __pillar__.get("docker_secrets") or {}
+    try:
+        return __utils__["dockerhosts_secrets.resolve"](value, secrets, used)
+    except KeyError as error:
+        raise CommandExecutionError(error.args[0]) from error
+
+
 def _secret_value(ref):
-    value = (__pillar__.get("docker_secrets") or {}).get(ref["secret"])
-    if value is None:
-        raise CommandExecutionError(f"secret {ref['secret']!r} is not in pillar docker_secrets")
-    return str(value)
-
-
-def _resolve_env(env, used):
-    resolved = {}
-    for key, value in env.items():
-        resolved[key] = _secret_value(value) if isinstance(value, dict) else value
-        if isinstance(value, dict):
-            used.append(resolved[key])
-    return resolved
+    return _resolved(ref, [])
 
 
 # --- the node itself ----------------------------------------------------------------------------
@@ -427,7 +425,7 @@ def service_present(name, service, class_name, definitions=None, timeout=120):
     ret = _ret(name)
     used = []
     try:
-        env = _resolve_env(service["env"], used)
+        env = _resolved(service["env"], used)
         definitions = definitions or {}
         refs = _references(service, definitions.get("secrets", {}), definitions.get("configs", {}))
     except CommandExecutionError as error:

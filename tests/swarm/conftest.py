@@ -3,11 +3,9 @@ A class of three Docker hosts forming a swarm, for real: three dockerds, each in
 network namespace (tools/swarm_nodes.py) on one bridge, each managed by its own salt-minion
 (minion id = hostname = sw1, sw2, sw3), driven by a real salt-master from this repository's
 salt/ tree, with GPG-encrypted pillar for a throwaway key and the master's node class
-registry seeded with the three (class ``backends``). A fourth minion, ``intruder``, claims
-class ``backends`` by grain only and has no engine.
-
-Until the registry's pillar (node_class) lands, the test pillar top targets the class's
-members by minion id; the swarm runner reads the registry files itself.
+node records seeded with the three (class ``backends``, bound to each one's accepted key, as
+salt-cloud writes them). A fourth minion, ``intruder``, claims class ``backends`` by grain only
+and has no engine.
 """
 
 import json
@@ -18,11 +16,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import salt.config
 import yaml
 
 from tools.event_recorder import recording
 from tools.gpg import encrypt, keyring
-from tools.salt_repo import repository_master_settings
+from tools.salt_repo import load_module, repository_master_settings
 from tools.swarm_nodes import import_image, swarm_nodes
 
 CLASS = "backends"
@@ -242,17 +241,30 @@ def minions(salt_master, engines, events):
 
 
 class Registry:
-    """The master's node class registry, through the real node_class runner."""
+    """The master's node records (salt/_utils/dockerhosts_nodes.py: the class, bound to the
+    fingerprint of the accepted key, as salt-cloud writes them) and, while pillar/top.sls still
+    reads the node_class registry files for pillar, that entry too (the real node_class
+    runner)."""
 
-    def __init__(self, run_cli):
+    def __init__(self, run_cli, master):
         self.run_cli = run_cli
+        self.opts = salt.config.master_config(master.config_file)
+        self.nodes = load_module("utils", "dockerhosts_nodes")
 
     def set(self, minion_id, class_name):
         if class_name is None:
+            self.nodes.forget(self.opts, minion_id)
             ret = self.run_cli.run("node_class.unset", minion_id)
         else:
+            key = self.nodes.key_fingerprint(self.opts, minion_id)
+            assert key, f"{minion_id} has no accepted key"
+            record = {"class": class_name, "key": key, "source": "operator", "state": "converged"}
+            self.nodes.put(self.opts, minion_id, record)
             ret = self.run_cli.run("node_class.set", minion_id, class_name)
         assert ret.returncode == 0, ret.stdout + ret.stderr
+
+    def record(self, minion_id):
+        return self.nodes.get(self.opts, minion_id)
 
 
 def _states(data):
@@ -278,7 +290,7 @@ class Swarm:
         self.events = events
         self.run_cli = salt_master.salt_run_cli(timeout=600)
         self.cli = salt_master.salt_cli(timeout=600)
-        self.registry = Registry(self.run_cli)
+        self.registry = Registry(self.run_cli, salt_master)
         self.outputs = []  # every CLI output, searched for leaks at the end
         self.tokens = set()  # every join token the engines had, ditto
 

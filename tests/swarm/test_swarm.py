@@ -203,7 +203,10 @@ def test_unentitled_minion_gets_no_token(swarm):
     since = time.monotonic()
     refused = runner_data(swarm.runner("swarm.admit", INTRUDER))
     assert refused["result"] is False
-    assert "intruder is not entitled: the master's registry gives it no class" in refused["comment"]
+    assert (
+        "intruder is not entitled: the master's node records give it no class"
+        in (refused["comment"])
+    )
     swarm.registry.set(INTRUDER, "other")
     try:
         refused = runner_data(swarm.runner("swarm.admit", INTRUDER))

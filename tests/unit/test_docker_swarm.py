@@ -2,15 +2,20 @@
 Swarm logic without engines: the pillar model (a corpus of bad pillar, each refused naming its
 key path), the service spec and its comparison with what Docker reports, join tokens sealed to
 one minion's key (opened by it, by nobody else, not in another role or cluster, not after
-tampering or expiry), the runner's manager/worker plans, and entitlement from the registry.
-Modules are imported by path, as Salt's loader does.
+tampering or expiry), the runner's manager/worker plans, and entitlement from the master's node
+records. Modules are loaded by path and given their dunders the loader way
+(``configure_loader_modules``, pytest-salt-factories), ``__utils__`` holding the shared
+``salt/_utils`` layer itself.
 """
 
+import copy
+import hashlib
 import json
 import time
 from pathlib import Path
 
 import pytest
+import salt.config
 import yaml
 from salt.exceptions import CommandExecutionError
 
@@ -19,18 +24,55 @@ from tools.salt_repo import load_module
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {"api_token": "s3cr3t-value", "db": "another"}
+UTILS = ("dockerhosts_names", "dockerhosts_nodes", "dockerhosts_secrets")
+MODULE = load_module("modules", "docker_swarm")
+STATES = load_module("states", "docker_swarm")
+RUNNER = load_module("runners", "swarm")
+
+
+def utils_dunder():
+    """``__utils__`` as Salt's loader builds it from salt/_utils: ``<module>.<function>``."""
+    found = {}
+    for name in UTILS:
+        module = load_module("utils", name)
+        for attr, value in vars(module).items():
+            if callable(value) and getattr(value, "__module__", None) == module.__name__:
+                found[f"{name}.{attr}"] = value
+    return found
+
+
+@pytest.fixture
+def pki(tmp_path):
+    (tmp_path / "pki" / "minions").mkdir(parents=True)
+    return tmp_path / "pki"
+
+
+@pytest.fixture
+def opts(pki):
+    master = copy.deepcopy(salt.config.DEFAULT_MASTER_OPTS)
+    master.update(pki_dir=str(pki), cachedir=str(pki.parent / "cache"), test=False, id="sw2")
+    return master
+
+
+@pytest.fixture
+def configure_loader_modules(opts):
+    utils = utils_dunder()
+    common = {"__opts__": opts, "__utils__": utils, "__context__": {}}
+    return {
+        MODULE: {**common, "__pillar__": {"docker_secrets": SECRETS}, "__salt__": {}},
+        STATES: {**common, "__pillar__": {"docker_secrets": SECRETS}, "__salt__": {}},
+        RUNNER: {**common, "__salt__": {}},
+    }
 
 
 @pytest.fixture
 def swarm_module():
-    module = load_module("modules", "docker_swarm")
-    module.__pillar__ = {"docker_secrets": SECRETS}
-    return module
+    return MODULE
 
 
 @pytest.fixture
 def runner():
-    return load_module("runners", "swarm")
+    return RUNNER
 
 
 def minimal(**services):
@@ -313,9 +355,7 @@ def test_removed_settings_are_differences_too(swarm_module):
 
 
 def test_service_present_masks_the_secrets_in_what_it_returns(swarm_module):
-    states = load_module("states", "docker_swarm")
-    states.__pillar__ = {"docker_secrets": SECRETS}
-    states.__opts__ = {"test": False}
+    states = STATES
     settings = swarm_module.validate(minimal(web=web(env={"API_TOKEN": {"secret": "api_token"}})))
 
     def refuse(spec):
@@ -323,7 +363,6 @@ def test_service_present_masks_the_secrets_in_what_it_returns(swarm_module):
         raise CommandExecutionError(f"cannot create service {spec['Name']}: bad env {env}")
 
     states.__salt__ = {
-        "docker_settings.masked": load_module("modules", "docker_settings").masked,
         "docker_swarm.service_spec": swarm_module.service_spec,
         "docker_swarm.service": lambda name: None,
         "docker_swarm.service_create": refuse,
@@ -562,85 +601,69 @@ def test_the_cluster_record_stays_where_masters_keep_it(runner, tmp_path):
     assert not path.exists() and runner._known_cluster("backends") is None
 
 
-# --- entitlement from the registry ---------------------------------------------------------
+# --- entitlement from the master's node records -------------------------------------------
 
 
-@pytest.fixture
-def registry(runner, tmp_path):
-    pki = tmp_path / "pki"
-    (pki / "node_classes").mkdir(parents=True)
-    (pki / "minions").mkdir()
-    runner.__opts__ = {"pki_dir": str(pki)}
-    runner.__salt__ = {}
-    return pki
+def key_text(minion):
+    return f"-----BEGIN PUBLIC KEY-----\n{minion}\n-----END PUBLIC KEY-----\n"
 
 
-def register(pki, minion, class_name=None, key=True):
-    if class_name:
-        (pki / "node_classes" / minion).write_text(f"{class_name}\n")
+def register(opts, minion, class_name=None, key=True, record_key=None):
+    """A node record for ``minion`` (class, the fingerprint of ``record_key`` or of its own key)
+    and, with ``key``, its accepted key."""
     if key:
-        (pki / "minions" / minion).write_text("-----BEGIN PUBLIC KEY-----\n")
+        (Path(opts["pki_dir"]) / "minions" / minion).write_text(key_text(minion))
+    if class_name:
+        made_for = (record_key or key_text(minion)).strip().encode()
+        record = {"class": class_name, "key": hashlib.sha256(made_for).hexdigest()}
+        utils_dunder()["dockerhosts_nodes.put"](opts, minion, record)
 
 
-def test_members_and_classes_come_from_the_registry(runner, registry):
-    register(registry, "a", "backends")
-    register(registry, "b", "backends")
-    register(registry, "c", "dataserver")
-    (registry / "node_classes" / "bad").write_text("not a class!\n")
+def test_members_and_classes_come_from_the_node_records(runner, opts):
+    register(opts, "a", "backends")
+    register(opts, "b", "backends")
+    register(opts, "c", "dataserver")
+    register(opts, "old", "backends", record_key=key_text("an earlier key"))
     assert runner._members("backends") == ["a", "b"]
     assert runner._class_of("c") == "dataserver"
-    assert runner._class_of("bad") is None
+    assert runner._class_of("old") is None  # a new key for an old name has no class
     assert runner._class_of("unknown") is None
     with pytest.raises(runner.SwarmError):
         runner._class_of("../minions/a")
 
 
-def test_no_accepted_key_no_token(runner, registry):
-    register(registry, "a", "backends", key=False)
+def test_no_accepted_key_no_token(runner, opts):
+    register(opts, "a", "backends", key=False)
+    register(opts, "b", "backends", record_key=key_text("an earlier key"))
+    register(opts, "c", "backends")
     assert runner._public_key("a") is None
+    assert runner._public_key("b") is None  # not the key the record was made for
+    assert runner._public_key("c") == key_text("c")
 
 
 @pytest.mark.parametrize(
     ("minion", "message"),
     [
-        ("grain-only", "gives it no class"),
-        ("other-class", "gives it class 'dataserver'"),
-        ("no-key", "its key is not accepted"),
+        ("grain-only", "give it no class"),
+        ("other-class", "give it class 'dataserver'"),
+        ("no-key", "give it no class"),
         ("disabled", "does not enable swarm"),
     ],
 )
-def test_refusals(runner, registry, monkeypatch, minion, message):
-    register(registry, "other-class", "dataserver")
-    register(registry, "no-key", "backends", key=False)
-    register(registry, "disabled", "backends")
-    register(registry, "grain-only")
+def test_refusals(runner, opts, minion, message):
+    register(opts, "other-class", "dataserver")
+    register(opts, "no-key", "backends", key=False)
+    register(opts, "disabled", "backends")
+    register(opts, "grain-only")
     run = runner._Run.__new__(runner._Run)
     run.class_name = "backends"
     run._settings = {"disabled": {"enabled": False}}
     assert message in run.refusal(minion)
 
 
-def test_entitled_member(runner, registry):
-    register(registry, "a", "backends")
+def test_entitled_member(runner, opts):
+    register(opts, "a", "backends")
     run = runner._Run.__new__(runner._Run)
     run.class_name = "backends"
     run._settings = {"a": {"enabled": True}}
     assert run.refusal("a") is None
-
-
-def test_the_node_class_runner_is_used_when_present(runner, registry):
-    register(registry, "a", "dataserver")  # the files say otherwise: the runner wins
-
-    def get(minion):
-        if minion == "broken":
-            raise RuntimeError("registry unreadable")
-        return {"a": "backends", "b": "backends"}.get(minion)
-
-    runner.__salt__ = {
-        "node_class.get": get,
-        "node_class.members": lambda name: ["b", "a"] if name == "backends" else [],
-    }
-    assert runner._class_of("a") == "backends"
-    assert runner._class_of("broken") is None
-    assert runner._class_of("c") is None
-    assert runner._members("backends") == ["a", "b"]
