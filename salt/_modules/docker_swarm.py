@@ -36,6 +36,7 @@ from salt.exceptions import CommandExecutionError
 try:
     import docker
     import docker.errors
+    import requests
 
     HAS_DOCKER = True
 except ImportError:  # the master needs only validate(); minions need the SDK
@@ -765,51 +766,47 @@ def _minion_private_key():
         return handle.read()
 
 
-def _scrub(text, secret):
-    return str(text).replace(secret, MASK) if secret else str(text)
-
-
 # --- the engine -------------------------------------------------------------------------------
 
 
-class _Engine:
-    """A docker SDK client for this minion's engine (config ``docker.url``), closed on exit."""
-
-    def __init__(self, timeout=60):
-        if not HAS_DOCKER:
-            raise CommandExecutionError("the docker Python SDK (>= 7.1) is not installed")
-        url = __salt__["config.get"]("docker.url") or None
-        self.client = (
-            docker.DockerClient(base_url=url, version="auto", timeout=timeout)
-            if url
-            else docker.from_env(timeout=timeout)
-        )
-        self.api = self.client.api
-
-    def __enter__(self):
-        return self.api
-
-    def __exit__(self, *exc):
-        self.client.close()
-
-
 @contextlib.contextmanager
-def _api_errors(action, secret=None):
-    """A Docker API error raised inside becomes ``CommandExecutionError("<action>: <Docker's
-    explanation>")``, ``secret`` masked in it. (Where a missing object is an answer, None or
-    False, a ``contextlib.suppress(docker.errors.NotFound)`` inside this block gives it.)"""
+def _engine(action, secret=None):
+    """A docker SDK client of this minion's engine (config ``docker.url``), closed on exit.
+    Any Docker or connection error inside becomes ``CommandExecutionError("<action>: <what
+    Docker said>")`` in one line, ``secret`` masked in it."""
+    if not HAS_DOCKER:
+        raise CommandExecutionError(f"{action}: the docker Python SDK (>= 7.1) is not installed")
+    url = __salt__["config.get"]("docker.url") or None
     try:
-        yield
-    except docker.errors.APIError as error:
-        explanation = getattr(error, "explanation", None) or str(error)
-        raise CommandExecutionError(f"{action}: {_scrub(explanation, secret)}") from error
+        client = (
+            docker.APIClient(base_url=url, version="auto", timeout=60)
+            if url
+            else (docker.from_env(timeout=60).api)
+        )
+    except docker.errors.DockerException as error:
+        raise CommandExecutionError(
+            f"{action}: the Docker engine does not answer: {error}"
+        ) from error
+    try:
+        yield client
+    except (docker.errors.APIError, requests.exceptions.RequestException) as error:
+        if isinstance(error, docker.errors.APIError):
+            said = error.explanation or error
+        else:
+            said = f"the Docker engine does not answer ({type(error).__name__})"
+        said = " ".join(str(said).split())
+        raise CommandExecutionError(
+            f"{action}: {said.replace(secret, MASK) if secret else said}"
+        ) from error
+    finally:
+        client.close()
 
 
 def node_info():
     """This engine's swarm membership (no secrets): state (inactive, pending, active, error,
     locked), node id and address, whether it is a manager, the cluster id (managers only), the
     managers it knows, and whether live-restore (incompatible with swarm) is on."""
-    with _Engine() as api:
+    with _engine("cannot read the engine's swarm state") as api:
         info = api.info()
     swarm = info.get("Swarm") or {}
     return {
@@ -827,8 +824,8 @@ def node_info():
 
 def init(advertise_addr=None, listen_addr="0.0.0.0:2377", default_addr_pool=None, subnet_size=None):
     """Create a new swarm with this engine as its first manager; returns ``node_info()``.
-    Only the ``swarm`` runner decides when (never while any node of the class is in one)."""
-    with _Engine() as api, _api_errors("swarm init failed"):
+    Only the ``swarm`` runner decides when (Docker itself refuses on a node in a swarm)."""
+    with _engine("swarm init failed") as api:
         api.init_swarm(
             advertise_addr=advertise_addr,
             listen_addr=listen_addr,
@@ -848,7 +845,7 @@ def sealed_join_tokens(role, recipients):
         raise CommandExecutionError(f"role {role!r} is not worker or manager")
     if not isinstance(recipients, dict):
         raise CommandExecutionError("recipients must map minion ids to public keys")
-    with _Engine() as api:
+    with _engine("cannot read the swarm's join tokens") as api:
         swarm = api.inspect_swarm()
         managers = [item["Addr"] for item in api.info()["Swarm"].get("RemoteManagers") or []]
     token = swarm["JoinTokens"]["Worker" if role == "worker" else "Manager"]
@@ -869,25 +866,19 @@ def _open_token(sealed, role, cluster_id):
     return payload["token"]
 
 
-def join(
-    sealed, role, cluster_id, remote_addrs, *, advertise_addr=None, listen_addr="0.0.0.0:2377"
-):
+def join(sealed, role, cluster_id, remote_addrs, addressing=None):
     """Join swarm ``cluster_id`` as ``role`` with a token sealed for this minion
-    (``sealed_join_tokens`` on a manager); returns ``node_info()``."""
+    (``sealed_join_tokens`` on a manager), through the managers at ``remote_addrs``;
+    ``addressing``: advertise_addr, listen_addr. Returns ``node_info()``."""
     token = _open_token(sealed, role, cluster_id)
-    with _Engine() as api, _api_errors("swarm join failed", token):
-        api.join_swarm(
-            remote_addrs=list(remote_addrs),
-            join_token=token,
-            listen_addr=listen_addr,
-            advertise_addr=advertise_addr,
-        )
+    with _engine("swarm join failed", token) as api:
+        api.join_swarm(remote_addrs=list(remote_addrs), join_token=token, **(addressing or {}))
     return node_info()
 
 
 def leave(force=False):
     """Leave the swarm (``force``: also as the last manager, which ends the swarm)."""
-    with _Engine() as api, _api_errors("swarm leave failed"):
+    with _engine("swarm leave failed") as api:
         api.leave_swarm(force=force)
     return node_info()
 
@@ -900,13 +891,11 @@ def _node_summary(node):
     manager = node.get("ManagerStatus") or {}
     return {
         "id": node["ID"],
-        "version": node["Version"]["Index"],
         "hostname": (node.get("Description") or {}).get("Hostname"),
         "role": spec.get("Role"),
         "availability": spec.get("Availability"),
         "labels": spec.get("Labels") or {},
         "state": status.get("State"),
-        "addr": status.get("Addr"),
         "leader": bool(manager.get("Leader")),
         "reachability": manager.get("Reachability"),
     }
@@ -914,57 +903,71 @@ def _node_summary(node):
 
 def nodes():
     """On a manager: every node of the swarm (id, hostname, role, availability, labels,
-    state, address, leader, reachability)."""
-    with _Engine() as api:
+    state, leader, reachability)."""
+    with _engine("cannot list the swarm's nodes") as api:
         return [_node_summary(node) for node in api.nodes()]
 
 
 def node(node_id):
     """On a manager: one node as ``nodes`` shows it, or None when the swarm has no such node."""
-    with _Engine() as api, contextlib.suppress(docker.errors.NotFound):
-        return _node_summary(api.inspect_node(node_id))
-    return None
+    return next((item for item in nodes() if item["id"] == node_id), None)
 
 
 def node_update(node_id, role=None, availability=None, labels=None):
     """On a manager: set a node's role, availability and/or labels (the whole label set)."""
-    with _Engine() as api:
+    with _engine(f"cannot update node {node_id}") as api:
         current = api.inspect_node(node_id)
         spec = dict(current["Spec"])
         for key, value in (("Role", role), ("Availability", availability), ("Labels", labels)):
             if value is not None:
                 spec[key] = value
-        with _api_errors(f"cannot update node {node_id}"):
-            api.update_node(node_id, current["Version"]["Index"], spec)
+        api.update_node(node_id, current["Version"]["Index"], spec)
     return node(node_id)
 
 
-def node_remove(node_id, force=False):
-    """On a manager: remove a node that left (or, with ``force``, one that is unreachable)."""
-    with (
-        _Engine() as api,
-        _api_errors(f"cannot remove node {node_id}"),
-        contextlib.suppress(docker.errors.NotFound),
-    ):
-        api.remove_node(node_id, force=force)
-        return True
-    return False
+def node_remove(node_id):
+    """On a manager: remove a node that left or is down."""
+    with _engine(f"cannot remove node {node_id}") as api:
+        api.remove_node(node_id, force=True)
+    return True
 
 
-def node_tasks(node_id):
-    """On a manager: names of the tasks the swarm still wants running on a node."""
-    with _Engine() as api:
-        tasks = api.tasks(filters={"node": node_id, "desired-state": "running"})
-    return sorted(f"{task['ServiceID']}.{task.get('Slot', task['ID'])}" for task in tasks)
+def drain(node_id, class_name, timeout=120):
+    """On a manager: demote node ``node_id`` (if a manager) and drain it; wait until the swarm
+    runs none of its tasks there and the class's services are back at full strength. Returns
+    {demoted, drained, services: {service: "running/desired (outcome)"}, stuck}."""
+    demoted = node(node_id)["role"] == "manager"
+    if demoted:
+        node_update(node_id, role="worker")
+    node_update(node_id, availability="drain")
+    deadline = time.monotonic() + timeout
+    while _node_tasks(node_id) and time.monotonic() < deadline:
+        time.sleep(1)
+    services = {}
+    for name in managed_services(class_name):
+        status = service_wait(name, timeout=max(1, deadline - time.monotonic()))
+        services[name] = f"{status['running']}/{status['desired']} ({status['outcome']})"
+    stuck = {name: state for name, state in services.items() if "(converged)" not in state}
+    return {
+        "demoted": demoted,
+        "drained": not _node_tasks(node_id),
+        "services": services,
+        "stuck": stuck,
+    }
+
+
+def _node_tasks(node_id):
+    with _engine(f"cannot list the tasks of node {node_id}") as api:
+        return api.tasks(filters={"node": node_id, "desired-state": "running"})
 
 
 # --- networks -------------------------------------------------------------------------------------
 
 
 def network(name):
-    """On a manager: swarm network ``name`` (id, driver, attachable, internal, encrypted,
-    subnet, gateway, labels, options) or None."""
-    with _Engine() as api:
+    """On a manager: swarm network ``name`` (exactly that name, never an ID prefix): id,
+    driver, scope, attachable, internal, encrypted, subnet, gateway, labels, options; or None."""
+    with _engine(f"cannot read network {name}") as api:
         found = [item for item in api.networks(names=[name]) if item["Name"] == name]
         if not found:
             return None
@@ -994,7 +997,7 @@ def network_create(name, settings, class_name):
     if settings["subnet"]:
         pool = docker.types.IPAMPool(subnet=settings["subnet"], gateway=settings["gateway"])
         ipam = docker.types.IPAMConfig(pool_configs=[pool])
-    with _Engine() as api, _api_errors(f"cannot create network {name}"):
+    with _engine(f"cannot create network {name}") as api:
         api.create_network(
             name,
             driver=settings["driver"],
@@ -1028,86 +1031,87 @@ def fingerprint_matches(fingerprint, data):
     return kind == "scrypt" and hmac.compare_digest(_fingerprint(data, _unb64(salt)), fingerprint)
 
 
-def _kind_api(api, kind):
+def _objects(api, kind, label):
     if kind not in ("secret", "config"):
         raise CommandExecutionError(f"kind {kind!r} is not secret or config")
-    return {
-        "list": getattr(api, f"{kind}s"),
-        "create": getattr(api, f"create_{kind}"),
-        "remove": getattr(api, f"remove_{kind}"),
-    }
+    return getattr(api, f"{kind}s")(filters={"label": [label]})
 
 
 def versions(kind, name):
     """On a manager: the versions of secret/config ``name`` this formula made, oldest first:
     [{id, name (versioned), version, fingerprint}] (never the data)."""
-    with _Engine() as api:
-        found = _kind_api(api, kind)["list"](filters={"label": [f"{NAME_LABEL}={name}"]})
+    with _engine(f"cannot list the versions of {kind} {name}") as api:
+        found = _objects(api, kind, f"{NAME_LABEL}={name}")
     entries = []
     for item in found:
         labels = item["Spec"].get("Labels") or {}
-        if labels.get(MANAGED_LABEL) != "true" or not labels.get(VERSION_LABEL, "").isdigit():
-            continue
-        entries.append(
-            {
-                "id": item["ID"],
-                "name": item["Spec"]["Name"],
-                "version": int(labels[VERSION_LABEL]),
-                "fingerprint": labels.get(FINGERPRINT_LABEL, ""),
-            }
-        )
+        if labels.get(MANAGED_LABEL) == "true" and labels.get(VERSION_LABEL, "").isdigit():
+            entries.append(
+                {
+                    "id": item["ID"],
+                    "name": item["Spec"]["Name"],
+                    "version": int(labels[VERSION_LABEL]),
+                    "fingerprint": labels.get(FINGERPRINT_LABEL, ""),
+                }
+            )
     return sorted(entries, key=lambda entry: entry["version"])
 
 
 def create_version(kind, name, data, class_name, version):
-    """On a manager: create ``<name>.v<version>`` holding ``data`` (bytes); returns its entry."""
-    labels = managed_labels(
-        class_name,
-        {
-            NAME_LABEL: name,
-            VERSION_LABEL: str(version),
-            FINGERPRINT_LABEL: _fingerprint(data),
-        },
-    )
+    """On a manager: create ``<name>.v<version>`` holding ``data`` (bytes); returns its id."""
+    labels = {NAME_LABEL: name, VERSION_LABEL: str(version), FINGERPRINT_LABEL: _fingerprint(data)}
     versioned = f"{name}.v{version}"
-    with _Engine() as api, _api_errors(f"cannot create {kind} {versioned}"):
-        created = _kind_api(api, kind)["create"](versioned, data, labels=labels)
-    return {"id": created["ID"], "name": versioned, "version": version}
+    with _engine(f"cannot create {kind} {versioned}") as api:
+        return getattr(api, f"create_{kind}")(
+            versioned, data, labels=managed_labels(class_name, labels)
+        )["ID"]
 
 
 def remove_object(kind, object_id):
-    """On a manager: remove a secret/config (Docker refuses while a service uses it)."""
-    with (
-        _Engine() as api,
-        _api_errors(f"cannot remove {kind} {object_id}"),
-        contextlib.suppress(docker.errors.NotFound),
-    ):
-        _kind_api(api, kind)["remove"](object_id)
-        return True
-    return False
+    """On a manager: remove a secret/config by id (Docker refuses while a service uses it)."""
+    with _engine(f"cannot remove {kind} {object_id}") as api:
+        getattr(api, f"remove_{kind}")(object_id)
+    return True
 
 
 def managed_objects(kind, class_name):
     """On a manager: {pillar name: [versions]} of every secret/config made for the class."""
-    with _Engine() as api:
-        found = _kind_api(api, kind)["list"](filters={"label": [f"{CLASS_LABEL}={class_name}"]})
+    with _engine(f"cannot list the {kind}s of class {class_name}") as api:
+        found = _objects(api, kind, f"{CLASS_LABEL}={class_name}")
     names = {(item["Spec"].get("Labels") or {}).get(NAME_LABEL) for item in found}
     return {name: versions(kind, name) for name in sorted(names - {None})}
 
 
 def objects_in_use(kind):
     """On a manager: ids of the secrets/configs any service refers to."""
-    key = "Secrets" if kind == "secret" else "Configs"
-    with _Engine() as api:
+    with _engine("cannot list the services") as api:
         services = api.services()
     used = set()
     for item in services:
         spec = item["Spec"]["TaskTemplate"].get("ContainerSpec") or {}
-        used.update(ref[f"{kind.capitalize()}ID"] for ref in spec.get(key) or [])
+        used.update(
+            ref[f"{kind.capitalize()}ID"] for ref in spec.get(f"{kind.capitalize()}s") or []
+        )
     return sorted(used)
 
 
 # --- services -------------------------------------------------------------------------------------
+
+
+def _service_id(api, name):
+    """The id of the service named exactly ``name`` (Docker's name filter matches prefixes
+    and an unknown name resolves as an ID prefix), or None."""
+    found = [
+        item["ID"] for item in api.services(filters={"name": name}) if item["Spec"]["Name"] == name
+    ]
+    return found[0] if found else None
+
+
+def service(name):
+    """On a manager: ``docker service inspect`` of the service named exactly ``name``, or None."""
+    with _engine(f"cannot read service {name}") as api:
+        service_id = _service_id(api, name)
+        return api.inspect_service(service_id) if service_id else None
 
 
 def _service_arguments(spec):
@@ -1122,38 +1126,31 @@ def _service_arguments(spec):
     }
 
 
-def service(name):
-    """On a manager: ``docker service inspect`` of ``name``, or None."""
-    with _Engine() as api, contextlib.suppress(docker.errors.NotFound):
-        return api.inspect_service(name)
-    return None
-
-
 def service_create(spec):
     """On a manager: create a service from a full spec (``service_spec``); returns its id."""
-    with _Engine() as api, _api_errors(f"cannot create service {spec['Name']}"):
+    with _engine(f"cannot create service {spec['Name']}") as api:
         return api.create_service(**_service_arguments(spec))["ID"]
 
 
 def service_update(service_id, version, spec):
     """On a manager: replace a service's spec with ``spec`` (a rolling update when the task
     template changes, following the spec's UpdateConfig)."""
-    with _Engine() as api, _api_errors(f"cannot update service {spec['Name']}"):
+    with _engine(f"cannot update service {spec['Name']}") as api:
         api.update_service(
             service_id, version, fetch_current_spec=False, **_service_arguments(spec)
         )
 
 
 def service_remove(name):
-    """On a manager: remove a service (its tasks stop)."""
-    with _Engine() as api, contextlib.suppress(docker.errors.NotFound):
-        return api.remove_service(name)
-    return False
+    """On a manager: remove the service named exactly ``name`` (its tasks stop)."""
+    with _engine(f"cannot remove service {name}") as api:
+        service_id = _service_id(api, name)
+        return bool(service_id) and api.remove_service(service_id)
 
 
 def managed_services(class_name):
     """On a manager: names of the services this formula made for ``class_name``."""
-    with _Engine() as api:
+    with _engine(f"cannot list the services of class {class_name}") as api:
         found = api.services(filters={"label": f"{CLASS_LABEL}={class_name}"})
     return sorted(
         item["Spec"]["Name"]
@@ -1167,11 +1164,11 @@ def _task_spec(template):
     return {key: value for key, value in template.items() if key != "Runtime"}
 
 
-def _rollout(api, name):
+def _rollout(api, service_id):
     """Where a service stands: its update state and how many tasks run its current spec."""
-    current = api.inspect_service(name)
+    current = api.inspect_service(service_id)
     template = _task_spec(current["Spec"]["TaskTemplate"])
-    tasks = api.tasks(filters={"service": current["ID"], "desired-state": "running"})
+    tasks = api.tasks(filters={"service": service_id, "desired-state": "running"})
     running = [
         task
         for task in tasks
@@ -1213,34 +1210,29 @@ def service_wait(name, timeout=120, updated=False):
     rolled_back, paused, timeout), update, message, running, desired, nodes, seconds}.
     """
     started = time.monotonic()
-    with _Engine() as api:
-        status = _rollout(api, name)
+    with _engine(f"cannot follow service {name}") as api:
+        service_id = _service_id(api, name)
+        if service_id is None:
+            raise CommandExecutionError(f"service {name} does not exist")
+        status = _rollout(api, service_id)
         while not _rollout_done(status, updated) and time.monotonic() - started < timeout:
             time.sleep(0.5)
-            status = _rollout(api, name)
+            status = _rollout(api, service_id)
         done = _rollout_done(status, updated)
         status["outcome"] = _outcome(status, updated) if done else "timeout"
         if status["outcome"] != "converged":
-            status["message"] = f"{status['message']}; {_last_task_error(api, name)}".lstrip("; ")
+            status["message"] = f"{status['message']}; {_last_task_error(api, service_id)}".lstrip(
+                "; "
+            )
     status["seconds"] = round(time.monotonic() - started, 1)
     return status
 
 
-def services_wait(class_name, timeout=120):
-    """On a manager: wait for every service made for ``class_name`` to run its tasks;
-    {service: "running/desired (outcome)"}."""
-    found = {}
-    for name in managed_services(class_name):
-        status = service_wait(name, timeout=timeout)
-        found[name] = f"{status['running']}/{status['desired']} ({status['outcome']})"
-    return found
-
-
-def _last_task_error(api, name):
+def _last_task_error(api, service_id):
     """Why the latest failed task of a service failed (Docker's own words)."""
     failed = [
         task
-        for task in api.tasks(filters={"service": name})
+        for task in api.tasks(filters={"service": service_id})
         if task["Status"]["State"] in ("failed", "rejected")
     ]
     if not failed:

@@ -8,7 +8,6 @@ salt-cloud writes them). A fourth minion, ``intruder``, claims class ``backends`
 and has no engine.
 """
 
-import json
 import re
 import secrets as random_secrets
 import shutil
@@ -267,18 +266,6 @@ class Registry:
         return self.nodes.get(self.opts, minion_id)
 
 
-def _states(data):
-    """The {state key: result} dict inside an orchestrate/state return, however nested."""
-    if isinstance(data, dict):
-        if any("_|-" in key for key in data):
-            return data
-        for value in data.values():
-            found = _states(value)
-            if found is not None:
-                return found
-    return None
-
-
 class Swarm:
     """What the tests drive: the master's CLIs, pillar, registry, engines, recorded output."""
 
@@ -298,14 +285,12 @@ class Swarm:
         self.outputs.append(f"{ret.stdout}\n{ret.stderr}")
         return ret
 
-    def orchestrate(self, test=False):
+    def converge(self, test=False):
+        """``salt-run swarm.converge <class>``: (its outcome, its exit code, wall seconds)."""
         started = time.monotonic()
-        args = ["state.orchestrate", "orch.swarm", f"pillar={json.dumps({'class': CLASS})}"]
-        ret = self._keep(self.run_cli.run(*args, *(["test=True"] if test else [])))
-        states = _states(ret.data)
-        assert states, f"orchestrate did not run: {ret.stdout}{ret.stderr}"
-        by_id = {value["__id__"]: value for value in states.values()}
-        return by_id, time.monotonic() - started
+        ret = self.runner("swarm.converge", CLASS, *(["test=True"] if test else []))
+        assert isinstance(ret.data, dict), f"{ret.stdout}{ret.stderr}"
+        return ret.data, ret.returncode, time.monotonic() - started
 
     def runner(self, *args):
         return self._keep(self.run_cli.run(*args))

@@ -367,7 +367,7 @@ def test_service_present_masks_the_secrets_in_what_it_returns(swarm_module):
         "docker_swarm.service": lambda name: None,
         "docker_swarm.service_create": refuse,
     }
-    ret = states.service_present("web", settings["services"]["web"], "backends")
+    ret = states.service_present("web", "backends", settings)
     assert ret["result"] is False
     assert ret["comment"] == "cannot create service web: bad env ['API_TOKEN=**********']"
     assert SECRETS["api_token"] not in json.dumps(ret)
@@ -459,22 +459,30 @@ def test_fingerprints_are_salted_and_match_only_their_value(swarm_module):
     assert not swarm_module.fingerprint_matches("garbage", b"value")
 
 
-def test_scrubbing_masks_the_token(swarm_module):
-    assert (
-        swarm_module._scrub(f"error with {TOKEN} inside", TOKEN) == "error with ********** inside"
-    )
+def test_engine_errors_are_one_line_naming_the_action_token_masked(swarm_module, monkeypatch):
+    swarm_module.__salt__ = {"config.get": lambda key: "unix:///nonexistent/docker.sock"}
+    with pytest.raises(CommandExecutionError) as down, swarm_module._engine("swarm join failed"):
+        pass
+    assert str(down.value).startswith("swarm join failed: the Docker engine does not answer")
+    assert "\n" not in str(down.value)
 
+    class Answering:  # an engine that answers (the errors below are raised by hand)
+        def __init__(self, **_):
+            pass
 
-def test_api_errors_name_the_action_and_mask_the_token(swarm_module):
-    error = swarm_module.docker.errors.APIError(f"error with {TOKEN} inside")
+        def close(self):
+            pass
+
+    monkeypatch.setattr(swarm_module.docker, "APIClient", Answering)
+    error = swarm_module.docker.errors.APIError(f"error with {TOKEN}\ninside")
     with (
         pytest.raises(CommandExecutionError) as raised,
-        swarm_module._api_errors("swarm join failed", TOKEN),
+        swarm_module._engine("swarm join failed", TOKEN),
     ):
         raise error
     assert str(raised.value) == "swarm join failed: error with ********** inside"
     assert raised.value.__cause__ is error
-    with pytest.raises(KeyError), swarm_module._api_errors("swarm join failed"):
+    with pytest.raises(KeyError), swarm_module._engine("swarm join failed"):
         raise KeyError("not Docker's")
 
 
@@ -583,22 +591,34 @@ def test_a_node_in_another_swarm_is_never_promoted(runner):
     assert runner.plan_workers(MEMBERS, infos) == {"join": ["n3"], "foreign": ["n2"]}
 
 
-def test_the_cluster_record_stays_where_masters_keep_it(runner, tmp_path):
-    node = load_module("runners", "node")
-    node.__opts__ = {"cachedir": str(tmp_path)}
-    runner.__salt__ = {
-        name: getattr(node, name.partition(".")[2])
-        for name in ("node.cache_file", "node.read_cache_record", "node.write_cache_record")
-    }
-    path = tmp_path / "docker-hosts-swarm" / "backends.json"
+def test_the_class_swarm_is_remembered_in_the_masters_cache(runner, opts):
+    legacy = Path(opts["cachedir"]) / "docker-hosts-swarm" / "backends.json"
     assert runner._known_cluster("backends") is None
-    path.write_text(json.dumps({"cluster_id": "c0", "since": 1}))  # as earlier versions wrote it
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text(json.dumps({"cluster_id": "c0", "since": 1}))  # as earlier versions kept it
     assert runner._known_cluster("backends") == "c0"
     runner._remember_cluster("backends", "c1")
-    record = json.loads(path.read_text())
-    assert record["cluster_id"] == "c1" and set(record) == {"cluster_id", "since"}
+    assert runner._known_cluster("backends") == "c1"
     assert runner.forget("backends")["changes"] == {"cluster": {"old": "c1", "new": None}}
-    assert not path.exists() and runner._known_cluster("backends") is None
+    assert not legacy.exists() and runner._known_cluster("backends") is None
+
+
+@pytest.mark.parametrize(
+    ("reachability", "problem"),
+    [
+        (["reachable"], None),
+        (["reachable", "reachable", "unreachable"], None),
+        (["reachable", "unreachable", "unreachable"], "1 of 3 managers reachable (down: n2, n3)"),
+        (["reachable", "unreachable"], "1 of 2 managers reachable (down: n2)"),
+    ],
+)
+def test_quorum_needs_a_majority_of_reachable_managers(runner, reachability, problem):
+    nodes = [
+        {"role": "manager", "reachability": state, "labels": {runner.MINION_LABEL: f"n{i}"}}
+        for i, state in enumerate(reachability, 1)
+    ]
+    nodes.append({"role": "worker", "reachability": None, "labels": {}, "hostname": "w"})
+    assert runner.quorum_problem(nodes) == problem
 
 
 # --- entitlement from the master's node records -------------------------------------------
@@ -624,7 +644,7 @@ def test_members_and_classes_come_from_the_node_records(runner, opts):
     register(opts, "b", "backends")
     register(opts, "c", "dataserver")
     register(opts, "old", "backends", record_key=key_text("an earlier key"))
-    assert runner._members("backends") == ["a", "b"]
+    assert runner.__utils__["dockerhosts_nodes.members"](opts, "backends") == ["a", "b"]
     assert runner._class_of("c") == "dataserver"
     assert runner._class_of("old") is None  # a new key for an old name has no class
     assert runner._class_of("unknown") is None
@@ -647,7 +667,7 @@ def test_no_accepted_key_no_token(runner, opts):
         ("grain-only", "give it no class"),
         ("other-class", "give it class 'dataserver'"),
         ("no-key", "give it no class"),
-        ("disabled", "does not enable swarm"),
+        ("disabled", "swarm is not enabled in the pillar of class 'backends'"),
     ],
 )
 def test_refusals(runner, opts, minion, message):

@@ -1,6 +1,7 @@
-{#- Swarm, the cluster's part: applied on one manager by the swarm runner (orch.swarm), which
-    passes pillar swarm_run: the class (from the master's registry) and the nodes (minion id
-    to swarm node id). Nodes, then networks/secrets/configs, then services, then pruning. #}
+{#- Swarm, the cluster's part: applied on one manager by the swarm runner (swarm.converge),
+    which passes pillar swarm_run: the class (from the master's node records) and the nodes
+    (minion id to swarm node id). Nodes, then networks/secrets/configs, then services, then
+    pruning. #}
 {%- from tpldir ~ "/settings.jinja" import swarm with context %}
 {%- set run = pillar.get("swarm_run", {}) %}
 {%- set class_name = run.get("class") %}
@@ -17,14 +18,8 @@ docker-swarm-node-{{ minion }}:
     - name: {{ minion|json }}
     - node_id: {{ node_id|json }}
     - class_name: {{ class_name|json }}
-    - labels: {{ swarm.node_labels|json }}
-    - node: {{ swarm.nodes.get(minion, {})|json }}
+    - swarm: {{ swarm|json }}
 {%-   endfor %}
-
-docker-swarm-members-only:
-  docker_swarm.members_only:
-    - name: {{ class_name|json }}
-    - node_ids: {{ run.get("nodes", {}).values()|list|json }}
 {%-   for name, network in swarm.networks.items() %}
 
 docker-swarm-network-{{ name }}:
@@ -58,10 +53,8 @@ docker-swarm-config-{{ name }}:
 docker-swarm-service-{{ name }}:
   docker_swarm.service_present:
     - name: {{ name|json }}
-    - service: {{ service|json }}
     - class_name: {{ class_name|json }}
-    - definitions: {{ {"secrets": swarm.secrets, "configs": swarm.configs}|json }}
-    - timeout: {{ swarm.converge_timeout }}
+    - swarm: {{ swarm|json }}
 {%-     if needs %}
     - require:
 {%-       for id in needs|unique %}
