@@ -26,8 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import salt.cache
 import salt.client
+import salt.fileserver
 import salt.loader
 import salt.pillar
+import yaml
 
 log = logging.getLogger(__name__)
 
@@ -183,18 +185,31 @@ def _set_role(minion, role):
         __utils__["dockerhosts_nodes.update"](__opts__, minion, swarm_role=role)
 
 
-def _settings_of(minion_id):
+def _formula_data():
+    """salt://docker/swarm/defaults.yaml and schema.yaml, as the master's file server has them."""
+    server, found = salt.fileserver.Fileserver(__opts__), []
+    for name in ("defaults", "schema"):
+        path = server.find_file(f"docker/swarm/{name}.yaml", "base").get("path")
+        if not path:
+            raise SwarmError(f"salt://docker/swarm/{name}.yaml is not on the master's file server")
+        with open(path, encoding="utf-8") as handle:
+            found.append(yaml.safe_load(handle))
+    return found
+
+
+def _settings_of(minion_id, formula):
     """Pillar ``swarm`` the master compiles for the minion, checked (docker_swarm.validate)."""
     pillar = salt.pillar.get_pillar(
         __opts__, {}, minion_id, saltenv=__opts__.get("saltenv") or "base"
     ).compile_pillar()
     if pillar.get("_errors"):
         raise SwarmError(f"the pillar of {minion_id} does not compile: {pillar['_errors']}")
-    validate = salt.loader.raw_mod(__opts__, "docker_swarm", None).get("docker_swarm.validate")
+    modules = salt.loader.minion_mods(__opts__, utils=__utils__, whitelist=["docker_swarm"])
+    validate = modules.get("docker_swarm.validate")
     if validate is None:
         raise SwarmError("module docker_swarm is not on the master: salt-run saltutil.sync_all")
     try:
-        return validate(pillar.get("swarm"), secrets=pillar.get("docker_secrets") or {})
+        return validate(pillar.get("swarm"), *formula, secrets=pillar.get("docker_secrets") or {})
     except Exception as error:
         raise SwarmError(_one_line(error)) from error
 
@@ -239,7 +254,7 @@ class _Run:
         self.members = __utils__["dockerhosts_nodes.members"](__opts__, class_name)
         self.client = salt.client.LocalClient(mopts=__opts__)
         self.changes, self.notes, self.failures, self.down = {}, [], [], []
-        self._settings = {}
+        self._settings, self.formula = {}, None
 
     def fork(self):
         """The same run with a client of its own, for a thread."""
@@ -292,7 +307,8 @@ class _Run:
         if minion is None:
             raise SwarmError(f"the master has no node record of class {self.class_name}")
         if minion not in self._settings:
-            self._settings[minion] = _settings_of(minion)
+            self.formula = self.formula or _formula_data()
+            self._settings[minion] = _settings_of(minion, self.formula)
         if not self._settings[minion]["enabled"]:
             raise SwarmError(f"swarm is not enabled in the pillar of class {self.class_name!r}")
         return self._settings[minion]
@@ -455,8 +471,8 @@ def _managers(run, settings, infos):
 
 
 def _cluster(run, settings, infos):
-    """Nodes' labels, networks, secrets, configs, services: docker.swarm.cluster on a manager."""
-    managers = sorted(m for m, info in infos.items() if info and info["is_manager"])
+    """Nodes' labels, networks, secrets, configs, services: docker_swarm.converge on a manager."""
+    managers = sorted(_managing(infos))
     if not managers:
         run.notes.append("nodes, networks, secrets and services once the swarm exists")
         return
@@ -466,29 +482,20 @@ def _cluster(run, settings, infos):
         for minion, info in infos.items()
         if info and info["state"] == "active" and (info["is_manager"] or _in_swarm_of(info, addrs))
     }
-    pillar = {"swarm_run": {"class": run.class_name, "nodes": nodes}}
-    try:
-        states = run.call(
-            managers[0],
-            "state.apply",
-            "docker.swarm.cluster",
-            pillar=pillar,
-            test=run.test,
-            timeout=CALL_TIMEOUT + settings["converge_timeout"],
-            failing=True,
-        )
-    except SwarmError as error:
-        states = str(error)
-    if not isinstance(states, dict):  # a render error: a list of messages
-        run.failures.append(f"{managers[0]}: docker.swarm.cluster: {_one_line(states)}")
-        return
-    for key, state in states.items():
-        state_id = state.get("__id__") or key.split("_|-")[1]
-        if state.get("changes"):
-            run.change("cluster", state_id, state["changes"])
-        if state.get("result") is False:
-            run.failures.append(f"{state_id}: {_one_line(state.get('comment'))}")
-        run.notes.extend(_one_line(warning) for warning in state.get("warnings") or [])
+    timeout = CALL_TIMEOUT + settings["converge_timeout"] * (1 + len(settings["services"]))
+    outcome = run.call(
+        managers[0],
+        "docker_swarm.converge",
+        run.class_name,
+        nodes,
+        settings,
+        test=run.test,
+        timeout=timeout,
+    )
+    if outcome["changes"]:
+        run.changes["cluster"] = outcome["changes"]
+    run.failures += outcome["failures"]
+    run.notes += outcome["notes"]
 
 
 def _acting_manager(infos, avoid=None):

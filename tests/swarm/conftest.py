@@ -71,7 +71,7 @@ def base_swarm_pillar():
                 "networks": ["appnet"],
                 "secrets": ["api_token"],
                 "configs": [{"source": "motd", "target": "/etc/motd"}],
-                "env": {"GREETING": "hello", "WEB_KEY": {"secret": "web_env_key"}},
+                "environment": {"GREETING": "hello", "WEB_KEY": {"secret": "web_env_key"}},
                 "update_config": {
                     "parallelism": 1,
                     "delay": "1s",
@@ -86,7 +86,7 @@ def base_swarm_pillar():
                     "timeout": "3s",
                     "retries": 3,
                 },
-                "resources": {"limits": {"memory": "64M", "cpus": 0.5}},
+                "resources": {"mem_limit": "64M", "cpu_limit": 0.5},
                 # httpd as PID 1 would ignore SIGTERM: an init stops it at once.
                 "init": True,
                 "stop_grace_period": "2s",

@@ -146,14 +146,22 @@ def test_one_manager_two_workers_and_services(swarm):
     swarm.collect_tokens()
 
 
-def test_highstate_includes_the_nodes_part(swarm):
+def test_highstate_checks_the_swarm_pillar(swarm):
     rendered = swarm.salt("sw1", "state.show_sls", "docker").data
-    assert "docker-swarm-engine-ready" in rendered, sorted(rendered)
+    assert "docker-swarm-settings" in rendered, sorted(rendered)
     ret = swarm.salt("sw1", "state.apply", "docker.swarm")
-    engine = next(v for v in ret.data.values() if v["__id__"] == "docker-swarm-engine-ready")
-    assert engine["result"] is True
-    assert "active manager of a swarm" in engine["comment"]
-    assert not engine["changes"]
+    (checked,) = ret.data.values()
+    assert checked["result"] is True and not checked["changes"]
+    assert "pillar swarm: checked (swarm enabled)" in checked["name"]
+    swarm.pillar.swarm["services"]["web"]["env"] = {"A": "b"}
+    swarm.pillar.write()
+    try:
+        refused = swarm.salt("sw1", "state.apply", "docker.swarm")
+    finally:
+        del swarm.pillar.swarm["services"]["web"]["env"]
+        swarm.pillar.write()
+    assert refused.returncode != 0
+    assert "swarm:services:web:env: renamed: use environment" in refused.stdout
 
 
 def test_host_mode_port_published_on_every_node(swarm):
@@ -315,7 +323,7 @@ def test_rolling_update_follows_update_config(swarm):
     set_web_image(swarm, "app:2")
     outcome, seconds = converged(swarm)
     TIMINGS["rolling update, 3 tasks (wall)"] = seconds
-    web = outcome["changes"]["cluster"]["docker-swarm-service-web"]
+    web = outcome["changes"]["cluster"]["service web"]
     assert web["TaskTemplate.ContainerSpec.Image"] == {"old": "app:1", "new": "app:2"}
     assert swarm.tasks("web") == [(name, "app:2") for name in NODES]
     # parallelism 1, delay 1s: one task at a time, at least a second apart.
@@ -331,12 +339,12 @@ def test_failing_update_is_rolled_back(swarm):
         set_web_image(swarm, "app:2")
     TIMINGS["failed update + rollback (wall)"] = seconds
     assert outcome["result"] is False and returncode == 1
-    assert "docker-swarm-service-web" in outcome["comment"]
-    assert "Docker rolled it back" in outcome["comment"]
+    assert "service web: the update failed and Docker rolled it back" in outcome["comment"]
     service = swarm.manager().json("service", "inspect", "web")[0]
     assert service["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == "app:2"
     assert service["UpdateStatus"]["State"] == "rollback_completed"
-    assert swarm.tasks("web") == [(name, "app:2") for name in NODES]
+    # The tasks of the rolled-back spec start again within seconds.
+    wait_for(lambda: swarm.tasks("web") == [(name, "app:2") for name in NODES])
     # Pillar back on the image Docker rolled back to: nothing to do.
     assert_no_change(swarm)
 
@@ -346,11 +354,9 @@ def test_secret_rotation_makes_a_new_version(swarm):
     swarm.pillar.set_secret("api_token", f"{old}-rotated")
     outcome, _ = converged(swarm)
     cluster = outcome["changes"]["cluster"]
-    assert cluster["docker-swarm-secret-api_token"] == {
-        "secret": {"old": "api_token.v1", "new": "api_token.v2"}
-    }
-    assert "docker-swarm-service-web" in cluster
-    assert cluster["docker-swarm-versions-unused"] == {"removed": {"secret": ["api_token.v1"]}}
+    assert cluster["secret api_token"] == {"old": "api_token.v1", "new": "api_token.v2"}
+    assert "service web" in cluster
+    assert cluster["secrets removed"] == ["api_token.v1"]
     for name in NODES:
         container = swarm.container_of("web", name)
         assert swarm.exec(name, container, "cat /run/secrets/api_token") == f"{old}-rotated"
@@ -565,9 +571,7 @@ def test_services_no_longer_in_pillar_are_kept_or_removed(swarm):
         swarm.pillar.write()
         removed, _, _ = swarm.converge()
         assert removed["result"] is True, removed
-        assert removed["changes"]["cluster"]["docker-swarm-services-unlisted"] == {
-            "removed": ["edge"]
-        }
+        assert removed["changes"]["cluster"]["services removed"] == ["edge"]
         assert "edge" not in swarm.manager().cli("service", "ls", "--format", "{{.Name}}").split()
     finally:
         swarm.pillar.swarm["services"]["edge"] = edge
