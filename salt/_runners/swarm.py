@@ -1,28 +1,22 @@
 """
-Swarm per class, decided on the master: who is in a class's swarm, who manages it, who may
-join, and in what order it converges (docs/swarm.md).
-
-Membership and entitlement come from the master only: the node record's class, while the key
-the record was made for is the accepted one (``dockerhosts_nodes.class_of`` / ``members``),
-and the pillar the master compiles for the node enabling ``swarm``. Never a grain. A join token
-travels only sealed by a manager to that key (``docker_swarm.sealed_join_tokens``), opened by
-the joining minion's private key alone.
+Swarm per class, decided on the master (docs/swarm.md): who is in a class's swarm, who manages
+it, who may join, in what order it converges. Membership and entitlement come from the master
+only: the node record's class while the key it was made for is the accepted one
+(``dockerhosts_nodes``), and the pillar the master compiles for the node enabling ``swarm``;
+never a grain. A join token leaves a manager only sealed to that key.
 
 Each function returns {result, changes, comment, retcode} (salt-run exits with ``retcode``;
-every failure is one line); ``test=True`` shows the plan and changes nothing:
-``converge <class>``, ``admit <minion>``, ``remove_node <minion>``, ``status <class>``,
-``forget <class>``.
+every failure is one line); ``test=True`` shows the plan and changes nothing.
 """
 
 import contextlib
-import copy
 import fcntl
+import functools
 import hashlib
 import json
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import salt.cache
 import salt.client
@@ -34,7 +28,6 @@ import yaml
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 60
-JOIN_PARALLEL = 8
 NODE_DOWN_TIMEOUT = 30
 MINION_LABEL = "com.docker-hosts.minion"
 BANK = "dockerhosts/swarms"  # {class: {cluster_id, since}}: never a second swarm init
@@ -49,10 +42,6 @@ class SwarmError(Exception):
 # --- plans (pure) ---------------------------------------------------------------------------
 
 
-def _largest_odd(number):
-    return number if number % 2 else max(number - 1, 1)
-
-
 def _host(address):
     return str(address).rsplit(":", 1)[0] if address else None
 
@@ -62,8 +51,12 @@ def _in_swarm_of(info, manager_addrs):
     return bool({_host(addr) for addr in info["managers"]} & manager_addrs)
 
 
+def _managing(infos):
+    return sorted(minion for minion, info in infos.items() if info and info["is_manager"])
+
+
 def _manager_addrs(infos):
-    return {_host(info["node_addr"]) for info in infos.values() if info and info["is_manager"]}
+    return {_host(infos[minion]["node_addr"]) for minion in _managing(infos)}
 
 
 def _no_manager_errors(members, infos, known_cluster):
@@ -88,7 +81,7 @@ def plan_managers(members, infos, count, prefer=(), known_cluster=None):
     when no member is in a swarm, every member answered and the class never had one; existing
     managers stay managers; new ones come from ``prefer`` first, then by minion id.
     """
-    managers = sorted(m for m in members if infos.get(m) and infos[m]["is_manager"])
+    managers = [m for m in _managing(infos) if m in members]
     plan = {"init": None, "join": [], "promote": [], "demote": [], "managers": managers}
     clusters = {infos[m]["cluster_id"] for m in managers}
     if len(clusters) > 1:
@@ -105,7 +98,8 @@ def plan_managers(members, infos, count, prefer=(), known_cluster=None):
         and infos.get(m)
         and (infos[m]["state"] == "inactive" or m in managers or _in_swarm_of(infos[m], addrs))
     ]
-    chosen = list(dict.fromkeys(eligible))[: min(count, _largest_odd(len(members)))]
+    odd = len(members) if len(members) % 2 else max(len(members) - 1, 1)
+    chosen = list(dict.fromkeys(eligible))[: min(count, odd)]
     if not managers:
         plan["init"], chosen = chosen[0], chosen[1:]
     for minion in chosen:
@@ -118,16 +112,14 @@ def plan_managers(members, infos, count, prefer=(), known_cluster=None):
 def plan_workers(members, infos, managing=()):
     """Members to join as workers (answering, in no swarm, not in ``managing``: planned
     managers) and members in another swarm."""
-    addrs = _manager_addrs(infos)
-    join, foreign = [], []
+    addrs, join, foreign = _manager_addrs(infos), [], []
     for minion in members:
         info = infos.get(minion)
-        if not info or info["is_manager"] or minion in managing:
-            continue
-        if info["state"] == "inactive":
-            join.append(minion)
-        elif not _in_swarm_of(info, addrs):
-            foreign.append(minion)
+        if info and not info["is_manager"] and minion not in managing:
+            if info["state"] == "inactive":
+                join.append(minion)
+            elif not _in_swarm_of(info, addrs):
+                foreign.append(minion)
     return {"join": join, "foreign": foreign}
 
 
@@ -144,6 +136,12 @@ def quorum_problem(nodes):
 
 def _node_name(node):
     return node["labels"].get(MINION_LABEL) or node["hostname"]
+
+
+def _role(info):
+    if not info or info["state"] != "active":
+        return None
+    return "manager" if info["is_manager"] else "worker"
 
 
 # --- the master's view: node records, keys, pillar, the class's swarm --------------------------
@@ -169,13 +167,14 @@ def _class_of(minion_id):
 def _public_key(minion_id):
     """The accepted key of the minion, only when its node record was made for that key."""
     path = os.path.join(__opts__["pki_dir"], "minions", _checked(minion_id, "node"))
-    try:
+    with contextlib.suppress(OSError):
         with open(path, encoding="utf-8") as handle:
             key = handle.read()
         record = __utils__["dockerhosts_nodes.get"](__opts__, minion_id) or {}
-    except Exception:  # fail closed
-        return None
-    return key if record.get("key") == hashlib.sha256(key.strip().encode()).hexdigest() else None
+        return (
+            key if record.get("key") == hashlib.sha256(key.strip().encode()).hexdigest() else None
+        )
+    return None
 
 
 def _set_role(minion, role):
@@ -185,31 +184,25 @@ def _set_role(minion, role):
         __utils__["dockerhosts_nodes.update"](__opts__, minion, swarm_role=role)
 
 
-def _formula_data():
-    """salt://docker/swarm/defaults.yaml and schema.yaml, as the master's file server has them."""
-    server, found = salt.fileserver.Fileserver(__opts__), []
-    for name in ("defaults", "schema"):
-        path = server.find_file(f"docker/swarm/{name}.yaml", "base").get("path")
-        if not path:
-            raise SwarmError(f"salt://docker/swarm/{name}.yaml is not on the master's file server")
-        with open(path, encoding="utf-8") as handle:
-            found.append(yaml.safe_load(handle))
-    return found
-
-
 def _settings_of(minion_id, formula):
-    """Pillar ``swarm`` the master compiles for the minion, checked (docker_swarm.validate)."""
-    pillar = salt.pillar.get_pillar(
-        __opts__, {}, minion_id, saltenv=__opts__.get("saltenv") or "base"
-    ).compile_pillar()
+    """Pillar ``swarm`` the master compiles for the minion, checked (docker_swarm.validate
+    with salt://docker/swarm/defaults.yaml and schema.yaml from the master's file server)."""
+    if not formula:
+        server = salt.fileserver.Fileserver(__opts__)
+        for name in ("defaults", "schema"):
+            path = server.find_file(f"docker/swarm/{name}.yaml", "base").get("path")
+            if not path:
+                raise SwarmError(f"salt://docker/swarm/{name}.yaml is not on the file server")
+            with open(path, encoding="utf-8") as handle:
+                formula.append(yaml.safe_load(handle))
+    saltenv = __opts__.get("saltenv") or "base"
+    pillar = salt.pillar.get_pillar(__opts__, {}, minion_id, saltenv=saltenv).compile_pillar()
     if pillar.get("_errors"):
         raise SwarmError(f"the pillar of {minion_id} does not compile: {pillar['_errors']}")
     modules = salt.loader.minion_mods(__opts__, utils=__utils__, whitelist=["docker_swarm"])
-    validate = modules.get("docker_swarm.validate")
-    if validate is None:
-        raise SwarmError("module docker_swarm is not on the master: salt-run saltutil.sync_all")
     try:
-        return validate(pillar.get("swarm"), *formula, secrets=pillar.get("docker_secrets") or {})
+        secrets = pillar.get("docker_secrets") or {}
+        return modules["docker_swarm.validate"](pillar.get("swarm"), *formula, secrets=secrets)
     except Exception as error:
         raise SwarmError(_one_line(error)) from error
 
@@ -254,61 +247,44 @@ class _Run:
         self.members = __utils__["dockerhosts_nodes.members"](__opts__, class_name)
         self.client = salt.client.LocalClient(mopts=__opts__)
         self.changes, self.notes, self.failures, self.down = {}, [], [], []
-        self._settings, self.formula = {}, None
+        self._settings, self._formula = {}, []
 
-    def fork(self):
-        """The same run with a client of its own, for a thread."""
-        twin = copy.copy(self)
-        twin.client = salt.client.LocalClient(mopts=__opts__)
-        return twin
-
-    def call(self, minion, fun, *args, timeout=CALL_TIMEOUT, failing=False, **kwargs):
-        """``fun`` on one minion; its return, or SwarmError naming what failed (``failing``:
-        a non-zero retcode still returns)."""
-        returns = self.client.cmd(
-            [minion],
+    def cmd(self, minions, fun, args=(), kwargs=None, timeout=CALL_TIMEOUT):
+        return self.client.cmd(
+            minions,
             fun,
             arg=list(args),
-            kwarg=kwargs,
+            kwarg=kwargs or {},
             tgt_type="list",
             timeout=timeout,
             full_return=True,
         )
-        item = returns.get(minion)
+
+    def call(self, minion, fun, *args, timeout=CALL_TIMEOUT, **kwargs):
+        """``fun`` on one minion: its return, or SwarmError naming what failed."""
+        item = self.cmd([minion], fun, args, kwargs, timeout).get(minion)
         if not isinstance(item, dict) or "ret" not in item:
             raise SwarmError(f"{minion} did not answer {fun}")
-        if item.get("retcode", 0) and not failing:
+        if item.get("retcode"):
             raise SwarmError(f"{minion}: {_one_line(item['ret'])}")
         return item["ret"]
 
     def probe(self, minions=None):
         """{minion: node_info, or None when the minion or its engine did not answer}."""
         minions = sorted(set(minions or self.members))
-        returns = (
-            self.client.cmd(
-                minions,
-                "docker_swarm.node_info",
-                tgt_type="list",
-                timeout=CALL_TIMEOUT,
-                full_return=True,
-            )
-            if minions
-            else {}
-        )
-        infos = {}
-        for minion in minions:
-            item = returns.get(minion) or {}
-            ok = isinstance(item.get("ret"), dict) and not item.get("retcode")
-            infos[minion] = item["ret"] if ok else None
-        return infos
+        found = self.cmd(minions, "docker_swarm.node_info") if minions else {}
+        items = {minion: found.get(minion) or {} for minion in minions}
+        return {
+            m: i["ret"] if isinstance(i.get("ret"), dict) and not i.get("retcode") else None
+            for m, i in items.items()
+        }
 
     def settings(self, minion=None):
         minion = minion or (self.members or [None])[0]
         if minion is None:
             raise SwarmError(f"the master has no node record of class {self.class_name}")
         if minion not in self._settings:
-            self.formula = self.formula or _formula_data()
-            self._settings[minion] = _settings_of(minion, self.formula)
+            self._settings[minion] = _settings_of(minion, self._formula)
         if not self._settings[minion]["enabled"]:
             raise SwarmError(f"swarm is not enabled in the pillar of class {self.class_name!r}")
         return self._settings[minion]
@@ -332,10 +308,10 @@ class _Run:
 
     def outcome(self, down_fails=True):
         result = not self.failures and not (down_fails and self.down)
-        if result and self.test and self.changes:
-            result = None
         down = [f"down: {', '.join(self.down)}"] if self.down else []
         comment = "; ".join(self.failures + down + self.notes) or "nothing to do"
+        if result and self.test and self.changes:
+            result = None
         return {"result": result, "changes": self.changes, "comment": comment}
 
 
@@ -345,18 +321,20 @@ def _finish(outcome):
     return {**outcome, "retcode": retcode}
 
 
+def _failed(comment):
+    return _finish({"result": False, "changes": {}, "comment": comment})
+
+
 def _guarded(what, class_name, test, body):
     """``body(run)`` for the class, locked; a refusal or any error is one line, exit 1."""
     try:
         with _locked(class_name):
-            run = _Run(class_name, test)
-            return _finish(body(run))
+            return _finish(body(_Run(class_name, test)))
     except SwarmError as error:
-        return _finish({"result": False, "changes": {}, "comment": f"{what}: {error}"})
+        return _failed(f"{what}: {error}")
     except Exception as error:  # no traceback for the operator: the master's log has it
         log.exception("swarm: %s failed", what)
-        comment = f"{what} failed: {_one_line(error)} (details in the master's log)"
-        return _finish({"result": False, "changes": {}, "comment": comment})
+        return _failed(f"{what} failed: {_one_line(error)} (details in the master's log)")
 
 
 # --- converge -----------------------------------------------------------------------------------
@@ -365,9 +343,7 @@ def _guarded(what, class_name, test, body):
 def _health(run, infos):
     """Before any change: quorum lost -> SwarmError, nothing changes; down nodes named; swarm
     nodes of no member reported (never removed by a converge)."""
-    managers = sorted(m for m, info in infos.items() if info and info["is_manager"])
-    silent = {m for m in run.members if infos.get(m) is None}
-    nodes = []
+    silent, managers, nodes = {m for m in run.members if not infos.get(m)}, _managing(infos), []
     if managers:
         try:
             nodes = run.call(managers[0], "docker_swarm.nodes")
@@ -375,14 +351,13 @@ def _health(run, infos):
             raise SwarmError(
                 f"the swarm of class {run.class_name} cannot take changes and has likely lost "
                 f"its quorum ({error}; not answering: {', '.join(sorted(silent)) or 'none'}); "
-                "nothing was changed: bring the managers' Docker engines back (docs/swarm.md, "
-                "'Quorum')"
+                "nothing was changed: bring the managers' Docker engines back (docs/swarm.md)"
             ) from error
-    problem = quorum_problem(nodes) if nodes else None
-    if problem:
+    problem = quorum_problem(nodes)
+    if nodes and problem:
         raise SwarmError(
             f"the swarm of class {run.class_name} has lost its quorum: {problem}; nothing was "
-            "changed: bring their Docker engines back (docs/swarm.md, 'Quorum')"
+            "changed: bring their Docker engines back (docs/swarm.md, 'Health and quorum')"
         )
     known = {info["node_id"]: m for m, info in infos.items() if info and info["node_id"]}
     for node in nodes:
@@ -400,62 +375,41 @@ def _health(run, infos):
 
 
 def _join(run, minions, role, manager):
-    """Join ``minions`` as ``role``: each entitled one gets the token sealed for it alone.
-    Managers join one at a time (raft), workers at once."""
-    entitled = []
-    for minion in minions:
-        refusal = run.refusal(minion)
-        if refusal:
-            run.failures.append(refusal)
-        elif run.test:
+    """Join ``minions`` as ``role``, each entitled one with the token sealed for it alone."""
+    entitled = [m for m in minions if not run.refusal(m)]
+    run.failures.extend(run.refusal(m) for m in minions if m not in entitled)
+    if run.test or not entitled:
+        for minion in entitled:
             run.change(f"{role}s", minion, {"join": role})
-        else:
-            entitled.append(minion)
-    if not entitled:
         return
     keys = {minion: _public_key(minion) for minion in entitled}
     tokens = run.call(manager, "docker_swarm.sealed_join_tokens", role, keys)
-
-    def join(minion):
+    for minion in entitled:  # one at a time: a manager's join changes the raft
         addressing = {key: run.settings(minion)[key] for key in ADDRESSING[:2]}
-        sealed = tokens["sealed"][minion]
+        args = (tokens["sealed"][minion], role, tokens["cluster_id"], tokens["managers"])
         try:
-            run.fork().call(
-                minion,
-                "docker_swarm.join",
-                sealed,
-                role,
-                tokens["cluster_id"],
-                tokens["managers"],
-                addressing=addressing,
-            )
+            run.call(minion, "docker_swarm.join", *args, addressing=addressing)
             run.change(f"{role}s", minion, {"joined": role})
         except SwarmError as error:
             run.failures.append(str(error))
 
-    parallel = 1 if role == "manager" else min(JOIN_PARALLEL, len(entitled))
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        list(pool.map(join, entitled))
-
 
 def _managers(run, settings, infos):
     """The managers part; returns the members that manage (or would) for the workers part."""
-    managers = settings["managers"]
-    plan = plan_managers(
-        run.members, infos, managers["count"], managers["prefer"], _known_cluster(run.class_name)
-    )
+    count, prefer = settings["managers"]["count"], settings["managers"]["prefer"]
+    plan = plan_managers(run.members, infos, count, prefer, _known_cluster(run.class_name))
     if plan["errors"]:
         raise SwarmError("; ".join(plan["errors"]))
     manager = plan["init"] or plan["managers"][0]
     if plan["init"]:
-        refusal = run.refusal(plan["init"])
+        refusal = run.refusal(manager)
         if refusal:
             raise SwarmError(refusal)
-        addressing = {key: run.settings(plan["init"])[key] for key in ADDRESSING}
         if not run.test:
-            created = run.call(plan["init"], "docker_swarm.init", **addressing)
+            addressing = {key: run.settings(manager)[key] for key in ADDRESSING}
+            created = run.call(manager, "docker_swarm.init", **addressing)
             _remember_cluster(run.class_name, created["cluster_id"])
-        run.change("managers", plan["init"], {"swarm": "created"})
+        run.change("managers", manager, {"swarm": "created"})
     _join(run, plan["join"], "manager", manager)
     if run.down and (plan["promote"] or plan["demote"]):
         run.notes.append("no manager promoted or demoted while a node of the class is down")
@@ -466,13 +420,13 @@ def _managers(run, settings, infos):
         if not run.test:
             run.call(manager, "docker_swarm.node_update", infos[minion]["node_id"], role=role)
     if plan["managers"]:
-        _remember_cluster(run.class_name, infos[plan["managers"][0]]["cluster_id"])
+        _remember_cluster(run.class_name, infos[manager]["cluster_id"])
     return [plan["init"], *plan["join"], *plan["promote"]]
 
 
 def _cluster(run, settings, infos):
     """Nodes' labels, networks, secrets, configs, services: docker_swarm.converge on a manager."""
-    managers = sorted(_managing(infos))
+    managers = _managing(infos)
     if not managers:
         run.notes.append("nodes, networks, secrets and services once the swarm exists")
         return
@@ -480,7 +434,7 @@ def _cluster(run, settings, infos):
     nodes = {
         minion: info["node_id"]
         for minion, info in infos.items()
-        if info and info["state"] == "active" and (info["is_manager"] or _in_swarm_of(info, addrs))
+        if _role(info) and (info["is_manager"] or _in_swarm_of(info, addrs))
     }
     timeout = CALL_TIMEOUT + settings["converge_timeout"] * (1 + len(settings["services"]))
     outcome = run.call(
@@ -498,27 +452,8 @@ def _cluster(run, settings, infos):
     run.notes += outcome["notes"]
 
 
-def _acting_manager(infos, avoid=None):
-    managers = sorted(_managing(infos))
-    chosen = [m for m in managers if m != avoid] or managers
-    if not chosen:
-        raise SwarmError("no manager of the class answers")
-    return chosen[0]
-
-
-def _managing(infos):
-    return {minion for minion, info in infos.items() if info and info["is_manager"]}
-
-
-def _role(info):
-    if not info or info["state"] != "active":
-        return None
-    return "manager" if info["is_manager"] else "worker"
-
-
 def _converge(run):
-    settings = run.settings()
-    infos = run.probe()
+    settings, infos = run.settings(), run.probe()
     _health(run, infos)
     managing = _managers(run, settings, infos)
     if not run.test:
@@ -526,24 +461,21 @@ def _converge(run):
     plan = plan_workers(run.members, infos, managing)
     run.failures.extend(f"{minion} is in another swarm: not touched" for minion in plan["foreign"])
     if plan["join"]:
-        _join(run, plan["join"], "worker", None if run.test else _acting_manager(infos))
+        _join(run, plan["join"], "worker", None if run.test else _managing(infos)[0])
     if not run.test:
         infos = run.probe()
         for minion, info in infos.items():
             if info is not None:
                 _set_role(minion, _role(info))
     _cluster(run, settings, infos)
+    return run
 
 
 def converge(class_name, test=False):
-    """The class's swarm as pillar says: managers, workers, then (on a manager) nodes' labels,
-    networks, secrets, configs and services."""
-
-    def body(run):
-        _converge(run)
-        return run.outcome()
-
-    return _guarded(f"swarm of class {class_name}", class_name, test, body)
+    """The class's swarm as pillar says: the health check, managers, workers, then (on a
+    manager) nodes' labels, networks, secrets, configs and services."""
+    what = f"swarm of class {class_name}"
+    return _guarded(what, class_name, test, lambda run: _converge(run).outcome())
 
 
 def admit(minion_id, test=False):
@@ -554,98 +486,134 @@ def admit(minion_id, test=False):
     try:
         class_name = _class_of(minion_id)
     except SwarmError as error:
-        return _finish({"result": False, "changes": {}, "comment": f"{what}: {error}"})
+        return _failed(f"{what}: {error}")
     if not class_name:
-        comment = f"{what}: {minion_id} is not entitled: the master's node records give it no class"
-        return _finish({"result": False, "changes": {}, "comment": comment})
+        return _failed(
+            f"{what}: {minion_id} is not entitled: the master's node records give it no class"
+        )
 
     def body(run):
         refusal = run.refusal(minion_id)
         if refusal:
             raise SwarmError(refusal)
-        _converge(run)
-        return run.outcome(down_fails=False)
+        return _converge(run).outcome(down_fails=False)
 
     return _guarded(what, class_name, test, body)
 
 
-# --- removing a node ----------------------------------------------------------------------------
+# --- removing nodes -----------------------------------------------------------------------------
 
 
 def _node_of(run, manager, minion, infos):
     """The swarm node id of ``minion``: from the minion itself, else by its label."""
-    info = infos.get(minion)
-    if info and info["state"] != "inactive" and info["node_id"]:
-        return info["node_id"]
+    if _role(infos.get(minion)):
+        return infos[minion]["node_id"]
     found = [n["id"] for n in run.call(manager, "docker_swarm.nodes") if _node_name(n) == minion]
     return found[0] if found else None
 
 
-def _left(run, minion):
+def _left(run, minion, force=False):
     try:
-        run.call(minion, "docker_swarm.leave")
+        return bool(run.call(minion, "docker_swarm.leave", force=force) or True)
     except SwarmError as error:
         run.notes.append(f"{minion} did not leave ({error})")
         return False
+
+
+def _down(run, manager, node_id):
+    """Whether the managers see the node down (or no longer have it), waiting a while."""
+    deadline = time.monotonic() + NODE_DOWN_TIMEOUT
+    while (run.call(manager, "docker_swarm.node", node_id) or {"state": "down"})["state"] != "down":
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
     return True
 
 
 def _remove(run, minion, force):
+    """Demote, drain (its tasks run on the other nodes before it goes), leave, remove."""
     infos = run.probe([*run.members, minion])
-    if _managing(infos) == {minion} and not force:
-        raise SwarmError(
-            f"{minion} is the swarm's only manager: removing it ends the swarm "
-            "(raise swarm:managers:count first)"
-        )
-    manager = _acting_manager(infos, avoid=minion)
+    if _managing(infos) == [minion]:
+        if not force:
+            raise SwarmError(
+                f"{minion} is the swarm's only manager: removing it ends the swarm (raise "
+                "swarm:managers:count first, or pass force=True when the whole class goes)"
+            )
+        run.change("removed", minion, "the swarm ended with its last manager")
+        if not run.test and _left(run, minion, force=True):
+            _set_role(minion, None)
+        return
+    manager = next(m for m in _managing(infos) if m != minion)
     node_id = _node_of(run, manager, minion, infos)
     if node_id is None:
         run.notes.append(f"{minion} is not in the swarm")
         return
+    run.change("removed", minion, {"node": node_id})
     if run.test:
-        run.change("removed", minion, {"node": node_id})
         return
-    # Demoted and drained: its tasks run on the other nodes before it goes.
     wait = run.settings()["converge_timeout"]
     drained = run.call(
         manager, "docker_swarm.drain", node_id, run.class_name, wait, timeout=CALL_TIMEOUT + wait
     )
     if drained["stuck"]:
         run.failures.append(f"not back to full strength without {minion}: {drained['stuck']}")
+    # One that could not leave is removed once the managers see it down (a node gone already),
+    # or at once with ``force`` (its key was deleted: it will not answer again).
     left = _left(run, minion)
-    deadline = time.monotonic() + NODE_DOWN_TIMEOUT
-    # One that could not leave (gone already) is removed once the managers see it down.
-    while (
-        not left and (run.call(manager, "docker_swarm.node", node_id) or {}).get("state") != "down"
-    ):
-        if time.monotonic() > deadline:
-            raise SwarmError(f"{minion} did not leave and its node is not down: not removed")
-        time.sleep(1)
+    if not (left or force or _down(run, manager, node_id)):
+        raise SwarmError(f"{minion} did not leave and its node is not down: not removed")
     run.call(manager, "docker_swarm.node_remove", node_id)
     _set_role(minion, None)
     run.change("removed", minion, {"node": node_id, "left": left, **drained})
 
 
-def remove_node(minion_id, class_name=None, force=False, test=False):
+def remove_node(names, class_name=None, force=False, test=False):
     """
-    ``minion_id`` out of its class's swarm: demoted if a manager, drained (its tasks move to
-    the other nodes), left, removed from the node list. ``class_name`` defaults to the node
-    record's. The only manager is removed only with ``force`` (which ends the swarm).
+    Nodes out of their class's swarm, one call for a batch (``names``: one, a list or
+    comma-separated): each demoted if a manager, drained (its tasks move to the other nodes),
+    left, removed from the node list, its record's ``swarm_role`` cleared. The class is
+    ``class_name``, else the node record's (the lifecycle calls this before it forgets a
+    destroyed node or one whose key was deleted). ``force``: remove one that cannot leave at
+    once (its key is gone), and let the last manager leave (the whole class goes).
     """
-    what = f"swarm.remove_node {minion_id}"
-    try:
-        found = class_name or _class_of(minion_id)
-    except SwarmError as error:
-        return _finish({"result": False, "changes": {}, "comment": f"{what}: {error}"})
-    if not found:
-        comment = f"{what}: it has no class in the master's node records: pass class_name"
-        return _finish({"result": False, "changes": {}, "comment": comment})
-    return _guarded(what, found, test, lambda run: _remove(run, minion_id, force) or run.outcome())
+    names = names.split(",") if isinstance(names, str) else [str(name) for name in names]
+    groups, refused = {}, []
+    for name in names:
+        problem = __utils__["dockerhosts_names.node_name_problem"](name)
+        record = {} if problem else __utils__["dockerhosts_nodes.get"](__opts__, name) or {}
+        found = class_name or record.get("class")
+        if problem or not found:
+            why = problem or "no class in the master's node records: pass class_name"
+            refused.append(f"swarm.remove_node {name}: {why}")
+        else:
+            groups.setdefault(found, []).append(name)
+
+    def body(run, members):
+        for member in members:
+            _remove(run, member, force)
+        return run.outcome(down_fails=False)
+
+    outcomes = [
+        _guarded(
+            f"swarm.remove_node {','.join(members)}",
+            group,
+            test,
+            functools.partial(body, members=members),
+        )
+        for group, members in groups.items()
+    ]
+    changes = {}
+    for outcome in outcomes:
+        for step, found in outcome["changes"].items():
+            changes.setdefault(step, {}).update(found)
+    results = [outcome["result"] for outcome in outcomes] + [False] * len(refused)
+    result = False if False in results else (None if None in results else True)
+    comment = "; ".join(refused + [outcome["comment"] for outcome in outcomes])
+    return _finish({"result": result, "changes": changes, "comment": comment})
 
 
 def status(class_name):
-    """The class's members, their swarm membership and the swarm's health (exit 1 when a node
-    is down or the quorum is lost)."""
+    """The class's members, their role and the swarm's health (exit 1: a node is down)."""
 
     def body(run):
         infos = run.probe()

@@ -726,3 +726,11 @@ def test_entitled_member(runner, opts):
     run.class_name = "backends"
     run._settings = {"a": {"enabled": True}}
     assert run.refusal("a") is None
+
+
+def test_removal_refuses_names_without_a_class_or_a_valid_name(runner, opts):
+    refused = runner.remove_node("ghost,bad name!")
+    assert refused["result"] is False and refused["retcode"] == 1
+    assert "swarm.remove_node ghost: no class in the master's node records" in refused["comment"]
+    assert "swarm.remove_node bad name!: 'bad name!' is not a node name" in refused["comment"]
+    assert "\n" not in refused["comment"]
