@@ -1,19 +1,11 @@
 """
-Docker swarm per class, on the docker SDK (Salt 3008 has no swarm module, 3007's fails on a
-node already in a swarm). The ``swarm`` runner drives it from the master.
-
-- ``validate``: pillar ``swarm`` with salt/docker/swarm/defaults.yaml merged under it, its keys
-  and types, the rules of schema.yaml next to it and the SDK's own types checked (every
-  problem at once, each with its key path), durations normalized to nanoseconds.
-- ``converge`` (on a manager): nodes' labels and availability, networks, secrets and configs
-  (immutable in Docker: a changed value is a new version ``<name>.v<N>``), services built with
-  the SDK's types (a change is a rolling update per update_config; a failed one is reported),
-  then the services and versions pillar no longer names. Every object is found by its exact
-  name, never by what Docker resolves as an ID prefix; every Docker or engine error is one
-  line naming what failed; secret values never appear in what it returns.
-- membership: ``node_info``, ``init``, ``join``, ``leave``, ``nodes``, ``node_update``,
-  ``node_remove``, ``drain``. A join token leaves a manager only sealed for one minion's key
-  (``sealed_join_tokens``) and is opened by that minion's private key alone (``join``).
+Docker swarm per class on the docker SDK (Salt 3008 has no swarm module, 3007's fails on a
+node already in a swarm), driven by the ``swarm`` runner (docs/swarm.md): ``validate`` (pillar
+over defaults.yaml, checked with schema.yaml and the SDK's own types), ``converge`` (the
+cluster, on a manager), membership (``node_info``, ``init``, ``join``, ``leave``, ``nodes``,
+``node_update``, ``node_remove``, ``drain``). Objects are found by exact name, never by an ID
+prefix; every Docker or engine error is one line; a join token leaves a manager only sealed
+for one minion's key, and secret values never appear in what a function returns.
 """
 
 import base64

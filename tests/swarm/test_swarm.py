@@ -178,6 +178,13 @@ def test_second_run_changes_nothing(swarm):
     assert status["members"] == {"sw1": "manager", "sw2": "worker", "sw3": "worker"}
 
 
+def remove_by_name(engine, kind, name):
+    """Remove the object named exactly ``name``, by its ID (the CLI resolves ID prefixes too)."""
+    for row in engine.cli(kind, "ls", "--format", "{{.ID}} {{.Name}}").splitlines():
+        if row.split()[1] == name:
+            engine.cli(kind, "rm", row.split()[0])
+
+
 def test_objects_are_found_by_exact_name_never_by_an_id_prefix(swarm):
     # Docker resolves a name it does not know as an ID prefix: pillar objects named after the
     # first letters of other objects' IDs must neither touch those nor be taken for them.
@@ -220,11 +227,10 @@ def test_objects_are_found_by_exact_name_never_by_an_id_prefix(swarm):
         del swarm.pillar.swarm["services"][service_name]
         del swarm.pillar.swarm["networks"][network_name]
         swarm.pillar.write()
-        for kind in ("service", "network"):  # by ID: the CLI resolves ID prefixes too
-            for row in manager.cli(kind, "ls", "--format", "{{.ID}} {{.Name}}").splitlines():
-                object_id, name = row.split()
-                if name in (service_name, network_name, "squatter", "squatnet"):
-                    manager.cli(kind, "rm", object_id)
+        for name in (service_name, "squatter"):
+            remove_by_name(manager, "service", name)
+        for name in (network_name, "squatnet"):
+            remove_by_name(manager, "network", name)
     assert first["result"] is True, first
     assert second["result"] is True and not second["changes"], second
     assert theirs["Spec"]["Name"] == "squatter" and theirs["Version"]["Index"] == version
@@ -473,6 +479,7 @@ def engines_down(swarm, *names):
         for name in names:
             start_engine(swarm.engines[name])
         wait_for(lambda: sorted(s for _, _, s in node_table(swarm).values()) == MANAGERS_UP)
+        wait_for(lambda: set(swarm_states(swarm).values()) == {"active"})
 
 
 def wait_for(condition, timeout=90):
@@ -561,6 +568,59 @@ def test_docker_error_during_secret_rotation_is_one_line(swarm):
     assert fixed["result"] is True, fixed
     container = swarm.container_of("web", "sw1")
     assert swarm.exec("sw1", container, "cat /run/secrets/api_token") == f"{old}-again"
+
+
+EDGE_SERVICE = {
+    # The least or most the check accepts, for each option Docker could refuse.
+    "image": "app:1",
+    "replicas": 1,
+    "command": ["sleep", "1000"],
+    "endpoint_mode": "dnsrr",
+    "ports": [
+        {"target": 1, "published": 65535, "mode": "host", "protocol": "tcp"},
+        {"target": 65535, "mode": "host", "protocol": "udp"},
+    ],
+    "max_replicas_per_node": 1,
+    "resources": {
+        "mem_limit": "6M",
+        "cpu_limit": 0.01,
+        "mem_reservation": "6M",
+        "cpu_reservation": 0.01,
+    },
+    "restart_policy": {"condition": "on-failure", "delay": 0, "max_attempts": 1000000},
+    "update_config": {"parallelism": 0, "max_failure_ratio": 1, "order": "start-first"},
+    "rollback_config": {"parallelism": 1000000, "failure_action": "continue", "monitor": 0},
+    "healthcheck": {"test": ["NONE"], "retries": 0, "interval": 0, "start_period": "1ms"},
+    "stop_grace_period": 0,
+    "secrets": [{"source": "api_token", "target": "t", "uid": 65534, "gid": "0", "mode": 0}],
+    "configs": [{"source": "motd", "target": "/m", "mode": 0o777}],
+    "environment": {"_": "", "A1": 0},
+    "container_labels": {"a.b/c-d_e": ""},
+    "log_driver": "json-file",
+    "log_opt": {"max-size": "1k", "max-file": 1},
+    "init": True,
+}
+
+
+def test_values_at_the_edges_of_the_check_are_taken_by_docker(swarm):
+    swarm.pillar.swarm["services"]["edges"] = EDGE_SERVICE
+    swarm.pillar.write()
+    try:
+        outcome, returncode, _ = swarm.converge()
+        created = swarm.manager().json("service", "inspect", "edges")[0]["Spec"]
+        tasks = swarm.tasks("edges")
+        again, _, _ = swarm.converge()
+    finally:
+        del swarm.pillar.swarm["services"]["edges"]
+        swarm.pillar.write()
+        remove_by_name(swarm.manager(), "service", "edges")
+    assert outcome["result"] is True and returncode == 0, outcome
+    assert "service edges" in outcome["changes"]["cluster"]
+    assert again["result"] is True and "service edges" not in again["changes"].get("cluster", {})
+    resources = created["TaskTemplate"]["Resources"]
+    assert resources["Limits"] == {"NanoCPUs": 10**7, "MemoryBytes": 6 * 2**20}
+    assert created["UpdateConfig"]["MaxFailureRatio"] == 1
+    assert len(tasks) == 1
 
 
 def test_services_no_longer_in_pillar_are_kept_or_removed(swarm):
