@@ -23,9 +23,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -298,3 +300,96 @@ def import_image(nodes, *tags, leave_out=()):
                 capture_output=True,
                 check=True,
             )
+
+
+def stop_engine(node):
+    """Stop one engine (as a crash or a reboot would take it away); ``start_engine`` brings
+    it back with its swarm state (its data root is kept)."""
+    _stop(node)
+
+
+def start_engine(node):
+    _start(node)
+    _wait_ready(node)
+
+
+def _read_head(connection):
+    """A request's head (request line + headers), or what came before the connection closed."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+def _pipe(source, target):
+    with contextlib.suppress(OSError):
+        while chunk := source.recv(65536):
+            target.sendall(chunk)
+    with contextlib.suppress(OSError):
+        target.shutdown(socket.SHUT_WR)
+
+
+def _serve_one(client, upstream_path, fails, status, message):
+    with client:
+        head = _read_head(client)
+        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        method, _, rest = request_line.partition(" ")
+        path = rest.rpartition(" ")[0]
+        if fails(method, path):
+            body = json.dumps({"message": message}).encode()
+            client.sendall(
+                f"HTTP/1.1 {status} Fault\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            return
+        # One request per connection: the client opens a new one for its next request.
+        header, gap, body_start = head.partition(b"\r\n\r\n")
+        lines = [h for h in header.split(b"\r\n") if not h.lower().startswith(b"connection:")]
+        head = b"\r\n".join([*lines, b"Connection: close"]) + gap + body_start
+        with socket.socket(socket.AF_UNIX) as upstream:
+            upstream.connect(upstream_path)
+            upstream.sendall(head)
+            feeder = threading.Thread(target=_pipe, args=(client, upstream), daemon=True)
+            feeder.start()
+            _pipe(upstream, client)
+
+
+@contextlib.contextmanager
+def failing_requests(node, fails, status=500, message="injected fault"):
+    """Between the engine's socket path and dockerd, answer the requests for which
+    ``fails(method, path)`` is true with HTTP ``status`` and Docker's error body; pass the others
+    through. The engine's socket is moved aside meanwhile and put back on exit."""
+    real = node.socket.with_name("docker.sock.real")
+    os.rename(node.socket, real)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(node.socket))
+    listener.listen(16)
+    listener.settimeout(0.2)  # the acceptor sees ``stop`` within that
+    stop = threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            client.settimeout(None)
+            threading.Thread(
+                target=_serve_one, args=(client, str(real), fails, status, message), daemon=True
+            ).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        acceptor.join(timeout=5)
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(node.socket)
+        os.rename(real, node.socket)

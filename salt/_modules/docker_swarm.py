@@ -1,24 +1,16 @@
 """
-Docker swarm for the ``docker`` formula, on the docker SDK (Salt 3008 has no swarm module and
-3007's fails on a node already in a swarm).
-
-- ``validate``: the ``swarm:`` pillar model checked and normalized (defaults filled in,
-  durations in nanoseconds, sizes in bytes); unknown keys, wrong types and dangling
-  references are refused naming the full key path. Defaults live here, once; pillar.example
-  documents them.
-- ``service_spec`` / ``spec_differences``: the Docker API service spec for a pillar service
-  and what differs from a running one (only what pillar manages is compared).
-- engine calls the ``docker_swarm`` states and the ``swarm`` runner use: ``node_info``,
-  ``init``, ``join``, ``leave``, nodes, networks, versioned secrets/configs, services.
-- join tokens: ``sealed_join_tokens`` (on a manager) encrypts the token for one minion's public
-  key, the one the master authenticated that minion with; ``join`` (on that minion) opens it
-  with the minion's private key. No function returns or logs a token in clear.
+Docker swarm per class on the docker SDK (Salt 3008 has no swarm module, 3007's fails on a
+node already in a swarm), driven by the ``swarm`` runner (docs/swarm.md): ``validate`` (pillar
+over defaults.yaml, checked with schema.yaml and the SDK's own types), ``converge`` (the
+cluster, on a manager), membership (``node_info``, ``init``, ``join``, ``leave``, ``nodes``,
+``node_update``, ``node_remove``, ``drain``). Objects are found by exact name, never by an ID
+prefix; every Docker or engine error is one line; a join token leaves a manager only sealed
+for one minion's key, and secret values never appear in what a function returns.
 """
 
 import base64
 import contextlib
 import copy
-import difflib
 import hashlib
 import hmac
 import json
@@ -28,6 +20,7 @@ import re
 import shlex
 import time
 
+import salt.pillar
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -35,10 +28,10 @@ from salt.exceptions import CommandExecutionError
 
 try:
     import docker
-    import docker.errors
+    import requests
 
     HAS_DOCKER = True
-except ImportError:  # the master needs only validate(); minions need the SDK
+except ImportError:  # said when an engine or a check needs it
     HAS_DOCKER = False
 
 log = logging.getLogger(__name__)
@@ -46,462 +39,252 @@ log = logging.getLogger(__name__)
 __virtualname__ = "docker_swarm"
 
 MASK = "**********"
-SECRET_KEY = "secret"
-# Labels this formula puts on what it manages (services, secrets, configs, nodes).
+# Labels on what this formula makes (services, networks, secrets, configs) and on nodes.
 MANAGED_LABEL = "com.docker-hosts.managed"
 CLASS_LABEL = "com.docker-hosts.class"
 MINION_LABEL = "com.docker-hosts.minion"
+OWN_LABELS = "com.docker-hosts.labels"  # the node labels set from pillar, to remove stale ones
 NAME_LABEL = "com.docker-hosts.name"
 VERSION_LABEL = "com.docker-hosts.version"
 FINGERPRINT_LABEL = "com.docker-hosts.fingerprint"
-NODE_LABEL_KEYS = "com.docker-hosts.labels"
-# Sealed join tokens: format tag, lifetime.
-SEAL_FORMAT = "dhswarm1"
-SEAL_TTL = 900
-SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-# Secret/config base names: Docker's rule, leaving room for the ".vN" version suffix.
-OBJECT_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,54}[A-Za-z0-9])?$")
-IMAGE_RE = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
-ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]*$")
-DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|ms|s|m|h))+$")
-DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
-DURATION_NS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
-SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([kmgt]?)i?b?$", re.IGNORECASE)
-SIZE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-ADDRESS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:%\[\]-]*$")
-CIDR_RE = re.compile(r"^[0-9.]+/\d{1,2}$")
-REQUIRED = object()
+SEAL_FORMAT, SEAL_TTL = "dhswarm1", 900  # sealed join tokens: format tag, lifetime (s)
+SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}  # fingerprints of secret values
 
 
 def __virtual__():
     return __virtualname__
 
 
-# --- pillar model: small checkers composed into records --------------------------------------
+# --- pillar swarm: defaults.yaml merged under it, then checked -----------------------------------
+
+# The part of defaults.yaml under each entry of a mapping / item of a list, by key; a list item
+# may be its first field alone (secrets: [api_token]).
+ENTRIES = {"nodes": "node", "networks": "network", "configs": "config", "services": "service"}
+ITEMS = {"secrets": "file", "configs": "file", "networks": "attachment", "ports": "port"}
+ITEMS["preferences"] = "preference"
+RENAMED = {  # earlier keys: a concept is named as the containers (docker:containers) name it
+    "env": "environment, as containers name it",
+    "workdir": "working_dir, as containers name it",
+    "limits": "cpu_limit and mem_limit",
+    "reservations": "cpu_reservation and mem_reservation",
+}
+DURATIONS = {"stop_grace_period", "delay", "monitor", "window", "interval", "timeout"}
+DURATIONS.add("start_period")
+DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|ms|s|m|h))+")
+NS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "text", list: "a list"}
+MAP_KEY = {"environment": re.compile(r"[A-Za-z_][A-Za-z0-9_]*")}  # else a label/option key
+LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]*")
+# Secret/config names: Docker's rule, leaving room for the ".vN" version suffix.
+OBJECT_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,54}[A-Za-z0-9])?")
 
 
-def _fail(path, message):
-    raise CommandExecutionError(f"{path}: {message}")
+def _memory(value):
+    with contextlib.suppress(docker.errors.DockerException, TypeError, ValueError):
+        if docker.utils.parse_bytes(value) >= 6 * 2**20:  # Docker's least memory limit
+            return None
+    return f"{value!r} is not a size of 6M or more (bytes, or text like 64M, 1G)"
 
 
-def _boolean(value, path):
-    if not isinstance(value, bool):
-        _fail(path, f"{value!r} is not true or false")
-    return value
+def _cpus(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0.01:
+        return None
+    return f"{value!r} is not a number of CPUs (0.01 or more)"
 
 
-def _integer(low, high):
-    def check(value, path):
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            _fail(path, f"{value!r} is not an integer from {low} to {high}")
-        return value
-
-    return check
-
-
-def _ratio(value, path):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        _fail(path, f"{value!r} is not a number from 0 to 1")
-    return float(value)
-
-
-def _text(pattern=None, what="a valid value"):
-    def check(value, path):
-        if not isinstance(value, str) or not value or (pattern and not pattern.match(value)):
-            _fail(path, f"{value!r} is not {what}")
-        return value
-
-    return check
-
-
-def _choice(*choices):
-    def check(value, path):
-        if value not in choices:
-            _fail(path, f"{value!r} is not one of {', '.join(choices)}")
-        return value
-
-    return check
-
-
-def _optional(checker):
-    def check(value, path):
-        return None if value is None else checker(value, path)
-
-    return check
-
-
-def _duration(value, path):
-    """Seconds (a number) or Go-style text (1m30s, 500ms) -> nanoseconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return int(value * 10**9)
-    if isinstance(value, str) and DURATION_RE.match(value):
-        return int(sum(float(n) * DURATION_NS[unit] for n, unit in DURATION_PART.findall(value)))
-    return _fail(path, f"{value!r} is not a duration (seconds, or text like 1m30s, 500ms)")
-
-
-def _size(value, path):
-    """Bytes (a number) or text with a binary unit (64M, 1.5G) -> bytes."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    match = SIZE_RE.match(value) if isinstance(value, str) else None
-    if not match:
-        _fail(path, f"{value!r} is not a size (bytes, or text like 64M, 1G)")
-    return int(float(match.group(1)) * SIZE_UNITS[match.group(2).lower()])
-
-
-def _cpus(value, path):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        _fail(path, f"{value!r} is not a positive number of CPUs")
-    return int(value * 10**9)
-
-
-def _argv(value, path):
-    """An argument list; text is split like a shell would split words (no shell runs it)."""
-    if isinstance(value, str):
-        try:
-            return shlex.split(value)
-        except ValueError as error:
-            _fail(path, f"cannot split {value!r} into arguments: {error}")
-    if not isinstance(value, list) or not all(
-        isinstance(item, (str, int, float)) and not isinstance(item, bool) for item in value
+def _argv(value):
+    if isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(a, str) for a in value)
     ):
-        _fail(path, "must be a list of arguments (or one line of text)")
-    return [str(item) for item in value]
+        return None
+    return f"{value!r} is not a list of arguments (or one line of text)"
 
 
-def _scalar_text(value, path):
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (str, int, float)):
-        return str(value)
-    return _fail(path, f"{value!r} must be text or a number")
+CHECKS = {"memory": _memory, "cpus": _cpus, "argv": _argv}
 
 
-def _mapping(value_checker, key_checker):
-    def check(value, path):
-        if value is None:
-            return {}
+def _rule_problem(rule, value):
+    """What ``value`` breaks of its schema.yaml ``rule``, or None."""
+    if "each" in rule:
+        return next(filter(None, (_rule_problem(rule["each"], item) for item in value)), None)
+    if "choices" in rule and value not in rule["choices"]:
+        return f"{value!r} is not one of {', '.join(map(str, rule['choices']))}"
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    if "min" in rule and not (integer and rule["min"] <= value <= rule["max"]):
+        return f"{value!r} is not an integer from {rule['min']} to {rule['max']}"
+    if "pattern" in rule and not (isinstance(value, str) and re.fullmatch(rule["pattern"], value)):
+        return f"{value!r} is not {rule['what']}"
+    return CHECKS[rule["check"]](value) if "check" in rule else None
+
+
+class _Check:
+    """One pass over pillar ``swarm``: the settings merged with defaults.yaml's ``parts``, and
+    every problem as ``<key path>: <what is wrong>``."""
+
+    def __init__(self, parts, schema):
+        self.parts, self.schema, self.problems = parts, schema, []
+
+    def add(self, path, message):
+        self.problems.append(f"{path}: {message}")
+
+    def record(self, value, part, path, default=None):
+        default = self.parts[part] if default is None else default
         if not isinstance(value, dict):
-            _fail(path, "must be a mapping")
+            self.add(path, f"must be a mapping with keys {', '.join(default)}")
+            value = {}
+        for key in value:
+            if key not in default:
+                hint = __utils__["dockerhosts_names.suggestion"](key, default)
+                hint = f"unknown key{hint}, known keys: {', '.join(default)}"
+                self.add(
+                    f"{path}:{key}", f"renamed: use {RENAMED[key]}" if key in RENAMED else hint
+                )
         return {
-            key_checker(key, f"{path}:{key}"): value_checker(item, f"{path}:{key}")
-            for key, item in value.items()
+            key: self.value(value.get(key, copy.deepcopy(fallback)), fallback, part, key, path)
+            for key, fallback in default.items()
         }
 
-    return check
-
-
-def _list(item_checker):
-    def check(value, path):
+    def value(self, value, default, part, key, path):
+        path, rule = f"{path}:{key}", self.schema.get(part, {}).get(key, {})
+        if key == "healthcheck" and value is not None:  # none, or a record
+            return self.record(value, key, path)
+        if isinstance(default, dict) and default:
+            return self.record(value, key, path, default)
+        if isinstance(default, (dict, list)):
+            return self.collection(value, type(default), part, key, path)
+        if key in DURATIONS:
+            return self.duration(value, path)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = str(value) if isinstance(default, str) else value
+            value = float(value) if isinstance(default, float) else value
         if value is None:
-            return []
-        if not isinstance(value, list):
-            _fail(path, "must be a list")
-        return [item_checker(item, f"{path}:{index}") for index, item in enumerate(value)]
+            problem = "is required" if rule.get("required") else None
+        elif default is not None and type(value) is not type(default):
+            problem = f"{value!r} is not {KINDS[type(default)]}"
+        else:
+            problem = _rule_problem(rule, value)
+        if problem:
+            self.add(path, problem)
+        return value
 
-    return check
+    def collection(self, value, kind, part, key, path):
+        if value is None or not isinstance(value, kind):
+            if value is not None:
+                self.add(path, f"must be a {'mapping' if kind is dict else 'list'}")
+            return kind()
+        inner = (
+            (ENTRIES if kind is dict else ITEMS).get(key) if part in ("swarm", "service") else None
+        )
+        if kind is dict:
+            return self.mapping(value, inner, key, path)
+        if not inner:
+            problem = _rule_problem(self.schema.get(part, {}).get(key, {}), value)
+            return self.add(path, problem) or value if problem else value
+        first = next(iter(self.parts[inner]))  # an item may be its first field alone
+        pairs = enumerate({first: v} if isinstance(v, str) else v for v in value)
+        return [self.record(entry, inner, f"{path}:{index}") for index, entry in pairs]
 
-
-def _secret_ref(value, path):
-    if not isinstance(value, dict) or set(value) != {SECRET_KEY} or not value[SECRET_KEY]:
-        _fail(path, "must be {secret: <key of pillar docker_secrets>}")
-    return {SECRET_KEY: str(value[SECRET_KEY])}
-
-
-def _env_value(value, path):
-    return _secret_ref(value, path) if isinstance(value, dict) else _scalar_text(value, path)
-
-
-_labels = _mapping(_scalar_text, _text(LABEL_RE, "a label key"))
-_env = _mapping(_env_value, _text(ENV_RE, "an environment variable name"))
-
-
-def _record(fields):
-    """A mapping with exactly ``fields`` ({key: (checker, default)}); defaults filled in."""
-
-    def check(value, path):
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            _fail(path, f"must be a mapping with keys {', '.join(fields)}")
-        for key in value:
-            if key not in fields:
-                near = difflib.get_close_matches(str(key), list(fields), n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                _fail(f"{path}:{key}", f"unknown key{hint}; known: {', '.join(fields)}")
-        result = {}
-        for key, (checker, default) in fields.items():
-            if key in value:
-                result[key] = checker(value[key], f"{path}:{key}")
-            elif default is REQUIRED:
-                _fail(f"{path}:{key}", "is required")
-            else:  # defaults are written as pillar would be, and normalized the same way
-                result[key] = checker(copy.deepcopy(default), f"{path}:{key}")
-        return result
-
-    return check
-
-
-def _short_form(field, record):
-    """A record that may also be written as one text value (its ``field``)."""
-
-    def check(value, path):
-        return record({field: value} if isinstance(value, str) else value, path)
-
-    return check
-
-
-# --- the swarm: pillar model ------------------------------------------------------------------
-
-
-def _manager_count(value, path):
-    if value not in (1, 3, 5, 7):
-        _fail(path, f"{value!r}: use 1, or an odd 3, 5 or 7 (a quorum needs a majority)")
-    return value
-
-
-_id = _text(NAME_RE, "a minion id")
-_name = _text(NAME_RE, "a name ([A-Za-z0-9][A-Za-z0-9_.-], at most 63)")
-_object_name = _text(OBJECT_RE, "a secret/config name ([A-Za-z0-9_.-], at most 56)")
-_address = _text(ADDRESS_RE, "an address, address:port or interface name")
-_port = _integer(1, 65535)
-
-UPDATE_FIELDS = {
-    "parallelism": (_integer(0, 10000), 1),
-    "delay": (_duration, 0),
-    "monitor": (_duration, "5s"),
-    "max_failure_ratio": (_ratio, 0.0),
-    "order": (_choice("stop-first", "start-first"), "stop-first"),
-}
-SERVICE_FIELDS = {
-    "image": (_text(IMAGE_RE, "an image reference"), REQUIRED),
-    "mode": (_choice("replicated", "global"), "replicated"),
-    "replicas": (_optional(_integer(0, 10000)), None),
-    "command": (_optional(_argv), None),
-    "entrypoint": (_optional(_argv), None),
-    "env": (_env, {}),
-    "workdir": (_optional(_text()), None),
-    "user": (_optional(_text()), None),
-    "hostname": (_optional(_text()), None),
-    "init": (_boolean, False),
-    "read_only": (_boolean, False),
-    "stop_grace_period": (_duration, "10s"),
-    "labels": (_labels, {}),
-    "container_labels": (_labels, {}),
-    "secrets": (
-        _list(
-            _short_form(
-                "source",
-                _record(
-                    {
-                        "source": (_object_name, REQUIRED),
-                        "target": (_optional(_text(OBJECT_RE, "a file name")), None),
-                        "uid": (_scalar_text, "0"),
-                        "gid": (_scalar_text, "0"),
-                        "mode": (_integer(0, 0o777), 0o444),
-                    }
-                ),
-            )
-        ),
-        [],
-    ),
-    "configs": (
-        _list(
-            _short_form(
-                "source",
-                _record(
-                    {
-                        "source": (_object_name, REQUIRED),
-                        "target": (_optional(_text(re.compile(r"^/.+"), "an absolute path")), None),
-                        "uid": (_scalar_text, "0"),
-                        "gid": (_scalar_text, "0"),
-                        "mode": (_integer(0, 0o777), 0o444),
-                    }
-                ),
-            )
-        ),
-        [],
-    ),
-    "networks": (
-        _list(
-            _short_form("name", _record({"name": (_name, REQUIRED), "aliases": (_list(_name), [])}))
-        ),
-        [],
-    ),
-    "endpoint_mode": (_choice("vip", "dnsrr"), "vip"),
-    "ports": (
-        _list(
-            _record(
-                {
-                    "target": (_port, REQUIRED),
-                    "published": (_optional(_port), None),
-                    "protocol": (_choice("tcp", "udp", "sctp"), "tcp"),
-                    "mode": (_choice("ingress", "host"), "ingress"),
-                }
-            )
-        ),
-        [],
-    ),
-    "constraints": (_list(_text()), []),
-    "preferences": (_list(_record({"spread": (_text(), REQUIRED)})), []),
-    "max_replicas_per_node": (_integer(0, 10000), 0),
-    "resources": (
-        _record(
-            {
-                "limits": (
-                    _record(
-                        {
-                            "cpus": (_optional(_cpus), None),
-                            "memory": (_optional(_size), None),
-                            "pids": (_optional(_integer(1, 2**31)), None),
-                        }
-                    ),
-                    {},
-                ),
-                "reservations": (
-                    _record({"cpus": (_optional(_cpus), None), "memory": (_optional(_size), None)}),
-                    {},
-                ),
+    def mapping(self, value, inner, key, path):
+        if inner:
+            return {
+                name: self.record(item, inner, f"{path}:{name}") for name, item in value.items()
             }
-        ),
-        {},
-    ),
-    "restart_policy": (
-        _record(
-            {
-                "condition": (_choice("none", "on-failure", "any"), "any"),
-                "delay": (_duration, "5s"),
-                "max_attempts": (_integer(0, 10000), 0),
-                "window": (_duration, 0),
-            }
-        ),
-        {},
-    ),
-    "update_config": (
-        _record(
-            {**UPDATE_FIELDS, "failure_action": (_choice("pause", "continue", "rollback"), "pause")}
-        ),
-        {},
-    ),
-    "rollback_config": (
-        _record({**UPDATE_FIELDS, "failure_action": (_choice("pause", "continue"), "pause")}),
-        {},
-    ),
-    "healthcheck": (
-        _optional(
-            _record(
-                {
-                    "test": (_argv, REQUIRED),
-                    "interval": (_duration, "30s"),
-                    "timeout": (_duration, "30s"),
-                    "retries": (_integer(0, 1000), 3),
-                    "start_period": (_duration, 0),
-                }
-            )
-        ),
-        None,
-    ),
-    "log_driver": (
-        _optional(_record({"name": (_name, REQUIRED), "options": (_labels, {})})),
-        None,
-    ),
-}
-NETWORK_FIELDS = {
-    "driver": (_name, "overlay"),
-    "attachable": (_boolean, False),
-    "internal": (_boolean, False),
-    "encrypted": (_boolean, False),
-    "subnet": (_optional(_text(CIDR_RE, "a CIDR subnet")), None),
-    "gateway": (_optional(_text(re.compile(r"^[0-9.]+$"), "an IPv4 address")), None),
-    "labels": (_labels, {}),
-    "options": (_labels, {}),
-}
-SWARM_FIELDS = {
-    "enabled": (_boolean, False),
-    "managers": (
-        _record({"count": (_manager_count, 1), "prefer": (_list(_id), [])}),
-        {},
-    ),
-    "advertise_addr": (_optional(_address), None),
-    "listen_addr": (_address, "0.0.0.0:2377"),
-    "default_addr_pool": (_list(_text(CIDR_RE, "a CIDR subnet")), []),
-    "subnet_size": (_integer(8, 30), 24),
-    "converge_timeout": (_integer(1, 3600), 120),
-    "node_labels": (_labels, {}),
-    "nodes": (
-        _mapping(
-            _record(
-                {
-                    "labels": (_labels, {}),
-                    "availability": (_choice("active", "pause", "drain"), "active"),
-                }
-            ),
-            _id,
-        ),
-        {},
-    ),
-    "networks": (_mapping(_record(NETWORK_FIELDS), _name), {}),
-    "secrets": (_mapping(_secret_ref, _object_name), {}),
-    "configs": (_mapping(_record({"data": (_text(), REQUIRED)}), _object_name), {}),
-    "services": (_mapping(_record(SERVICE_FIELDS), _name), {}),
-    "unlisted_services": (_choice("keep", "remove"), "keep"),
-}
+        if key == "secrets":  # {secret: <key>} each, checked with the references
+            return dict(value)
+        return {name: self.map_value(item, key, f"{path}:{name}") for name, item in value.items()}
+
+    def map_value(self, value, key, path):
+        if not MAP_KEY.get(key, LABEL_KEY).fullmatch(path.rsplit(":", 1)[-1]):
+            self.add(path, "is not a valid name here")
+        if key == "environment" and __utils__["dockerhosts_secrets.is_ref"](value):
+            return value
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            self.add(path, f'{value!r} must be text or a number (write a boolean as "true")')
+        return str(value)
+
+    def duration(self, value, path):
+        """Seconds (a number) or Go-style text (1m30s, 500ms) -> nanoseconds."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            return int(value * 10**9)
+        if isinstance(value, str) and DURATION.fullmatch(value):
+            parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", value)
+            return int(sum(float(number) * NS[unit] for number, unit in parts))
+        self.add(path, f"{value!r} is not a duration (seconds, or text like 1m30s, 500ms)")
+        return 0
 
 
-def _secret_uses(settings):
-    """(key path, docker_secrets key) for every secret value the swarm pillar refers to."""
-    for name, ref in settings["secrets"].items():
-        yield f"swarm:secrets:{name}", ref[SECRET_KEY]
-    for name, service in settings["services"].items():
-        for var, value in service["env"].items():
-            if isinstance(value, dict):
-                yield f"swarm:services:{name}:env:{var}", value[SECRET_KEY]
+def _object_name_problem(name):
+    if isinstance(name, str) and OBJECT_NAME.fullmatch(name):
+        return None
+    return f"{name!r} is not a secret/config name ([A-Za-z0-9_.-], at most 56)"
 
 
-def _check_service(name, service, settings):
-    path = f"swarm:services:{name}"
-    if service["mode"] == "global":
-        for key in ("replicas", "max_replicas_per_node"):
-            if service[key]:
-                _fail(f"{path}:{key}", "only valid with mode: replicated")
-    elif service["replicas"] is None:
-        service["replicas"] = 1
+def _names(check, swarm):
+    """The names of nodes (minion ids), networks and services (Docker's), secrets/configs."""
+    rules = {
+        "nodes": __utils__["dockerhosts_names.node_name_problem"],
+        "networks": __utils__["dockerhosts_names.docker_name_problem"],
+        "services": __utils__["dockerhosts_names.docker_name_problem"],
+        "secrets": _object_name_problem,
+        "configs": _object_name_problem,
+    }
+    for kind, problem_of in rules.items():
+        for name in swarm[kind]:
+            if problem_of(name):
+                check.add(f"swarm:{kind}:{name}", problem_of(name))
+
+
+def _service_problems(check, path, service, swarm, given):
     for kind, key in (("secrets", "source"), ("configs", "source"), ("networks", "name")):
         for index, ref in enumerate(service[kind]):
-            if ref[key] not in settings[kind]:
-                _fail(
-                    f"{path}:{kind}:{index}",
-                    f"{ref[key]!r} is not defined under swarm:{kind}",
-                )
-    for ref in service["secrets"]:
-        ref["target"] = ref["target"] or ref["source"]
-    for ref in service["configs"]:
-        ref["target"] = ref["target"] or f"/{ref['source']}"
+            if ref[key] not in swarm[kind]:
+                check.add(f"{path}:{kind}:{index}", f"{ref[key]!r} is not under swarm:{kind}")
+            elif kind != "networks":  # default file: the secret's name, /<the config's name>
+                ref["target"] = ref["target"] or ("/" if kind == "configs" else "") + ref[key]
+    if service["mode"] == "global" and "replicas" in (given or {}):
+        check.add(f"{path}:replicas", "only valid with mode: replicated")
+    if service["endpoint_mode"] == "dnsrr" and any(
+        p["mode"] == "ingress" for p in service["ports"]
+    ):
+        check.add(f"{path}:ports", "with endpoint_mode dnsrr, Docker publishes in mode host only")
+    for key, build in SPEC_PARTS.items():  # what the SDK's types refuse, by the key they read
+        try:
+            build(service, {"networks": {}})
+        except (docker.errors.DockerException, TypeError, ValueError) as error:
+            check.add(f"{path}:{key}", " ".join(str(error).split()))
 
 
-def validate(settings=None, secrets=None):
+def validate(settings=None, defaults=None, schema=None, secrets=None):
     """
-    Check pillar ``swarm`` (this class's swarm) and return it normalized, defaults filled in.
-    ``secrets`` (default: pillar ``docker_secrets``) must hold every ``{secret: key}`` used.
-    Raises CommandExecutionError naming the full key path of the first problem.
+    Pillar ``swarm`` (a class's swarm) merged over ``defaults`` (salt/docker/swarm/
+    defaults.yaml) and checked with ``schema`` (schema.yaml) and the SDK's types; ``secrets``
+    (default: pillar docker_secrets) must hold every ``{secret: key}`` it uses. Returns the
+    settings; CommandExecutionError listing every problem, each with its full key path.
     """
-    settings = _record(SWARM_FIELDS)(settings, "swarm")
-    if not settings["enabled"]:
-        return settings
-    if secrets is None:
-        secrets = __pillar__.get("docker_secrets") or {}
-    for path, key in _secret_uses(settings):
-        if key not in secrets:
-            _fail(path, f"refers to secret {key!r}, which is not in pillar docker_secrets")
-    for name, service in settings["services"].items():
-        _check_service(name, service, settings)
-    return settings
+    if not HAS_DOCKER:
+        raise CommandExecutionError("the docker Python SDK (>= 7.1) is not installed")
+    check = _Check(defaults, schema or {})
+    swarm = check.record({} if settings is None else settings, "swarm", "swarm")
+    _names(check, swarm)
+    if swarm["enabled"]:
+        secrets = __pillar__.get("docker_secrets") or {} if secrets is None else secrets
+        uses = {f"swarm:secrets:{name}": ref for name, ref in swarm["secrets"].items()}
+        for name, service in swarm["services"].items():
+            path, given = f"swarm:services:{name}", (settings.get("services") or {}).get(name)
+            _service_problems(check, path, service, swarm, given)
+            env = service["environment"].items()
+            uses.update({f"{path}:environment:{k}": v for k, v in env if isinstance(v, dict)})
+        for path, ref in uses.items():
+            if not __utils__["dockerhosts_secrets.is_ref"](ref):
+                check.add(path, "must be {secret: <key of pillar docker_secrets>}")
+            elif ref["secret"] not in secrets:
+                check.add(path, f"refers to {ref['secret']!r}, which is not in docker_secrets")
+    if check.problems:
+        raise CommandExecutionError("; ".join(check.problems))
+    return swarm
 
 
-# --- service spec: pillar -> Docker API, and what differs ---------------------------------------
+# --- a service, built with the SDK's types; what differs from Docker's ------------------------
 
 
 def managed_labels(class_name, extra=None):
@@ -509,149 +292,115 @@ def managed_labels(class_name, extra=None):
     return {**(extra or {}), MANAGED_LABEL: "true", CLASS_LABEL: str(class_name)}
 
 
-def _healthcheck(health):
-    if health is None:
-        return {}
+def _health(service):
+    health = service["healthcheck"]
+    if not health:
+        return None
     test = health["test"]
-    if test[0] not in ("CMD", "CMD-SHELL", "NONE"):
+    if isinstance(test, list) and test[:1] not in (["CMD"], ["CMD-SHELL"], ["NONE"]):
         test = ["CMD", *test]
-    return {
-        "Test": test,
-        "Interval": health["interval"],
-        "Timeout": health["timeout"],
-        "Retries": health["retries"],
-        "StartPeriod": health["start_period"],
-    }
+    return docker.types.Healthcheck(**{**health, "test": test})
 
 
-def _file_refs(refs, ids, kind):
-    """Secret/config references; ``ids``: {pillar name: (object id, versioned name)}."""
-    entries = []
-    for ref in sorted(refs, key=lambda item: item["target"]):
-        object_id, object_name = ids[ref["source"]]
-        entries.append(
-            {
-                "File": {
-                    "Name": ref["target"],
-                    "UID": ref["uid"],
-                    "GID": ref["gid"],
-                    "Mode": ref["mode"],
-                },
-                f"{kind}ID": object_id,
-                f"{kind}Name": object_name,
-            }
+def _resources(service):
+    found = {key: value for key, value in service["resources"].items() if value is not None}
+    for key, value in found.items():
+        found[key] = (
+            int(value * 10**9) if key.startswith("cpu") else docker.utils.parse_bytes(value)
         )
-    return entries
+    return docker.types.Resources(**found)
 
 
-def _container_spec(service, env, refs):
+def _port(port):
     return {
-        "Image": service["image"],
-        "Command": service["entrypoint"] or [],
-        "Args": service["command"] or [],
-        "Env": [f"{key}={value}" for key, value in sorted(env.items())],
-        "Dir": service["workdir"] or "",
-        "User": service["user"] or "",
-        "Hostname": service["hostname"] or "",
-        "Labels": service["container_labels"],
-        "Init": service["init"],
-        "ReadOnly": service["read_only"],
-        "StopGracePeriod": service["stop_grace_period"],
-        "Healthcheck": _healthcheck(service["healthcheck"]),
-        "Secrets": _file_refs(service["secrets"], refs["secrets"], "Secret"),
-        "Configs": _file_refs(service["configs"], refs["configs"], "Config"),
+        "Protocol": port["protocol"],
+        "TargetPort": port["target"],
+        "PublishedPort": port["published"] or 0,
+        "PublishMode": port["mode"],
     }
 
 
-def _resources(resources):
-    limits, reservations = resources["limits"], resources["reservations"]
-    spec = {
-        "Limits": {"NanoCPUs": limits["cpus"] or 0, "MemoryBytes": limits["memory"] or 0},
-        "Reservations": {
-            "NanoCPUs": reservations["cpus"] or 0,
-            "MemoryBytes": reservations["memory"] or 0,
-        },
-    }
-    if limits["pids"]:
-        spec["Limits"]["Pids"] = limits["pids"]
-    return spec
+# Each part of a service's spec, by the pillar key it reads (``validate`` builds them too).
+SPEC_PARTS = {
+    "mode": lambda s, _: docker.types.ServiceMode(
+        s["mode"], s["replicas"] if s["mode"] == "replicated" else None
+    ),
+    "update_config": lambda s, _: docker.types.UpdateConfig(**s["update_config"]),
+    "rollback_config": lambda s, _: docker.types.RollbackConfig(**s["rollback_config"]),
+    "restart_policy": lambda s, _: docker.types.RestartPolicy(**s["restart_policy"]),
+    "resources": lambda s, _: _resources(s),
+    "healthcheck": lambda s, _: _health(s),
+    "preferences": lambda s, _: docker.types.Placement(
+        constraints=s["constraints"],
+        preferences=[("spread", p["spread"]) for p in s["preferences"]],
+        maxreplicas=s["max_replicas_per_node"],
+    ),
+    "ports": lambda s, _: docker.types.EndpointSpec(
+        s["endpoint_mode"], list(map(_port, s["ports"]))
+    ),
+    "log_driver": lambda s, _: (
+        s["log_driver"] and docker.types.DriverConfig(s["log_driver"], s["log_opt"])
+    ),
+    "networks": lambda s, refs: [
+        docker.types.NetworkAttachmentConfig(
+            refs["networks"].get(n["name"], n["name"]), n["aliases"]
+        )
+        for n in s["networks"]
+    ],
+}
 
 
-def _update_config(update):
-    return {
-        "Parallelism": update["parallelism"],
-        "Delay": update["delay"],
-        "FailureAction": update["failure_action"],
-        "Monitor": update["monitor"],
-        "MaxFailureRatio": update["max_failure_ratio"],
-        "Order": update["order"],
-    }
+def _files(kind, service, refs):
+    reference = docker.types.SecretReference if kind == "secrets" else docker.types.ConfigReference
+    return [
+        reference(*refs[kind][ref["source"]], ref["target"], ref["uid"], ref["gid"], ref["mode"])
+        for ref in sorted(service[kind], key=lambda item: item["target"])
+    ]
 
 
-def _task_template(service, env, refs):
-    restart = service["restart_policy"]
-    template = {
-        "ContainerSpec": _container_spec(service, env, refs),
-        "Resources": _resources(service["resources"]),
-        "RestartPolicy": {
-            "Condition": restart["condition"],
-            "Delay": restart["delay"],
-            "MaxAttempts": restart["max_attempts"],
-            "Window": restart["window"],
-        },
-        "Placement": {
-            "Constraints": service["constraints"],
-            "Preferences": [
-                {"Spread": {"SpreadDescriptor": p["spread"]}} for p in service["preferences"]
-            ],
-            "MaxReplicas": service["max_replicas_per_node"],
-        },
-        "Networks": [
-            {"Target": refs["networks"][net["name"]], "Aliases": net["aliases"]}
-            for net in service["networks"]
-        ],
-        "ForceUpdate": 0,
-    }
-    if service["log_driver"]:
-        template["LogDriver"] = {
-            "Name": service["log_driver"]["name"],
-            "Options": service["log_driver"]["options"],
-        }
-    return template
-
-
-def service_spec(name, service, class_name, env=None, refs=None):
+def service_spec(name, service, class_name, environment, refs):
     """
-    The Docker API spec (``POST /services/create`` body) of pillar service ``name``
-    (``service`` as ``validate`` returns it). ``env``: its environment with secret references
-    resolved; ``refs``: {"secrets"/"configs": {pillar name: (id, versioned name)},
-    "networks": {name: id}}.
+    The Docker API spec of pillar service ``name`` (as ``validate`` returns it), built with the
+    SDK's types. ``environment``: its environment, secrets resolved; ``refs``: {"secrets" /
+    "configs": {pillar name: (id, versioned name)}, "networks": {name: id}}.
     """
-    env = service["env"] if env is None else env
-    refs = refs or {"secrets": {}, "configs": {}, "networks": {}}
-    if service["mode"] == "global":
-        mode = {"Global": {}}
-    else:
-        mode = {"Replicated": {"Replicas": service["replicas"]}}
+    part = {key: build(service, refs) for key, build in SPEC_PARTS.items()}
+    argv = {
+        k: shlex.split(service[k]) if isinstance(service[k], str) else service[k]
+        for k in ("command", "entrypoint")
+    }
+    container = docker.types.ContainerSpec(
+        service["image"],
+        command=argv["entrypoint"],
+        args=argv["command"],
+        hostname=service["hostname"],
+        env=dict(sorted(environment.items())),
+        workdir=service["working_dir"],
+        user=service["user"],
+        labels=service["container_labels"],
+        stop_grace_period=service["stop_grace_period"],
+        secrets=_files("secrets", service, refs),
+        read_only=service["read_only"],
+        healthcheck=part["healthcheck"],
+        configs=_files("configs", service, refs),
+        init=service["init"],
+    )
+    template = docker.types.TaskTemplate(
+        container,
+        resources=part["resources"],
+        restart_policy=part["restart_policy"],
+        placement=part["preferences"],
+        log_driver=part["log_driver"],
+        networks=part["networks"],
+    )
     return {
         "Name": name,
         "Labels": managed_labels(class_name, service["labels"]),
-        "TaskTemplate": _task_template(service, env, refs),
-        "Mode": mode,
-        "UpdateConfig": _update_config(service["update_config"]),
-        "RollbackConfig": _update_config(service["rollback_config"]),
-        "EndpointSpec": {
-            "Mode": service["endpoint_mode"],
-            "Ports": [
-                {
-                    "Protocol": port["protocol"],
-                    "TargetPort": port["target"],
-                    "PublishedPort": port["published"] or 0,
-                    "PublishMode": port["mode"],
-                }
-                for port in service["ports"]
-            ],
-        },
+        "TaskTemplate": template,
+        "Mode": part["mode"],
+        "UpdateConfig": part["update_config"],
+        "RollbackConfig": part["rollback_config"],
+        "EndpointSpec": part["ports"],
     }
 
 
@@ -659,40 +408,32 @@ def _empty(value):
     return value is None or value in ({}, [], "", 0, False)
 
 
-def _list_differences(desired, current, path):
-    if len(desired) != len(current):
-        return [path]
-    found = []
-    for index, (want, have) in enumerate(zip(desired, current, strict=True)):
-        found.extend(spec_differences(want, have, f"{path}.{index}"))
-    return [path] if found else []
-
-
 def spec_differences(desired, current, path=""):
     """
     Paths where ``current`` (what Docker reports) differs from ``desired``: only keys of
-    ``desired`` count (Docker adds its own), and a missing value equals an empty one (Docker
-    omits zeros and empty lists).
+    ``desired`` count (Docker adds its own), keys match whatever their case (the SDK writes
+    some in lower case), and a missing value equals an empty one (Docker omits zeros).
     """
     if isinstance(desired, dict):
-        current = current if isinstance(current, dict) else {}
-        found = []
-        for key, want in desired.items():
-            found.extend(spec_differences(want, current.get(key), f"{path}.{key}".lstrip(".")))
-        return found
+        current = {k.lower(): v for k, v in current.items()} if isinstance(current, dict) else {}
+        return [
+            found
+            for key, want in desired.items()
+            for found in spec_differences(
+                want, current.get(key.lower()), f"{path}.{key}".lstrip(".")
+            )
+        ]
     if isinstance(desired, list) and isinstance(current, list):
-        return _list_differences(desired, current, path)
-    if _empty(desired) and _empty(current):
-        return []
-    return [] if desired == current else [path]
+        if len(desired) != len(current):
+            return [path]
+        pairs = zip(desired, current, strict=True)
+        return [path] if any(spec_differences(want, have) for want, have in pairs) else []
+    return [] if desired == current or (_empty(desired) and _empty(current)) else [path]
 
 
 def _lookup(spec, path):
     for key in path.split("."):
-        if isinstance(spec, list):
-            spec = spec[int(key)] if int(key) < len(spec) else None
-        else:
-            spec = (spec or {}).get(key)
+        spec = {k.lower(): v for k, v in (spec or {}).items()}.get(key.lower())
     return spec
 
 
@@ -721,37 +462,30 @@ def _seal_context(recipient, role, cluster_id):
     return f"docker-hosts swarm join|{recipient}|{role}|{cluster_id}".encode()
 
 
+OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+
 def _seal(public_key_pem, payload, context):
-    """
-    Encrypt ``payload`` (bytes) for the holder of the RSA private key matching
-    ``public_key_pem``: a fresh AES-256-GCM key encrypts the payload (``context`` as associated
-    data), RSA-OAEP-SHA256 wraps that key. Returns printable text.
-    """
+    """``payload`` (bytes) for the holder of the RSA key of ``public_key_pem`` alone: a fresh
+    AES-256-GCM key encrypts it (``context`` as associated data), RSA-OAEP-SHA256 wraps the key."""
     public = serialization.load_pem_public_key(
         public_key_pem.encode() if isinstance(public_key_pem, str) else public_key_pem
     )
     if not isinstance(public, rsa.RSAPublicKey) or public.key_size < 2048:
         raise CommandExecutionError("the recipient's key is not an RSA key of 2048 bits or more")
-    key = AESGCM.generate_key(bit_length=256)
-    nonce = os.urandom(12)
-    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
-    wrapped = public.encrypt(key, oaep)
+    key, nonce = AESGCM.generate_key(bit_length=256), os.urandom(12)
     sealed = AESGCM(key).encrypt(nonce, payload, context)
-    return ".".join([SEAL_FORMAT, _b64(wrapped), _b64(nonce), _b64(sealed)])
+    return ".".join([SEAL_FORMAT, _b64(public.encrypt(key, OAEP)), _b64(nonce), _b64(sealed)])
 
 
 def _unseal(private_key_pem, blob, context):
-    """Open what ``_seal`` made; CommandExecutionError when it was not sealed for this key
-    and ``context`` (without saying more)."""
+    """Open what ``_seal`` made; one and the same error whatever is wrong."""
     try:
         form, wrapped, nonce, sealed = str(blob).split(".")
         if form != SEAL_FORMAT:
             raise ValueError(form)
         private = serialization.load_pem_private_key(private_key_pem, password=None)
-        oaep = padding.OAEP(
-            mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None
-        )
-        key = private.decrypt(_unb64(wrapped), oaep)
+        key = private.decrypt(_unb64(wrapped), OAEP)
         return AESGCM(key).decrypt(_unb64(nonce), _unb64(sealed), context)
     except Exception as error:  # every failure looks the same to the caller
         raise CommandExecutionError(
@@ -760,56 +494,57 @@ def _unseal(private_key_pem, blob, context):
         ) from error
 
 
-def _minion_private_key():
+def _open_token(sealed, role, cluster_id):
     with open(os.path.join(__opts__["pki_dir"], "minion.pem"), "rb") as handle:
-        return handle.read()
-
-
-def _scrub(text, secret):
-    return str(text).replace(secret, MASK) if secret else str(text)
+        context = _seal_context(__opts__["id"], role, cluster_id)
+        payload = json.loads(_unseal(handle.read(), sealed, context))
+    if time.time() > payload["not_after"]:
+        raise CommandExecutionError("the sealed join token has expired: ask the master again")
+    return payload["token"]
 
 
 # --- the engine -------------------------------------------------------------------------------
 
 
-class _Engine:
-    """A docker SDK client for this minion's engine (config ``docker.url``), closed on exit."""
-
-    def __init__(self, timeout=60):
-        if not HAS_DOCKER:
-            raise CommandExecutionError("the docker Python SDK (>= 7.1) is not installed")
-        url = __salt__["config.get"]("docker.url") or None
-        self.client = (
-            docker.DockerClient(base_url=url, version="auto", timeout=timeout)
-            if url
-            else docker.from_env(timeout=timeout)
-        )
-        self.api = self.client.api
-
-    def __enter__(self):
-        return self.api
-
-    def __exit__(self, *exc):
-        self.client.close()
+def _said(error):
+    """What Docker said (an API error), in one line; the engine not answering (a connection)."""
+    if isinstance(error, docker.errors.APIError):
+        return " ".join(str(error.explanation or error).split())
+    return "the Docker engine does not answer"
 
 
 @contextlib.contextmanager
-def _api_errors(action, secret=None):
-    """A Docker API error raised inside becomes ``CommandExecutionError("<action>: <Docker's
-    explanation>")``, ``secret`` masked in it. (Where a missing object is an answer, None or
-    False, a ``contextlib.suppress(docker.errors.NotFound)`` inside this block gives it.)"""
+def _engine(action, secret=None):
+    """A docker SDK client of this minion's engine (config ``docker.url``), closed on exit; a
+    Docker or connection error inside is ``CommandExecutionError("<action>: <what Docker
+    said>")`` in one line, ``secret`` masked."""
+    if not HAS_DOCKER:
+        raise CommandExecutionError(f"{action}: the docker Python SDK (>= 7.1) is not installed")
     try:
-        yield
-    except docker.errors.APIError as error:
-        explanation = getattr(error, "explanation", None) or str(error)
-        raise CommandExecutionError(f"{action}: {_scrub(explanation, secret)}") from error
+        url = __salt__["config.get"]("docker.url") or None
+        api = (
+            docker.APIClient(base_url=url, version="auto", timeout=60)
+            if url
+            else (docker.from_env(timeout=60).api)
+        )
+    except docker.errors.DockerException as error:
+        raise CommandExecutionError(f"{action}: the Docker engine does not answer") from error
+    try:
+        yield api
+    except (docker.errors.APIError, requests.exceptions.RequestException) as error:
+        said = _said(error)
+        raise CommandExecutionError(
+            f"{action}: {said.replace(secret, MASK) if secret else said}"
+        ) from error
+    finally:
+        api.close()
 
 
 def node_info():
     """This engine's swarm membership (no secrets): state (inactive, pending, active, error,
     locked), node id and address, whether it is a manager, the cluster id (managers only), the
-    managers it knows, and whether live-restore (incompatible with swarm) is on."""
-    with _Engine() as api:
+    managers it knows, whether live-restore (which swarm refuses) is on."""
+    with _engine("cannot read the engine's swarm state") as api:
         info = api.info()
     swarm = info.get("Swarm") or {}
     return {
@@ -819,431 +554,439 @@ def node_info():
         "is_manager": bool(swarm.get("ControlAvailable")),
         "cluster_id": (swarm.get("Cluster") or {}).get("ID"),
         "managers": sorted(item["Addr"] for item in swarm.get("RemoteManagers") or []),
-        "error": swarm.get("Error") or None,
         "live_restore": bool(info.get("LiveRestoreEnabled")),
-        "hostname": info.get("Name"),
     }
 
 
-def init(advertise_addr=None, listen_addr="0.0.0.0:2377", default_addr_pool=None, subnet_size=None):
-    """Create a new swarm with this engine as its first manager; returns ``node_info()``.
-    Only the ``swarm`` runner decides when (never while any node of the class is in one)."""
-    with _Engine() as api, _api_errors("swarm init failed"):
-        api.init_swarm(
-            advertise_addr=advertise_addr,
-            listen_addr=listen_addr,
-            default_addr_pool=default_addr_pool or None,
-            subnet_size=subnet_size if default_addr_pool else None,
-        )
+def init(advertise_addr=None, listen_addr="0.0.0.0:2377", default_addr_pool=None, subnet_size=24):
+    """Create a new swarm with this engine as its first manager (only the ``swarm`` runner
+    decides when; Docker refuses on an engine in a swarm); returns ``node_info()``."""
+    with _engine("swarm init failed") as api:
+        pool = {"default_addr_pool": default_addr_pool, "subnet_size": subnet_size}
+        api.init_swarm(advertise_addr, listen_addr, **(pool if default_addr_pool else {}))
     return node_info()
 
 
 def sealed_join_tokens(role, recipients):
-    """
-    On a manager: this swarm's join token for ``role`` (worker/manager), sealed separately
-    for each minion of ``recipients`` ({minion id: its public key, PEM}). Returns {sealed:
-    {minion id: blob}, cluster_id, managers}; the token never leaves this function in clear.
-    """
-    if role not in ("worker", "manager"):
-        raise CommandExecutionError(f"role {role!r} is not worker or manager")
-    if not isinstance(recipients, dict):
-        raise CommandExecutionError("recipients must map minion ids to public keys")
-    with _Engine() as api:
-        swarm = api.inspect_swarm()
-        managers = [item["Addr"] for item in api.info()["Swarm"].get("RemoteManagers") or []]
-    token = swarm["JoinTokens"]["Worker" if role == "worker" else "Manager"]
+    """On a manager: the join token for ``role`` (worker/manager) sealed for each minion of
+    ``recipients`` ({minion id: its public key}) alone: {sealed: {minion: blob}, cluster_id,
+    managers}. The token never leaves this function in clear."""
+    if role not in ("worker", "manager") or not isinstance(recipients, dict):
+        raise CommandExecutionError("usage: sealed_join_tokens worker|manager {minion: key}")
+    with _engine("cannot read the swarm's join tokens") as api:
+        swarm, info = api.inspect_swarm(), api.info()
+    token = swarm["JoinTokens"][role.capitalize()]
     payload = json.dumps({"token": token, "not_after": time.time() + SEAL_TTL}).encode()
-    sealed = {
-        recipient: _seal(public_key, payload, _seal_context(recipient, role, swarm["ID"]))
-        for recipient, public_key in recipients.items()
+    return {
+        "sealed": {
+            minion: _seal(key, payload, _seal_context(minion, role, swarm["ID"]))
+            for minion, key in recipients.items()
+        },
+        "cluster_id": swarm["ID"],
+        "managers": sorted(item["Addr"] for item in info["Swarm"].get("RemoteManagers") or []),
     }
-    return {"sealed": sealed, "cluster_id": swarm["ID"], "managers": sorted(managers)}
 
 
-def _open_token(sealed, role, cluster_id):
-    payload = json.loads(
-        _unseal(_minion_private_key(), sealed, _seal_context(__opts__["id"], role, cluster_id))
-    )
-    if time.time() > payload["not_after"]:
-        raise CommandExecutionError("the sealed join token has expired: ask the master again")
-    return payload["token"]
-
-
-def join(
-    sealed, role, cluster_id, remote_addrs, *, advertise_addr=None, listen_addr="0.0.0.0:2377"
-):
-    """Join swarm ``cluster_id`` as ``role`` with a token sealed for this minion
-    (``sealed_join_tokens`` on a manager); returns ``node_info()``."""
+def join(sealed, role, cluster_id, remote_addrs, addressing=None):
+    """Join swarm ``cluster_id`` as ``role`` with a token sealed for this minion, through the
+    managers at ``remote_addrs``; ``addressing``: advertise_addr, listen_addr."""
     token = _open_token(sealed, role, cluster_id)
-    with _Engine() as api, _api_errors("swarm join failed", token):
-        api.join_swarm(
-            remote_addrs=list(remote_addrs),
-            join_token=token,
-            listen_addr=listen_addr,
-            advertise_addr=advertise_addr,
-        )
+    with _engine("swarm join failed", token) as api:
+        api.join_swarm(list(remote_addrs), token, **(addressing or {}))
     return node_info()
 
 
 def leave(force=False):
     """Leave the swarm (``force``: also as the last manager, which ends the swarm)."""
-    with _Engine() as api, _api_errors("swarm leave failed"):
+    with _engine("swarm leave failed") as api:
         api.leave_swarm(force=force)
     return node_info()
 
 
-# --- nodes --------------------------------------------------------------------------------------
-
-
-def _node_summary(node):
-    spec, status = node.get("Spec") or {}, node.get("Status") or {}
-    manager = node.get("ManagerStatus") or {}
-    return {
-        "id": node["ID"],
-        "version": node["Version"]["Index"],
-        "hostname": (node.get("Description") or {}).get("Hostname"),
-        "role": spec.get("Role"),
-        "availability": spec.get("Availability"),
-        "labels": spec.get("Labels") or {},
-        "state": status.get("State"),
-        "addr": status.get("Addr"),
-        "leader": bool(manager.get("Leader")),
-        "reachability": manager.get("Reachability"),
-    }
+# --- nodes (on a manager) -----------------------------------------------------------------------
 
 
 def nodes():
-    """On a manager: every node of the swarm (id, hostname, role, availability, labels,
-    state, address, leader, reachability)."""
-    with _Engine() as api:
-        return [_node_summary(node) for node in api.nodes()]
+    """Every node of the swarm: id, hostname, role, availability, labels, state, reachability."""
+    with _engine("cannot list the swarm's nodes") as api:
+        found = api.nodes()
+    return [
+        {
+            "id": item["ID"],
+            "hostname": item["Description"].get("Hostname"),
+            "role": item["Spec"].get("Role"),
+            "availability": item["Spec"].get("Availability"),
+            "labels": item["Spec"].get("Labels") or {},
+            "state": item["Status"].get("State"),
+            "reachability": (item.get("ManagerStatus") or {}).get("Reachability"),
+        }
+        for item in found
+    ]
 
 
 def node(node_id):
-    """On a manager: one node as ``nodes`` shows it, or None when the swarm has no such node."""
-    with _Engine() as api, contextlib.suppress(docker.errors.NotFound):
-        return _node_summary(api.inspect_node(node_id))
-    return None
+    """One node as ``nodes`` shows it, or None."""
+    return next((item for item in nodes() if item["id"] == node_id), None)
 
 
-def node_update(node_id, role=None, availability=None, labels=None):
-    """On a manager: set a node's role, availability and/or labels (the whole label set)."""
-    with _Engine() as api:
+def node_update(node_id, **spec):
+    """Set a node's role, availability and/or labels (the whole label set)."""
+    with _engine(f"cannot update node {node_id}") as api:
         current = api.inspect_node(node_id)
-        spec = dict(current["Spec"])
-        for key, value in (("Role", role), ("Availability", availability), ("Labels", labels)):
-            if value is not None:
-                spec[key] = value
-        with _api_errors(f"cannot update node {node_id}"):
-            api.update_node(node_id, current["Version"]["Index"], spec)
+        changed = {key.capitalize(): value for key, value in spec.items() if value is not None}
+        api.update_node(node_id, current["Version"]["Index"], {**current["Spec"], **changed})
     return node(node_id)
 
 
-def node_remove(node_id, force=False):
-    """On a manager: remove a node that left (or, with ``force``, one that is unreachable)."""
-    with (
-        _Engine() as api,
-        _api_errors(f"cannot remove node {node_id}"),
-        contextlib.suppress(docker.errors.NotFound),
-    ):
-        api.remove_node(node_id, force=force)
-        return True
-    return False
+def node_remove(node_id):
+    """Remove a node that left or is down from the swarm's node list."""
+    with _engine(f"cannot remove node {node_id}") as api:
+        api.remove_node(node_id, force=True)
+    return True
 
 
-def node_tasks(node_id):
-    """On a manager: names of the tasks the swarm still wants running on a node."""
-    with _Engine() as api:
-        tasks = api.tasks(filters={"node": node_id, "desired-state": "running"})
-    return sorted(f"{task['ServiceID']}.{task.get('Slot', task['ID'])}" for task in tasks)
+def drain(node_id, class_name, timeout=120):
+    """Demote (if a manager) and drain a node; wait until none of its tasks runs there and the
+    class's services run in full elsewhere: {demoted, drained, services, stuck}."""
+    demoted = node(node_id)["role"] == "manager"
+    node_update(node_id, role="worker" if demoted else None, availability="drain")
+    deadline = time.monotonic() + timeout
+    with _engine(f"cannot drain node {node_id}") as api:
+        running = {"node": node_id, "desired-state": "running"}
+        while api.tasks(filters=running) and time.monotonic() < deadline:
+            time.sleep(1)
+        drained = not api.tasks(filters=running)
+        found = api.services(filters={"label": f"{CLASS_LABEL}={class_name}"})
+    services = {}
+    for name in sorted(item["Spec"]["Name"] for item in found):
+        status = service_wait(name, timeout=max(1, deadline - time.monotonic()))
+        services[name] = f"{status['running']}/{status['desired']} ({status['outcome']})"
+    stuck = {name: state for name, state in services.items() if "(converged)" not in state}
+    return {"demoted": demoted, "drained": drained, "services": services, "stuck": stuck}
 
 
-# --- networks -------------------------------------------------------------------------------------
-
-
-def network(name):
-    """On a manager: swarm network ``name`` (id, driver, attachable, internal, encrypted,
-    subnet, gateway, labels, options) or None."""
-    with _Engine() as api:
-        found = [item for item in api.networks(names=[name]) if item["Name"] == name]
-        if not found:
-            return None
-        details = api.inspect_network(found[0]["Id"])
-    options = dict(details.get("Options") or {})
-    pools = (details.get("IPAM") or {}).get("Config") or [{}]
-    return {
-        "id": details["Id"],
-        "driver": details.get("Driver"),
-        "scope": details.get("Scope"),
-        "attachable": bool(details.get("Attachable")),
-        "internal": bool(details.get("Internal")),
-        "encrypted": "encrypted" in options,
-        "subnet": pools[0].get("Subnet"),
-        "gateway": pools[0].get("Gateway"),
-        "labels": details.get("Labels") or {},
-        "options": {key: value for key, value in options.items() if key != "encrypted"},
-    }
-
-
-def network_create(name, settings, class_name):
-    """On a manager: create swarm network ``name`` from its pillar settings."""
-    options = dict(settings["options"])
-    if settings["encrypted"]:
-        options["encrypted"] = ""
-    ipam = None
-    if settings["subnet"]:
-        pool = docker.types.IPAMPool(subnet=settings["subnet"], gateway=settings["gateway"])
-        ipam = docker.types.IPAMConfig(pool_configs=[pool])
-    with _Engine() as api, _api_errors(f"cannot create network {name}"):
-        api.create_network(
-            name,
-            driver=settings["driver"],
-            options=options,
-            ipam=ipam,
-            check_duplicate=True,
-            internal=settings["internal"],
-            labels=managed_labels(class_name, settings["labels"]),
-            attachable=settings["attachable"],
-            scope="swarm",
-        )
-    return network(name)
-
-
-# --- secrets and configs: immutable, so versioned -------------------------------------------------
+# --- the class's swarm, converged from a manager ---------------------------------------------
 
 
 def _fingerprint(data, salt=None):
-    # A salted, slow hash: the fingerprint sits in a label and must not let anyone test
-    # guesses of the value cheaply.
+    # A salted, slow hash: it sits in a label and must not let anyone test guesses cheaply.
     salt = salt or os.urandom(16)
     return f"scrypt:{_b64(salt)}:{_b64(hashlib.scrypt(data, salt=salt, **SCRYPT))}"
 
 
-def fingerprint_matches(fingerprint, data):
-    """Whether ``data`` (bytes) is what ``fingerprint`` (a version's label) was made from."""
-    try:
-        kind, salt, _ = str(fingerprint).split(":")
-    except ValueError:
-        return False
+def _fingerprint_matches(fingerprint, data):
+    kind, _, rest = str(fingerprint).partition(":")
+    salt = rest.partition(":")[0]
     return kind == "scrypt" and hmac.compare_digest(_fingerprint(data, _unb64(salt)), fingerprint)
 
 
-def _kind_api(api, kind):
-    if kind not in ("secret", "config"):
-        raise CommandExecutionError(f"kind {kind!r} is not secret or config")
-    return {
-        "list": getattr(api, f"{kind}s"),
-        "create": getattr(api, f"create_{kind}"),
-        "remove": getattr(api, f"remove_{kind}"),
-    }
+def _service_id(api, name):
+    """The id of the service named exactly ``name`` (Docker's name filter matches prefixes,
+    and an unknown name resolves as an ID prefix), or None."""
+    found = api.services(filters={"name": name})
+    return next((item["ID"] for item in found if item["Spec"]["Name"] == name), None)
 
 
-def versions(kind, name):
-    """On a manager: the versions of secret/config ``name`` this formula made, oldest first:
-    [{id, name (versioned), version, fingerprint}] (never the data)."""
-    with _Engine() as api:
-        found = _kind_api(api, kind)["list"](filters={"label": [f"{NAME_LABEL}={name}"]})
-    entries = []
-    for item in found:
-        labels = item["Spec"].get("Labels") or {}
-        if labels.get(MANAGED_LABEL) != "true" or not labels.get(VERSION_LABEL, "").isdigit():
-            continue
-        entries.append(
-            {
-                "id": item["ID"],
-                "name": item["Spec"]["Name"],
-                "version": int(labels[VERSION_LABEL]),
-                "fingerprint": labels.get(FINGERPRINT_LABEL, ""),
+class _Cluster:
+    """One converge of a class's swarm on this manager: what changed, what failed, which
+    secret values were used (masked in the outcome)."""
+
+    def __init__(self, api, class_name, swarm, test):
+        self.api, self.class_name, self.swarm, self.test = api, class_name, swarm, test
+        self.changes, self.failures, self.notes, self.used, self.refs = {}, [], [], [], {}
+        self.secrets = _fresh_secrets() if swarm["secrets"] or swarm["services"] else {}
+
+    def step(self, what, function, *args):
+        """``function(*args)``; an error is one line naming ``what``, and the converge goes on."""
+        try:
+            return function(*args)
+        except (docker.errors.APIError, requests.exceptions.RequestException) as error:
+            said = _said(error)
+        except CommandExecutionError as error:
+            said = error
+        except Exception as error:  # one line for the operator; the minion's log has the rest
+            log.exception("docker_swarm.converge: %s failed", what)
+            said = f"{type(error).__name__}: {error}"
+        self.failures.append(f"{what}: {' '.join(str(said).split())}")
+        return None
+
+    def change(self, what, change):
+        self.changes[what] = change
+        return not self.test  # whether to make it
+
+    def node(self, minion, node_id):
+        current = self.api.inspect_node(node_id)
+        spec, settings = current["Spec"], self.swarm["nodes"].get(minion, {"labels": {}})
+        labels = spec.get("Labels") or {}
+        ours = {**self.swarm["node_labels"], **settings["labels"], "class": self.class_name}
+        ours[MINION_LABEL] = minion
+        stale = set(filter(None, labels.get(OWN_LABELS, "").split(","))) | {OWN_LABELS}
+        want = {
+            "Labels": {
+                **{k: v for k, v in labels.items() if k not in stale},
+                **ours,
+                OWN_LABELS: ",".join(sorted(ours)),
+            },
+            "Availability": settings.get("availability", "active"),
+        }
+        changed = {k: {"old": spec.get(k), "new": v} for k, v in want.items() if spec.get(k) != v}
+        if changed and self.change(f"node {minion}", changed):
+            self.api.update_node(node_id, current["Version"]["Index"], {**spec, **want})
+
+    def network(self, name, settings):
+        found = [n["Id"] for n in self.api.networks(names=[name]) if n["Name"] == name]
+        if not found:
+            self.refs[name] = "(to be created)"
+            if self.change(f"network {name}", "created"):
+                options = {
+                    **settings["options"],
+                    **({"encrypted": ""} if settings["encrypted"] else {}),
+                }
+                pool = settings["subnet"] and docker.types.IPAMPool(
+                    subnet=settings["subnet"], gateway=settings["gateway"]
+                )
+                self.refs[name] = self.api.create_network(
+                    name,
+                    driver=settings["driver"],
+                    options=options,
+                    ipam=pool and docker.types.IPAMConfig(pool_configs=[pool]),
+                    internal=settings["internal"],
+                    labels=managed_labels(self.class_name, settings["labels"]),
+                    attachable=settings["attachable"],
+                    scope="swarm",
+                )["Id"]
+            return
+        current = self.api.inspect_network(found[0])
+        options, ipam = (
+            current.get("Options") or {},
+            ((current["IPAM"] or {}).get("Config") or [{}])[0],
+        )
+        have = {
+            "driver": current["Driver"],
+            "attachable": current["Attachable"],
+            "internal": current["Internal"],
+            "encrypted": "encrypted" in options,
+            "subnet": ipam.get("Subnet"),
+            "gateway": ipam.get("Gateway"),
+            **{f"options:{k}": options.get(k) for k in settings["options"]},
+        }
+        want = {**settings, **{f"options:{k}": v for k, v in settings["options"].items()}}
+        other = [k for k, v in have.items() if want[k] is not None and want[k] != v]
+        if other or current["Scope"] != "swarm":
+            raise CommandExecutionError(
+                f"it exists with other {', '.join(other) or 'scope'}: Docker cannot change a "
+                "network in place; remove it (and the services using it) to have it recreated"
+            )
+        self.refs[name] = current["Id"]
+
+    def versions(self, kind):
+        """{pillar name: [versions, oldest first]} of the secrets/configs made for the class,
+        each {id, name, version, fingerprint, in_use}."""
+        found = getattr(self.api, f"{kind}s")(
+            filters={"label": [f"{CLASS_LABEL}={self.class_name}"]}
+        )
+        key = kind.capitalize()
+        used = {
+            ref[f"{key}ID"]
+            for item in self.api.services()
+            for ref in (item["Spec"]["TaskTemplate"].get("ContainerSpec") or {}).get(f"{key}s")
+            or []
+        }
+        entries = {}
+        for item in found:
+            labels = item["Spec"].get("Labels") or {}
+            if labels.get(VERSION_LABEL, "").isdigit():
+                entries.setdefault(labels.get(NAME_LABEL), []).append(
+                    {
+                        "id": item["ID"],
+                        "name": item["Spec"]["Name"],
+                        "version": int(labels[VERSION_LABEL]),
+                        "fingerprint": labels.get(FINGERPRINT_LABEL, ""),
+                        "in_use": item["ID"] in used,
+                    }
+                )
+        return {name: sorted(items, key=lambda e: e["version"]) for name, items in entries.items()}
+
+    def resolved(self, value):
+        """``value`` with its ``{secret: name}`` references resolved (the values kept, masked
+        in the outcome)."""
+        try:
+            return __utils__["dockerhosts_secrets.resolve"](value, self.secrets, self.used)
+        except KeyError as error:
+            raise CommandExecutionError(f"{error.args[0]}: is this minion of the class?") from error
+
+    def version(self, kind, name, value, existing):
+        """The latest version of secret/config ``name`` holds pillar's value: made if not."""
+        data = str(self.resolved(value) if kind == "secret" else value["data"]).encode()
+        latest = (existing.get(name) or [None])[-1]
+        if latest and _fingerprint_matches(latest["fingerprint"], data):
+            self.refs[(kind, name)] = (latest["id"], latest["name"])
+            return
+        number = latest["version"] + 1 if latest else 1
+        versioned = f"{name}.v{number}"
+        self.refs[(kind, name)] = ("(to be created)", versioned)
+        if self.change(f"{kind} {name}", {"old": latest and latest["name"], "new": versioned}):
+            labels = {
+                NAME_LABEL: name,
+                VERSION_LABEL: str(number),
+                FINGERPRINT_LABEL: _fingerprint(data),
             }
-        )
-    return sorted(entries, key=lambda entry: entry["version"])
+            create = getattr(self.api, f"create_{kind}")
+            made = create(versioned, data, labels=managed_labels(self.class_name, labels))
+            self.refs[(kind, name)] = (made["ID"], versioned)
+
+    def service(self, name, service):
+        refs = {
+            "networks": {n["name"]: self.refs[n["name"]] for n in service["networks"]},
+            "secrets": {
+                r["source"]: self.refs[("secret", r["source"])] for r in service["secrets"]
+            },
+            "configs": {
+                r["source"]: self.refs[("config", r["source"])] for r in service["configs"]
+            },
+        }
+        environment = self.resolved(service["environment"])
+        desired = service_spec(name, service, self.class_name, environment, refs)
+        service_id = _service_id(self.api, name)
+        current = service_id and self.api.inspect_service(service_id)
+        changed = describe_differences(desired, current["Spec"]) if current else "created"
+        if changed and self.change(f"service {name}", changed):
+            arguments = {key.lower(): desired[key] for key in ("Name", "Labels", "Mode")}
+            arguments.update(
+                task_template=desired["TaskTemplate"],
+                update_config=desired["UpdateConfig"],
+                rollback_config=desired["RollbackConfig"],
+                endpoint_spec=desired["EndpointSpec"],
+            )
+            if current:
+                version = current["Version"]["Index"]
+                self.api.update_service(service_id, version, fetch_current_spec=False, **arguments)
+            else:
+                self.api.create_service(**arguments)
+        if not self.test or not changed:
+            status = service_wait(name, self.swarm["converge_timeout"], bool(current and changed))
+            if status["outcome"] != "converged":
+                raise CommandExecutionError(_rollout_failure(status))
+
+    def unlisted(self):
+        found = self.api.services(filters={"label": f"{CLASS_LABEL}={self.class_name}"})
+        unlisted = sorted({s["Spec"]["Name"] for s in found} - set(self.swarm["services"]))
+        if unlisted and self.swarm["unlisted_services"] == "keep":
+            self.notes.append(f"kept services no longer in pillar: {', '.join(unlisted)}")
+        elif unlisted and self.change("services removed", unlisted):
+            for name in unlisted:
+                self.api.remove_service(_service_id(self.api, name))
+
+    def unused_versions(self, kind, listed):
+        stale = [
+            entry
+            for name, entries in self.versions(kind).items()
+            for entry in (entries if name not in listed else entries[:-1])
+            if not entry["in_use"]
+        ]
+        if stale and self.change(f"{kind}s removed", [entry["name"] for entry in stale]):
+            for entry in stale:
+                getattr(self.api, f"remove_{kind}")(entry["id"])
 
 
-def create_version(kind, name, data, class_name, version):
-    """On a manager: create ``<name>.v<version>`` holding ``data`` (bytes); returns its entry."""
-    labels = managed_labels(
-        class_name,
-        {
-            NAME_LABEL: name,
-            VERSION_LABEL: str(version),
-            FINGERPRINT_LABEL: _fingerprint(data),
-        },
-    )
-    versioned = f"{name}.v{version}"
-    with _Engine() as api, _api_errors(f"cannot create {kind} {versioned}"):
-        created = _kind_api(api, kind)["create"](versioned, data, labels=labels)
-    return {"id": created["ID"], "name": versioned, "version": version}
+def _fresh_secrets():
+    """Pillar docker_secrets as the master compiles it for this minion now (as a state run
+    does: the minion's own copy may predate a rotation)."""
+    saltenv, pillarenv = __opts__.get("saltenv") or "base", __opts__.get("pillarenv")
+    grains = dict(__grains__)  # a plain mapping: it travels to the master
+    pillar = salt.pillar.get_pillar(__opts__, grains, __opts__["id"], saltenv, pillarenv=pillarenv)
+    return pillar.compile_pillar().get("docker_secrets") or {}
 
 
-def remove_object(kind, object_id):
-    """On a manager: remove a secret/config (Docker refuses while a service uses it)."""
-    with (
-        _Engine() as api,
-        _api_errors(f"cannot remove {kind} {object_id}"),
-        contextlib.suppress(docker.errors.NotFound),
-    ):
-        _kind_api(api, kind)["remove"](object_id)
-        return True
-    return False
-
-
-def managed_objects(kind, class_name):
-    """On a manager: {pillar name: [versions]} of every secret/config made for the class."""
-    with _Engine() as api:
-        found = _kind_api(api, kind)["list"](filters={"label": [f"{CLASS_LABEL}={class_name}"]})
-    names = {(item["Spec"].get("Labels") or {}).get(NAME_LABEL) for item in found}
-    return {name: versions(kind, name) for name in sorted(names - {None})}
-
-
-def objects_in_use(kind):
-    """On a manager: ids of the secrets/configs any service refers to."""
-    key = "Secrets" if kind == "secret" else "Configs"
-    with _Engine() as api:
-        services = api.services()
-    used = set()
-    for item in services:
-        spec = item["Spec"]["TaskTemplate"].get("ContainerSpec") or {}
-        used.update(ref[f"{kind.capitalize()}ID"] for ref in spec.get(key) or [])
-    return sorted(used)
-
-
-# --- services -------------------------------------------------------------------------------------
-
-
-def _service_arguments(spec):
+def _rollout_failure(status):
+    where = f"{status['running']}/{status['desired']} tasks running after {status['seconds']} s"
     return {
-        "task_template": spec["TaskTemplate"],
-        "name": spec["Name"],
-        "labels": spec["Labels"],
-        "mode": spec["Mode"],
-        "update_config": spec["UpdateConfig"],
-        "rollback_config": spec["RollbackConfig"],
-        "endpoint_spec": spec["EndpointSpec"],
-    }
+        "rolled_back": f"the update failed and Docker rolled it back ({status['message']})",
+        "paused": f"the update failed and is paused ({status['message']})",
+    }.get(status["outcome"], f"not converged: {where} ({status['message']})")
 
 
-def service(name):
-    """On a manager: ``docker service inspect`` of ``name``, or None."""
-    with _Engine() as api, contextlib.suppress(docker.errors.NotFound):
-        return api.inspect_service(name)
-    return None
-
-
-def service_create(spec):
-    """On a manager: create a service from a full spec (``service_spec``); returns its id."""
-    with _Engine() as api, _api_errors(f"cannot create service {spec['Name']}"):
-        return api.create_service(**_service_arguments(spec))["ID"]
-
-
-def service_update(service_id, version, spec):
-    """On a manager: replace a service's spec with ``spec`` (a rolling update when the task
-    template changes, following the spec's UpdateConfig)."""
-    with _Engine() as api, _api_errors(f"cannot update service {spec['Name']}"):
-        api.update_service(
-            service_id, version, fetch_current_spec=False, **_service_arguments(spec)
-        )
-
-
-def service_remove(name):
-    """On a manager: remove a service (its tasks stop)."""
-    with _Engine() as api, contextlib.suppress(docker.errors.NotFound):
-        return api.remove_service(name)
-    return False
-
-
-def managed_services(class_name):
-    """On a manager: names of the services this formula made for ``class_name``."""
-    with _Engine() as api:
-        found = api.services(filters={"label": f"{CLASS_LABEL}={class_name}"})
-    return sorted(
-        item["Spec"]["Name"]
-        for item in found
-        if (item["Spec"].get("Labels") or {}).get(MANAGED_LABEL) == "true"
-    )
-
-
-def _task_spec(template):
-    # A task carries a copy of the service's task template, less the runtime name.
-    return {key: value for key, value in template.items() if key != "Runtime"}
-
-
-def _rollout(api, name):
-    """Where a service stands: its update state and how many tasks run its current spec."""
-    current = api.inspect_service(name)
-    template = _task_spec(current["Spec"]["TaskTemplate"])
-    tasks = api.tasks(filters={"service": current["ID"], "desired-state": "running"})
-    running = [
-        task
-        for task in tasks
-        if task["Status"]["State"] == "running" and _task_spec(task["Spec"]) == template
-    ]
-    replicated = (current["Spec"]["Mode"].get("Replicated") or {}).get("Replicas")
-    update = current.get("UpdateStatus") or {}
-    return {
-        "update": update.get("State"),
-        "message": update.get("Message", ""),
-        "running": len(running),
-        "desired": len(tasks) if replicated is None else replicated,
-        "nodes": sorted({task["NodeID"] for task in running}),
-    }
-
-
-def _rollout_done(status, updated):
-    if updated and status["update"] in ("updating", "rollback_started"):
-        return False
-    if updated and status["update"] in ("paused", "rollback_paused"):
-        return True
-    return status["running"] >= status["desired"]
-
-
-def _outcome(status, updated):
-    if not updated:
-        return "converged"
-    if status["update"] == "rollback_completed":
-        return "rolled_back"
-    if status["update"] in ("paused", "rollback_paused"):
-        return "paused"
-    return "converged"
+def converge(class_name, nodes, swarm, test=False):
+    """
+    On a manager: the class's swarm as pillar ``swarm`` (as ``validate`` returns it) says: the
+    labels and availability of ``nodes`` ({minion: node id}), networks, secrets, configs,
+    services (waiting for each to run its tasks), then services and versions pillar no longer
+    names. ``test``: what would change, nothing changed. Returns {changes, failures, notes}.
+    """
+    with _engine("cannot converge the swarm") as api:
+        run = _Cluster(api, class_name, swarm, test)
+        for minion, node_id in sorted(nodes.items()):
+            run.step(f"node {minion}", run.node, minion, node_id)
+        for name, settings in swarm["networks"].items():
+            run.step(f"network {name}", run.network, name, settings)
+        for kind, values in (("secret", swarm["secrets"]), ("config", swarm["configs"])):
+            existing = run.step(f"{kind}s of class {class_name}", run.versions, kind)
+            for name, value in values.items() if existing is not None else ():
+                run.step(f"{kind} {name}", run.version, kind, name, value, existing)
+        for name, service in swarm["services"].items():
+            needs = [n["name"] for n in service["networks"]]
+            needs += [("secret", r["source"]) for r in service["secrets"]]
+            needs += [("config", r["source"]) for r in service["configs"]]
+            missing = [need for need in needs if need not in run.refs]
+            if missing:
+                run.failures.append(f"service {name}: not converged: {missing} failed first")
+            else:
+                run.step(f"service {name}", run.service, name, service)
+        run.step("unlisted services", run.unlisted)
+        if not run.failures:
+            for kind in ("secret", "config"):
+                run.step(f"unused {kind}s", run.unused_versions, kind, set(swarm[f"{kind}s"]))
+    outcome = {"changes": run.changes, "failures": run.failures, "notes": run.notes}
+    return __utils__["dockerhosts_secrets.masked"](outcome, run.used)
 
 
 def service_wait(name, timeout=120, updated=False):
-    """
-    On a manager: wait until service ``name`` runs its desired number of tasks on its current
-    spec (and, after an update, the update has finished). Returns {outcome (converged,
-    rolled_back, paused, timeout), update, message, running, desired, nodes, seconds}.
-    """
+    """Wait until service ``name`` runs its desired number of tasks on its current spec (and,
+    after an update, the update has finished): {outcome (converged, rolled_back, paused,
+    timeout), update, message, running, desired, seconds}."""
     started = time.monotonic()
-    with _Engine() as api:
-        status = _rollout(api, name)
-        while not _rollout_done(status, updated) and time.monotonic() - started < timeout:
+    with _engine(f"cannot follow service {name}") as api:
+        service_id = _service_id(api, name)
+        if service_id is None:
+            raise CommandExecutionError(f"service {name} does not exist")
+        status, outcome = _rollout(api, service_id, updated)
+        while outcome is None and time.monotonic() - started < timeout:
             time.sleep(0.5)
-            status = _rollout(api, name)
-        done = _rollout_done(status, updated)
-        status["outcome"] = _outcome(status, updated) if done else "timeout"
+            status, outcome = _rollout(api, service_id, updated)
+        status["outcome"] = outcome or "timeout"
         if status["outcome"] != "converged":
-            status["message"] = f"{status['message']}; {_last_task_error(api, name)}".lstrip("; ")
+            failed = [t["Status"] for t in api.tasks(filters={"service": service_id})]
+            failed = [s for s in failed if s["State"] in ("failed", "rejected")]
+            last = max(failed, key=lambda s: s["Timestamp"]) if failed else None
+            why = f"last failed task: {last.get('Err') or last['State']}" if last else ""
+            status["message"] = "; ".join(filter(None, [status["message"], why]))
     status["seconds"] = round(time.monotonic() - started, 1)
     return status
 
 
-def services_wait(class_name, timeout=120):
-    """On a manager: wait for every service made for ``class_name`` to run its tasks;
-    {service: "running/desired (outcome)"}."""
-    found = {}
-    for name in managed_services(class_name):
-        status = service_wait(name, timeout=timeout)
-        found[name] = f"{status['running']}/{status['desired']} ({status['outcome']})"
-    return found
-
-
-def _last_task_error(api, name):
-    """Why the latest failed task of a service failed (Docker's own words)."""
-    failed = [
+def _rollout(api, service_id, updated):
+    """Where a service stands (update state, tasks running its current spec) and its outcome
+    when final: converged, rolled_back or paused (None: not yet)."""
+    current = api.inspect_service(service_id)
+    template = {k: v for k, v in current["Spec"]["TaskTemplate"].items() if k != "Runtime"}
+    tasks = api.tasks(filters={"service": service_id, "desired-state": "running"})
+    running = [
         task
-        for task in api.tasks(filters={"service": name})
-        if task["Status"]["State"] in ("failed", "rejected")
+        for task in tasks
+        if task["Status"]["State"] == "running"
+        and {k: v for k, v in task["Spec"].items() if k != "Runtime"} == template
     ]
-    if not failed:
-        return "no failed task"
-    latest = max(failed, key=lambda task: task["Status"]["Timestamp"])
-    return f"last failed task: {latest['Status'].get('Err') or latest['Status']['State']}"
+    replicas = (current["Spec"]["Mode"].get("Replicated") or {}).get("Replicas")
+    update = (current.get("UpdateStatus") or {}) if updated else {}
+    status = {
+        "update": update.get("State"),
+        "message": update.get("Message", ""),
+        "running": len(running),
+        "desired": len(tasks) if replicas is None else replicas,
+    }
+    if status["update"] in ("updating", "rollback_started"):
+        return status, None
+    final = {"rollback_completed": "rolled_back", "paused": "paused", "rollback_paused": "paused"}
+    if status["update"] in final:
+        return status, final[status["update"]]
+    return status, "converged" if status["running"] >= status["desired"] else None

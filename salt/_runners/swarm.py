@@ -1,67 +1,45 @@
 """
-Swarm per class, decided on the master: which nodes form a class's swarm, which of them
-manage it, who may join it, and in what order it converges.
+Swarm per class, decided on the master (docs/swarm.md): who is in a class's swarm, who manages
+it, who may join, in what order it converges. Membership and entitlement come from the master
+only: the node record's class while the key it was made for is the accepted one
+(``dockerhosts_nodes``), and the pillar the master compiles for the node enabling ``swarm``;
+never a grain. A join token leaves a manager only sealed to that key.
 
-Identity and entitlement come from the master only: a node belongs to a class when the
-master's node class registry says so (runner ``node_class``; until that runner is present,
-its files ``<pki_dir>/node_classes/<minion id>`` are read directly), its key is accepted,
-and the pillar the master compiles for it enables ``swarm``. Never from a grain.
-
-Join tokens never travel in clear: for each node that may join, a manager seals the token
-to that node's public key (the one the master authenticated it with,
-``<pki_dir>/minions/<id>``) and only the sealed blob crosses the event bus to that node,
-whose private key alone opens it (execution module ``docker_swarm``).
-
-Functions (each returns {result, changes, comment}; ``test=True`` plans without changing):
-
-- ``converge <class>``: managers, then workers, then the cluster (nodes' labels,
-  networks, secrets, configs, services) -- what orch.swarm runs step by step;
-- ``managers <class>``: the first manager creates the swarm when no node of the class is in
-  one (never a second time: see ``forget``); more managers join or are promoted/demoted to
-  ``swarm:managers:count``;
-- ``workers <class>``: every other member joins as a worker;
-- ``cluster <class>``: state docker.swarm.cluster on one manager;
-- ``admit <minion id>``: converge the class the registry puts that minion in (for the
-  create reactor);
-- ``remove_node <minion id>``: drain, leave and remove from the node list (for the destroy
-  reactor, or before ``salt-cloud -d``); services move to the remaining nodes;
-- ``status <class>``, ``forget <class>``.
+Each function returns {result, changes, comment, retcode} (salt-run exits with ``retcode``;
+every failure is one line); ``test=True`` shows the plan and changes nothing.
 """
 
 import contextlib
-import copy
 import fcntl
+import functools
+import hashlib
+import json
 import logging
 import os
-import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import salt.cache
 import salt.client
+import salt.fileserver
 import salt.loader
 import salt.pillar
+import yaml
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-REGISTRY = "node_classes"
-STATE_DIR = "docker-hosts-swarm"
 CALL_TIMEOUT = 60
-JOIN_PARALLEL = 8
 NODE_DOWN_TIMEOUT = 30
 MINION_LABEL = "com.docker-hosts.minion"
+BANK = "dockerhosts/swarms"  # {class: {cluster_id, since}}: never a second swarm init
+LEGACY_DIR = "docker-hosts-swarm"  # where earlier versions kept it: <cachedir>/<dir>/<class>.json
+ADDRESSING = ("advertise_addr", "listen_addr", "default_addr_pool", "subnet_size")
 
 
 class SwarmError(Exception):
-    """A refusal or failure that ends the step; its message is the step's comment."""
+    """A refusal or failure that ends the run; its message is the one-line comment."""
 
 
 # --- plans (pure) ---------------------------------------------------------------------------
-
-
-def _largest_odd(number):
-    return number if number % 2 else max(number - 1, 1)
 
 
 def _host(address):
@@ -71,6 +49,14 @@ def _host(address):
 def _in_swarm_of(info, manager_addrs):
     """Whether an active worker's known managers are (some of) this class's managers."""
     return bool({_host(addr) for addr in info["managers"]} & manager_addrs)
+
+
+def _managing(infos):
+    return sorted(minion for minion, info in infos.items() if info and info["is_manager"])
+
+
+def _manager_addrs(infos):
+    return {_host(infos[minion]["node_addr"]) for minion in _managing(infos)}
 
 
 def _no_manager_errors(members, infos, known_cluster):
@@ -95,7 +81,7 @@ def plan_managers(members, infos, count, prefer=(), known_cluster=None):
     when no member is in a swarm, every member answered and the class never had one; existing
     managers stay managers; new ones come from ``prefer`` first, then by minion id.
     """
-    managers = sorted(m for m in members if infos.get(m) and infos[m]["is_manager"])
+    managers = [m for m in _managing(infos) if m in members]
     plan = {"init": None, "join": [], "promote": [], "demote": [], "managers": managers}
     clusters = {infos[m]["cluster_id"] for m in managers}
     if len(clusters) > 1:
@@ -104,7 +90,7 @@ def plan_managers(members, infos, count, prefer=(), known_cluster=None):
     plan["errors"] = [] if managers else _no_manager_errors(members, infos, known_cluster)
     if plan["errors"]:
         return plan
-    addrs = {_host(infos[m]["node_addr"]) for m in managers}
+    addrs = _manager_addrs({m: infos[m] for m in managers})
     eligible = [
         m
         for m in [*managers, *prefer, *sorted(members)]
@@ -112,640 +98,542 @@ def plan_managers(members, infos, count, prefer=(), known_cluster=None):
         and infos.get(m)
         and (infos[m]["state"] == "inactive" or m in managers or _in_swarm_of(infos[m], addrs))
     ]
-    chosen = list(dict.fromkeys(eligible))[: min(count, _largest_odd(len(members)))]
+    odd = len(members) if len(members) % 2 else max(len(members) - 1, 1)
+    chosen = list(dict.fromkeys(eligible))[: min(count, odd)]
     if not managers:
         plan["init"], chosen = chosen[0], chosen[1:]
     for minion in chosen:
-        if minion in managers:
-            continue
-        plan["join" if infos[minion]["state"] == "inactive" else "promote"].append(minion)
+        if minion not in managers:
+            plan["join" if infos[minion]["state"] == "inactive" else "promote"].append(minion)
     plan["demote"] = [m for m in managers if m not in chosen and m != plan["init"]]
     return plan
 
 
-def plan_workers(members, infos):
-    """Members to join as workers (answering, in no swarm) and members in another swarm."""
-    managers = [m for m in members if infos.get(m) and infos[m]["is_manager"]]
-    addrs = {_host(infos[m]["node_addr"]) for m in managers}
-    join, foreign = [], []
+def plan_workers(members, infos, managing=()):
+    """Members to join as workers (answering, in no swarm, not in ``managing``: planned
+    managers) and members in another swarm."""
+    addrs, join, foreign = _manager_addrs(infos), [], []
     for minion in members:
         info = infos.get(minion)
-        if not info or minion in managers:
-            continue
-        if info["state"] == "inactive":
-            join.append(minion)
-        elif not _in_swarm_of(info, addrs):
-            foreign.append(minion)
+        if info and not info["is_manager"] and minion not in managing:
+            if info["state"] == "inactive":
+                join.append(minion)
+            elif not _in_swarm_of(info, addrs):
+                foreign.append(minion)
     return {"join": join, "foreign": foreign}
 
 
-# --- registry, keys, pillar: the master's view --------------------------------------------
+def quorum_problem(nodes):
+    """Why the swarm cannot take changes (``docker_swarm.nodes`` of a manager), or None: a
+    majority of its managers must be reachable."""
+    managers = [node for node in nodes if node["role"] == "manager"]
+    reachable = [node for node in managers if node["reachability"] == "reachable"]
+    if 2 * len(reachable) > len(managers):
+        return None
+    down = sorted(_node_name(node) for node in managers if node not in reachable)
+    return f"{len(reachable)} of {len(managers)} managers reachable (down: {', '.join(down)})"
 
 
-def _valid_name(name, what):
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise SwarmError(f"{name!r} is not a valid {what}")
+def _node_name(node):
+    return node["labels"].get(MINION_LABEL) or node["hostname"]
+
+
+def _role(info):
+    if not info or info["state"] != "active":
+        return None
+    return "manager" if info["is_manager"] else "worker"
+
+
+# --- the master's view: node records, keys, pillar, the class's swarm --------------------------
+
+
+def _checked(name, rule):
+    problem = __utils__[f"dockerhosts_names.{rule}_name_problem"](name)
+    if problem:
+        raise SwarmError(problem)
     return name
 
 
 def _class_of(minion_id):
-    _valid_name(minion_id, "minion id")
-    if "node_class.get" in __salt__:
-        try:
-            found = __salt__["node_class.get"](minion_id)
-        except Exception:  # fail closed: no class, no token
-            return None
-        return found if isinstance(found, str) and NAME_RE.match(found) else None
-    path = os.path.join(__opts__["pki_dir"], REGISTRY, minion_id)
+    """The node record's class while its key is the accepted one; None otherwise."""
+    _checked(minion_id, "node")
     try:
-        with open(path, encoding="utf-8") as handle:
-            name = handle.read().strip()
-    except OSError:
+        return __utils__["dockerhosts_nodes.class_of"](__opts__, minion_id)
+    except Exception:  # fail closed: an unreadable record gives no class, no token
+        log.exception("swarm: cannot read the node record of %s", minion_id)
         return None
-    return name if NAME_RE.match(name) else None
-
-
-def _members(class_name):
-    if "node_class.members" in __salt__:
-        return sorted(__salt__["node_class.members"](class_name))
-    directory = os.path.join(__opts__["pki_dir"], REGISTRY)
-    try:
-        entries = os.listdir(directory)
-    except OSError:
-        return []
-    return sorted(m for m in entries if NAME_RE.match(m) and _class_of(m) == class_name)
 
 
 def _public_key(minion_id):
-    """The key the master accepted for the minion: only its holder can open what is sealed
-    with it. Not accepted (pending, rejected, unknown): no key, no token."""
-    path = os.path.join(__opts__["pki_dir"], "minions", _valid_name(minion_id, "minion id"))
-    try:
+    """The accepted key of the minion, only when its node record was made for that key."""
+    path = os.path.join(__opts__["pki_dir"], "minions", _checked(minion_id, "node"))
+    with contextlib.suppress(OSError):
         with open(path, encoding="utf-8") as handle:
-            return handle.read()
-    except OSError:
-        return None
+            key = handle.read()
+        record = __utils__["dockerhosts_nodes.get"](__opts__, minion_id) or {}
+        return (
+            key if record.get("key") == hashlib.sha256(key.strip().encode()).hexdigest() else None
+        )
+    return None
 
 
-def _compile_pillar(minion_id):
-    cached = salt.cache.factory(__opts__).fetch(f"minions/{minion_id}", "data") or {}
-    pillar = salt.pillar.get_pillar(
-        __opts__,
-        cached.get("grains") or {},
-        minion_id,
-        saltenv=__opts__.get("saltenv") or "base",
-        pillarenv=__opts__.get("pillarenv"),
-    ).compile_pillar()
+def _set_role(minion, role):
+    """``swarm_role`` (manager, worker or None) in the minion's node record, if it has one."""
+    record = __utils__["dockerhosts_nodes.get"](__opts__, minion)
+    if record is not None and record.get("swarm_role") != role:
+        __utils__["dockerhosts_nodes.update"](__opts__, minion, swarm_role=role)
+
+
+def _settings_of(minion_id, formula):
+    """Pillar ``swarm`` the master compiles for the minion, checked (docker_swarm.validate
+    with salt://docker/swarm/defaults.yaml and schema.yaml from the master's file server)."""
+    if not formula:
+        server = salt.fileserver.Fileserver(__opts__)
+        for name in ("defaults", "schema"):
+            path = server.find_file(f"docker/swarm/{name}.yaml", "base").get("path")
+            if not path:
+                raise SwarmError(f"salt://docker/swarm/{name}.yaml is not on the file server")
+            with open(path, encoding="utf-8") as handle:
+                formula.append(yaml.safe_load(handle))
+    saltenv = __opts__.get("saltenv") or "base"
+    pillar = salt.pillar.get_pillar(__opts__, {}, minion_id, saltenv=saltenv).compile_pillar()
     if pillar.get("_errors"):
         raise SwarmError(f"the pillar of {minion_id} does not compile: {pillar['_errors']}")
-    return pillar
-
-
-def _validate(pillar):
-    validate = salt.loader.raw_mod(__opts__, "docker_swarm", None).get("docker_swarm.validate")
-    if validate is None:
-        raise SwarmError("module docker_swarm is not on the master: salt-run saltutil.sync_all")
+    modules = salt.loader.minion_mods(__opts__, utils=__utils__, whitelist=["docker_swarm"])
     try:
-        return validate(pillar.get("swarm") or {}, secrets=pillar.get("docker_secrets") or {})
+        secrets = pillar.get("docker_secrets") or {}
+        return modules["docker_swarm.validate"](pillar.get("swarm"), *formula, secrets=secrets)
     except Exception as error:
-        raise SwarmError(str(error)) from error
+        raise SwarmError(_one_line(error)) from error
+
+
+def _known_cluster(class_name):
+    record = salt.cache.factory(__opts__).fetch(BANK, class_name)
+    if not record:  # kept by an earlier version: a swarm is never forgotten on upgrade
+        legacy = os.path.join(__opts__["cachedir"], LEGACY_DIR, f"{class_name}.json")
+        with contextlib.suppress(OSError, ValueError), open(legacy, encoding="utf-8") as handle:
+            record = json.load(handle)
+    return (record or {}).get("cluster_id")
+
+
+def _remember_cluster(class_name, cluster_id):
+    if cluster_id and cluster_id != _known_cluster(class_name):
+        record = {"cluster_id": cluster_id, "since": int(time.time())}
+        salt.cache.factory(__opts__).store(BANK, class_name, record)
+
+
+@contextlib.contextmanager
+def _locked(class_name):
+    """One run at a time per class (two admissions must not both create a swarm)."""
+    directory = os.path.join(__opts__["cachedir"], "dockerhosts-swarm-locks")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    with open(os.path.join(directory, _checked(class_name, "class")), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _one_line(value):
+    return " ".join(str(value).split())
 
 
 # --- one run: a class, locked, with its members' answers ---------------------------------------
 
 
 class _Run:
-    """One step for one class: members, their pillar and answers, what changed."""
+    """One run for one class: members, their settings and answers, what changed."""
 
     def __init__(self, class_name, test):
-        self.class_name = _valid_name(class_name, "class name")
-        self.test = bool(test)
-        self.members = _members(class_name)
+        self.class_name, self.test = class_name, bool(test)
+        self.members = __utils__["dockerhosts_nodes.members"](__opts__, class_name)
         self.client = salt.client.LocalClient(mopts=__opts__)
-        self.changes, self.notes, self.failures = {}, [], []
-        self._settings = {}
+        self.changes, self.notes, self.failures, self.down = {}, [], [], []
+        self._settings, self._formula = {}, []
 
-    def fork(self):
-        """The same run with its own client, for a thread."""
-        twin = copy.copy(self)
-        twin.client = salt.client.LocalClient(mopts=__opts__)
-        return twin
-
-    # answers from minions
-
-    def call(self, minion, fun, arg=(), kwarg=None, timeout=CALL_TIMEOUT):
-        """(answered, retcode, return) of ``fun`` on one minion."""
-        started = time.monotonic()
-        returns = self.client.cmd(
-            [minion],
+    def cmd(self, minions, fun, args=(), kwargs=None, timeout=CALL_TIMEOUT):
+        return self.client.cmd(
+            minions,
             fun,
-            arg=list(arg),
+            arg=list(args),
+            kwarg=kwargs or {},
             tgt_type="list",
             timeout=timeout,
-            kwarg=kwarg or {},
             full_return=True,
         )
-        item = returns.get(minion)
-        log.debug("swarm: %s on %s: %.1f s", fun, minion, time.monotonic() - started)
+
+    def call(self, minion, fun, *args, timeout=CALL_TIMEOUT, **kwargs):
+        """``fun`` on one minion: its return, or SwarmError naming what failed."""
+        item = self.cmd([minion], fun, args, kwargs, timeout).get(minion)
         if not isinstance(item, dict) or "ret" not in item:
-            return False, None, "no answer"
-        return True, item.get("retcode", 0), item["ret"]
+            raise SwarmError(f"{minion} did not answer {fun}")
+        if item.get("retcode"):
+            raise SwarmError(f"{minion}: {_one_line(item['ret'])}")
+        return item["ret"]
 
     def probe(self, minions=None):
-        """{minion: node_info or None} for ``minions`` (default: the class's members)."""
+        """{minion: node_info, or None when the minion or its engine did not answer}."""
         minions = sorted(set(minions or self.members))
-        if not minions:
-            return {}
-        returns = self.client.cmd(
-            minions,
-            "docker_swarm.node_info",
-            tgt_type="list",
-            timeout=CALL_TIMEOUT,
-            full_return=True,
-        )
-        infos = {}
-        for minion in minions:
-            item = returns.get(minion) or {}
-            ok = isinstance(item.get("ret"), dict) and item.get("retcode", 0) == 0
-            infos[minion] = item["ret"] if ok else None
-            if not ok:
-                self.notes.append(f"{minion} did not answer (treated as not in the swarm)")
-        return infos
+        found = self.cmd(minions, "docker_swarm.node_info") if minions else {}
+        items = {minion: found.get(minion) or {} for minion in minions}
+        return {
+            m: i["ret"] if isinstance(i.get("ret"), dict) and not i.get("retcode") else None
+            for m, i in items.items()
+        }
 
-    def state(self, minion, fun, name, **kwargs):
-        """Run one state on a minion; returns its result dict (result False when no answer)."""
-        answered, _, ret = self.call(
-            minion, "state.single", [fun], {"name": name, "test": self.test, **kwargs}
-        )
-        if answered and isinstance(ret, dict) and len(ret) == 1:
-            return next(iter(ret.values()))
-        return {"result": False, "changes": {}, "comment": f"{minion}: {ret}"}
-
-    # pillar and entitlement
-
-    def settings(self, minion):
+    def settings(self, minion=None):
+        minion = minion or (self.members or [None])[0]
+        if minion is None:
+            raise SwarmError(f"the master has no node record of class {self.class_name}")
         if minion not in self._settings:
-            started = time.monotonic()
-            self._settings[minion] = _validate(_compile_pillar(minion))
-            log.debug("swarm: pillar of %s: %.1f s", minion, time.monotonic() - started)
+            self._settings[minion] = _settings_of(minion, self._formula)
+        if not self._settings[minion]["enabled"]:
+            raise SwarmError(f"swarm is not enabled in the pillar of class {self.class_name!r}")
         return self._settings[minion]
-
-    def class_settings(self):
-        if not self.members:
-            raise SwarmError(f"the registry has no node of class {self.class_name}")
-        settings = self.settings(self.members[0])
-        if not settings["enabled"]:
-            raise SwarmError(f"swarm is not enabled in the pillar of class {self.class_name}")
-        return settings
 
     def refusal(self, minion):
         """Why ``minion`` may not have this class's join token, or None when it may."""
-        registered = _class_of(minion)
-        if registered != self.class_name:
-            where = f"class {registered!r}" if registered else "no class"
-            return f"{minion} is not entitled: the master's registry gives it {where}"
+        recorded = _class_of(minion)
+        if recorded != self.class_name:
+            where = f"class {recorded!r}" if recorded else "no class"
+            return f"{minion} is not entitled: the master's node records give it {where}"
         if _public_key(minion) is None:
-            return f"{minion} is not entitled: its key is not accepted"
+            return f"{minion} is not entitled: its key is not the one its node record is for"
         try:
-            enabled = self.settings(minion)["enabled"]
+            self.settings(minion)
         except SwarmError as error:
             return f"{minion} is not entitled: {error}"
-        if not enabled:
-            return f"{minion} is not entitled: class {self.class_name!r} does not enable swarm"
         return None
 
-    # outcome
+    def change(self, step, minion, what):
+        self.changes.setdefault(step, {})[minion] = what
 
-    def record(self, minion, result):
-        if result.get("changes"):
-            self.changes[minion] = result["changes"]
-        if result.get("result") is False:
-            self.failures.append(f"{minion}: {result.get('comment')}")
-        elif result.get("comment"):
-            self.notes.append(f"{minion}: {result['comment']}")
-
-    def outcome(self):
-        result = not self.failures
+    def outcome(self, down_fails=True):
+        result = not self.failures and not (down_fails and self.down)
+        down = [f"down: {', '.join(self.down)}"] if self.down else []
+        comment = "; ".join(self.failures + down + self.notes) or "nothing to do"
         if result and self.test and self.changes:
             result = None
-        return {
-            "result": result,
-            "changes": self.changes,
-            "comment": "; ".join(self.failures + self.notes) or "nothing to do",
-        }
-
-
-def _state_file(class_name, suffix=".json"):
-    return __salt__["node.cache_file"](STATE_DIR, class_name, suffix)
-
-
-def _known_cluster(class_name):
-    record = __salt__["node.read_cache_record"](STATE_DIR, class_name)
-    return record.get("cluster_id") if record else None
-
-
-def _remember_cluster(class_name, cluster_id):
-    if not cluster_id or cluster_id == _known_cluster(class_name):
-        return
-    record = {"cluster_id": cluster_id, "since": int(time.time())}
-    __salt__["node.write_cache_record"](STATE_DIR, class_name, record)
-
-
-@contextlib.contextmanager
-def _locked(class_name):
-    """One step at a time per class (two create reactors must not both create a swarm)."""
-    _valid_name(class_name, "class name")
-    with open(_state_file(class_name, ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+        return {"result": result, "changes": self.changes, "comment": comment}
 
 
 def _finish(outcome):
-    if outcome["result"] is False:
-        __context__["retcode"] = 1
-    return outcome
+    retcode = 1 if outcome["result"] is False else 0
+    __context__["retcode"] = retcode
+    return {**outcome, "retcode": retcode}
 
 
-def _step(class_name, test, body):
+def _failed(comment):
+    return _finish({"result": False, "changes": {}, "comment": comment})
+
+
+def _guarded(what, class_name, test, body):
+    """``body(run)`` for the class, locked; a refusal or any error is one line, exit 1."""
     try:
         with _locked(class_name):
-            run = _Run(class_name, test)
-            body(run)
-            return _finish(run.outcome())
+            return _finish(body(_Run(class_name, test)))
     except SwarmError as error:
-        return _finish({"result": False, "changes": {}, "comment": str(error)})
+        return _failed(f"{what}: {error}")
+    except Exception as error:  # no traceback for the operator: the master's log has it
+        log.exception("swarm: %s failed", what)
+        return _failed(f"{what} failed: {_one_line(error)} (details in the master's log)")
 
 
-# --- steps ------------------------------------------------------------------------------------
+# --- converge -----------------------------------------------------------------------------------
 
 
-def plan_has_manager(infos):
-    return any(info and info["is_manager"] for info in infos.values())
-
-
-def _acting_manager(infos, avoid=None):
-    managers = sorted(m for m, info in infos.items() if info and info["is_manager"])
-    preferred = [m for m in managers if m != avoid]
-    if not (preferred or managers):
-        raise SwarmError("no manager of the class answers")
-    return (preferred or managers)[0]
-
-
-def _join_one(run, minion, role, tokens):
-    settings = run.settings(minion)
-    return run.state(
-        minion,
-        "docker_swarm.joined",
-        tokens["cluster_id"],
-        sealed=tokens["sealed"][minion],
-        role=role,
-        remote_addrs=tokens["managers"],
-        addressing={key: settings[key] for key in ("advertise_addr", "listen_addr")},
-    )
+def _health(run, infos):
+    """Before any change: quorum lost -> SwarmError, nothing changes; down nodes named; swarm
+    nodes of no member reported (never removed by a converge)."""
+    silent, managers, nodes = {m for m in run.members if not infos.get(m)}, _managing(infos), []
+    if managers:
+        try:
+            nodes = run.call(managers[0], "docker_swarm.nodes")
+        except SwarmError as error:
+            raise SwarmError(
+                f"the swarm of class {run.class_name} cannot take changes and has likely lost "
+                f"its quorum ({error}; not answering: {', '.join(sorted(silent)) or 'none'}); "
+                "nothing was changed: bring the managers' Docker engines back (docs/swarm.md)"
+            ) from error
+    problem = quorum_problem(nodes)
+    if nodes and problem:
+        raise SwarmError(
+            f"the swarm of class {run.class_name} has lost its quorum: {problem}; nothing was "
+            "changed: bring their Docker engines back (docs/swarm.md, 'Health and quorum')"
+        )
+    known = {info["node_id"]: m for m, info in infos.items() if info and info["node_id"]}
+    for node in nodes:
+        minion = known.get(node["id"]) or node["labels"].get(MINION_LABEL)
+        silent.discard(minion)
+        if node["state"] == "down" or node["reachability"] == "unreachable":
+            run.down.append(f"{minion or node['hostname']} ({node['role']}, unreachable)")
+        elif minion not in run.members:
+            run.notes.append(
+                f"swarm node {node['hostname']} ({minion or 'no minion'}) is not a node of class"
+                f" {run.class_name}: salt-run swarm.remove_node {minion or '<minion>'} "
+                f"class_name={run.class_name} takes it out"
+            )
+    run.down.extend(f"{m} (minion or engine not answering)" for m in sorted(silent))
 
 
 def _join(run, minions, role, manager):
-    """Join ``minions`` as ``role``: each entitled one gets the token sealed for it alone.
-    Managers join one at a time (raft), workers all at once."""
-    entitled = []
-    for minion in minions:
-        refusal = run.refusal(minion)
-        if refusal:
-            run.failures.append(refusal)
-        elif run.test:
-            run.changes[minion] = {"join": role}
-        else:
-            entitled.append(minion)
-    if not entitled:
+    """Join ``minions`` as ``role``, each entitled one with the token sealed for it alone."""
+    entitled = [m for m in minions if not run.refusal(m)]
+    run.failures.extend(run.refusal(m) for m in minions if m not in entitled)
+    if run.test or not entitled:
+        for minion in entitled:
+            run.change(f"{role}s", minion, {"join": role})
         return
     keys = {minion: _public_key(minion) for minion in entitled}
-    answered, retcode, tokens = run.call(manager, "docker_swarm.sealed_join_tokens", [role, keys])
-    if not answered or retcode or not isinstance(tokens, dict):
-        run.failures.append(f"{manager} did not give join tokens: {tokens}")
-        return
-    if role == "manager" or len(entitled) == 1:
-        for minion in entitled:
-            run.record(minion, _join_one(run, minion, role, tokens))
-        return
-    with ThreadPoolExecutor(max_workers=min(JOIN_PARALLEL, len(entitled))) as pool:
-        results = pool.map(lambda m: _join_one(run.fork(), m, role, tokens), entitled)
-        for minion, result in zip(entitled, list(results), strict=True):
-            run.record(minion, result)
+    tokens = run.call(manager, "docker_swarm.sealed_join_tokens", role, keys)
+    for minion in entitled:  # one at a time: a manager's join changes the raft
+        addressing = {key: run.settings(minion)[key] for key in ADDRESSING[:2]}
+        args = (tokens["sealed"][minion], role, tokens["cluster_id"], tokens["managers"])
+        try:
+            run.call(minion, "docker_swarm.join", *args, addressing=addressing)
+            run.change(f"{role}s", minion, {"joined": role})
+        except SwarmError as error:
+            run.failures.append(str(error))
 
 
-def _initialize(run, minion):
-    refusal = run.refusal(minion)
-    if refusal:
-        raise SwarmError(refusal)
-    settings = run.settings(minion)
-    result = run.state(
-        minion,
-        "docker_swarm.initialized",
-        run.class_name,
-        allow_init=True,
-        addressing={
-            key: settings[key]
-            for key in ("advertise_addr", "listen_addr", "default_addr_pool", "subnet_size")
-        },
-    )
-    run.record(minion, result)
-    if result.get("result") is False:
-        raise SwarmError(f"{minion}: {result.get('comment')}")
-    if not run.test:
-        _remember_cluster(run.class_name, (result["changes"].get("swarm") or {}).get("new"))
-
-
-def _set_role(run, manager, minion, node_id, role):
-    run.changes[minion] = {
-        "role": {"old": "manager" if role == "worker" else "worker", "new": role}
-    }
-    if run.test:
-        return
-    answered, retcode, ret = run.call(
-        manager, "docker_swarm.node_update", [node_id], {"role": role}
-    )
-    if not answered or retcode:
-        run.failures.append(f"{manager} could not make {minion} a {role}: {ret}")
-
-
-def _managers_step(run):
-    settings = run.class_settings()
-    infos = run.probe()
-    plan = plan_managers(
-        run.members,
-        infos,
-        settings["managers"]["count"],
-        settings["managers"]["prefer"],
-        _known_cluster(run.class_name),
-    )
+def _managers(run, settings, infos):
+    """The managers part; returns the members that manage (or would) for the workers part."""
+    count, prefer = settings["managers"]["count"], settings["managers"]["prefer"]
+    plan = plan_managers(run.members, infos, count, prefer, _known_cluster(run.class_name))
     if plan["errors"]:
         raise SwarmError("; ".join(plan["errors"]))
-    if plan["init"]:
-        _initialize(run, plan["init"])
-        if run.test:
-            return
     manager = plan["init"] or plan["managers"][0]
+    if plan["init"]:
+        refusal = run.refusal(manager)
+        if refusal:
+            raise SwarmError(refusal)
+        if not run.test:
+            addressing = {key: run.settings(manager)[key] for key in ADDRESSING}
+            created = run.call(manager, "docker_swarm.init", **addressing)
+            _remember_cluster(run.class_name, created["cluster_id"])
+        run.change("managers", manager, {"swarm": "created"})
     _join(run, plan["join"], "manager", manager)
-    for minion in plan["promote"]:
-        _set_role(run, manager, minion, infos[minion]["node_id"], "manager")
-    for minion in plan["demote"]:
-        _set_role(run, manager, minion, infos[minion]["node_id"], "worker")
+    if run.down and (plan["promote"] or plan["demote"]):
+        run.notes.append("no manager promoted or demoted while a node of the class is down")
+        plan["promote"], plan["demote"] = [], []
+    for minion in plan["promote"] + plan["demote"]:
+        role = "manager" if minion in plan["promote"] else "worker"
+        run.change("managers", minion, {"role": role})
+        if not run.test:
+            run.call(manager, "docker_swarm.node_update", infos[minion]["node_id"], role=role)
     if plan["managers"]:
-        _remember_cluster(run.class_name, infos[plan["managers"][0]]["cluster_id"])
+        _remember_cluster(run.class_name, infos[manager]["cluster_id"])
+    return [plan["init"], *plan["join"], *plan["promote"]]
 
 
-def _planned_managers(run, infos, settings):
-    """In a dry run before the swarm exists: the members the managers step would take."""
-    managers = settings["managers"]
-    plan = plan_managers(run.members, infos, managers["count"], managers["prefer"])
-    return [plan["init"], *plan["join"]] if plan["init"] else []
-
-
-def _workers_step(run):
-    settings = run.class_settings()
-    infos = run.probe()
-    plan = plan_workers(run.members, infos)
-    for minion in plan["foreign"]:
-        run.failures.append(f"{minion} is in another swarm: not touched")
-    if plan["join"] and run.test and not plan_has_manager(infos):
-        for minion in set(plan["join"]) - set(_planned_managers(run, infos, settings)):
-            run.changes[minion] = {"join": "worker (once the swarm exists)"}
-    elif plan["join"]:
-        _join(run, plan["join"], "worker", _acting_manager(infos))
-
-
-def _state_outcome(run, minion, ret):
-    if not isinstance(ret, dict):
-        run.failures.append(f"{minion}: {ret}")
+def _cluster(run, settings, infos):
+    """Nodes' labels, networks, secrets, configs, services: docker_swarm.converge on a manager."""
+    managers = _managing(infos)
+    if not managers:
+        run.notes.append("nodes, networks, secrets and services once the swarm exists")
         return
-    for state in ret.values():
-        if not isinstance(state, dict):
-            continue
-        if state.get("changes"):
-            run.changes.setdefault(minion, {})[state.get("__id__")] = state["changes"]
-        if state.get("result") is False:
-            run.failures.append(f"{state.get('__id__')}: {state.get('comment')}")
-        run.notes.extend(state.get("warnings") or [])
-
-
-def _cluster_step(run):
-    settings = run.class_settings()
-    infos = run.probe()
-    if run.test and not plan_has_manager(infos):
-        run.changes["cluster"] = "nodes, networks, secrets, services once the swarm exists"
-        return
-    manager = _acting_manager(infos)
-    addrs = {_host(info["node_addr"]) for info in infos.values() if info and info["is_manager"]}
+    addrs = _manager_addrs(infos)
     nodes = {
         minion: info["node_id"]
         for minion, info in infos.items()
-        if info and info["state"] == "active" and (info["is_manager"] or _in_swarm_of(info, addrs))
+        if _role(info) and (info["is_manager"] or _in_swarm_of(info, addrs))
     }
-    pillar = {"swarm_run": {"class": run.class_name, "nodes": nodes}}
-    answered, _, ret = run.call(
-        manager,
-        "state.apply",
-        ["docker.swarm.cluster"],
-        {"pillar": pillar, "test": run.test},
-        timeout=CALL_TIMEOUT + settings["converge_timeout"],
+    timeout = CALL_TIMEOUT + settings["converge_timeout"] * (1 + len(settings["services"]))
+    outcome = run.call(
+        managers[0],
+        "docker_swarm.converge",
+        run.class_name,
+        nodes,
+        settings,
+        test=run.test,
+        timeout=timeout,
     )
-    _state_outcome(run, manager, ret if answered else "no answer")
-    if not run.failures:
-        run.notes.append(f"cluster converged on {manager} ({len(nodes)} nodes)")
+    if outcome["changes"]:
+        run.changes["cluster"] = outcome["changes"]
+    run.failures += outcome["failures"]
+    run.notes += outcome["notes"]
 
 
-def managers(class_name, test=False):
-    """The class's swarm exists and has its managers (creating it only when no node of the
-    class is in one and it never had one)."""
-    return _step(class_name, test, _managers_step)
-
-
-def workers(class_name, test=False):
-    """Every other member of the class is in the swarm as a worker."""
-    return _step(class_name, test, _workers_step)
-
-
-def cluster(class_name, test=False):
-    """Nodes' labels/availability, networks, secrets, configs and services, on a manager."""
-    return _step(class_name, test, _cluster_step)
+def _converge(run):
+    settings, infos = run.settings(), run.probe()
+    _health(run, infos)
+    managing = _managers(run, settings, infos)
+    if not run.test:
+        infos, managing = run.probe(), ()
+    plan = plan_workers(run.members, infos, managing)
+    run.failures.extend(f"{minion} is in another swarm: not touched" for minion in plan["foreign"])
+    if plan["join"]:
+        _join(run, plan["join"], "worker", None if run.test else _managing(infos)[0])
+    if not run.test:
+        infos = run.probe()
+        for minion, info in infos.items():
+            if info is not None:
+                _set_role(minion, _role(info))
+    _cluster(run, settings, infos)
+    return run
 
 
 def converge(class_name, test=False):
-    """managers, workers, cluster: what orch.swarm does, in one call."""
-    steps = {"managers": managers, "workers": workers, "cluster": cluster}
-    outcomes = {}
-    for name, step in steps.items():
-        outcomes[name] = step(class_name, test=test)
-        if name == "managers" and outcomes[name]["result"] is False:
-            break
-    results = [item["result"] for item in outcomes.values()]
-    return _finish(
-        {
-            "result": False if False in results else (None if None in results else True),
-            "changes": {
-                name: item["changes"] for name, item in outcomes.items() if item["changes"]
-            },
-            "comment": "; ".join(f"{name}: {item['comment']}" for name, item in outcomes.items()),
-        }
-    )
+    """The class's swarm as pillar says: the health check, managers, workers, then (on a
+    manager) nodes' labels, networks, secrets, configs and services."""
+    what = f"swarm of class {class_name}"
+    return _guarded(what, class_name, test, lambda run: _converge(run).outcome())
 
 
 def admit(minion_id, test=False):
-    """Converge the swarm of the class the master's registry gives ``minion_id`` (refused
-    when that class does not enable swarm for it). For the create reactor."""
-    class_name, refusal = None, None
+    """``minion_id`` joins the swarm of its class (as the class's plan says: worker or
+    manager) and the class converges with it: the lifecycle's step after a node's first
+    highstate. A node of the class down elsewhere is named but does not fail it."""
+    what = f"swarm.admit {minion_id}"
     try:
         class_name = _class_of(minion_id)
-        refusal = _Run(class_name, test).refusal(minion_id) if class_name else None
     except SwarmError as error:
-        refusal = str(error)
-    if not class_name and not refusal:
-        refusal = f"{minion_id} is not entitled: the master's registry gives it no class"
-    if refusal:
-        return _finish({"result": False, "changes": {}, "comment": refusal})
-    return converge(class_name, test=test)
+        return _failed(f"{what}: {error}")
+    if not class_name:
+        return _failed(
+            f"{what}: {minion_id} is not entitled: the master's node records give it no class"
+        )
+
+    def body(run):
+        refusal = run.refusal(minion_id)
+        if refusal:
+            raise SwarmError(refusal)
+        return _converge(run).outcome(down_fails=False)
+
+    return _guarded(what, class_name, test, body)
 
 
-# --- removing a node ------------------------------------------------------------------------
+# --- removing nodes -----------------------------------------------------------------------------
 
 
 def _node_of(run, manager, minion, infos):
     """The swarm node id of ``minion``: from the minion itself, else by its label."""
-    info = infos.get(minion)
-    if info and info["state"] != "inactive" and info["node_id"]:
-        return info["node_id"]
-    _, _, listed = run.call(manager, "docker_swarm.nodes")
-    for node in listed if isinstance(listed, list) else []:
-        if node["labels"].get(MINION_LABEL) == minion:
-            return node["id"]
-    return None
+    if _role(infos.get(minion)):
+        return infos[minion]["node_id"]
+    found = [n["id"] for n in run.call(manager, "docker_swarm.nodes") if _node_name(n) == minion]
+    return found[0] if found else None
 
 
-def _manager_call(run, manager, fun, *args, **kwargs):
-    answered, retcode, ret = run.call(manager, fun, args, kwargs)
-    if not answered or retcode:
-        raise SwarmError(f"{manager}: {fun} failed: {ret}")
-    return ret
+def _left(run, minion, force=False):
+    try:
+        return bool(run.call(minion, "docker_swarm.leave", force=force) or True)
+    except SwarmError as error:
+        run.notes.append(f"{minion} did not leave ({error})")
+        return False
 
 
-def _wait(run, manager, call, done, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        ret = _manager_call(run, manager, *call)
-        if done(ret) or time.monotonic() > deadline:
-            return done(ret)
+def _down(run, manager, node_id):
+    """Whether the managers see the node down (or no longer have it), waiting a while."""
+    deadline = time.monotonic() + NODE_DOWN_TIMEOUT
+    while (run.call(manager, "docker_swarm.node", node_id) or {"state": "down"})["state"] != "down":
+        if time.monotonic() > deadline:
+            return False
         time.sleep(1)
+    return True
 
 
-def _drain_and_remove(run, manager, minion, node_id, timeout):
-    node = _manager_call(run, manager, "docker_swarm.node", node_id)
-    if node["role"] == "manager":
-        _manager_call(run, manager, "docker_swarm.node_update", node_id, role="worker")
-    _manager_call(run, manager, "docker_swarm.node_update", node_id, availability="drain")
-    drained = _wait(run, manager, ("docker_swarm.node_tasks", node_id), lambda t: not t, timeout)
-    # The tasks it ran are running elsewhere before the node goes.
-    services = _manager_call(
-        run, manager, "docker_swarm.services_wait", run.class_name, timeout=timeout
-    )
-    stuck = {name: state for name, state in services.items() if "(converged)" not in state}
-    if stuck:
-        run.failures.append(f"services not back to full strength without {minion}: {stuck}")
-    left = run.state(minion, "docker_swarm.left", minion, force=False).get("result") is True
-    # A node that left is gone for good: remove it at once. One that could not leave (its
-    # minion does not answer) is removed once the managers see it down, never while up.
-    down = left or _wait(
-        run,
-        manager,
-        ("docker_swarm.node", node_id),
-        lambda n: not n or n["state"] == "down",
-        NODE_DOWN_TIMEOUT,
-    )
-    if not down:
-        raise SwarmError(f"{minion} did not leave and its node {node_id} is not down: not removed")
-    _manager_call(run, manager, "docker_swarm.node_remove", node_id, force=True)
-    run.changes[minion] = {
-        "drained": drained,
-        "services": services,
-        "left": left,
-        "removed": node_id,
-        "demoted": node["role"] == "manager",
-    }
-
-
-def _remove_step(run, minion, force):
+def _remove(run, minion, force):
+    """Demote, drain (its tasks run on the other nodes before it goes), leave, remove."""
     infos = run.probe([*run.members, minion])
-    managers = [m for m, info in infos.items() if info and info["is_manager"]]
-    if managers == [minion] and not force:
-        raise SwarmError(
-            f"{minion} is the swarm's only manager: removing it ends the swarm "
-            "(raise swarm:managers:count first)"
-        )
-    manager = _acting_manager(infos, avoid=minion)
+    if _managing(infos) == [minion]:
+        if not force:
+            raise SwarmError(
+                f"{minion} is the swarm's only manager: removing it ends the swarm (raise "
+                "swarm:managers:count first, or pass force=True when the whole class goes)"
+            )
+        run.change("removed", minion, "the swarm ended with its last manager")
+        if not run.test and _left(run, minion, force=True):
+            _set_role(minion, None)
+        return
+    manager = next(m for m in _managing(infos) if m != minion)
     node_id = _node_of(run, manager, minion, infos)
     if node_id is None:
         run.notes.append(f"{minion} is not in the swarm")
         return
+    run.change("removed", minion, {"node": node_id})
     if run.test:
-        run.changes[minion] = {"drain, leave, remove": node_id}
         return
-    timeout = run.class_settings()["converge_timeout"]
-    _drain_and_remove(run, manager, minion, node_id, timeout)
+    wait = run.settings()["converge_timeout"]
+    drained = run.call(
+        manager, "docker_swarm.drain", node_id, run.class_name, wait, timeout=CALL_TIMEOUT + wait
+    )
+    if drained["stuck"]:
+        run.failures.append(f"not back to full strength without {minion}: {drained['stuck']}")
+    # One that could not leave is removed once the managers see it down (a node gone already),
+    # or at once with ``force`` (its key was deleted: it will not answer again).
+    left = _left(run, minion)
+    if not (left or force or _down(run, manager, node_id)):
+        raise SwarmError(f"{minion} did not leave and its node is not down: not removed")
+    run.call(manager, "docker_swarm.node_remove", node_id)
+    _set_role(minion, None)
+    run.change("removed", minion, {"node": node_id, "left": left, **drained})
 
 
-def remove_node(minion_id, class_name=None, force=False, test=False):
+def remove_node(names, class_name=None, force=False, test=False):
     """
-    Take ``minion_id`` out of its class's swarm: demote (if a manager), drain (its tasks
-    move to the other nodes), leave, remove from the node list. ``class_name`` defaults to the
-    registry's (pass it when the registry entry is already gone). The destroy reactor calls
-    this; so can the operator before ``salt-cloud -d``. Refuses to remove the only manager.
+    Nodes out of their class's swarm, one call for a batch (``names``: one, a list or
+    comma-separated): each demoted if a manager, drained (its tasks move to the other nodes),
+    left, removed from the node list, its record's ``swarm_role`` cleared. The class is
+    ``class_name``, else the node record's (the lifecycle calls this before it forgets a
+    destroyed node or one whose key was deleted). ``force``: remove one that cannot leave at
+    once (its key is gone), and let the last manager leave (the whole class goes).
     """
-    try:
-        class_name = class_name or _class_of(minion_id)
-        _valid_name(minion_id, "minion id")
-    except SwarmError as error:
-        return _finish({"result": False, "changes": {}, "comment": str(error)})
-    if not class_name:
-        return _finish(
-            {
-                "result": False,
-                "changes": {},
-                "comment": f"{minion_id} has no class in the registry: pass class_name",
-            }
+    names = names.split(",") if isinstance(names, str) else [str(name) for name in names]
+    groups, refused = {}, []
+    for name in names:
+        problem = __utils__["dockerhosts_names.node_name_problem"](name)
+        record = {} if problem else __utils__["dockerhosts_nodes.get"](__opts__, name) or {}
+        found = class_name or record.get("class")
+        if problem or not found:
+            why = problem or "no class in the master's node records: pass class_name"
+            refused.append(f"swarm.remove_node {name}: {why}")
+        else:
+            groups.setdefault(found, []).append(name)
+
+    def body(run, members):
+        for member in members:
+            _remove(run, member, force)
+        return run.outcome(down_fails=False)
+
+    outcomes = [
+        _guarded(
+            f"swarm.remove_node {','.join(members)}",
+            group,
+            test,
+            functools.partial(body, members=members),
         )
-    return _step(class_name, test, lambda run: _remove_step(run, minion_id, force))
+        for group, members in groups.items()
+    ]
+    changes = {}
+    for outcome in outcomes:
+        for step, found in outcome["changes"].items():
+            changes.setdefault(step, {}).update(found)
+    results = [outcome["result"] for outcome in outcomes] + [False] * len(refused)
+    result = False if False in results else (None if None in results else True)
+    comment = "; ".join(refused + [outcome["comment"] for outcome in outcomes])
+    return _finish({"result": result, "changes": changes, "comment": comment})
 
 
 def status(class_name):
-    """The class's members and their swarm membership as the master sees it (no secrets)."""
-    try:
-        with _locked(class_name):
-            run = _Run(class_name, False)
-            infos = run.probe()
-    except SwarmError as error:
-        return _finish({"result": False, "changes": {}, "comment": str(error)})
-    return {
-        "class": class_name,
-        "cluster": _known_cluster(class_name),
-        "members": {
-            minion: (
-                {key: info[key] for key in ("state", "is_manager", "node_id", "cluster_id")}
-                if info
-                else "no answer"
-            )
-            for minion, info in infos.items()
-        },
-    }
+    """The class's members, their role and the swarm's health (exit 1: a node is down)."""
+
+    def body(run):
+        infos = run.probe()
+        _health(run, infos)
+        roles = {minion: _role(info) if info else "no answer" for minion, info in infos.items()}
+        return {**run.outcome(), "cluster": _known_cluster(class_name), "members": roles}
+
+    return _guarded(f"swarm.status {class_name}", class_name, False, body)
 
 
 def forget(class_name):
-    """Forget that the class had a swarm, so ``managers`` may create a new one. Only for a
-    swarm that is gone for good: while any member is in it, nothing is created anyway."""
-    try:
-        with _locked(class_name):
-            known = _known_cluster(class_name)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(_state_file(class_name))
-    except SwarmError as error:
-        return _finish({"result": False, "changes": {}, "comment": str(error)})
-    changes = {"cluster": {"old": known, "new": None}} if known else {}
-    return {"result": True, "changes": changes, "comment": f"forgot swarm {known}"}
+    """Forget that the class had a swarm, so ``converge`` may create a new one: only for a
+    swarm gone for good (while a member is in one, nothing is created anyway)."""
+
+    def body(run):
+        known = _known_cluster(class_name)
+        salt.cache.factory(__opts__).flush(BANK, class_name)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(__opts__["cachedir"], LEGACY_DIR, f"{class_name}.json"))
+        changes = {"cluster": {"old": known, "new": None}} if known else {}
+        return {"result": True, "changes": changes, "comment": f"forgot swarm {known}"}
+
+    return _guarded(f"swarm.forget {class_name}", class_name, False, body)

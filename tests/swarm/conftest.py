@@ -3,14 +3,11 @@ A class of three Docker hosts forming a swarm, for real: three dockerds, each in
 network namespace (tools/swarm_nodes.py) on one bridge, each managed by its own salt-minion
 (minion id = hostname = sw1, sw2, sw3), driven by a real salt-master from this repository's
 salt/ tree, with GPG-encrypted pillar for a throwaway key and the master's node class
-registry seeded with the three (class ``backends``). A fourth minion, ``intruder``, claims
-class ``backends`` by grain only and has no engine.
-
-Until the registry's pillar (node_class) lands, the test pillar top targets the class's
-members by minion id; the swarm runner reads the registry files itself.
+node records seeded with the three (class ``backends``, bound to each one's accepted key, as
+salt-cloud writes them). A fourth minion, ``intruder``, claims class ``backends`` by grain only
+and has no engine.
 """
 
-import json
 import re
 import secrets as random_secrets
 import shutil
@@ -18,11 +15,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import salt.config
 import yaml
 
 from tools.event_recorder import recording
 from tools.gpg import encrypt, keyring
-from tools.salt_repo import repository_master_settings
+from tools.salt_repo import load_module, repository_master_settings
 from tools.swarm_nodes import import_image, swarm_nodes
 
 CLASS = "backends"
@@ -73,7 +71,7 @@ def base_swarm_pillar():
                 "networks": ["appnet"],
                 "secrets": ["api_token"],
                 "configs": [{"source": "motd", "target": "/etc/motd"}],
-                "env": {"GREETING": "hello", "WEB_KEY": {"secret": "web_env_key"}},
+                "environment": {"GREETING": "hello", "WEB_KEY": {"secret": "web_env_key"}},
                 "update_config": {
                     "parallelism": 1,
                     "delay": "1s",
@@ -88,7 +86,7 @@ def base_swarm_pillar():
                     "timeout": "3s",
                     "retries": 3,
                 },
-                "resources": {"limits": {"memory": "64M", "cpus": 0.5}},
+                "resources": {"mem_limit": "64M", "cpu_limit": 0.5},
                 # httpd as PID 1 would ignore SIGTERM: an init stops it at once.
                 "init": True,
                 "stop_grace_period": "2s",
@@ -240,29 +238,30 @@ def minions(salt_master, engines, events):
 
 
 class Registry:
-    """The master's node class registry, through the real node_class runner."""
+    """The master's node records (salt/_utils/dockerhosts_nodes.py: the class, bound to the
+    fingerprint of the accepted key, as salt-cloud writes them) and, while pillar/top.sls still
+    reads the node_class registry files for pillar, that entry too (the real node_class
+    runner)."""
 
-    def __init__(self, run_cli):
+    def __init__(self, run_cli, master):
         self.run_cli = run_cli
+        self.opts = salt.config.master_config(master.config_file)
+        self.nodes = load_module("utils", "dockerhosts_nodes")
 
     def set(self, minion_id, class_name):
         if class_name is None:
+            self.nodes.forget(self.opts, minion_id)
             ret = self.run_cli.run("node_class.unset", minion_id)
         else:
+            key = self.nodes.key_fingerprint(self.opts, minion_id)
+            assert key, f"{minion_id} has no accepted key"
+            record = {"class": class_name, "key": key, "source": "operator", "state": "converged"}
+            self.nodes.put(self.opts, minion_id, record)
             ret = self.run_cli.run("node_class.set", minion_id, class_name)
         assert ret.returncode == 0, ret.stdout + ret.stderr
 
-
-def _states(data):
-    """The {state key: result} dict inside an orchestrate/state return, however nested."""
-    if isinstance(data, dict):
-        if any("_|-" in key for key in data):
-            return data
-        for value in data.values():
-            found = _states(value)
-            if found is not None:
-                return found
-    return None
+    def record(self, minion_id):
+        return self.nodes.get(self.opts, minion_id)
 
 
 class Swarm:
@@ -276,7 +275,7 @@ class Swarm:
         self.events = events
         self.run_cli = salt_master.salt_run_cli(timeout=600)
         self.cli = salt_master.salt_cli(timeout=600)
-        self.registry = Registry(self.run_cli)
+        self.registry = Registry(self.run_cli, salt_master)
         self.outputs = []  # every CLI output, searched for leaks at the end
         self.tokens = set()  # every join token the engines had, ditto
 
@@ -284,14 +283,12 @@ class Swarm:
         self.outputs.append(f"{ret.stdout}\n{ret.stderr}")
         return ret
 
-    def orchestrate(self, test=False):
+    def converge(self, test=False):
+        """``salt-run swarm.converge <class>``: (its outcome, its exit code, wall seconds)."""
         started = time.monotonic()
-        args = ["state.orchestrate", "orch.swarm", f"pillar={json.dumps({'class': CLASS})}"]
-        ret = self._keep(self.run_cli.run(*args, *(["test=True"] if test else [])))
-        states = _states(ret.data)
-        assert states, f"orchestrate did not run: {ret.stdout}{ret.stderr}"
-        by_id = {value["__id__"]: value for value in states.values()}
-        return by_id, time.monotonic() - started
+        ret = self.runner("swarm.converge", CLASS, *(["test=True"] if test else []))
+        assert isinstance(ret.data, dict), f"{ret.stdout}{ret.stderr}"
+        return ret.data, ret.returncode, time.monotonic() - started
 
     def runner(self, *args):
         return self._keep(self.run_cli.run(*args))

@@ -11,6 +11,7 @@ what Salt wrote, logged (trace level) or put on the event bus.
 The tests run in order and share the cluster.
 """
 
+import contextlib
 import datetime
 import itertools
 import json
@@ -22,27 +23,16 @@ from pathlib import Path
 import pytest
 
 from tests.swarm.conftest import CLASS, FINDINGS, INTRUDER, NODES, TIMINGS
+from tools.swarm_nodes import failing_requests, start_engine, stop_engine
 
 pytestmark = pytest.mark.swarm
 
 
-def changes(states):
-    return {key: value["changes"] for key, value in states.items() if value["changes"]}
-
-
-def failures(states):
-    return {key: value["comment"] for key, value in states.items() if value["result"] is False}
-
-
-def seconds_of(states, *ids):
-    return sum(states[state_id]["duration"] for state_id in ids) / 1000
-
-
 def converged(swarm, test=False):
-    """Orchestrate; assert no step failed; return the steps by id and the wall time."""
-    states, seconds = swarm.orchestrate(test=test)
-    assert not failures(states), failures(states)
-    return states, seconds
+    """``swarm.converge``, which must not fail: (its outcome, wall seconds)."""
+    outcome, returncode, seconds = swarm.converge(test=test)
+    assert outcome["result"] is not False and returncode == 0, outcome
+    return outcome, seconds
 
 
 def node_table(swarm):
@@ -76,10 +66,10 @@ def runner_data(ret):
     return ret.data
 
 
-def assert_no_change(swarm, function):
-    """A runner step (or swarm.converge) on the class succeeds and changes nothing."""
-    outcome = runner_data(swarm.runner(function, CLASS))
-    assert outcome["result"] is True, outcome
+def assert_no_change(swarm):
+    """``swarm.converge`` of the class succeeds and changes nothing."""
+    outcome, returncode, _ = swarm.converge()
+    assert outcome["result"] is True and returncode == 0, outcome
     assert not outcome["changes"], outcome["changes"]
 
 
@@ -93,29 +83,41 @@ def set_web_image(swarm, image):
 
 def test_bad_pillar_refused_before_any_change(swarm):
     # The whole corpus of bad pillar is in tests/unit/test_docker_swarm.py; here, the
-    # refusal stops a real orchestration before anything changes.
+    # refusal stops a real converge before anything changes.
     swarm.pillar.swarm["services"]["web"]["replica"] = 3
     swarm.pillar.write()
     try:
-        states, _ = swarm.orchestrate()
+        outcome, returncode, _ = swarm.converge()
     finally:
         del swarm.pillar.swarm["services"]["web"]["replica"]
         swarm.pillar.write()
-    assert states["swarm-managers"]["result"] is False
-    assert (
-        "swarm:services:web:replica: unknown key (did you mean 'replicas'?)"
-        in states["swarm-managers"]["comment"]
-    )
-    assert not changes(states)
+    assert outcome["result"] is False and returncode == 1
+    assert "swarm:services:web:replica: unknown key (did you mean" in outcome["comment"]
+    assert "replicas" in outcome["comment"]
+    assert not outcome["changes"]
     assert set(swarm_states(swarm).values()) == {"inactive"}
 
 
 def test_dry_run_plans_and_changes_nothing(swarm):
-    states, _ = swarm.orchestrate(test=True)
-    assert not failures(states), failures(states)
-    assert states["swarm-managers"]["result"] is None
-    assert set(states["swarm-managers"]["changes"]) == {"sw1"}
-    assert set(states["swarm-workers"]["changes"]) == {"sw2", "sw3"}
+    plan, _ = converged(swarm, test=True)
+    assert plan["result"] is None
+    assert set(plan["changes"]["managers"]) == {"sw1"}
+    assert set(plan["changes"]["workers"]) == {"sw2", "sw3"}
+    assert set(swarm_states(swarm).values()) == {"inactive"}
+
+
+def test_dry_run_of_three_managers_shows_every_join(swarm):
+    swarm.pillar.swarm["managers"]["count"] = 3
+    swarm.pillar.write()
+    try:
+        ret = swarm.runner("swarm.converge", CLASS, "test=True")
+    finally:
+        swarm.pillar.swarm["managers"]["count"] = 1
+        swarm.pillar.write()
+    plan = runner_data(ret)
+    assert plan["result"] is None, plan
+    assert set(plan["changes"]["managers"]) == {"sw1", "sw2", "sw3"}, plan["changes"]
+    assert not plan["changes"].get("workers"), plan["changes"]
     assert set(swarm_states(swarm).values()) == {"inactive"}
 
 
@@ -123,12 +125,12 @@ def test_dry_run_plans_and_changes_nothing(swarm):
 
 
 def test_one_manager_two_workers_and_services(swarm):
-    states, seconds = converged(swarm)
-    TIMINGS["init + 2 joins"] = seconds_of(states, "swarm-managers", "swarm-workers")
-    TIMINGS["services to full replicas"] = seconds_of(states, "swarm-cluster")
-    TIMINGS["first orchestrate (wall)"] = seconds
-    assert set(states["swarm-managers"]["changes"]) == {"sw1"}
-    assert set(states["swarm-workers"]["changes"]) == {"sw2", "sw3"}
+    outcome, seconds = converged(swarm)
+    TIMINGS["first converge: init, 2 joins, services (wall)"] = seconds
+    assert set(outcome["changes"]["managers"]) == {"sw1"}
+    assert set(outcome["changes"]["workers"]) == {"sw2", "sw3"}
+    for name, role in (("sw1", "manager"), ("sw2", "worker"), ("sw3", "worker")):
+        assert swarm.registry.record(name)["swarm_role"] == role
     table = node_table(swarm)
     assert table["sw1"] == ("Ready", "Active", "Leader")
     assert table["sw2"] == ("Ready", "Active", "")
@@ -144,14 +146,22 @@ def test_one_manager_two_workers_and_services(swarm):
     swarm.collect_tokens()
 
 
-def test_highstate_includes_the_nodes_part(swarm):
+def test_highstate_checks_the_swarm_pillar(swarm):
     rendered = swarm.salt("sw1", "state.show_sls", "docker").data
-    assert "docker-swarm-engine-ready" in rendered, sorted(rendered)
+    assert "docker-swarm-settings" in rendered, sorted(rendered)
     ret = swarm.salt("sw1", "state.apply", "docker.swarm")
-    engine = next(v for v in ret.data.values() if v["__id__"] == "docker-swarm-engine-ready")
-    assert engine["result"] is True
-    assert "active manager of swarm" in engine["comment"]
-    assert not engine["changes"]
+    (checked,) = ret.data.values()
+    assert checked["result"] is True and not checked["changes"]
+    assert "pillar swarm: checked (swarm enabled)" in checked["name"]
+    swarm.pillar.swarm["services"]["web"]["env"] = {"A": "b"}
+    swarm.pillar.write()
+    try:
+        refused = swarm.salt("sw1", "state.apply", "docker.swarm")
+    finally:
+        del swarm.pillar.swarm["services"]["web"]["env"]
+        swarm.pillar.write()
+    assert refused.returncode != 0
+    assert "swarm:services:web:env: renamed: use environment" in refused.stdout
 
 
 def test_host_mode_port_published_on_every_node(swarm):
@@ -161,13 +171,71 @@ def test_host_mode_port_published_on_every_node(swarm):
 
 
 def test_second_run_changes_nothing(swarm):
-    states, seconds = converged(swarm)
-    TIMINGS["no-change orchestrate (wall)"] = seconds
-    assert not changes(states)
-    assert all(state["result"] is True for state in states.values())
+    outcome, seconds = converged(swarm)
+    TIMINGS["no-change converge (wall)"] = seconds
+    assert outcome["result"] is True and not outcome["changes"], outcome
     status = runner_data(swarm.runner("swarm.status", CLASS))
-    assert status["members"]["sw1"]["is_manager"] is True
-    assert {member["state"] for member in status["members"].values()} == {"active"}
+    assert status["members"] == {"sw1": "manager", "sw2": "worker", "sw3": "worker"}
+
+
+def remove_by_name(engine, kind, name):
+    """Remove the object named exactly ``name``, by its ID (the CLI resolves ID prefixes too)."""
+    for row in engine.cli(kind, "ls", "--format", "{{.ID}} {{.Name}}").splitlines():
+        if row.split()[1] == name:
+            engine.cli(kind, "rm", row.split()[0])
+
+
+def test_objects_are_found_by_exact_name_never_by_an_id_prefix(swarm):
+    # Docker resolves a name it does not know as an ID prefix: pillar objects named after the
+    # first letters of other objects' IDs must neither touch those nor be taken for them.
+    manager = swarm.manager()
+    squatter = manager.cli(
+        "service",
+        "create",
+        "--detach",
+        "--no-resolve-image",
+        "--name",
+        "squatter",
+        "--replicas",
+        "0",
+        "--label",
+        "keep=me",
+        "app:1",
+        "sleep",
+        "1000",
+    ).strip()
+    squatnet = manager.cli("network", "create", "--driver", "overlay", "squatnet").strip()
+    version = manager.json("service", "inspect", squatter)[0]["Version"]["Index"]
+    service_name, network_name = squatter[:4], squatnet[:4]
+    swarm.pillar.swarm["networks"][network_name] = {"driver": "overlay"}
+    swarm.pillar.swarm["services"][service_name] = {
+        "image": "app:1",
+        "command": ["sleep", "1000"],
+        "endpoint_mode": "dnsrr",
+        "networks": [network_name],
+        "init": True,
+        "stop_grace_period": "1s",
+    }
+    swarm.pillar.write()
+    try:
+        first = runner_data(swarm.runner("swarm.converge", CLASS))
+        second = runner_data(swarm.runner("swarm.converge", CLASS))
+        mine = manager.json("service", "inspect", service_name)[0]
+        theirs = manager.json("service", "inspect", squatter)[0]
+        network = manager.json("network", "inspect", network_name)[0]
+    finally:
+        del swarm.pillar.swarm["services"][service_name]
+        del swarm.pillar.swarm["networks"][network_name]
+        swarm.pillar.write()
+        for name in (service_name, "squatter"):
+            remove_by_name(manager, "service", name)
+        for name in (network_name, "squatnet"):
+            remove_by_name(manager, "network", name)
+    assert first["result"] is True, first
+    assert second["result"] is True and not second["changes"], second
+    assert theirs["Spec"]["Name"] == "squatter" and theirs["Version"]["Index"] == version
+    assert mine["ID"] != squatter and mine["Spec"]["Name"] == service_name
+    assert network["Id"] != squatnet and network["Name"] == network_name
 
 
 def test_a_task_reaches_tasks_on_the_other_nodes_over_the_overlay(swarm):
@@ -203,7 +271,10 @@ def test_unentitled_minion_gets_no_token(swarm):
     since = time.monotonic()
     refused = runner_data(swarm.runner("swarm.admit", INTRUDER))
     assert refused["result"] is False
-    assert "intruder is not entitled: the master's registry gives it no class" in refused["comment"]
+    assert (
+        "intruder is not entitled: the master's node records give it no class"
+        in (refused["comment"])
+    )
     swarm.registry.set(INTRUDER, "other")
     try:
         refused = runner_data(swarm.runner("swarm.admit", INTRUDER))
@@ -211,13 +282,30 @@ def test_unentitled_minion_gets_no_token(swarm):
         swarm.registry.set(INTRUDER, None)
     assert "intruder is not entitled" in refused["comment"]
     assert "class 'other'" in refused["comment"]
-    # The class's own workers step ignores a minion that only claims the class by grain.
-    workers = runner_data(swarm.runner("swarm.workers", CLASS))
-    assert workers["result"] is True
-    assert not workers["changes"]
+    # The class's converge ignores a minion that only claims the class by grain.
+    assert_no_change(swarm)
     jobs = swarm.events.jobs(since)
     assert not [job for job in jobs if job[0] == "docker_swarm.sealed_join_tokens"]
     assert not [job for job in jobs if INTRUDER in (job[1] or [])]
+
+
+def test_every_runner_failure_exits_non_zero_in_one_line(swarm):
+    cases = [
+        (("swarm.admit", INTRUDER), "intruder is not entitled"),
+        (("swarm.remove_node", INTRUDER), "class"),
+        (("swarm.remove_node", "sw1"), "only manager"),
+        (("swarm.converge", "nosuchclass"), "nosuchclass"),
+        (("swarm.converge", "bad.class"), "bad.class"),
+        (("swarm.forget", "../etc"), "../etc"),
+    ]
+    for args, message in cases:
+        ret = swarm.runner(*args)
+        assert ret.returncode != 0, (args, ret.stdout, ret.stderr)
+        output = f"{ret.stdout}{ret.stderr}"
+        assert "Traceback" not in output, (args, output)
+        comment = runner_data(ret)["comment"]
+        assert message in comment and "\n" not in comment, (args, comment)
+    assert swarm_states(swarm)["sw1"] == "active"
 
 
 # --- updates ----------------------------------------------------------------------------------
@@ -239,9 +327,9 @@ def task_starts(swarm, service):
 
 def test_rolling_update_follows_update_config(swarm):
     set_web_image(swarm, "app:2")
-    states, _ = converged(swarm)
-    TIMINGS["rolling update, 3 tasks"] = seconds_of(states, "swarm-cluster")
-    web = states["swarm-cluster"]["changes"]["sw1"]["docker-swarm-service-web"]
+    outcome, seconds = converged(swarm)
+    TIMINGS["rolling update, 3 tasks (wall)"] = seconds
+    web = outcome["changes"]["cluster"]["service web"]
     assert web["TaskTemplate.ContainerSpec.Image"] == {"old": "app:1", "new": "app:2"}
     assert swarm.tasks("web") == [(name, "app:2") for name in NODES]
     # parallelism 1, delay 1s: one task at a time, at least a second apart.
@@ -252,31 +340,29 @@ def test_rolling_update_follows_update_config(swarm):
 def test_failing_update_is_rolled_back(swarm):
     set_web_image(swarm, "app:broken")
     try:
-        states, _ = swarm.orchestrate()
+        outcome, returncode, seconds = swarm.converge()
     finally:
         set_web_image(swarm, "app:2")
-    TIMINGS["failed update + rollback"] = seconds_of(states, "swarm-cluster")
-    assert states["swarm-cluster"]["result"] is False
-    assert "docker-swarm-service-web" in states["swarm-cluster"]["comment"]
-    assert "Docker rolled it back" in states["swarm-cluster"]["comment"]
+    TIMINGS["failed update + rollback (wall)"] = seconds
+    assert outcome["result"] is False and returncode == 1
+    assert "service web: the update failed and Docker rolled it back" in outcome["comment"]
     service = swarm.manager().json("service", "inspect", "web")[0]
     assert service["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == "app:2"
     assert service["UpdateStatus"]["State"] == "rollback_completed"
-    assert swarm.tasks("web") == [(name, "app:2") for name in NODES]
+    # The tasks of the rolled-back spec start again within seconds.
+    wait_for(lambda: swarm.tasks("web") == [(name, "app:2") for name in NODES])
     # Pillar back on the image Docker rolled back to: nothing to do.
-    assert_no_change(swarm, "swarm.cluster")
+    assert_no_change(swarm)
 
 
 def test_secret_rotation_makes_a_new_version(swarm):
     old = swarm.pillar.secrets["api_token"]
     swarm.pillar.set_secret("api_token", f"{old}-rotated")
-    states, _ = converged(swarm)
-    cluster = states["swarm-cluster"]["changes"]["sw1"]
-    assert cluster["docker-swarm-secret-api_token"] == {
-        "secret": {"old": "api_token.v1", "new": "api_token.v2"}
-    }
-    assert "docker-swarm-service-web" in cluster
-    assert cluster["docker-swarm-versions-unused"] == {"removed": {"secret": ["api_token.v1"]}}
+    outcome, _ = converged(swarm)
+    cluster = outcome["changes"]["cluster"]
+    assert cluster["secret api_token"] == {"old": "api_token.v1", "new": "api_token.v2"}
+    assert "service web" in cluster
+    assert cluster["secrets removed"] == ["api_token.v1"]
     for name in NODES:
         container = swarm.container_of("web", name)
         assert swarm.exec(name, container, "cat /run/secrets/api_token") == f"{old}-rotated"
@@ -286,23 +372,24 @@ def test_secret_rotation_makes_a_new_version(swarm):
 # --- nodes leave and come back ---------------------------------------------------------------
 
 
-def test_removed_node_is_drained_and_its_tasks_rescheduled(swarm):
+def test_a_batch_of_nodes_is_drained_and_removed_in_one_call(swarm):
+    # What the lifecycle does before destroying nodes (or after their keys were deleted).
     started = time.monotonic()
-    ret = runner_data(swarm.runner("swarm.remove_node", "sw3"))
-    TIMINGS["remove a node (drain, leave, rm)"] = time.monotonic() - started
-    assert ret["result"] is True, ret
-    assert ret["changes"]["sw3"]["drained"] is True
-    assert ret["changes"]["sw3"]["left"] is True
-    assert ret["changes"]["sw3"]["services"] == {
-        "edge": "2/2 (converged)",
-        "web": "3/3 (converged)",
-    }
-    assert swarm.engines["sw3"].swarm_state() == "inactive"
-    assert set(node_table(swarm)) == {"sw1", "sw2"}
-    web = swarm.tasks("web")
-    assert len(web) == 3
-    assert {node for node, _ in web} == {"sw1", "sw2"}
-    assert swarm.tasks("edge") == [("sw1", "app:1"), ("sw2", "app:1")]
+    ret = swarm.runner("swarm.remove_node", "sw2,sw3")
+    TIMINGS["remove 2 nodes in one call (drain, leave, rm)"] = time.monotonic() - started
+    outcome = runner_data(ret)
+    assert outcome["result"] is True and ret.returncode == 0, outcome
+    removed = outcome["changes"]["removed"]
+    assert set(removed) == {"sw2", "sw3"}
+    assert all(removed[name]["drained"] and removed[name]["left"] for name in removed)
+    # Services at full strength on what is left, before the second node went.
+    assert removed["sw3"]["services"] == {"edge": "1/1 (converged)", "web": "3/3 (converged)"}
+    assert swarm.registry.record("sw2")["swarm_role"] is None
+    assert swarm.registry.record("sw3")["swarm_role"] is None
+    assert swarm.engines["sw2"].swarm_state() == swarm.engines["sw3"].swarm_state() == "inactive"
+    assert set(node_table(swarm)) == {"sw1"}
+    assert swarm.tasks("web") == [("sw1", "app:2")] * 3
+    assert swarm.tasks("edge") == [("sw1", "app:1")]
     again = runner_data(swarm.runner("swarm.remove_node", "sw3"))
     assert again["result"] is True
     assert not again["changes"]
@@ -316,8 +403,11 @@ def test_reclassified_node_is_not_rejoined_and_cannot_open_anothers_token(swarm)
     swarm.registry.set("sw3", "other")
     refused = runner_data(swarm.runner("swarm.admit", "sw3"))
     assert refused["result"] is False
-    assert "sw3 is not entitled: class 'other' does not enable swarm" in refused["comment"]
-    assert_no_change(swarm, "swarm.workers")
+    assert "sw3 is not entitled" in refused["comment"]
+    assert "class 'other'" in refused["comment"]
+    # The class converges without it (sw2, removed with it, joins again).
+    outcome, _ = converged(swarm)
+    assert set(outcome["changes"]["workers"]) == {"sw2"}
     assert swarm.engines["sw3"].swarm_state() == "inactive"
     # A token sealed for sw2, handed to sw3: it cannot open it.
     recipients = json.dumps({"sw2": public_key(swarm, "sw2")})
@@ -325,16 +415,14 @@ def test_reclassified_node_is_not_rejoined_and_cannot_open_anothers_token(swarm)
     for blob in (sealed["sealed"]["sw2"], "dhswarm1.AAAA.BBBB.CCCC"):
         ret = swarm.salt(
             "sw3",
-            "state.single",
-            "docker_swarm.joined",
-            f"name={sealed['cluster_id']}",
-            f"sealed={blob}",
-            "role=worker",
-            f"remote_addrs={json.dumps(sealed['managers'])}",
+            "docker_swarm.join",
+            blob,
+            "worker",
+            sealed["cluster_id"],
+            json.dumps(sealed["managers"]),
         )
-        (result,) = ret.data.values()
-        assert result["result"] is False
-        assert "cannot open the sealed join token" in result["comment"]
+        assert ret.returncode != 0
+        assert "cannot open the sealed join token" in ret.stdout
     assert swarm.engines["sw3"].swarm_state() == "inactive"
 
 
@@ -344,9 +432,11 @@ def test_node_of_the_class_joins_when_admitted(swarm):
     ret = runner_data(swarm.runner("swarm.admit", "sw3"))
     TIMINGS["admit a new node (join + services)"] = time.monotonic() - started
     assert ret["result"] is True, ret
-    assert "sw3" in ret["changes"]["workers"]
+    assert set(ret["changes"]["workers"]) == {"sw3"}
     assert node_table(swarm)["sw3"] == ("Ready", "Active", "")
+    assert swarm.registry.record("sw3")["swarm_role"] == "worker"
     assert ("sw3", "app:1") in swarm.tasks("edge")
+    assert len(swarm.tasks("web")) == 3
     again = runner_data(swarm.runner("swarm.admit", "sw3"))
     assert again["result"] is True
     assert not again["changes"]
@@ -355,11 +445,11 @@ def test_node_of_the_class_joins_when_admitted(swarm):
 def test_a_reclassified_member_is_reported_not_removed(swarm):
     swarm.registry.set("sw2", "other")
     try:
-        outcome = runner_data(swarm.runner("swarm.cluster", CLASS))
+        outcome, _, _ = swarm.converge()
     finally:
         swarm.registry.set("sw2", CLASS)
     assert outcome["result"] is True, outcome
-    assert "nodes of the swarm not in class backends: sw2 (sw2)" in outcome["comment"]
+    assert "swarm node sw2 (sw2) is not a node of class backends" in outcome["comment"]
     assert node_table(swarm)["sw2"] == ("Ready", "Active", "")
 
 
@@ -369,30 +459,183 @@ def test_a_reclassified_member_is_reported_not_removed(swarm):
 def test_three_managers_from_pillar(swarm):
     swarm.pillar.swarm["managers"]["count"] = 3
     swarm.pillar.write()
-    states, _ = converged(swarm)
-    assert set(states["swarm-managers"]["changes"]) == {"sw2", "sw3"}
+    outcome, _ = converged(swarm)
+    assert set(outcome["changes"]["managers"]) == {"sw2", "sw3"}
     want = ["Leader", "Reachable", "Reachable"]
     assert manager_statuses(swarm, want) == want
-    assert_no_change(swarm, "swarm.managers")
+    assert_no_change(swarm)
+    assert {swarm.registry.record(name)["swarm_role"] for name in NODES} == {"manager"}
     swarm.collect_tokens()
+
+
+@contextlib.contextmanager
+def engines_down(swarm, *names):
+    """The engines of ``names`` stopped (their minions still run), then back, the swarm healthy."""
+    for name in names:
+        stop_engine(swarm.engines[name])
+    try:
+        yield
+    finally:
+        for name in names:
+            start_engine(swarm.engines[name])
+        wait_for(lambda: sorted(s for _, _, s in node_table(swarm).values()) == MANAGERS_UP)
+        wait_for(lambda: set(swarm_states(swarm).values()) == {"active"})
+
+
+def wait_for(condition, timeout=90):
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(AssertionError):
+            if condition():
+                return
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(1)
+
+
+MANAGERS_UP = ["Leader", "Reachable", "Reachable"]
+
+
+def web_version(swarm):
+    return swarm.manager().json("service", "inspect", "web")[0]["Version"]["Index"]
+
+
+def assert_one_line_failure(ret, *words):
+    outcome = runner_data(ret)
+    assert ret.returncode != 0, outcome
+    assert outcome["result"] is False, outcome
+    assert "Traceback" not in f"{ret.stdout}{ret.stderr}"
+    assert "\n" not in outcome["comment"], outcome["comment"]
+    for word in words:
+        assert word in outcome["comment"], outcome["comment"]
+    return outcome
+
+
+def test_quorum_lost_fails_in_one_line_and_changes_nothing(swarm):
+    before = web_version(swarm)
+    swarm.pillar.swarm["services"]["web"]["replicas"] = 2
+    swarm.pillar.write()
+    try:
+        with engines_down(swarm, "sw2", "sw3"):
+            ret = swarm.runner("swarm.converge", CLASS)
+    finally:
+        swarm.pillar.swarm["services"]["web"]["replicas"] = 3
+        swarm.pillar.write()
+    assert_one_line_failure(ret, "lost its quorum", "sw2", "sw3", "nothing was changed")
+    assert web_version(swarm) == before
+    assert {state for state in swarm_states(swarm).values()} == {"active"}
+
+
+def test_one_manager_down_converges_the_rest_and_names_it(swarm):
+    swarm.pillar.swarm["node_labels"]["rack"] = "r1"
+    swarm.pillar.write()
+    try:
+        with engines_down(swarm, "sw3"):
+            manager = swarm.engines["sw1"]
+            wait_for(
+                lambda: "Unreachable" in manager.cli("node", "ls", "--format", "{{.ManagerStatus}}")
+            )
+            ret = swarm.runner("swarm.converge", CLASS)
+            labels = {
+                name: manager.json("node", "inspect", name)[0]["Spec"]["Labels"]
+                for name in ("sw1", "sw2", "sw3")
+            }
+        outcome = assert_one_line_failure(ret, "sw3", "down")
+        assert "not in class" not in outcome["comment"]
+        assert "not a node of class" not in outcome["comment"]
+        assert labels["sw1"]["rack"] == labels["sw2"]["rack"] == "r1"
+        assert "rack" not in labels["sw3"]
+        back = runner_data(swarm.runner("swarm.converge", CLASS))
+        assert back["result"] is True, back
+        assert swarm.manager().json("node", "inspect", "sw3")[0]["Spec"]["Labels"]["rack"] == "r1"
+    finally:
+        del swarm.pillar.swarm["node_labels"]["rack"]
+        swarm.pillar.write()
+
+
+def test_docker_error_during_secret_rotation_is_one_line(swarm):
+    old = swarm.pillar.secrets["api_token"]
+    swarm.pillar.set_secret("api_token", f"{old}-again")
+    before = web_version(swarm)
+    with failing_requests(
+        swarm.engines["sw1"],
+        lambda method, path: "/secrets" in path,
+        message="rpc error: code = Unknown desc = injected fault",
+    ):
+        ret = swarm.runner("swarm.converge", CLASS)
+    assert_one_line_failure(ret, "injected fault", "secret")
+    assert web_version(swarm) == before
+    fixed = runner_data(swarm.runner("swarm.converge", CLASS))
+    assert fixed["result"] is True, fixed
+    container = swarm.container_of("web", "sw1")
+    assert swarm.exec("sw1", container, "cat /run/secrets/api_token") == f"{old}-again"
+
+
+EDGE_SERVICE = {
+    # The least or most the check accepts, for each option Docker could refuse.
+    "image": "app:1",
+    "replicas": 1,
+    "command": ["sleep", "1000"],
+    "endpoint_mode": "dnsrr",
+    "ports": [
+        {"target": 1, "published": 65535, "mode": "host", "protocol": "tcp"},
+        {"target": 65535, "mode": "host", "protocol": "udp"},
+    ],
+    "max_replicas_per_node": 1,
+    "resources": {
+        "mem_limit": "6M",
+        "cpu_limit": 0.01,
+        "mem_reservation": "6M",
+        "cpu_reservation": 0.01,
+    },
+    "restart_policy": {"condition": "on-failure", "delay": 0, "max_attempts": 1000000},
+    "update_config": {"parallelism": 0, "max_failure_ratio": 1, "order": "start-first"},
+    "rollback_config": {"parallelism": 1000000, "failure_action": "continue", "monitor": 0},
+    "healthcheck": {"test": ["NONE"], "retries": 0, "interval": 0, "start_period": "1ms"},
+    "stop_grace_period": 0,
+    "secrets": [{"source": "api_token", "target": "t", "uid": 65534, "gid": "0", "mode": 0}],
+    "configs": [{"source": "motd", "target": "/m", "mode": 0o777}],
+    "environment": {"_": "", "A1": 0},
+    "container_labels": {"a.b/c-d_e": ""},
+    "log_driver": "json-file",
+    "log_opt": {"max-size": "1k", "max-file": 1},
+    "init": True,
+}
+
+
+def test_values_at_the_edges_of_the_check_are_taken_by_docker(swarm):
+    swarm.pillar.swarm["services"]["edges"] = EDGE_SERVICE
+    swarm.pillar.write()
+    try:
+        outcome, returncode, _ = swarm.converge()
+        created = swarm.manager().json("service", "inspect", "edges")[0]["Spec"]
+        tasks = swarm.tasks("edges")
+        again, _, _ = swarm.converge()
+    finally:
+        del swarm.pillar.swarm["services"]["edges"]
+        swarm.pillar.write()
+        remove_by_name(swarm.manager(), "service", "edges")
+    assert outcome["result"] is True and returncode == 0, outcome
+    assert "service edges" in outcome["changes"]["cluster"]
+    assert again["result"] is True and "service edges" not in again["changes"].get("cluster", {})
+    resources = created["TaskTemplate"]["Resources"]
+    assert resources["Limits"] == {"NanoCPUs": 10**7, "MemoryBytes": 6 * 2**20}
+    assert created["UpdateConfig"]["MaxFailureRatio"] == 1
+    assert len(tasks) == 1
 
 
 def test_services_no_longer_in_pillar_are_kept_or_removed(swarm):
     edge = swarm.pillar.swarm["services"].pop("edge")
     swarm.pillar.write()
     try:
-        kept = runner_data(swarm.runner("swarm.cluster", CLASS))
+        kept, _, _ = swarm.converge()
         assert kept["result"] is True, kept
         assert "kept services no longer in pillar: edge" in kept["comment"]
         assert swarm.tasks("edge")
         swarm.pillar.swarm["unlisted_services"] = "remove"
         swarm.pillar.write()
-        removed = runner_data(swarm.runner("swarm.cluster", CLASS))
+        removed, _, _ = swarm.converge()
         assert removed["result"] is True, removed
-        manager = next(iter(removed["changes"]))
-        assert removed["changes"][manager]["docker-swarm-services-unlisted"] == {
-            "removed": ["edge"]
-        }
+        assert removed["changes"]["cluster"]["services removed"] == ["edge"]
         assert "edge" not in swarm.manager().cli("service", "ls", "--format", "{{.Name}}").split()
     finally:
         swarm.pillar.swarm["services"]["edge"] = edge
@@ -405,25 +648,21 @@ def test_services_no_longer_in_pillar_are_kept_or_removed(swarm):
 
 def test_fresh_three_manager_cluster_only_after_forget(swarm):
     for name in ("sw3", "sw2", "sw1"):
-        ret = swarm.salt(name, "state.single", "docker_swarm.left", f"name={name}", "force=True")
-        (result,) = ret.data.values()
-        assert result["result"] is True, result
+        ret = swarm.salt(name, "docker_swarm.leave", "force=True")
+        assert ret.returncode == 0, ret.stdout
     assert set(swarm_states(swarm).values()) == {"inactive"}
-    states, _ = swarm.orchestrate()
-    assert states["swarm-managers"]["result"] is False
-    assert "not creating another" in states["swarm-managers"]["comment"]
+    outcome, returncode, _ = swarm.converge()
+    assert outcome["result"] is False and returncode == 1
+    assert "not creating another" in outcome["comment"]
     assert set(swarm_states(swarm).values()) == {"inactive"}
     assert runner_data(swarm.runner("swarm.forget", CLASS))["result"] is True
-    states, _seconds = converged(swarm)
-    TIMINGS["fresh 3-manager cluster: init + 2 manager joins"] = seconds_of(
-        states, "swarm-managers", "swarm-workers"
-    )
-    TIMINGS["fresh cluster: services to full replicas"] = seconds_of(states, "swarm-cluster")
+    _, seconds = converged(swarm)
+    TIMINGS["fresh 3-manager cluster: init, 2 manager joins, services (wall)"] = seconds
     want = ["Leader", "Reachable", "Reachable"]
     assert manager_statuses(swarm, want) == want
     assert swarm.tasks("web") == [(name, "app:2") for name in NODES]
     swarm.collect_tokens()
-    assert_no_change(swarm, "swarm.converge")
+    assert_no_change(swarm)
 
 
 # --- nothing leaked ---------------------------------------------------------------------------

@@ -2,15 +2,21 @@
 Swarm logic without engines: the pillar model (a corpus of bad pillar, each refused naming its
 key path), the service spec and its comparison with what Docker reports, join tokens sealed to
 one minion's key (opened by it, by nobody else, not in another role or cluster, not after
-tampering or expiry), the runner's manager/worker plans, and entitlement from the registry.
-Modules are imported by path, as Salt's loader does.
+tampering or expiry), the runner's manager/worker plans, and entitlement from the master's node
+records. Modules are loaded by path and given their dunders the loader way
+(``configure_loader_modules``, pytest-salt-factories), ``__utils__`` holding the shared
+``salt/_utils`` layer itself.
 """
 
+import contextlib
+import copy
+import hashlib
 import json
 import time
 from pathlib import Path
 
 import pytest
+import salt.config
 import yaml
 from salt.exceptions import CommandExecutionError
 
@@ -19,18 +25,53 @@ from tools.salt_repo import load_module
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {"api_token": "s3cr3t-value", "db": "another"}
+UTILS = ("dockerhosts_names", "dockerhosts_nodes", "dockerhosts_secrets")
+MODULE = load_module("modules", "docker_swarm")
+RUNNER = load_module("runners", "swarm")
+
+
+def utils_dunder():
+    """``__utils__`` as Salt's loader builds it from salt/_utils: ``<module>.<function>``."""
+    found = {}
+    for name in UTILS:
+        module = load_module("utils", name)
+        for attr, value in vars(module).items():
+            if callable(value) and getattr(value, "__module__", None) == module.__name__:
+                found[f"{name}.{attr}"] = value
+    return found
+
+
+@pytest.fixture
+def pki(tmp_path):
+    (tmp_path / "pki" / "minions").mkdir(parents=True)
+    return tmp_path / "pki"
+
+
+@pytest.fixture
+def opts(pki):
+    master = copy.deepcopy(salt.config.DEFAULT_MASTER_OPTS)
+    master.update(pki_dir=str(pki), cachedir=str(pki.parent / "cache"), test=False, id="sw2")
+    return master
+
+
+@pytest.fixture
+def configure_loader_modules(opts):
+    utils = utils_dunder()
+    common = {"__opts__": opts, "__utils__": utils, "__context__": {}}
+    return {
+        MODULE: {**common, "__pillar__": {"docker_secrets": SECRETS}, "__salt__": {}},
+        RUNNER: {**common, "__salt__": {}},
+    }
 
 
 @pytest.fixture
 def swarm_module():
-    module = load_module("modules", "docker_swarm")
-    module.__pillar__ = {"docker_secrets": SECRETS}
-    return module
+    return MODULE
 
 
 @pytest.fixture
 def runner():
-    return load_module("runners", "swarm")
+    return RUNNER
 
 
 def minimal(**services):
@@ -41,11 +82,18 @@ def web(**options):
     return {"image": "app:1", **options}
 
 
-# --- the pillar model -----------------------------------------------------------------------
+# --- the pillar model: defaults.yaml, schema.yaml, the SDK's types --------------------------
+
+DEFAULTS = yaml.safe_load((REPO_ROOT / "salt/docker/swarm/defaults.yaml").read_text())
+SCHEMA = yaml.safe_load((REPO_ROOT / "salt/docker/swarm/schema.yaml").read_text())
 
 
-def test_defaults_are_filled_in(swarm_module):
-    settings = swarm_module.validate({"enabled": True, "services": {"web": {"image": "app:1"}}})
+def validate(pillar, secrets=None):
+    return MODULE.validate(pillar, DEFAULTS, SCHEMA, SECRETS if secrets is None else secrets)
+
+
+def test_defaults_are_filled_in():
+    settings = validate({"enabled": True, "services": {"web": {"image": "app:1"}}})
     assert settings["managers"] == {"count": 1, "prefer": []}
     assert settings["listen_addr"] == "0.0.0.0:2377"
     assert settings["unlisted_services"] == "keep"
@@ -64,22 +112,18 @@ def test_defaults_are_filled_in(swarm_module):
     assert service["stop_grace_period"] == 10 * 10**9
 
 
-def test_disabled_swarm_is_still_checked(swarm_module):
-    assert swarm_module.validate(None)["enabled"] is False
+def test_disabled_swarm_is_still_checked():
+    assert validate(None)["enabled"] is False
     with pytest.raises(CommandExecutionError, match=r"swarm:enable: unknown key"):
-        swarm_module.validate({"enable": True})
+        validate({"enable": True})
 
 
-def test_units_are_normalized(swarm_module):
-    service = swarm_module.validate(
+def test_units_and_short_forms_are_normalized():
+    service = validate(
         minimal(
             web=web(
                 command="httpd -f -p '80 80'",
                 stop_grace_period="1m30s",
-                resources={
-                    "limits": {"memory": "64M", "cpus": 0.5},
-                    "reservations": {"memory": 1024},
-                },
                 update_config={"delay": 1.5, "monitor": "500ms"},
                 healthcheck={"test": "wget -q localhost", "interval": "2s"},
                 secrets=["api"],
@@ -90,12 +134,10 @@ def test_units_are_normalized(swarm_module):
         | {"secrets": {"api": {"secret": "api_token"}}, "configs": {"conf": {"data": "x"}}}
         | {"networks": {"net": {}}}
     )["services"]["web"]
-    assert service["command"] == ["httpd", "-f", "-p", "80 80"]
     assert service["stop_grace_period"] == 90 * 10**9
-    assert service["resources"]["limits"] == {"cpus": 5 * 10**8, "memory": 64 * 2**20, "pids": None}
     assert service["update_config"]["delay"] == 1_500_000_000
     assert service["update_config"]["monitor"] == 500_000_000
-    assert service["healthcheck"]["test"] == ["wget", "-q", "localhost"]
+    assert service["healthcheck"]["interval"] == 2 * 10**9
     assert service["secrets"] == [
         {"source": "api", "target": "api", "uid": "0", "gid": "0", "mode": 0o444}
     ]
@@ -103,61 +145,57 @@ def test_units_are_normalized(swarm_module):
     assert service["networks"] == [{"name": "net", "aliases": []}]
 
 
-def test_pillar_example_is_valid_and_documents_the_defaults(swarm_module):
+def documented(node, defaults):
+    """Each documented value of pillar.example that has a default: (path, documented, default)."""
+    if isinstance(defaults, dict) and defaults and isinstance(node, dict):
+        for key, value in node.items():
+            if key in defaults:
+                yield from documented(value, defaults[key])
+    elif not isinstance(defaults, (dict, list)) or defaults in ({}, []):
+        yield node, defaults
+
+
+def test_pillar_example_documents_every_key_with_its_default():
     example = yaml.safe_load((REPO_ROOT / "pillar.example").read_text())["swarm"]
     assert example["enabled"] is False
     example["enabled"] = True
-    swarm_module.__pillar__ = {"docker_secrets": {"api_token": "x", "api_key": "y"}}
-    documented = swarm_module.validate(example)
-    defaults = swarm_module.validate(
-        {"enabled": True, "networks": {"n": {}}, "services": {"web": {"image": "x"}}}
-    )
-    for key in ("managers", "advertise_addr", "listen_addr", "default_addr_pool", "subnet_size"):
-        assert documented[key] == defaults[key], key
-    for key in ("converge_timeout", "unlisted_services"):
-        assert documented[key] == defaults[key], key
-    assert documented["networks"]["backend"] == defaults["networks"]["n"]
-    web_documented, web_default = documented["services"]["web"], defaults["services"]["web"]
-    for key in (
-        "mode",
-        "replicas",
-        "init",
-        "read_only",
-        "stop_grace_period",
-        "endpoint_mode",
-        "max_replicas_per_node",
-        "restart_policy",
-        "update_config",
-        "rollback_config",
-        "healthcheck",
-        "log_driver",
-    ):
-        assert web_documented[key] == web_default[key], key
+    assert validate(example, secrets={"api_token": "x", "api_key": "y"})
+    service, network = example["services"]["web"], example["networks"]["backend"]
+    for part, node in (("swarm", example), ("service", service), ("network", network)):
+        assert set(node) == set(DEFAULTS[part]), part  # every key, documented once
+    for part, node in (("network", network), ("node", example["nodes"]["db1"])):
+        for key, default in DEFAULTS[part].items():
+            assert node[key] == default, f"{part}:{key}"
+    for key in ("mode", "replicas", "init", "read_only", "endpoint_mode", "restart_policy"):
+        assert service[key] == DEFAULTS["service"][key], key
+    for key in ("update_config", "rollback_config", "max_replicas_per_node", "log_driver"):
+        assert service[key] == DEFAULTS["service"][key], key
 
 
 BAD_PILLAR = [
     ({"enabled": "yes"}, "swarm:enabled: 'yes' is not true or false"),
-    ({"enabled": True, "managers": {"count": 2}}, "swarm:managers:count: 2: use 1, or an odd"),
+    ({"enabled": True, "managers": {"count": 2}}, "swarm:managers:count: 2 is not one of 1, 3"),
     ({"enabled": True, "managers": {"count": 4}}, "swarm:managers:count: 4"),
     (
         {"enabled": True, "managers": {"cnt": 3}},
-        "swarm:managers:cnt: unknown key (did you mean 'count'?)",
+        "swarm:managers:cnt: unknown key (did you mean count?), known keys: count, prefer",
     ),
-    ({"enabled": True, "managers": {"prefer": ["../etc"]}}, "swarm:managers:prefer:0"),
+    ({"enabled": True, "managers": {"prefer": ["../etc"]}}, "swarm:managers:prefer"),
     ({"enabled": True, "advertise_addr": "eth0; rm -rf /"}, "swarm:advertise_addr"),
     ({"enabled": True, "converge_timeout": 0}, "swarm:converge_timeout: 0 is not an integer"),
-    ({"enabled": True, "converge_timeout": True}, "swarm:converge_timeout: True"),
-    ({"enabled": True, "default_addr_pool": ["10.0.0.0"]}, "swarm:default_addr_pool:0"),
+    ({"enabled": True, "converge_timeout": True}, "swarm:converge_timeout: True is not an int"),
+    ({"enabled": True, "default_addr_pool": ["10.0.0.0"]}, "swarm:default_addr_pool"),
     ({"enabled": True, "nodes": {"n1": {"availability": "off"}}}, "swarm:nodes:n1:availability"),
     ({"enabled": True, "nodes": {"bad id!": {}}}, "swarm:nodes:bad id!"),
     ({"enabled": True, "node_labels": {"": "x"}}, "swarm:node_labels:"),
     ({"enabled": True, "node_labels": {"zone": ["a"]}}, "swarm:node_labels:zone"),
-    ({"enabled": True, "networks": {"n": {"driver": "over lay"}}}, "swarm:networks:n:driver"),
-    ({"enabled": True, "networks": {"n": {"subnet": "10.0.0.0"}}}, "swarm:networks:n:subnet"),
-    ({"enabled": True, "networks": {"n": {"encrypt": True}}}, "did you mean 'encrypted'?"),
+    ({"enabled": True, "node_labels": {"on": True}}, 'write a boolean as "true"'),
+    ({"enabled": True, "networks": {"n1": {"driver": "over lay"}}}, "swarm:networks:n1:driver"),
+    ({"enabled": True, "networks": {"n1": {"subnet": "10.0.0.0"}}}, "swarm:networks:n1:subnet"),
+    ({"enabled": True, "networks": {"n1": {"encrypt": True}}}, "did you mean encrypted?"),
     ({"enabled": True, "networks": {"-n": {}}}, "swarm:networks:-n"),
     ({"enabled": True, "secrets": {"s": "plain"}}, "swarm:secrets:s: must be {secret:"),
-    ({"enabled": True, "secrets": {"s": {"secret": "missing"}}}, "refers to secret 'missing'"),
+    ({"enabled": True, "secrets": {"s": {"secret": "missing"}}}, "refers to 'missing', which"),
     ({"enabled": True, "secrets": {"s": {"secret": "db", "x": 1}}}, "swarm:secrets:s: must be"),
     ({"enabled": True, "secrets": {"x" * 60: {"secret": "db"}}}, "is not a secret/config name"),
     ({"enabled": True, "configs": {"c": {}}}, "swarm:configs:c:data: is required"),
@@ -166,17 +204,27 @@ BAD_PILLAR = [
     (minimal(web={}), "swarm:services:web:image: is required"),
     (minimal(web=web(image="App:1")), "swarm:services:web:image: 'App:1'"),
     (minimal(web=web(image="x; rm -rf /")), "swarm:services:web:image"),
-    (minimal(web=web(replica=3)), "swarm:services:web:replica: unknown key (did you mean"),
+    (
+        minimal(web=web(replica=3)),
+        "swarm:services:web:replica: unknown key (did you mean replicas?)",
+    ),
     (minimal(web=web(replicas=-1)), "swarm:services:web:replicas: -1"),
-    (minimal(web=web(replicas="3")), "swarm:services:web:replicas: '3'"),
+    (minimal(web=web(replicas="3")), "swarm:services:web:replicas: '3' is not an integer"),
     (minimal(web=web(mode="global", replicas=2)), "swarm:services:web:replicas: only valid"),
-    (minimal(web=web(mode="daemon")), "swarm:services:web:mode: 'daemon'"),
-    (minimal(web=web(command={"a": 1})), "swarm:services:web:command: must be a list"),
-    (minimal(web=web(command="sh -c 'unclosed")), "swarm:services:web:command: cannot split"),
-    (minimal(web=web(env={"1BAD": "x"})), "swarm:services:web:env:1BAD"),
-    (minimal(web=web(env={"K": {"secret": "nope"}})), "swarm:services:web:env:K: refers"),
-    (minimal(web=web(env={"K": {"secret": "db", "x": 1}})), "swarm:services:web:env:K: must be"),
-    (minimal(web=web(env={"K": ["a"]})), "swarm:services:web:env:K"),
+    (minimal(web=web(mode="daemon")), "swarm:services:web:mode: mode must be either"),
+    (minimal(web=web(command={"a": 1})), "swarm:services:web:command: {'a': 1} is not a list"),
+    (minimal(web=web(environment={"1BAD": "x"})), "swarm:services:web:environment:1BAD"),
+    (minimal(web=web(environment={"A B": "x"})), "swarm:services:web:environment:A B"),
+    (minimal(web=web(environment={"K": {"secret": "nope"}})), "environment:K: refers to 'nope'"),
+    (minimal(web=web(environment={"K": {"secret": "db", "x": 1}})), "environment:K: {'secret'"),
+    (minimal(web=web(environment={"K": ["a"]})), "swarm:services:web:environment:K"),
+    (minimal(web=web(env={"K": "v"})), "swarm:services:web:env: renamed: use environment"),
+    (minimal(web=web(workdir="/srv")), "swarm:services:web:workdir: renamed: use working_dir"),
+    (
+        minimal(web=web(resources={"limits": {"memory": "64M"}})),
+        "swarm:services:web:resources:limits: renamed: use cpu_limit and mem_limit",
+    ),
+    (minimal(web=web(log_driver={"name": "awslogs"})), "swarm:services:web:log_driver: {"),
     (minimal(web=web(secrets=["undefined"])), "swarm:services:web:secrets:0: 'undefined'"),
     (minimal(web=web(configs=["undefined"])), "swarm:services:web:configs:0: 'undefined'"),
     (minimal(web=web(networks=["undefined"])), "swarm:services:web:networks:0: 'undefined'"),
@@ -185,49 +233,67 @@ BAD_PILLAR = [
     (minimal(web=web(ports=[{"target": 70000}])), "swarm:services:web:ports:0:target: 70000"),
     (minimal(web=web(ports=[{"target": 80, "mode": "bridge"}])), "ports:0:mode: 'bridge'"),
     (minimal(web=web(ports=[{"target": 80, "protocol": "icmp"}])), "ports:0:protocol"),
+    (
+        minimal(web=web(endpoint_mode="dnsrr", ports=[{"target": 80}])),
+        "swarm:services:web:ports: with endpoint_mode dnsrr, Docker publishes in mode host only",
+    ),
     (minimal(web=web(endpoint_mode="rr")), "swarm:services:web:endpoint_mode: 'rr'"),
     (minimal(web=web(update_config={"delay": "5 minutes"})), "update_config:delay: '5 minutes'"),
     (minimal(web=web(update_config={"delay": -1})), "update_config:delay: -1"),
-    (minimal(web=web(update_config={"failure_action": "rollbak"})), "failure_action: 'rollbak'"),
-    (minimal(web=web(update_config={"max_failure_ratio": 2})), "max_failure_ratio: 2"),
+    (minimal(web=web(update_config={"failure_action": "rollbak"})), "update_config: failure_a"),
+    (minimal(web=web(update_config={"max_failure_ratio": 2})), "max_failure_ratio must be"),
+    (minimal(web=web(update_config={"order": "first"})), "update_config: order must be"),
     (minimal(web=web(rollback_config={"failure_action": "rollback"})), "rollback_config:failure"),
-    (minimal(web=web(update_config={"paralelism": 2})), "did you mean 'parallelism'?"),
-    (minimal(web=web(resources={"limits": {"memory": "lots"}})), "resources:limits:memory"),
-    (minimal(web=web(resources={"limits": {"cpus": 0}})), "resources:limits:cpus: 0"),
-    (minimal(web=web(resources={"limit": {}})), "did you mean 'limits'?"),
-    (minimal(web=web(restart_policy={"condition": "always"})), "restart_policy:condition"),
+    (minimal(web=web(update_config={"paralelism": 2})), "did you mean parallelism?"),
+    (minimal(web=web(resources={"mem_limit": "lots"})), "resources:mem_limit: 'lots'"),
+    (
+        minimal(web=web(resources={"mem_limit": "5M"})),
+        "resources:mem_limit: '5M' is not a size of 6M",
+    ),
+    (minimal(web=web(resources={"cpu_limit": 0})), "resources:cpu_limit: 0 is not a number"),
+    (minimal(web=web(resources={"limit": {}})), "resources:limit: unknown key"),
+    (minimal(web=web(restart_policy={"condition": "always"})), "restart_policy: Invalid Resta"),
     (minimal(web=web(healthcheck={"interval": "1s"})), "healthcheck:test: is required"),
-    (minimal(web=web(preferences=[{"spread": ""}])), "preferences:0:spread"),
+    (minimal(web=web(preferences=[{"spread": None}])), "preferences:0:spread: is required"),
     (minimal(web=web(max_replicas_per_node=-1)), "max_replicas_per_node: -1"),
-    (minimal(web=web(init="yes")), "swarm:services:web:init: 'yes'"),
-    (minimal(web=web(log_driver={"options": {}})), "log_driver:name: is required"),
+    (minimal(web=web(init="yes")), "swarm:services:web:init: 'yes' is not true or false"),
     ({"enabled": True, "services": {"bad name": web()}}, "swarm:services:bad name"),
 ]
 
 
 @pytest.mark.parametrize(("pillar", "message"), BAD_PILLAR, ids=lambda v: str(v)[:50])
-def test_bad_pillar_is_refused_naming_the_key(swarm_module, pillar, message):
+def test_bad_pillar_is_refused_naming_the_key(pillar, message):
     with pytest.raises(CommandExecutionError) as error:
-        swarm_module.validate(pillar)
+        validate(pillar)
     assert message in str(error.value)
     assert str(error.value).startswith("swarm")
+    assert "\n" not in str(error.value)
 
 
-def test_secret_values_never_appear_in_errors(swarm_module):
+def test_every_problem_is_named_at_once():
+    pillar = minimal(web=web(env={}, replicas="3", ports=[{"target": 0}]))
+    pillar["managers"] = {"count": 2}
+    with pytest.raises(CommandExecutionError) as error:
+        validate(pillar)
+    for path in ("managers:count", "web:env", "web:replicas", "web:ports:0:target"):
+        assert f"swarm:{'services:' if 'web' in path else ''}{path}: " in str(error.value), path
+
+
+def test_secret_values_never_appear_in_errors():
     for pillar in (
-        minimal(web=web(env={"K": {"secret": "api_token"}}, secrets=["x"])),
+        minimal(web=web(environment={"K": {"secret": "api_token"}}, secrets=["x"])),
         {"enabled": True, "secrets": {"s": {"secret": "api_token"}}, "nodes": {"!": {}}},
     ):
         with pytest.raises(CommandExecutionError) as error:
-            swarm_module.validate(pillar)
+            validate(pillar)
         assert SECRETS["api_token"] not in str(error.value)
 
 
-# --- service spec and differences ----------------------------------------------------------
+# --- the service spec, with the SDK's types, and its differences to Docker's -----------------
 
 
-def spec_of(module, **options):
-    settings = module.validate(
+def spec_of(**options):
+    settings = validate(
         {
             "enabled": True,
             "networks": {"net": {}},
@@ -236,25 +302,28 @@ def spec_of(module, **options):
         }
     )
     refs = {"secrets": {"api": ("sid", "api.v1")}, "configs": {}, "networks": {"net": "nid"}}
-    return module.service_spec("web", settings["services"]["web"], "backends", None, refs)
+    service = settings["services"]["web"]
+    return MODULE.service_spec("web", service, "backends", {"A": "1"}, refs)
 
 
-def test_service_spec_carries_every_managed_setting(swarm_module):
+def test_service_spec_carries_every_managed_setting():
     spec = spec_of(
-        swarm_module,
         replicas=3,
         endpoint_mode="dnsrr",
         ports=[{"target": 80, "published": 8080, "mode": "host"}],
         constraints=["node.labels.class == backends"],
         healthcheck={"test": ["CMD-SHELL", "true"], "interval": "1s"},
+        resources={"mem_limit": "64M", "cpu_limit": 0.5},
+        log_driver="json-file",
+        log_opt={"max-size": "10m"},
     )
-    assert spec["Mode"] == {"Replicated": {"Replicas": 3}}
+    assert spec["Mode"] == {"replicated": {"Replicas": 3}}
     assert spec["Labels"] == {
         "com.docker-hosts.managed": "true",
         "com.docker-hosts.class": "backends",
     }
     task = spec["TaskTemplate"]
-    assert task["Networks"] == [{"Target": "nid", "Aliases": []}]
+    assert task["Networks"] == [{"Target": "nid", "Aliases": [], "DriverOpts": None}]
     assert task["ContainerSpec"]["Secrets"] == [
         {
             "File": {"Name": "api", "UID": "0", "GID": "0", "Mode": 0o444},
@@ -262,7 +331,10 @@ def test_service_spec_carries_every_managed_setting(swarm_module):
             "SecretName": "api.v1",
         }
     ]
+    assert task["ContainerSpec"]["Env"] == ["A=1"]
     assert task["ContainerSpec"]["Healthcheck"]["Interval"] == 10**9
+    assert task["Resources"] == {"Limits": {"NanoCPUs": 5 * 10**8, "MemoryBytes": 64 * 2**20}}
+    assert task["LogDriver"] == {"Name": "json-file", "Options": {"max-size": "10m"}}
     assert task["Placement"]["Constraints"] == ["node.labels.class == backends"]
     assert spec["EndpointSpec"] == {
         "Mode": "dnsrr",
@@ -272,66 +344,72 @@ def test_service_spec_carries_every_managed_setting(swarm_module):
     }
 
 
-def test_healthcheck_without_a_form_runs_the_command(swarm_module):
-    spec = spec_of(swarm_module, healthcheck={"test": "wget -q localhost"})
-    assert spec["TaskTemplate"]["ContainerSpec"]["Healthcheck"]["Test"][0] == "CMD"
+def test_healthcheck_forms():
+    shell = spec_of(healthcheck={"test": "wget -q localhost"})
+    assert shell["TaskTemplate"]["ContainerSpec"]["Healthcheck"]["Test"][0] == "CMD-SHELL"
+    argv = spec_of(healthcheck={"test": ["wget", "-q", "localhost"]})
+    assert argv["TaskTemplate"]["ContainerSpec"]["Healthcheck"]["Test"][0] == "CMD"
 
 
 def docker_view(spec):
-    """What Docker reports back: zero/empty values omitted, its own fields added."""
+    """What Docker reports back: its own case, zero/empty values omitted, its own fields."""
     reported = json.loads(json.dumps(spec))
-    reported["TaskTemplate"]["ContainerSpec"]["Isolation"] = "default"
+    reported["Mode"] = {"Replicated": reported["Mode"].pop("replicated")}
+    container = reported["TaskTemplate"]["ContainerSpec"]
+    container["Isolation"] = "default"
     reported["TaskTemplate"]["Runtime"] = "container"
-    reported["TaskTemplate"]["ContainerSpec"].pop("Command")
-    reported["TaskTemplate"]["ContainerSpec"].pop("Configs")
-    reported["TaskTemplate"]["Resources"] = {"Limits": {}, "Reservations": {}}
+    for key in ("Command", "Configs", "ReadOnly", "Init"):
+        container.pop(key, None)
+    reported["TaskTemplate"]["Networks"][0].pop("DriverOpts")
     reported["UpdateConfig"].pop("MaxFailureRatio")
     reported["UpdateConfig"].pop("Delay")
     return reported
 
 
-def test_same_spec_as_docker_reports_it_has_no_differences(swarm_module):
-    spec = spec_of(swarm_module)
-    assert swarm_module.spec_differences(spec, docker_view(spec)) == []
+def test_same_spec_as_docker_reports_it_has_no_differences():
+    spec = spec_of()
+    assert MODULE.spec_differences(spec, docker_view(spec)) == []
 
 
-def test_changes_are_found_and_described(swarm_module):
-    current = docker_view(spec_of(swarm_module))
-    desired = spec_of(swarm_module, image="app:2", replicas=2, constraints=["node.role == worker"])
-    described = swarm_module.describe_differences(desired, current)
+def test_changes_are_found_and_described():
+    current = docker_view(spec_of())
+    desired = spec_of(image="app:2", replicas=2, constraints=["node.role == worker"])
+    described = MODULE.describe_differences(desired, current)
     assert described["TaskTemplate.ContainerSpec.Image"] == {"old": "app:1", "new": "app:2"}
-    assert described["Mode.Replicated.Replicas"] == {"old": 1, "new": 2}
+    assert described["Mode.replicated.Replicas"] == {"old": 1, "new": 2}
     assert "TaskTemplate.Placement.Constraints" in described
 
 
-def test_removed_settings_are_differences_too(swarm_module):
-    current = docker_view(spec_of(swarm_module, constraints=["node.role == worker"], init=True))
-    desired = spec_of(swarm_module)
-    found = swarm_module.spec_differences(desired, current)
+def test_removed_settings_are_differences_too():
+    current = docker_view(spec_of(constraints=["node.role == worker"], init=True))
+    current["TaskTemplate"]["ContainerSpec"]["Init"] = True
+    found = MODULE.spec_differences(spec_of(), current)
     assert "TaskTemplate.Placement.Constraints" in found
     assert "TaskTemplate.ContainerSpec.Init" in found
 
 
-def test_service_present_masks_the_secrets_in_what_it_returns(swarm_module):
-    states = load_module("states", "docker_swarm")
-    states.__pillar__ = {"docker_secrets": SECRETS}
-    states.__opts__ = {"test": False}
-    settings = swarm_module.validate(minimal(web=web(env={"API_TOKEN": {"secret": "api_token"}})))
+def test_converge_masks_the_secrets_in_what_it_returns(monkeypatch):
+    settings = validate(minimal(web=web(environment={"API_TOKEN": {"secret": "api_token"}})))
 
-    def refuse(spec):
-        env = spec["TaskTemplate"]["ContainerSpec"]["Env"]
-        raise CommandExecutionError(f"cannot create service {spec['Name']}: bad env {env}")
+    class Refusing:  # an engine that refuses the service, quoting its environment back
+        def services(self, filters=None):
+            return []
 
-    states.__salt__ = {
-        "docker_settings.masked": load_module("modules", "docker_settings").masked,
-        "docker_swarm.service_spec": swarm_module.service_spec,
-        "docker_swarm.service": lambda name: None,
-        "docker_swarm.service_create": refuse,
-    }
-    ret = states.service_present("web", settings["services"]["web"], "backends")
-    assert ret["result"] is False
-    assert ret["comment"] == "cannot create service web: bad env ['API_TOKEN=**********']"
-    assert SECRETS["api_token"] not in json.dumps(ret)
+        secrets = configs = services
+
+        def create_service(self, task_template, **_):
+            env = task_template["ContainerSpec"]["Env"]
+            raise MODULE.docker.errors.APIError(f"bad env {env}")
+
+    @contextlib.contextmanager
+    def engine(action, secret=None):
+        yield Refusing()
+
+    monkeypatch.setattr(MODULE, "_engine", engine)
+    monkeypatch.setattr(MODULE, "_fresh_secrets", lambda: SECRETS)
+    outcome = MODULE.converge("backends", {}, settings)
+    assert outcome["failures"] == ["service web: bad env ['API_TOKEN=**********']"]
+    assert SECRETS["api_token"] not in json.dumps(outcome)
 
 
 # --- join tokens sealed to one minion --------------------------------------------------------
@@ -415,27 +493,35 @@ def test_fingerprints_are_salted_and_match_only_their_value(swarm_module):
     two = swarm_module._fingerprint(b"value")
     assert one != two
     assert "value" not in one
-    assert swarm_module.fingerprint_matches(one, b"value")
-    assert not swarm_module.fingerprint_matches(one, b"other")
-    assert not swarm_module.fingerprint_matches("garbage", b"value")
+    assert swarm_module._fingerprint_matches(one, b"value")
+    assert not swarm_module._fingerprint_matches(one, b"other")
+    assert not swarm_module._fingerprint_matches("garbage", b"value")
 
 
-def test_scrubbing_masks_the_token(swarm_module):
-    assert (
-        swarm_module._scrub(f"error with {TOKEN} inside", TOKEN) == "error with ********** inside"
-    )
+def test_engine_errors_are_one_line_naming_the_action_token_masked(swarm_module, monkeypatch):
+    swarm_module.__salt__ = {"config.get": lambda key: "unix:///nonexistent/docker.sock"}
+    with pytest.raises(CommandExecutionError) as down, swarm_module._engine("swarm join failed"):
+        pass
+    assert str(down.value).startswith("swarm join failed: the Docker engine does not answer")
+    assert "\n" not in str(down.value)
 
+    class Answering:  # an engine that answers (the errors below are raised by hand)
+        def __init__(self, **_):
+            pass
 
-def test_api_errors_name_the_action_and_mask_the_token(swarm_module):
-    error = swarm_module.docker.errors.APIError(f"error with {TOKEN} inside")
+        def close(self):
+            pass
+
+    monkeypatch.setattr(swarm_module.docker, "APIClient", Answering)
+    error = swarm_module.docker.errors.APIError(f"error with {TOKEN}\ninside")
     with (
         pytest.raises(CommandExecutionError) as raised,
-        swarm_module._api_errors("swarm join failed", TOKEN),
+        swarm_module._engine("swarm join failed", TOKEN),
     ):
         raise error
     assert str(raised.value) == "swarm join failed: error with ********** inside"
     assert raised.value.__cause__ is error
-    with pytest.raises(KeyError), swarm_module._api_errors("swarm join failed"):
+    with pytest.raises(KeyError), swarm_module._engine("swarm join failed"):
         raise KeyError("not Docker's")
 
 
@@ -544,103 +630,107 @@ def test_a_node_in_another_swarm_is_never_promoted(runner):
     assert runner.plan_workers(MEMBERS, infos) == {"join": ["n3"], "foreign": ["n2"]}
 
 
-def test_the_cluster_record_stays_where_masters_keep_it(runner, tmp_path):
-    node = load_module("runners", "node")
-    node.__opts__ = {"cachedir": str(tmp_path)}
-    runner.__salt__ = {
-        name: getattr(node, name.partition(".")[2])
-        for name in ("node.cache_file", "node.read_cache_record", "node.write_cache_record")
-    }
-    path = tmp_path / "docker-hosts-swarm" / "backends.json"
+def test_the_class_swarm_is_remembered_in_the_masters_cache(runner, opts):
+    legacy = Path(opts["cachedir"]) / "docker-hosts-swarm" / "backends.json"
     assert runner._known_cluster("backends") is None
-    path.write_text(json.dumps({"cluster_id": "c0", "since": 1}))  # as earlier versions wrote it
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text(json.dumps({"cluster_id": "c0", "since": 1}))  # as earlier versions kept it
     assert runner._known_cluster("backends") == "c0"
     runner._remember_cluster("backends", "c1")
-    record = json.loads(path.read_text())
-    assert record["cluster_id"] == "c1" and set(record) == {"cluster_id", "since"}
+    assert runner._known_cluster("backends") == "c1"
     assert runner.forget("backends")["changes"] == {"cluster": {"old": "c1", "new": None}}
-    assert not path.exists() and runner._known_cluster("backends") is None
+    assert not legacy.exists() and runner._known_cluster("backends") is None
 
 
-# --- entitlement from the registry ---------------------------------------------------------
+@pytest.mark.parametrize(
+    ("reachability", "problem"),
+    [
+        (["reachable"], None),
+        (["reachable", "reachable", "unreachable"], None),
+        (["reachable", "unreachable", "unreachable"], "1 of 3 managers reachable (down: n2, n3)"),
+        (["reachable", "unreachable"], "1 of 2 managers reachable (down: n2)"),
+    ],
+)
+def test_quorum_needs_a_majority_of_reachable_managers(runner, reachability, problem):
+    nodes = [
+        {"role": "manager", "reachability": state, "labels": {runner.MINION_LABEL: f"n{i}"}}
+        for i, state in enumerate(reachability, 1)
+    ]
+    nodes.append({"role": "worker", "reachability": None, "labels": {}, "hostname": "w"})
+    assert runner.quorum_problem(nodes) == problem
 
 
-@pytest.fixture
-def registry(runner, tmp_path):
-    pki = tmp_path / "pki"
-    (pki / "node_classes").mkdir(parents=True)
-    (pki / "minions").mkdir()
-    runner.__opts__ = {"pki_dir": str(pki)}
-    runner.__salt__ = {}
-    return pki
+# --- entitlement from the master's node records -------------------------------------------
 
 
-def register(pki, minion, class_name=None, key=True):
-    if class_name:
-        (pki / "node_classes" / minion).write_text(f"{class_name}\n")
+def key_text(minion):
+    return f"-----BEGIN PUBLIC KEY-----\n{minion}\n-----END PUBLIC KEY-----\n"
+
+
+def register(opts, minion, class_name=None, key=True, record_key=None):
+    """A node record for ``minion`` (class, the fingerprint of ``record_key`` or of its own key)
+    and, with ``key``, its accepted key."""
     if key:
-        (pki / "minions" / minion).write_text("-----BEGIN PUBLIC KEY-----\n")
+        (Path(opts["pki_dir"]) / "minions" / minion).write_text(key_text(minion))
+    if class_name:
+        made_for = (record_key or key_text(minion)).strip().encode()
+        record = {"class": class_name, "key": hashlib.sha256(made_for).hexdigest()}
+        utils_dunder()["dockerhosts_nodes.put"](opts, minion, record)
 
 
-def test_members_and_classes_come_from_the_registry(runner, registry):
-    register(registry, "a", "backends")
-    register(registry, "b", "backends")
-    register(registry, "c", "dataserver")
-    (registry / "node_classes" / "bad").write_text("not a class!\n")
-    assert runner._members("backends") == ["a", "b"]
+def test_members_and_classes_come_from_the_node_records(runner, opts):
+    register(opts, "a", "backends")
+    register(opts, "b", "backends")
+    register(opts, "c", "dataserver")
+    register(opts, "old", "backends", record_key=key_text("an earlier key"))
+    assert runner.__utils__["dockerhosts_nodes.members"](opts, "backends") == ["a", "b"]
     assert runner._class_of("c") == "dataserver"
-    assert runner._class_of("bad") is None
+    assert runner._class_of("old") is None  # a new key for an old name has no class
     assert runner._class_of("unknown") is None
     with pytest.raises(runner.SwarmError):
         runner._class_of("../minions/a")
 
 
-def test_no_accepted_key_no_token(runner, registry):
-    register(registry, "a", "backends", key=False)
+def test_no_accepted_key_no_token(runner, opts):
+    register(opts, "a", "backends", key=False)
+    register(opts, "b", "backends", record_key=key_text("an earlier key"))
+    register(opts, "c", "backends")
     assert runner._public_key("a") is None
+    assert runner._public_key("b") is None  # not the key the record was made for
+    assert runner._public_key("c") == key_text("c")
 
 
 @pytest.mark.parametrize(
     ("minion", "message"),
     [
-        ("grain-only", "gives it no class"),
-        ("other-class", "gives it class 'dataserver'"),
-        ("no-key", "its key is not accepted"),
-        ("disabled", "does not enable swarm"),
+        ("grain-only", "give it no class"),
+        ("other-class", "give it class 'dataserver'"),
+        ("no-key", "give it no class"),
+        ("disabled", "swarm is not enabled in the pillar of class 'backends'"),
     ],
 )
-def test_refusals(runner, registry, monkeypatch, minion, message):
-    register(registry, "other-class", "dataserver")
-    register(registry, "no-key", "backends", key=False)
-    register(registry, "disabled", "backends")
-    register(registry, "grain-only")
+def test_refusals(runner, opts, minion, message):
+    register(opts, "other-class", "dataserver")
+    register(opts, "no-key", "backends", key=False)
+    register(opts, "disabled", "backends")
+    register(opts, "grain-only")
     run = runner._Run.__new__(runner._Run)
     run.class_name = "backends"
     run._settings = {"disabled": {"enabled": False}}
     assert message in run.refusal(minion)
 
 
-def test_entitled_member(runner, registry):
-    register(registry, "a", "backends")
+def test_entitled_member(runner, opts):
+    register(opts, "a", "backends")
     run = runner._Run.__new__(runner._Run)
     run.class_name = "backends"
     run._settings = {"a": {"enabled": True}}
     assert run.refusal("a") is None
 
 
-def test_the_node_class_runner_is_used_when_present(runner, registry):
-    register(registry, "a", "dataserver")  # the files say otherwise: the runner wins
-
-    def get(minion):
-        if minion == "broken":
-            raise RuntimeError("registry unreadable")
-        return {"a": "backends", "b": "backends"}.get(minion)
-
-    runner.__salt__ = {
-        "node_class.get": get,
-        "node_class.members": lambda name: ["b", "a"] if name == "backends" else [],
-    }
-    assert runner._class_of("a") == "backends"
-    assert runner._class_of("broken") is None
-    assert runner._class_of("c") is None
-    assert runner._members("backends") == ["a", "b"]
+def test_removal_refuses_names_without_a_class_or_a_valid_name(runner, opts):
+    refused = runner.remove_node("ghost,bad name!")
+    assert refused["result"] is False and refused["retcode"] == 1
+    assert "swarm.remove_node ghost: no class in the master's node records" in refused["comment"]
+    assert "swarm.remove_node bad name!: 'bad name!' is not a node name" in refused["comment"]
+    assert "\n" not in refused["comment"]
