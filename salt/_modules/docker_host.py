@@ -52,9 +52,7 @@ def engine_version():
 
 
 def check_storage_driver(mode, version):
-    """
-    Raise when storage ``mode`` cannot work with Docker Engine ``version`` (None: unknown yet).
-    """
+    """Raise when storage ``mode`` cannot work with Engine ``version`` (None: unknown yet)."""
     if mode != "devicemapper" or version is None:
         return True
     major = parse_engine_version(str(version))[0]

@@ -136,9 +136,10 @@ SBIN_PATH = "/usr/sbin:/sbin"
 VG_TAG = "docker_host"
 UUID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 EXTENDED = (0x05, 0x0F, 0x85)
-PV_FIELDS = "pv_uuid,vg_name,vg_tags,pe_start,pv_size,vg_extent_size,vg_free"
+PV_FIELDS = "pv_uuid,vg_name,vg_tags,pe_start,pv_size,vg_extent_size,vg_free,vg_extent_count"
 LV_FIELDS = "lv_name,lv_attr,lv_size,lv_profile"
-SIZES = (("pv", "pv_size"), ("extent", "vg_extent_size"), ("vg_free", "vg_free"))
+# grow()'s sizes: plan()'s names for the PV report's fields.
+SIZES = tuple(zip(("pv", "extent", "vg_free", "vg_extents"), PV_FIELDS.split(",")[4:], strict=True))
 
 
 def pv_marker(disk_id):
@@ -459,13 +460,16 @@ def plan(found, mode, grow_lv=True):
 
 
 def _lv_may_grow(found, extents):
-    """100%FREE: any free space; N%VG: only when N% of the VG is more than the LV has."""
+    """100%FREE: any free space. N%VG: only when N% of the VG's extents (rounded down, as
+    lvcreate counted them; with those a pvresize adds) is more than the LV has: lvextend
+    rounds up, so comparing sizes grew a new pool by one extent on the next run."""
     if extents.upper().endswith("%FREE"):
         return True
-    if extents.upper().endswith("%VG"):
-        vg_size = found["disk"]  # an upper bound; lvextend refuses a target below the LV
-        return float(extents[:-3]) / 100 * vg_size - found["lv"] >= found["extent"]
-    return False
+    unit, count = found["extent"], found.get("vg_extents", found["pv"] // found["extent"])
+    if "pvresize" in plan(found, "devicemapper", grow_lv=False):
+        count += (found["disk"] - found["pv"]) // unit - 2  # plan's metadata reserve
+    share = float(extents[:-3]) if extents.upper().endswith("%VG") else 0
+    return bool(share) and int(share * count // 100) > found["lv"] // unit
 
 
 def grow(device, volume_group, logical_volume, mode="overlay2", extents="100%FREE", dry_run=False):  # noqa: PLR0917

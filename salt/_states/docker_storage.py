@@ -116,10 +116,8 @@ def grown(name, logical_volume, device=None, mode="overlay2", extents="100%FREE"
 def moved_into(
     name, target=None, device=None, fstype=None, services=("docker.socket", "docker", "containerd")
 ):
-    """
-    Before the Docker volume (``device``, or the directory ``target`` on it) is mounted at
-    ``name``, move what ``name`` holds onto it once, with ``services`` stopped. Never deletes.
-    """
+    """What ``name`` holds moved onto the Docker volume (``device``, or ``target`` on it) once,
+    before that is mounted at ``name`` (docker_storage.move_into). Never deletes."""
     return _change(name, "move_into", name, target, device, fstype, services)
 
 

@@ -155,7 +155,7 @@ def pv(image, *args, vg=None, offset=0, size=None):
         try:
             run("pvcreate", "-q", "--norestorefile", *args, device)
             if vg:
-                run("vgcreate", "-q", "--autobackup", "n", vg, device)
+                run("vgcreate", "-q", vg, device)
         finally:
             if vg:
                 # vgchange -an needs device-mapper; forget the VG from the cache only.

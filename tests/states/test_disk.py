@@ -38,6 +38,15 @@ VG = f"dhtest{secrets.token_hex(4)}"
 VOLUME_ID = f"vol-0{secrets.token_hex(8)}"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def lvm_system_dir(tmp_path_factory):
+    """LVM's metadata backups and archives of the tests' VGs go to a temp dir (LVM_SYSTEM_DIR,
+    inherited by the module's commands and salt-call), not into the host's /etc/lvm."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LVM_SYSTEM_DIR", str(tmp_path_factory.mktemp("lvm")))
+        yield
+
+
 def run(*cmd, check=True):
     return subprocess.run(cmd, capture_output=True, text=True, check=check)
 
@@ -174,7 +183,7 @@ def our_volume_group(image, volume_id, vg=VG, *, tag="docker_host", uuid=None):
     with corpus.window(image) as device:
         uuid = uuid or STORAGE.pv_marker(volume_id)
         run("pvcreate", "-q", "--norestorefile", "--uuid", uuid, device)
-        run("vgcreate", "-q", "--autobackup", "n", *(["--addtag", tag] if tag else []), vg, device)
+        run("vgcreate", "-q", *(["--addtag", tag] if tag else []), vg, device)
         pe_start = int(run("pvs", "--noheadings", "--units", "b", "--nosuffix", "-o", "pe_start",
                            device).stdout)  # fmt: skip
     corpus.mkfs(image, "ext4", pe_start, 32 * MIB)

@@ -322,3 +322,18 @@ def test_our_moved_volume_group_gets_its_logical_volumes_activated(
         storage.volume_group("docker_vol", "/dev/nvme1n1", "vol-0a", "our-vg", dry_run=True)
         == steps
     )
+
+
+def test_a_new_thin_pool_is_not_grown_on_the_next_run():
+    """lvcreate -l 95%VG rounds down (971 of 1023 extents), lvextend -l 95%VG rounds up: the
+    rule counts extents as lvcreate did, so a pool just made is left alone (the VM tier saw
+    `lvextend -l 95%VG` on the highstate after a reboot: a change where none may be); a disk
+    that grew still grows it."""
+    extent = 4 * 1024**2
+    made = {"disk": 4 * 1024**3, "pv": 4 * 1024**3 - 1024**2, "extent": extent}
+    made.update(vg_free=42 * extent, vg_extents=1023, lv=971 * extent)
+    assert storage._lv_may_grow(made, "95%VG") is False
+    assert storage.plan(made, "devicemapper", grow_lv=storage._lv_may_grow(made, "95%VG")) == []
+    grown = {**made, "disk": 6 * 1024**3}
+    assert storage._lv_may_grow(grown, "95%VG") is True
+    assert storage.plan(grown, "devicemapper") == ["pvresize", "lvextend"]
