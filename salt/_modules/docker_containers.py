@@ -113,11 +113,15 @@ def _forget_names():
 
 
 def inspect_container(name):
-    """``docker inspect`` of container ``name``, or None when there is none."""
+    """``docker inspect`` of the container named exactly ``name``, or None when there is none.
+
+    Docker resolves a name it does not know as an ID prefix (``c23`` -> ``c231839b…``): an
+    answer for another name is no answer."""
     try:
-        return client().inspect_container(name)
+        found = client().inspect_container(name)
     except docker.errors.NotFound:
         return None
+    return found if found.get("Name") == f"/{name}" else None
 
 
 def image_id(image):
