@@ -160,6 +160,22 @@ def registry_of(image):
     return "docker.io"
 
 
+def image_states(images, containers):
+    """``{image: options}`` for the image states: pillar ``images`` plus every container's
+    image. An image's ``pull`` is its own, else the most eager of its containers' (``always``
+    over ``missing`` over ``never``; a container without one says ``missing``)."""
+    result = {image: dict(options or {}) for image, options in (images or {}).items()}
+    wanted = {}
+    for options in (containers or {}).values():
+        policy = options.get("pull") or "missing"
+        wanted.setdefault(options["image"], set()).add(policy)
+    for image, policies in wanted.items():
+        options = result.setdefault(image, {})
+        if "pull" not in options:
+            options["pull"] = next(p for p in ("always", "missing", "never") if p in policies)
+    return result
+
+
 def _load_auths(config_path):
     if not config_path or not os.path.exists(config_path):
         return {}

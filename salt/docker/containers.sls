@@ -4,7 +4,6 @@
     its registry: refused credentials leave the containers of that registry untouched. #}
 {%- from tpldir ~ "/settings.jinja" import docker with context %}
 {%- set tplroot = tpldir.split("/")[0] %}
-{%- set eagerness = {"never": 0, "missing": 1, "always": 2} %}
 include:
   - .service
 
@@ -20,21 +19,9 @@ docker-registry-{{ url }}:
       - sls: {{ tplroot }}.service
 {%- endfor %}
 
-{#- Every image: pillar docker:images plus the containers' images; an image's pull policy is
-    its own, else the most eager of the containers using it, else missing. #}
-{%- set images = {} %}
-{%- for image, options in docker.images.items() %}
-{%-   do images.update({image: dict(options or {})}) %}
-{%- endfor %}
-{%- for name, options in docker.containers.items() %}
-{%-   set image = images.setdefault(options.image, {}) %}
-{%-   set wanted = options.get("pull", "missing") %}
-{%-   if "pull" not in (docker.images.get(options.image) or {}) %}
-{%-     if eagerness.get(wanted, 1) > eagerness.get(image.get("pull", "never"), 0) %}
-{%-       do image.update({"pull": wanted}) %}
-{%-     endif %}
-{%-   endif %}
-{%- endfor %}
+{#- Every image: pillar docker:images plus the containers' images, each with its pull policy
+    (its own, else the most eager of its containers'): docker_containers.image_states. #}
+{%- set images = salt["docker_containers.image_states"](docker.images, docker.containers) %}
 {%- for image, options in images.items() %}
 {%-   set registry = salt["docker_containers.registry_of"](image) %}
 

@@ -181,3 +181,22 @@ def test_a_refused_login_is_reported_without_the_password(states, tmp_path):
     )
     assert ret["result"] is False
     assert ret["comment"] == "registry.example.com: ci/********** refused"
+
+
+def test_image_pull_policy_is_the_images_own_else_the_most_eager_containers(mod):
+    containers = {
+        "a": {"image": "one:1", "pull": "never"},
+        "b": {"image": "two:1", "pull": "never"},
+        "c": {"image": "two:1"},
+        "d": {"image": "three:1", "pull": "always"},
+        "e": {"image": "three:1", "pull": "never"},
+        "f": {"image": "four:1", "pull": "always"},
+    }
+    images = {"four:1": {"pull": "never"}, "five:1": None}
+    assert mod.image_states(images, containers) == {
+        "one:1": {"pull": "never"},
+        "two:1": {"pull": "missing"},
+        "three:1": {"pull": "always"},
+        "four:1": {"pull": "never"},
+        "five:1": {},
+    }
