@@ -22,7 +22,9 @@ import json
 import os
 import re
 import tempfile
+import time
 
+import requests.exceptions
 import salt.utils.args
 import salt.utils.data
 import salt.utils.dockermod
@@ -32,6 +34,7 @@ from salt.exceptions import CommandExecutionError
 try:
     import docker
     import docker.errors
+    import docker.types
 except ImportError:
     docker = None
 
@@ -67,6 +70,8 @@ UPDATABLE = (
     "PidsLimit",
 )
 PULL_POLICIES = ("missing", "always", "never")
+# Docker's answer when a published port is held (by another container, or by a stale endpoint).
+PORT_TAKEN = "port is already allocated"
 
 
 def __virtual__():
@@ -77,14 +82,22 @@ def __virtual__():
 # --- client and cached lookups ----------------------------------------------------------------
 
 
+def docker_url():
+    """Where this minion's Docker listens: ``docker.url`` config, else ``DOCKER_HOST``."""
+    url = __salt__["config.option"]("docker.url", None) or os.environ.get("DOCKER_HOST")
+    return url or DEFAULT_URL
+
+
 def client():
     """The run's docker API client (created once per run, kept in ``__context__``)."""
     if docker is None:
-        raise CommandExecutionError("the docker Python SDK is not installed on this minion")
+        raise CommandExecutionError(
+            "the docker Python SDK is not installed on this minion: apply docker.install "
+            "(docker:install:python_sdk) and run again"
+        )
     if "docker_containers.client" not in __context__:
-        url = __salt__["config.option"]("docker.url", None) or os.environ.get("DOCKER_HOST")
         __context__["docker_containers.client"] = docker.APIClient(
-            base_url=url or DEFAULT_URL, version="auto", timeout=DEFAULT_TIMEOUT
+            base_url=docker_url(), version="auto", timeout=DEFAULT_TIMEOUT
         )
     return __context__["docker_containers.client"]
 
@@ -93,7 +106,40 @@ def _api_error(error):
     explanation = getattr(error, "explanation", None)
     if isinstance(explanation, bytes):
         explanation = explanation.decode(errors="replace")
-    return explanation or str(error)
+    return " ".join(str(explanation or error).split())
+
+
+def _causes(error):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def failure(error, what):
+    """
+    One line for the operator about ``error`` met while working on ``what`` (``container
+    web``): what failed, on what, and what to do. Docker being away, Docker's own errors and
+    anything unexpected alike: never a traceback or a raw exception's repr.
+    """
+    for cause in _causes(error):
+        if isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return (
+                f"{what}: Docker is not reachable at {docker_url()} ({type(cause).__name__}): "
+                "start Docker (systemctl start docker), then apply the state again"
+            )
+    if isinstance(error, CommandExecutionError):
+        return " ".join(str(error).split())
+    if docker is not None and isinstance(error, docker.errors.APIError):
+        status = getattr(error, "status_code", None) or "no status"
+        side = "Docker failed" if isinstance(status, int) and status >= 500 else "Docker refused"
+        return (
+            f"{what}: {side} ({status}): {_api_error(error)}; see the Docker daemon's log "
+            "(journalctl -u docker), fix the cause and apply the state again"
+        )
+    return (
+        f"{what}: unexpected {type(error).__name__}: {' '.join(str(error).split())} "
+        "(the minion's log has the details): apply the state again, or report it"
+    )
 
 
 def leftover_names():
@@ -199,9 +245,12 @@ def pull(image, config_path=None):
     try:
         for event in client().pull(repository, tag=tag, stream=True, decode=True, auth_config=auth):
             if event.get("error"):
-                raise CommandExecutionError(f"pulling {image} failed: {event['error']}")
+                raise docker.errors.APIError(event["error"])
     except docker.errors.APIError as error:
-        raise CommandExecutionError(f"pulling {image} failed: {_api_error(error)}") from None
+        raise CommandExecutionError(
+            f"pulling {image} failed: {_api_error(error)}: check the image's name and tag, "
+            "that its registry answers and its login (docker:registries), then apply again"
+        ) from None
     forget_image(image)
     return image_id(image)
 
@@ -213,7 +262,8 @@ def remote_digest(image, config_path=None):
         return client().inspect_distribution(image, auth_config=auth)["Descriptor"]["digest"]
     except docker.errors.APIError as error:
         raise CommandExecutionError(
-            f"asking the registry about {image} failed: {_api_error(error)}"
+            f"asking the registry about {image} failed: {_api_error(error)}: check that its "
+            "registry answers and its login (docker:registries), then apply again"
         ) from None
 
 
@@ -230,7 +280,8 @@ def login(registry, username, password):
         client().login(username, password=password, registry=registry, reauth=True)
     except docker.errors.APIError as error:
         raise CommandExecutionError(
-            f"login to registry {registry} as {username!r} failed: {_api_error(error)}"
+            f"login to registry {registry} as {username!r} failed: {_api_error(error)}: check "
+            "the user and password (docker_secrets) and that the registry answers"
         ) from None
 
 
@@ -249,6 +300,69 @@ def store_auth(registry, username, password, config_path):
         json.dump(config, out, indent=2)
     os.chmod(tmp, 0o600)
     os.replace(tmp, config_path)
+
+
+# --- networks and volumes -------------------------------------------------------------------
+
+# What a network's inspection holds for each docker SDK create_network argument.
+NETWORK_FIELDS = {
+    "driver": "Driver",
+    "options": "Options",
+    "internal": "Internal",
+    "labels": "Labels",
+    "enable_ipv6": "EnableIPv6",
+    "attachable": "Attachable",
+    "scope": "Scope",
+}
+VOLUME_FIELDS = {"driver": "Driver", "driver_opts": "Options", "labels": "Labels"}
+
+
+def network_args(options):
+    """docker SDK ``create_network`` arguments from pillar options: ``ipam`` becomes the SDK's
+    own ``IPAMConfig`` (``{driver, pool_configs: [{subnet, iprange, gateway, aux_addresses}],
+    options}``)."""
+    args = dict(options or {})
+    if args.get("ipam") is not None:
+        ipam = dict(args["ipam"])
+        pools = [docker.types.IPAMPool(**pool) for pool in ipam.pop("pool_configs", None) or []]
+        args["ipam"] = docker.types.IPAMConfig(pool_configs=pools, **ipam)
+    return args
+
+
+def find_network(name):
+    """The inspection of the network named exactly ``name``, or None (Docker's name filter
+    matches parts of names, and an inspection by name resolves ID prefixes)."""
+    for listed in client().networks(names=[name]):
+        if listed.get("Name") == name:
+            return client().inspect_network(listed["Id"])
+    return None
+
+
+def find_volume(name):
+    try:
+        return client().inspect_volume(name)
+    except docker.errors.NotFound:
+        return None
+
+
+def settings_drift(found, wanted, kind):
+    """``{option: {"old", "new"}}``: where the inspection ``found`` of a network or volume
+    (``kind``) differs from the options ``wanted``."""
+    fields = NETWORK_FIELDS if kind == "network" else VOLUME_FIELDS
+    drift_found = {}
+    for option, value in wanted.items():
+        have = found.get(fields[option]) if option in fields else None
+        if option in fields and (have or None) != (value or None):
+            drift_found[option] = {"old": have, "new": value}
+    return drift_found
+
+
+def create_network(name, options):
+    return client().create_network(name, **network_args(options))["Id"]
+
+
+def create_volume(name, options):
+    return client().create_volume(name, **(options or {}))["Name"]
 
 
 # --- the desired container ------------------------------------------------------------------
@@ -529,11 +643,67 @@ def recover(name):
     return done
 
 
+def start_container(container_id, name, desired):
+    """
+    Start container ``name``. "port is already allocated" for a host port that no container
+    publishes is dockerd's own leak: killed while a container joined its network, dockerd
+    restores that endpoint's port allocation when it starts again and never releases it
+    (Engine 20.10; tests/states/containers/test_dockerd_crash.py). Only a restart of Docker
+    frees it: done here when the formula manages the Docker service (``desired`` names it in
+    ``docker_service``; the containers that ran are started again, and the run's context
+    notes it for the state), else the error says to do it.
+    """
+    try:
+        client().start(container_id)
+        return
+    except docker.errors.APIError as error:
+        message = _start_error(name, desired, error)
+        taken = re.search(r"Bind for (\S+):(\d+) failed: " + PORT_TAKEN, message)
+        if not taken or _publishers(taken.group(2), container_id):
+            raise CommandExecutionError(message) from None
+    where = f"{taken.group(1)}:{taken.group(2)}"
+    docker_service = desired.get("docker_service")
+    if not docker_service:
+        raise CommandExecutionError(
+            f"container {name} failed to start: Docker holds {where} for no container (left by "
+            "a crash of dockerd): restart Docker (systemctl restart docker), then apply again"
+        )
+    restart_docker(docker_service)
+    _start(container_id, name, desired)
+    __context__["docker_containers.docker_restarted"] = (
+        f"{docker_service} restarted: it held {where} for no container since a crash"
+    )
+
+
 def _start(container_id, name, desired):
     try:
         client().start(container_id)
     except docker.errors.APIError as error:
         raise CommandExecutionError(_start_error(name, desired, error)) from None
+
+
+def _publishers(port, container_id):
+    """Names of the other containers that publish host port ``port``."""
+    listed = client().containers(filters={"publish": port})
+    return [item["Names"][0].lstrip("/") for item in listed if item["Id"] != container_id]
+
+
+def restart_docker(service):
+    """Restart the Docker service, wait for it, start again the containers that ran."""
+    running = [item["Id"] for item in client().containers()]
+    if not __salt__["service.restart"](service):
+        raise CommandExecutionError(f"restarting {service} failed: see journalctl -u {service}")
+    deadline = time.monotonic() + DEFAULT_TIMEOUT
+    while True:
+        try:
+            client().ping()
+            break
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    for container_id in running:
+        client().start(container_id)
 
 
 def _start_error(name, desired, error):
@@ -566,7 +736,7 @@ def create(name, desired):
     new_id = _create(name, desired, [])
     if desired["start"]:
         try:
-            _start(new_id, name, desired)
+            start_container(new_id, name, desired)
         except CommandExecutionError:
             client().remove_container(new_id, v=False, force=True)
             _forget_names()
@@ -589,7 +759,7 @@ def replace(name, old, desired, shutdown_timeout=10):
     _forget_names()
     if desired["start"]:
         try:
-            _start(new_id, name, desired)
+            start_container(new_id, name, desired)
         except CommandExecutionError:
             _rollback(name, new_id, old, was_running)
             raise

@@ -166,8 +166,8 @@ STATE_MODULES = {
 CONSUMERS = {
     "containers": (("docker_container.running", "docker_containers.running"), "container"),
     "images": (("docker_image.present", "docker_containers.image_present"), None),
-    "networks": (("docker_network.present",), "network"),
-    "volumes": (("docker_volume.present",), None),
+    "networks": (("docker_containers.network_present",), None),
+    "volumes": (("docker_containers.volume_present",), None),
     "registries": (("docker_containers.registry_login",), None),
 }
 REQUIRED_STATES = ("docker_container.running", "docker_image.present")
@@ -185,6 +185,7 @@ RESERVED = {
     "networking_config": "is built by the container state from `networks`",
     "detach": "is set by the container state",
     "log_config": "is built from log_driver and log_opt",
+    "docker_service": "is set from docker:service",
 }
 # docker SDK arguments the container state builds itself from the pillar's options.
 SDK_ARGS_THE_STATE_BUILDS = ("host_config", "networking_config", "detach", "log_config")

@@ -20,13 +20,6 @@ import os
 
 from salt.exceptions import CommandExecutionError
 
-try:
-    import docker.errors
-
-    DOCKER_ERRORS = (docker.errors.DockerException,)
-except ImportError:
-    DOCKER_ERRORS = ()
-
 __virtualname__ = "docker_containers"
 
 MASK = "**********"
@@ -47,6 +40,7 @@ def running(  # noqa: PLR0917 - Salt passes state arguments by name; this is the
     force=False,
     shutdown_timeout=10,
     registry_config=DEFAULT_REGISTRY_CONFIG,
+    docker_service=None,
     skip_translate=None,
     ignore_collisions=False,
     validate_ip_addrs=True,
@@ -64,6 +58,9 @@ def running(  # noqa: PLR0917 - Salt passes state arguments by name; this is the
         Re-create even when nothing changed (``watch`` requisites do this).
     shutdown_timeout
         Seconds the old container gets to stop when it is replaced.
+    docker_service
+        The Docker service, when the formula manages it (set by containers.sls): restarted
+        when Docker holds a port for no container since a crash (``start_container``).
     """
     ret = _ret(name)
     used = []
@@ -77,6 +74,7 @@ def running(  # noqa: PLR0917 - Salt passes state arguments by name; this is the
         desired = __salt__["docker_containers.spec"](
             image, options, networks=networks, start=start, **translation
         )
+        desired["docker_service"] = docker_service
         how = {
             "pull": pull,
             "registry_config": registry_config,
@@ -84,8 +82,11 @@ def running(  # noqa: PLR0917 - Salt passes state arguments by name; this is the
             "shutdown_timeout": shutdown_timeout,
         }
         _converge(ret, name, desired, how)
-    except (CommandExecutionError, KeyError, *DOCKER_ERRORS) as error:
-        ret.update(result=False, comment=_error_text(error))
+        restarted = __context__.pop("docker_containers.docker_restarted", None)
+        if restarted:
+            ret["changes"]["docker"] = restarted
+    except Exception as error:  # every failure is one line (_failed)
+        _failed(ret, error, f"container {name}")
     return __salt__["docker_settings.masked"](ret, used)
 
 
@@ -113,8 +114,8 @@ def image_present(
     try:
         _check_policy(policy)
         _image(ret, name, policy, registry_config)
-    except (CommandExecutionError, *DOCKER_ERRORS) as error:
-        ret.update(result=False, comment=_error_text(error))
+    except Exception as error:  # every failure is one line (_failed)
+        _failed(ret, error, f"image {name}")
     return ret
 
 
@@ -129,9 +130,78 @@ def registry_login(name, username, password, config_path=DEFAULT_REGISTRY_CONFIG
         username = _resolve(username, _secrets(), used)
         password = _resolve(password, _secrets(), used)
         _login(ret, name, str(username), str(password), config_path)
-    except (CommandExecutionError, KeyError, *DOCKER_ERRORS) as error:
-        ret.update(result=False, comment=_error_text(error))
+    except Exception as error:  # every failure is one line (_failed)
+        _failed(ret, error, f"registry {name}")
     return __salt__["docker_settings.masked"](ret, used)
+
+
+def network_present(  # noqa: PLR0917 - the docker SDK's create_network arguments
+    name,
+    driver="bridge",
+    options=None,
+    ipam=None,
+    internal=False,
+    labels=None,
+    enable_ipv6=False,
+    attachable=None,
+):
+    """
+    Network ``name`` with the docker SDK's ``create_network`` arguments (``ipam``: ``{driver,
+    pool_configs: [{subnet, iprange, gateway, aux_addresses}], options}``). Created when
+    missing; Docker cannot change a network in place, so one that differs fails, naming what
+    differs (the formula never removes a network).
+    """
+    wanted = {
+        "driver": driver,
+        "options": options,
+        "ipam": ipam,
+        "internal": internal,
+        "labels": labels,
+        "enable_ipv6": enable_ipv6,
+        "attachable": attachable,
+    }
+    return _present(name, "network", {k: v for k, v in wanted.items() if v is not None})
+
+
+def volume_present(name, driver="local", driver_opts=None, labels=None):
+    """
+    Volume ``name`` (driver, driver_opts, labels). Created when missing; one with other
+    settings fails, naming them: a volume holds data, the formula never removes it.
+    """
+    wanted = {"driver": driver, "driver_opts": driver_opts, "labels": labels}
+    return _present(name, "volume", {k: v for k, v in wanted.items() if v is not None})
+
+
+def _present(name, kind, options):
+    ret = _ret(name)
+    try:
+        found = __salt__[f"docker_containers.find_{kind}"](name)
+        if found is None:
+            _create_object(ret, name, kind, options)
+            return ret
+        differs = __salt__["docker_containers.settings_drift"](found, options, kind)
+        if differs:
+            ret.update(
+                result=False,
+                comment=f"{kind} {name} exists with other settings ({', '.join(sorted(differs))}"
+                f"): Docker cannot change them in place; remove it by hand (docker {kind} rm "
+                f"{name}) or give pillar another name",
+                changes={"differs": differs},
+            )
+        else:
+            ret["comment"] = f"{kind} {name} is as configured"
+    except Exception as error:  # every failure is one line (_failed)
+        _failed(ret, error, f"{kind} {name}")
+    return ret
+
+
+def _create_object(ret, name, kind, options):
+    ret["changes"] = {kind: {"old": None, "new": name}}
+    if __opts__["test"]:
+        ret.update(result=None, comment=f"{kind} {name} would be created")
+        return
+    __salt__[f"docker_containers.create_{kind}"](name, options)
+    ret["comment"] = f"{kind} {name} created"
 
 
 # --- secrets ----------------------------------------------------------------------------------
@@ -168,11 +238,11 @@ def _user_options(kwargs):
     return {key: value for key, value in kwargs.items() if not key.startswith("__")}
 
 
-def _error_text(error):
+def _failed(ret, error, what):
+    """The state failed: one line saying what, on what and what to do (no traceback)."""
     if isinstance(error, KeyError):
-        return f"missing key {error}"
-    explanation = getattr(error, "explanation", None)
-    return str(explanation or error)
+        error = CommandExecutionError(f"{what}: {error.args[0] if error.args else error}")
+    ret.update(result=False, comment=__salt__["docker_containers.failure"](error, what))
 
 
 def _check_policy(policy):
@@ -257,7 +327,7 @@ def _converge(ret, name, desired, how):
     elif found["update"]:
         _update(ret, name, (current, desired), found["update"], how["shutdown_timeout"])
     if found["start"] and not found["recreate"]:
-        _start(ret, name, current)
+        _start(ret, name, current, desired)
     if not ret["changes"]:
         ret["comment"] = f"container {name} is as configured"
 
@@ -314,17 +384,16 @@ def _update(ret, name, pair, update, shutdown_timeout):
     ret["comment"] = f"container {name} updated in place"
 
 
-def _start(ret, name, current):
+def _start(ret, name, current, desired):
     old = current["State"].get("Status")
     ret["changes"]["state"] = {"old": old, "new": "running"}
     if __opts__["test"]:
         ret.update(result=None, comment=f"container {name} would be started")
         return
-    api = __salt__["docker_containers.client"]()
     if current["State"].get("Paused"):
-        api.unpause(current["Id"])
+        __salt__["docker_containers.client"]().unpause(current["Id"])
     else:
-        api.start(current["Id"])
+        __salt__["docker_containers.start_container"](current["Id"], name, desired)
     ret["comment"] = f"container {name} started (was {old})"
 
 

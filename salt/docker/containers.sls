@@ -44,7 +44,7 @@ docker-image-{{ image }}:
 {%- for name, options in docker.networks.items() %}
 
 docker-network-{{ name }}:
-  docker_network.present:
+  docker_containers.network_present:
     - name: {{ name|json }}
 {%-   for key, value in (options or {}).items() %}
     - {{ key }}: {{ value|json }}
@@ -56,7 +56,7 @@ docker-network-{{ name }}:
 {%- for name, options in docker.volumes.items() %}
 
 docker-volume-{{ name }}:
-  docker_volume.present:
+  docker_containers.volume_present:
     - name: {{ name|json }}
 {%-   for key, value in (options or {}).items() %}
     - {{ key }}: {{ value|json }}
@@ -77,12 +77,13 @@ docker-container-{{ name }}:
     - {{ key }}: {{ value|json }}
 {%-   endfor %}
     - registry_config: {{ docker.registry_config|json }}
+    - docker_service: {{ (docker.service.name if docker.service.manage else none)|json }}
     - require:
       - docker_containers: docker-image-{{ options.image }}
 {%-   for network in networks %}
 {%-     set network = network if network is string else (network.keys()|first) %}
 {%-     if network in docker.networks %}
-      - docker_network: docker-network-{{ network }}
+      - docker_containers: docker-network-{{ network }}
 {%-     endif %}
 {%-   endfor %}
 {%-   for source in volumes_from %}
@@ -92,7 +93,7 @@ docker-container-{{ name }}:
 {%-     endif %}
 {%-   endfor %}
 {%-   for volume in docker.volumes %}
-      - docker_volume: docker-volume-{{ volume }}
+      - docker_containers: docker-volume-{{ volume }}
 {%-   endfor %}
 {%- endfor %}
 
