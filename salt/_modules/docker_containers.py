@@ -53,23 +53,19 @@ DEFAULT_URL = "unix://var/run/docker.sock"
 DEFAULT_TIMEOUT = 60
 # Keys of the network endpoint config accepted under networks: {name: [{key: value}]}.
 ENDPOINT_KEYS = ("aliases", "links", "ipv4_address", "ipv6_address", "link_local_ips")
-# HostConfig fields that `docker update` changes without touching labels.
-UPDATABLE = (
-    "BlkioWeight",
-    "CpuPeriod",
-    "CpuQuota",
-    "CpuRealtimePeriod",
-    "CpuRealtimeRuntime",
-    "CpuShares",
-    "CpusetCpus",
-    "CpusetMems",
-    "Memory",
-    "MemoryReservation",
-    "MemorySwap",
-    "NanoCpus",
-    "PidsLimit",
-)
-PULL_POLICIES = ("missing", "always", "never")
+# HostConfig fields a run corrects when `docker update` changed them, and the docker update
+# argument that sets each (None: only a re-create can).
+UPDATABLE = {
+    "BlkioWeight": "blkio_weight", "CpuPeriod": "cpu_period", "CpuQuota": "cpu_quota",
+    "CpuRealtimePeriod": None, "CpuRealtimeRuntime": None, "CpuShares": "cpu_shares",
+    "CpusetCpus": "cpuset_cpus", "CpusetMems": "cpuset_mems", "Memory": "mem_limit",
+    "MemoryReservation": "mem_reservation", "MemorySwap": "memswap_limit", "NanoCpus": None,
+    "PidsLimit": None,
+}  # fmt: skip
+# The Docker API version containers are checked for (Engine 20.10's), and the docker SDK's
+# create_container arguments that are not part of the container's configuration.
+CHECK_API_VERSION = "1.41"
+CREATE_ONLY_ARGS = ("name", "platform", "use_config_proxy")
 # Docker's answer when a published port is held (by another container, or by a stale endpoint).
 PORT_TAKEN = "port is already allocated"
 
@@ -374,20 +370,25 @@ def parse_networks(networks):
     for item in salt.utils.args.split_input(networks or []):
         if isinstance(item, dict):
             for net, conf in item.items():
-                parsed[str(net)] = salt.utils.data.repack_dictlist(conf or [])
+                repacked = (
+                    conf if isinstance(conf, dict) else salt.utils.data.repack_dictlist(conf or [])
+                )
+                parsed[str(net)] = dict(repacked or {})
         else:
             parsed[str(item)] = {}
     for net, conf in parsed.items():
         unknown = sorted(set(conf) - set(ENDPOINT_KEYS))
         if unknown:
-            raise CommandExecutionError(f"networks:{net}: unknown endpoint keys {unknown}")
+            known = ", ".join(ENDPOINT_KEYS)
+            raise CommandExecutionError(f"networks:{net}: unknown endpoint keys {unknown}: {known}")
         for key in ("aliases", "links"):
             if key in conf:
                 conf[key] = salt.utils.args.split_input(conf[key])
     return parsed
 
 
-def _translate(options, skip_translate, ignore_collisions, validate_ip_addrs):
+def translate(options, skip_translate=None, ignore_collisions=False, validate_ip_addrs=True):
+    """``options`` as Salt's docker translator reads them (docker SDK argument names)."""
     try:
         return salt.utils.dockermod.translate_input(
             salt.utils.dockermod.translate.container,
@@ -436,13 +437,15 @@ def spec(
     skip_translate=None,
     ignore_collisions=False,
     validate_ip_addrs=True,
+    api=None,
 ):
     """
     The desired container: ``{"image", "create", "host", "networks", "start", "hash"}``
-    (``create``/``host``: docker SDK ``create_container``/``create_host_config`` arguments).
+    (``create``/``host``: docker SDK ``create_container``/``create_host_config`` arguments),
+    built with ``api`` (default: the run's client).
     """
     parsed = parse_networks(networks)
-    translated = _translate(options, skip_translate, ignore_collisions, validate_ip_addrs)
+    translated = translate(options, skip_translate, ignore_collisions, validate_ip_addrs)
     create, host = _split_args(translated)
     labels = dict(create.get("labels") or {})
     digest = config_hash(image, options, parsed, start)
@@ -454,11 +457,49 @@ def spec(
         "image": image,
         "create": create,
         "host": host,
-        "host_config": client().create_host_config(**host),
+        "host_config": (api or client()).create_host_config(**host),
         "networks": parsed,
         "start": bool(start),
         "hash": digest,
     }
+
+
+def dry_run(image, options, networks=None):
+    """
+    What the container state and the docker SDK make of ``options``, with no Docker daemon:
+    ``spec`` (Salt's translation, the SDK's HostConfig) and the SDK's ContainerConfig and
+    endpoint configs, for API 1.41 (Engine 20.10, the oldest the formula supports: newer
+    engines take everything it does). Raises what they raise. Without the SDK (a fresh node's
+    first render), only Salt's translation: the state builds the rest before it changes that
+    container.
+    """
+    if docker is None:
+        translate(options)
+        return {"networks": parse_networks(networks)}
+    api = docker.APIClient(base_url=DEFAULT_URL, version=CHECK_API_VERSION)
+    desired = spec(image, options, networks=networks, api=api)
+    create = {k: v for k, v in desired["create"].items() if k not in CREATE_ONLY_ARGS}
+    command = create.pop("command", None)
+    api.create_container_config(image, command, host_config=desired["host_config"], **create)
+    for endpoint in desired["networks"].values():
+        api.create_endpoint_config(**endpoint)
+    return desired
+
+
+def option_names():
+    """Every container option name Salt's translator and the docker SDK know (to suggest the
+    nearest one for a misspelt key)."""
+    module = salt.utils.dockermod.translate.container
+    names = [
+        name
+        for name, item in vars(module).items()
+        if callable(item) and getattr(item, "__module__", None) == module.__name__
+    ]
+    names += list(getattr(module, "ALIASES", {}))
+    if docker is not None:
+        accepted = salt.utils.dockermod.get_client_args(["create_container", "host_config"])
+        names += accepted["create_container"] + accepted["host_config"]
+    return sorted({name for name in names if not name.startswith("_")})
 
 
 # --- drift ----------------------------------------------------------------------------------
@@ -511,23 +552,12 @@ def drift(container, desired, current_image_id):
 def update_args(update, desired):
     """``docker update`` arguments fixing ``update`` drift, or None when only a re-create can
     (Docker takes 0 as "unchanged", so a limit cannot be lifted in place)."""
-    names = {
-        "BlkioWeight": "blkio_weight",
-        "CpuPeriod": "cpu_period",
-        "CpuQuota": "cpu_quota",
-        "CpuShares": "cpu_shares",
-        "CpusetCpus": "cpuset_cpus",
-        "CpusetMems": "cpuset_mems",
-        "Memory": "mem_limit",
-        "MemoryReservation": "mem_reservation",
-        "MemorySwap": "memswap_limit",
-    }
     args = {}
     for key, change in update.items():
         if key == "RestartPolicy":
             args["restart_policy"] = desired["host_config"].get("RestartPolicy") or {"Name": "no"}
-        elif key in names and change["new"]:
-            args[names[key]] = change["new"]
+        elif UPDATABLE.get(key) and change["new"]:
+            args[UPDATABLE[key]] = change["new"]
         else:
             return None
     return args

@@ -22,8 +22,6 @@ from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "docker_containers"
 
-MASK = "**********"
-SECRET_KEY = "secret"
 DEFAULT_REGISTRY_CONFIG = "/root/.docker/config.json"
 
 
@@ -65,7 +63,7 @@ def running(  # noqa: PLR0917 - Salt passes state arguments by name; this is the
     ret = _ret(name)
     used = []
     try:
-        options = _resolve(_user_options(kwargs), _secrets(), used)
+        options = _resolve(_user_options(kwargs), used)
         translation = {
             "skip_translate": skip_translate,
             "ignore_collisions": ignore_collisions,
@@ -87,7 +85,7 @@ def running(  # noqa: PLR0917 - Salt passes state arguments by name; this is the
             ret["changes"]["docker"] = restarted
     except Exception as error:  # every failure is one line (_failed)
         _failed(ret, error, f"container {name}")
-    return __salt__["docker_settings.masked"](ret, used)
+    return __utils__["dockerhosts_secrets.masked"](ret, used)
 
 
 def mod_watch(name, sfun=None, **kwargs):
@@ -127,49 +125,30 @@ def registry_login(name, username, password, config_path=DEFAULT_REGISTRY_CONFIG
     ret = _ret(name)
     used = []
     try:
-        username = _resolve(username, _secrets(), used)
-        password = _resolve(password, _secrets(), used)
+        username = _resolve(username, used)
+        password = _resolve(password, used)
         _login(ret, name, str(username), str(password), config_path)
     except Exception as error:  # every failure is one line (_failed)
         _failed(ret, error, f"registry {name}")
-    return __salt__["docker_settings.masked"](ret, used)
+    return __utils__["dockerhosts_secrets.masked"](ret, used)
 
 
-def network_present(  # noqa: PLR0917 - the docker SDK's create_network arguments
-    name,
-    driver="bridge",
-    options=None,
-    ipam=None,
-    internal=False,
-    labels=None,
-    enable_ipv6=False,
-    attachable=None,
-):
+def network_present(name, **options):
     """
     Network ``name`` with the docker SDK's ``create_network`` arguments (``ipam``: ``{driver,
     pool_configs: [{subnet, iprange, gateway, aux_addresses}], options}``). Created when
     missing; Docker cannot change a network in place, so one that differs fails, naming what
     differs (the formula never removes a network).
     """
-    wanted = {
-        "driver": driver,
-        "options": options,
-        "ipam": ipam,
-        "internal": internal,
-        "labels": labels,
-        "enable_ipv6": enable_ipv6,
-        "attachable": attachable,
-    }
-    return _present(name, "network", {k: v for k, v in wanted.items() if v is not None})
+    return _present(name, "network", _user_options(options))
 
 
-def volume_present(name, driver="local", driver_opts=None, labels=None):
+def volume_present(name, **options):
     """
     Volume ``name`` (driver, driver_opts, labels). Created when missing; one with other
     settings fails, naming them: a volume holds data, the formula never removes it.
     """
-    wanted = {"driver": driver, "driver_opts": driver_opts, "labels": labels}
-    return _present(name, "volume", {k: v for k, v in wanted.items() if v is not None})
+    return _present(name, "volume", _user_options(options))
 
 
 def _present(name, kind, options):
@@ -207,24 +186,11 @@ def _create_object(ret, name, kind, options):
 # --- secrets ----------------------------------------------------------------------------------
 
 
-def _secrets():
-    return __pillar__.get("docker_secrets") or {}
-
-
-def _resolve(value, secrets, used):
-    if isinstance(value, dict):
-        if set(value) == {SECRET_KEY}:
-            if value[SECRET_KEY] not in secrets:
-                raise CommandExecutionError(
-                    f"secret {value[SECRET_KEY]!r} is not in pillar docker_secrets"
-                )
-            secret = secrets[value[SECRET_KEY]]
-            used.append(str(secret))
-            return secret
-        return {key: _resolve(item, secrets, used) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_resolve(item, secrets, used) for item in value]
-    return value
+def _resolve(value, used):
+    """``value`` with its ``{secret: name}`` references resolved from pillar docker_secrets
+    (each value used is added to ``used``, to be masked in what the state returns)."""
+    secrets = __pillar__.get("docker_secrets") or {}
+    return __utils__["dockerhosts_secrets.resolve"](value, secrets, used)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -408,7 +374,8 @@ def _login(ret, registry, username, password, config_path):
         return
     # Refused credentials fail here, before the stored ones are touched.
     __salt__["docker_containers.login"](registry, username, password)
-    ret["changes"]["credentials"] = {"registry": registry, "username": username, "password": MASK}
+    mask = __utils__["dockerhosts_secrets.masked"](password, [password])
+    ret["changes"]["credentials"] = {"registry": registry, "username": username, "password": mask}
     if __opts__["test"]:
         ret.update(result=None, comment=f"credentials for {registry} verified, would be stored")
         return

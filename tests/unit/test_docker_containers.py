@@ -18,30 +18,30 @@ HASH_LABEL = "docker-hosts.config-hash"
 VOLUME = "a" * 64
 MODULE = load_module("modules", "docker_containers")
 STATES = load_module("states", "docker_containers")
-SETTINGS = load_module("modules", "docker_settings")
+SECRETS = load_module("utils", "dockerhosts_secrets")
+UTILS = {f"dockerhosts_secrets.{name}": getattr(SECRETS, name) for name in ("resolve", "masked")}
 
 
 @pytest.fixture
 def configure_loader_modules():
     salt = {
-        "docker_settings.masked": SETTINGS.masked,
         "docker_containers.failure": MODULE.failure,
         "config.option": lambda key, default=None: default,
     }
     return {
         MODULE: {"__context__": {}, "__salt__": dict(salt), "__opts__": {"test": False}},
-        STATES: {"__salt__": salt, "__opts__": {"test": False}, "__pillar__": {}},
+        STATES: {
+            "__salt__": salt,
+            "__utils__": UTILS,
+            "__opts__": {"test": False},
+            "__pillar__": {},
+        },
     }
 
 
 @pytest.fixture
 def mod():
     return MODULE
-
-
-@pytest.fixture
-def settings():
-    return SETTINGS
 
 
 @pytest.fixture
@@ -164,20 +164,20 @@ def test_putting_something_else_over_an_anonymous_volume_is_refused(mod):
         mod.carried_volumes("pg_data", old, desired)
 
 
-def test_secrets_resolved_and_masked(states, settings):
+def test_secrets_resolved_and_masked(states):
     used = []
-    secrets = {"pw": "s3cret", "long": "s3cret-and-more"}
+    states.__pillar__["docker_secrets"] = {"pw": "s3cret", "long": "s3cret-and-more"}
     value = {"env": {"A": {"secret": "pw"}, "B": {"secret": "long"}}, "list": [{"secret": "pw"}]}
-    resolved = states._resolve(value, secrets, used)
+    resolved = states._resolve(value, used)
     assert resolved == {"env": {"A": "s3cret", "B": "s3cret-and-more"}, "list": ["s3cret"]}
-    masked = settings.masked({"comment": "B=s3cret-and-more A=s3cret"}, used)
+    masked = SECRETS.masked({"comment": "B=s3cret-and-more A=s3cret"}, used)
     assert masked == {"comment": "B=********** A=**********"}
-    assert settings.masked({"s3cret": ("x", "s3cret")}, used) == {"**********": ["x", "**********"]}
+    assert SECRETS.masked({"s3cret": ("x", "s3cret")}, used) == {"**********": ["x", "**********"]}
     unchanged = {"comment": "nothing secret", "list": ("a",)}
-    assert settings.masked(unchanged, []) is unchanged
-    assert settings.masked(unchanged, ["", None]) is unchanged
-    with pytest.raises(CommandExecutionError, match="'nope' is not in pillar docker_secrets"):
-        states._resolve({"secret": "nope"}, secrets, [])
+    assert SECRETS.masked(unchanged, []) is unchanged
+    assert SECRETS.masked(unchanged, ["", None]) is unchanged
+    with pytest.raises(KeyError, match="'nope' is not in pillar docker_secrets"):
+        states._resolve({"secret": "nope"}, [])
 
 
 def test_a_refused_login_is_reported_without_the_password(states, tmp_path):
