@@ -8,6 +8,10 @@ path resolves against /. Salt has no option to resolve a path against the config
 directory (root_dir itself is taken relative to the working directory), so this writes
 `.salt/checkout.conf` with the same paths made absolute, and `master` includes it.
 
+It also makes the master's runtime directories (pki, cache, job and proc dirs, sockets), as
+salt-master does when it starts: `salt-run` and `salt-key` run before the first master start
+would otherwise stop on a missing `<cachedir>/proc` with a raw traceback.
+
     python -m tools.checkout_paths [ROOT]     (ROOT defaults to this checkout)
 """
 
@@ -63,7 +67,29 @@ def write(root: Path = REPO_ROOT) -> Path:
     with os.fdopen(handle, "w") as out:
         out.write(body)
     os.replace(tmp, target)
+    make_runtime_dirs(root)
     return target
+
+
+def make_runtime_dirs(root: Path) -> None:
+    """The directories salt-master makes at its start (salt.cli.daemons.Master), mode 0700."""
+    import salt.config  # noqa: PLC0415 - only the CLI and bin/salt-master need Salt here
+
+    opts = salt.config.master_config(str(root / "master"))
+    pki = opts["pki_dir"]
+    for path in (
+        pki,
+        *(os.path.join(pki, d) for d in ("minions", "minions_pre", "minions_denied")),
+        *(os.path.join(pki, d) for d in ("minions_autosign", "minions_rejected")),
+        opts["cachedir"],
+        os.path.join(opts["cachedir"], "jobs"),
+        os.path.join(opts["cachedir"], "proc"),
+        opts["sock_dir"],
+        opts["token_dir"],
+        opts["syndic_dir"],
+        opts["sqlite_queue_dir"],
+    ):
+        os.makedirs(path, mode=0o700, exist_ok=True)
 
 
 if __name__ == "__main__":

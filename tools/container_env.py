@@ -53,12 +53,9 @@ class ContainerEnv:
 
     def write_secrets(self, values):
         """``docker_secrets`` for every minion, as ciphertext (``#!yaml|gpg``)."""
-        lines = ["#!yaml|gpg", "docker_secrets:"]
-        for name, value in values.items():
-            block = gpg.encrypt(self.gpg_public, value).splitlines()
-            lines.append(f"  {name}: {block[0]}")
-            lines.extend(f"  {line}" if line else "" for line in block[1:])
-        (self.pillar_root / "secrets.sls").write_text("\n".join(lines) + "\n")
+        entries = [gpg.encrypt(self.gpg_public, value, name) for name, value in values.items()]
+        text = "#!yaml|gpg\ndocker_secrets:\n" + "".join(entries)
+        (self.pillar_root / "secrets.sls").write_text(text)
 
     def paths(self, minion_id):
         home = self.pillar_root.parent / "files" / minion_id

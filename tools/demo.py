@@ -7,6 +7,8 @@ a summary of what was built. Everything is removed on exit, error or Ctrl-C.
 """
 
 import argparse
+import os
+import shlex
 import shutil
 import signal
 import sys
@@ -106,6 +108,13 @@ def parse_args(argv):
     parser.add_argument(
         "--keep", action="store_true", help="after the summary, wait for Enter before cleaning up"
     )
+    parser.add_argument(
+        "--hold",
+        action="store_true",
+        help="create no node: start the local EC2 endpoint and salt-master, print the shell "
+        "setup, and boot a VM for each instance you launch yourself with `salt-cloud -p "
+        "local-<class> <name>` (removed with its instance) until Ctrl-C",
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.classes) - set(classes))
     if unknown:
@@ -152,6 +161,73 @@ def run_demo(local, args):
     return 1 if failures else 0
 
 
+# Where a holding demo tells `bin/demo --shell` how to join it (its PID, inside the demo's
+# network namespace, and the shell setup file).
+HOLD_STATE = stack_module.REPO_ROOT / ".salt" / "demo-hold.env"
+
+
+def write_shell_setup(local):
+    """<work>/env.sh (what `bin/demo --shell` sources: config dir, venv, endpoint), and
+    HOLD_STATE pointing at it."""
+    exports = {key: value for key, value in local.env.items() if key != "HOME"}
+    lines = [f"cd {shlex.quote(str(local.root))}"]
+    lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(exports.items())]
+    lines.append("PS1='(docker-hosts demo) \\w \\$ '")
+    path = local.work_dir / "env.sh"
+    path.write_text("\n".join(lines) + "\n")
+    HOLD_STATE.parent.mkdir(parents=True, exist_ok=True)
+    HOLD_STATE.write_text(f"DEMO_PID={os.getpid()}\nDEMO_ENV={shlex.quote(str(path))}\n")
+    return path
+
+
+def serve_instances(local, args, stop, poll=1.0):
+    """Boot a VM for every running instance of the local endpoint's loopback subnet that has
+    none, and remove the VM of every instance that is gone, until ``stop`` is set."""
+    subnet = local.endpoint.ids["loopback_subnet"]
+    while not stop.is_set():
+        live = {}
+        for reservation in local.ec2().describe_instances()["Reservations"]:
+            for instance in reservation["Instances"]:
+                if instance.get("SubnetId") == subnet and instance["State"]["Name"] == "running":
+                    live[instance["InstanceId"]] = instance
+        served = {deployed.instance_id: name for name, deployed in local.nodes.items()}
+        for instance_id, instance in live.items():
+            if instance_id not in served:
+                deployed = local.start_vm(instance, args.storage, args.release)
+                say(f"{deployed.name}: instance {instance_id} is running: its VM boots")
+        for instance_id, name in served.items():
+            if instance_id not in live:
+                local.nodes.pop(name).node.destroy()
+                say(f"{name}: instance {instance_id} is gone: its VM was removed")
+        stop.wait(poll)
+
+
+def hold(local, args):
+    """--hold: the local stack serves the operator's own salt-cloud commands (README)."""
+    local.start(releases=(args.release,))
+    classes = class_profiles()
+    for node_class in classes:
+        local.add_profile(f"local-{node_class}", node_class)
+    write_shell_setup(local)
+    print(
+        "\nThe local EC2 endpoint and salt-master are up. In another shell, from the "
+        "repository:\n\n"
+        "  bin/demo --shell\n"
+        f"  salt-cloud -p local-{classes[0]} web1      # profiles: "
+        + ", ".join(f"local-{c}" for c in classes)
+        + "\n  salt-run node.wait_converged web1\n"
+        "  salt web1 cmd.run 'docker ps'\n"
+        "  salt-cloud -d web1 -y\n\n"
+        "Each instance launched there gets a VM (Ctrl-C here removes everything).\n",
+        flush=True,
+    )
+    try:
+        serve_instances(local, args, threading.Event())
+    finally:
+        HOLD_STATE.unlink(missing_ok=True)
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     # SIGTERM cleans up like Ctrl-C.
@@ -160,7 +236,7 @@ def main(argv=None):
     work = Path(tempfile.mkdtemp(prefix="dockerhosts-demo-"))
     local = stack_module.Stack(work, log=say)
     try:
-        return run_demo(local, args)
+        return hold(local, args) if args.hold else run_demo(local, args)
     except KeyboardInterrupt:
         say("interrupted: cleaning up")
         return 130

@@ -40,10 +40,10 @@ def keyring(homedir, name="test-master"):
         stop_agent(homedir)
 
 
-def encrypt(public_key, value):
-    """The YAML block scalar bin/encrypt-secret prints for ``value``."""
+def encrypt(public_key, value, name="secret"):
+    """The ``docker_secrets:`` entry bin/encrypt-secret prints for ``name: value``."""
     return subprocess.run(
-        [str(REPO_ROOT / "bin" / "encrypt-secret"), str(public_key)],
+        [str(REPO_ROOT / "bin" / "encrypt-secret"), name, str(public_key)],
         input=value,
         capture_output=True,
         text=True,
@@ -53,7 +53,7 @@ def encrypt(public_key, value):
 
 def armored(public_key, value):
     """``value`` encrypted for ``public_key``: the ASCII-armored message itself."""
-    block = encrypt(public_key, value).splitlines()[1:]  # drop the YAML "|" line
+    block = encrypt(public_key, value).splitlines()[1:]  # drop the "  name: |" line
     return textwrap.dedent("\n".join(block)) + "\n"
 
 

@@ -39,6 +39,7 @@ from tools.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
+STACK_MARKER = "DOCKERHOSTS_STACK"
 CONFIG_PATHS = ("Saltfile", "cloud", "cloud.providers.d", "cloud.profiles.d", "cloud.deploy.d")
 # The Docker disk's device name in the class profiles (cloud.profiles.d, docker_disk).
 DOCKER_DISK_DEVICE = "/dev/sdb"
@@ -135,6 +136,10 @@ class Stack:
             "PATH": f"{BIN_DIR}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
             "HOME": str(self.work_dir),
             "LANG": "C.UTF-8",
+            # Every process the stack starts, and every one they start (the master's reactor
+            # runs its converges detached from the master's process group), carries this: the
+            # teardown finds them by it.
+            STACK_MARKER: str(self.work_dir),
         }
 
     # --- setup ---------------------------------------------------------------------------
@@ -391,36 +396,16 @@ class Stack:
             )
             try:
                 instance = self._wait_for_instance(ec2, name, cloud)
-                volume_id = next(
-                    mapping["Ebs"]["VolumeId"]
-                    for mapping in instance["BlockDeviceMappings"]
-                    if mapping["DeviceName"] == DOCKER_DISK_DEVICE
-                )
-                node = self.vm.Node(
-                    name=name,
-                    work_dir=self.work_dir / "vms" / name,
-                    ssh_address=instance["PrivateIpAddress"],
-                    public_key=self.key.with_suffix(".pub"),
-                    private_key=self.key,
-                    volume_id=volume_id,
-                    volume_size_gib=4,
-                    image_dir=self.image_dirs.get(release) or self.vm.node_image_dir(release),
-                    release=release,
-                    disk_bus=disk_bus,
-                    extra_disks=list(extra_disks),
-                )
-                deployed = DeployedNode(
-                    name,
+                deployed = self.start_vm(
+                    instance,
                     mode,
-                    node,
-                    instance["InstanceId"],
-                    instance["PrivateIpAddress"],
-                    volume_id,
+                    release,
                     docker_pillar=placeholder.docker_pillar,
+                    disk_bus=disk_bus,
+                    extra_disks=extra_disks,
                 )
-                self.nodes[name] = deployed
-                node.start()
-                stdout, stderr = cloud.communicate(timeout=900)
+                node = deployed.node
+                stdout, stderr = _communicate_while_running(cloud, node, timeout=900)
             finally:
                 if cloud.poll() is None:
                     cloud.kill()
@@ -435,9 +420,48 @@ class Stack:
                 )
             deployed.cloud_output = json_document(stdout)
         with self.timer(f"{name}: reactor: minion joins, modules synced, highstate"):
-            deployed.converge = self.wait_converged(name)
+            deployed.converge = self.wait_converged(name, node=node)
         seconds = deployed.converge.get("seconds") or {}
         self.timer.note(f"{name}: converge {seconds}; slowest states: {self.slowest_states(name)}")
+        return deployed
+
+    def start_vm(
+        self, instance, mode, release, *, docker_pillar=None, disk_bus="nvme", extra_disks=()
+    ):
+        """Boot the VM that plays ``instance`` (at its loopback private address, its Docker
+        volume as an NVMe disk carrying the volume id as serial); the node joins ``nodes``."""
+        name = next(tag["Value"] for tag in instance["Tags"] if tag["Key"] == "Name")
+        volume_id = next(
+            mapping["Ebs"]["VolumeId"]
+            for mapping in instance["BlockDeviceMappings"]
+            if mapping["DeviceName"] == DOCKER_DISK_DEVICE
+        )
+        node = self.vm.Node(
+            name=name,
+            work_dir=self.work_dir / "vms" / name,
+            ssh_address=instance["PrivateIpAddress"],
+            public_key=self.key.with_suffix(".pub"),
+            private_key=self.key,
+            volume_id=volume_id,
+            volume_size_gib=4,
+            image_dir=self.image_dirs.get(release) or self.vm.node_image_dir(release),
+            release=release,
+            disk_bus=disk_bus,
+            extra_disks=list(extra_disks),
+        )
+        deployed = DeployedNode(
+            name,
+            mode,
+            node,
+            instance["InstanceId"],
+            instance["PrivateIpAddress"],
+            volume_id,
+            docker_pillar=docker_pillar or {},
+        )
+        with self.lock:
+            self.nodes[name] = deployed
+            self._write_pillar()
+        node.start()
         return deployed
 
     def slowest_states(self, name, count=6):
@@ -459,17 +483,23 @@ class Stack:
         slowest = sorted(durations.items(), key=lambda item: item[1], reverse=True)[:count]
         return ", ".join(f"{state} {seconds:.0f} s" for state, seconds in slowest)
 
-    def wait_converged(self, name, timeout=1800):
+    def wait_converged(self, name, timeout=1800, node=None):
         """`salt-run node.wait_converged <name>`: the reactor's converge record (raises if it
-        did not finish or failed)."""
-        result = self.run(
-            "salt-run",
-            "--out=json",
-            "node.wait_converged",
-            name,
-            f"timeout={timeout}",
-            timeout=timeout + 120,
-        )
+        did not finish or failed, or as soon as ``node``'s VM is found dead)."""
+        args = ("--out=json", "node.wait_converged", name, f"timeout={timeout}")
+        if node is None:
+            result = self.run("salt-run", *args, timeout=timeout + 120)
+        else:
+            waiting = subprocess.Popen(
+                [str(BIN_DIR / "salt-run"), *args],
+                cwd=self.root,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            stdout, stderr = _communicate_while_running(waiting, node, timeout=timeout + 120)
+            result = subprocess.CompletedProcess(waiting.args, waiting.returncode, stdout, stderr)
         try:
             record = json.loads(result.stdout).get(name) or {}
         except (json.JSONDecodeError, AttributeError):
@@ -558,6 +588,7 @@ class Stack:
                     os.killpg(self.master.pid, 9)
                 self.master.wait(30)
             self.master = None
+        _stop_marked_processes(self.env[STACK_MARKER])
         if self.gpg_home is not None:
             gpg.stop_agent(self.gpg_home)
             self.gpg_home = None
@@ -569,3 +600,53 @@ class Stack:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+def _communicate_while_running(process, node, timeout):
+    """``process.communicate()``, but raise as soon as ``node``'s VM is found dead (its qemu
+    exited): nothing else would notice, and the wait would run to its timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return process.communicate(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+        if not node.running():
+            process.kill()
+            process.communicate()
+            raise vm.NodeError(
+                f"node {node.name}: its VM died (qemu exited)\n{node.console_tail()}"
+            )
+        if time.monotonic() > deadline:
+            process.kill()
+            process.communicate()
+            raise TimeoutError(f"{' '.join(map(str, process.args))}: no answer in {timeout} s")
+
+
+def _marked_pids(marker_value):
+    """PIDs of the processes whose environment carries STACK_MARKER=marker_value."""
+    wanted = f"{STACK_MARKER}={marker_value}".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if wanted in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                pids.append(int(entry))
+    return pids
+
+
+def _stop_marked_processes(marker_value, grace=10):
+    """SIGTERM, then SIGKILL after ``grace`` s, every process the stack started that is still
+    running (e.g. a converge the master's reactor started, detached from the master)."""
+    for signum in (15, 9):
+        pids = _marked_pids(marker_value)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + grace
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pids = _marked_pids(marker_value)
+        if not pids:
+            return

@@ -67,9 +67,7 @@ def write_secrets(path, public_key, values):
     """The `#!yaml|gpg` secrets file, exactly as the repository ships it (ciphertext only)."""
     lines = ["#!yaml|gpg", "docker_secrets:"]
     for name, value in values.items():
-        block = encrypt(public_key, value).splitlines()
-        lines.append(f"  {name}: {block[0]}")
-        lines.extend(f"  {line}" if line else "" for line in block[1:])
+        lines.extend(encrypt(public_key, value, name).splitlines())
     path.write_text("\n".join(lines) + "\n")
 
 

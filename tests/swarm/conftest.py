@@ -162,9 +162,7 @@ class Pillar:
         self.secrets[key] = value
         lines = ["#!yaml|gpg", "docker_secrets:"]
         for name, plain in self.secrets.items():
-            block = encrypt(self.public_key, plain).splitlines()
-            lines.append(f"  {name}: {block[0]}")
-            lines.extend(f"  {line}" if line else "" for line in block[1:])
+            lines.extend(encrypt(self.public_key, plain, name).splitlines())
         (self.root / "secrets" / f"{CLASS}.sls").write_text("\n".join(lines) + "\n")
 
 
