@@ -24,14 +24,15 @@ A problem is ``"<key path>: <what is wrong>"``; key paths join keys with ``:``, 
 import difflib
 import re
 
+# JSON Schema's types: the Python types of each, and how a message names it.
 TYPES = {
-    "string": str,
-    "integer": int,
-    "number": (int, float),
-    "boolean": bool,
-    "object": dict,
-    "array": list,
-    "null": type(None),
+    "string": (str, "a string"),
+    "integer": (int, "a whole number"),
+    "number": ((int, float), "a number"),
+    "boolean": (bool, "true or false"),
+    "object": (dict, "a mapping"),
+    "array": (list, "a list"),
+    "null": (type(None), "null"),
 }
 # How each kind of value reads in a message (bool before int: True is an int).
 _DESCRIPTIONS = (
@@ -91,26 +92,15 @@ def _target(schema, root):
 
 
 def _is_type(value, name):
-    if name in ("integer", "number") and isinstance(value, bool):
+    if isinstance(value, bool) and name in ("integer", "number"):
         return False
-    if name == "number" and isinstance(value, float):
-        return True
-    return isinstance(value, TYPES[name]) and not (name == "integer" and isinstance(value, float))
-
-
-TYPE_WORDS = {
-    "string": "a string",
-    "integer": "a whole number",
-    "number": "a number",
-    "boolean": "true or false",
-    "object": "a mapping",
-    "array": "a list",
-    "null": "null",
-}
+    return isinstance(value, TYPES[name][0]) and not (
+        name == "integer" and isinstance(value, float)
+    )
 
 
 def _what(schema, types):
-    return schema.get("description") or " or ".join(TYPE_WORDS[name] for name in types)
+    return schema.get("description") or " or ".join(TYPES[name][1] for name in types)
 
 
 def _check(value, schema, path, root, problems):

@@ -92,3 +92,36 @@ def test_a_registry_with_a_port_takes_its_password_from_a_secret():
         corpus.dataserver_pillar(), {"docker": {"registries": {"registry.example.com:5000": login}}}
     )
     assert check(pillar)["registries"]["registry.example.com:5000"] == login
+
+
+FAKE_DOCKERD = """#!/bin/sh
+# Engine 26's answers to --version and --validate (the node's own dockerd checks daemon.json).
+case "$1" in
+  --version) echo "Docker version 26.1.5+dfsg1, build a72d7cd"; exit 0;;
+  --validate)
+    if grep -q '"default-shm-size": "64Q"' "$3"; then
+      echo "unable to configure the Docker daemon with file $3: invalid size: '64Q'" >&2
+      exit 1
+    fi
+    echo "configuration OK"; exit 0;;
+esac
+exit 2
+"""
+
+
+def test_daemon_json_goes_to_the_nodes_dockerd_when_it_can_validate(tmp_path, monkeypatch):
+    dockerd = tmp_path / "dockerd"
+    dockerd.write_text(FAKE_DOCKERD)
+    dockerd.chmod(0o755)
+    settings = corpus.MODULES["settings"]
+    monkeypatch.setattr(settings.salt.utils.path, "which", lambda name: str(dockerd))
+    assert check(corpus.dataserver_pillar())["config"]
+    bad = corpus.with_override(
+        corpus.dataserver_pillar(), {"docker": {"config": {"default-shm-size": "64Q"}}}
+    )
+    with pytest.raises(CommandExecutionError) as refused:
+        check(bad)
+    assert (
+        "docker:config: the node's dockerd refuses it: unable to configure the Docker daemon "
+        "with file daemon.json: invalid size: '64Q'"
+    ) in str(refused.value)
