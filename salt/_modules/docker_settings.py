@@ -45,6 +45,8 @@ STRING_MAPS = (
     *("options", "driver_opts"),  # networks, volumes
 )
 VALIDATE_SINCE = 23  # dockerd --validate
+# A daemon.json key the schema's list lacks (the node's dockerd decides when it can).
+DAEMON_JSON_KEY = re.compile(r"docker:config:[^:]+: unknown key")
 
 
 def __virtual__():
@@ -148,6 +150,8 @@ def validate(settings, schema, pillar=None):
         if key in pillar:
             problems += _kit("validate")(pillar[key], schema["properties"][key], key, schema)
     problems += _kit("validate")(settings, schema["$defs"]["docker"], "docker", schema)
+    if _dockerd_that_validates():  # it knows its own keys better than the schema's list
+        problems = [p for p in problems if not DAEMON_JSON_KEY.match(p)]
     problems += _misplaced_secrets(settings) + _names(settings)
     if isinstance(settings, dict):
         problems += _containers_by_consumer(settings, schema, problems)
@@ -502,11 +506,17 @@ def _pool_problems(path, pool):
     return problems
 
 
+def _dockerd_that_validates():
+    """The node's dockerd when it can check a configuration file (Engine >= 23), or None."""
+    dockerd = salt.utils.path.which("dockerd")
+    return dockerd if dockerd and _engine_major(dockerd) >= VALIDATE_SINCE else None
+
+
 def _daemon_json_by_dockerd(settings, schema):
     """daemon.json as the formula writes it, by the node's own dockerd when it can check a
-    file (Engine >= 23); the schema's list of keys covered the rest."""
-    dockerd = salt.utils.path.which("dockerd")
-    if not dockerd or _engine_major(dockerd) < VALIDATE_SINCE:
+    file; else the schema's list of keys (those every supported engine takes) decided."""
+    dockerd = _dockerd_that_validates()
+    if not dockerd:
         return []
     config = __salt__["docker_host.daemon_json"](settings)
     with tempfile.NamedTemporaryFile("w", suffix=".json") as handle:

@@ -21,6 +21,13 @@ def configure_loader_modules():
     return corpus.loader_modules()
 
 
+@pytest.fixture(autouse=True)
+def no_dockerd(monkeypatch):
+    """The check as on a node without a dockerd that validates files (whatever this host
+    has); the tests that want one put it in place."""
+    monkeypatch.setattr(corpus.MODULES["settings"].salt.utils.path, "which", lambda name: None)
+
+
 def check(pillar):
     return corpus.check(pillar)
 
@@ -125,3 +132,19 @@ def test_daemon_json_goes_to_the_nodes_dockerd_when_it_can_validate(tmp_path, mo
         "docker:config: the node's dockerd refuses it: unable to configure the Docker daemon "
         "with file daemon.json: invalid size: '64Q'"
     ) in str(refused.value)
+
+
+def test_a_key_of_the_nodes_engine_only_goes_to_its_dockerd(tmp_path, monkeypatch):
+    """cdi-spec-dirs is Engine 25's, not 20.10's: refused where no dockerd can say, taken
+    where the node's dockerd validates the file."""
+    pillar = corpus.with_override(
+        corpus.dataserver_pillar(), {"docker": {"config": {"cdi-spec-dirs": ["/etc/cdi"]}}}
+    )
+    with pytest.raises(CommandExecutionError, match="docker:config:cdi-spec-dirs: unknown key"):
+        check(pillar)
+    dockerd = tmp_path / "dockerd"
+    dockerd.write_text(FAKE_DOCKERD)
+    dockerd.chmod(0o755)
+    settings = corpus.MODULES["settings"]
+    monkeypatch.setattr(settings.salt.utils.path, "which", lambda name: str(dockerd))
+    assert check(pillar)["config"]["cdi-spec-dirs"] == ["/etc/cdi"]
