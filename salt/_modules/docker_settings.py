@@ -61,12 +61,8 @@ def _kit(name):
 
 
 def checked(settings, schema):
-    """
-    The merged ``docker`` settings, checked and normalised; raises naming every bad key.
-    Kept in ``__context__`` by content: the same settings are checked once per job.
-
-    CLI Example: ``salt '*' docker_settings.checked '{...}' "$(cat schema.json)"``
-    """
+    """The merged ``docker`` settings, checked and normalised; raises naming every bad key.
+    Kept in ``__context__`` by content: the same settings are checked once per job."""
     digest = _digest(settings, schema, __pillar__.get("docker_secrets"))
     cache = __context__.setdefault("docker_settings.checked", {})
     if digest not in cache:
@@ -225,8 +221,7 @@ def _names(settings):
 
 
 def _mapped(settings, section):
-    value = settings.get(section)
-    return value if isinstance(value, dict) else {}
+    return settings[section] if isinstance(settings.get(section), dict) else {}
 
 
 # --- normalised values ---------------------------------------------------------------------
