@@ -302,14 +302,9 @@ def store_auth(registry, username, password, config_path):
 
 # What a network's inspection holds for each docker SDK create_network argument.
 NETWORK_FIELDS = {
-    "driver": "Driver",
-    "options": "Options",
-    "internal": "Internal",
-    "labels": "Labels",
-    "enable_ipv6": "EnableIPv6",
-    "attachable": "Attachable",
-    "scope": "Scope",
-}
+    "driver": "Driver", "options": "Options", "internal": "Internal", "labels": "Labels",
+    "enable_ipv6": "EnableIPv6", "attachable": "Attachable", "scope": "Scope",
+}  # fmt: skip
 VOLUME_FIELDS = {"driver": "Driver", "driver_opts": "Options", "labels": "Labels"}
 
 
@@ -387,15 +382,12 @@ def parse_networks(networks):
     return parsed
 
 
-def translate(options, skip_translate=None, ignore_collisions=False, validate_ip_addrs=True):
-    """``options`` as Salt's docker translator reads them (docker SDK argument names)."""
+def translate(options):
+    """``options`` as Salt's docker translator reads them (docker SDK argument names), with
+    its checks on (the pillar check refuses the options that would turn them off)."""
     try:
         return salt.utils.dockermod.translate_input(
-            salt.utils.dockermod.translate.container,
-            skip_translate=skip_translate,
-            ignore_collisions=ignore_collisions,
-            validate_ip_addrs=validate_ip_addrs,
-            **salt.utils.args.clean_kwargs(**options),
+            salt.utils.dockermod.translate.container, **salt.utils.args.clean_kwargs(**options)
         )
     # Salt raises several kinds here; each names the offending option.
     except Exception as error:
@@ -428,24 +420,14 @@ def config_hash(image, options, networks, start):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def spec(
-    image,
-    options,
-    *,
-    networks=None,
-    start=True,
-    skip_translate=None,
-    ignore_collisions=False,
-    validate_ip_addrs=True,
-    api=None,
-):
+def spec(image, options, *, networks=None, start=True, api=None):
     """
     The desired container: ``{"image", "create", "host", "networks", "start", "hash"}``
     (``create``/``host``: docker SDK ``create_container``/``create_host_config`` arguments),
     built with ``api`` (default: the run's client).
     """
     parsed = parse_networks(networks)
-    translated = translate(options, skip_translate, ignore_collisions, validate_ip_addrs)
+    translated = translate(options)
     create, host = _split_args(translated)
     labels = dict(create.get("labels") or {})
     digest = config_hash(image, options, parsed, start)

@@ -39,9 +39,6 @@ def running(  # noqa: PLR0917 - Salt passes state arguments by name; this is the
     shutdown_timeout=10,
     registry_config=DEFAULT_REGISTRY_CONFIG,
     docker_service=None,
-    skip_translate=None,
-    ignore_collisions=False,
-    validate_ip_addrs=True,
     **kwargs,
 ):
     """
@@ -64,14 +61,7 @@ def running(  # noqa: PLR0917 - Salt passes state arguments by name; this is the
     used = []
     try:
         options = _resolve(_user_options(kwargs), used)
-        translation = {
-            "skip_translate": skip_translate,
-            "ignore_collisions": ignore_collisions,
-            "validate_ip_addrs": validate_ip_addrs,
-        }
-        desired = __salt__["docker_containers.spec"](
-            image, options, networks=networks, start=start, **translation
-        )
+        desired = __salt__["docker_containers.spec"](image, options, networks=networks, start=start)
         desired["docker_service"] = docker_service
         how = {
             "pull": pull,
@@ -110,7 +100,6 @@ def image_present(
     ret = _ret(name)
     policy = "always" if force else pull
     try:
-        _check_policy(policy)
         _image(ret, name, policy, registry_config)
     except Exception as error:  # every failure is one line (_failed)
         _failed(ret, error, f"image {name}")
@@ -211,11 +200,6 @@ def _failed(ret, error, what):
     ret.update(result=False, comment=__salt__["docker_containers.failure"](error, what))
 
 
-def _check_policy(policy):
-    if policy not in ("missing", "always", "never"):
-        raise CommandExecutionError(f"pull: {policy!r} is not one of missing, always, never")
-
-
 def _short(value):
     if isinstance(value, str) and value.startswith("sha256:"):
         return value[7:19]
@@ -261,7 +245,6 @@ def _image_test(ret, image, current, registry_config):
 
 def _container_image(image, pull, registry_config):
     """Local id of ``image``, pulled here only if the image state did not (e.g. removed)."""
-    _check_policy(pull)
     current = __salt__["docker_containers.image_id"](image)
     if current is None and pull == "never":
         raise CommandExecutionError(f"image {image} is not on this host and pull is never")
