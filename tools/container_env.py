@@ -163,6 +163,7 @@ def running_env(
         modules = {
             "module_dirs": [str(REPO_ROOT / "salt" / "_modules")],
             "states_dirs": [str(REPO_ROOT / "salt" / "_states")],
+            "utils_dirs": [str(REPO_ROOT / "salt" / "_utils")],
         }
         minions = {
             minion_id: {

@@ -33,6 +33,9 @@ class Dockerd:
     socket: Path
     pid: int
     workdir: Path
+    # () -> None: start dockerd again with the same options once the last one has ended (for
+    # a test that stops or kills it); running_dockerd stops whichever runs at the end.
+    start_again: object = None
 
     @property
     def url(self):
@@ -65,6 +68,37 @@ def _unmount_under(*roots):
     for point in sorted(points, key=len, reverse=True):
         if any(point.startswith(str(root)) for root in roots):
             subprocess.run(["umount", "-l", point], check=False)
+
+
+def _running(pid):
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _forget_dead_containerd(exec_root):
+    """A killed dockerd's containerd dies with it, but dockerd, started again, waits for the
+    pid in containerd's pid file while that is a zombie; this machine's PID 1 reaps orphans
+    late (systemd at once): forget a pid that is not running."""
+    pidfile = exec_root / "containerd" / "containerd.pid"
+    if pidfile.exists() and not _running(pidfile.read_text().strip() or "0"):
+        pidfile.unlink()
+
+
+def _kill_shims(exec_root):
+    """Container shims (and their containers) left by a dockerd that did not stop cleanly."""
+    address = f"{exec_root}/containerd/containerd.sock"
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if entry.name.isdigit() and address.encode() in argv:
+            subprocess.run(["pkill", "-KILL", "-P", entry.name], check=False)
+            subprocess.run(["kill", "-KILL", entry.name], check=False)
 
 
 def _in_mount_namespace(command, etc_overlays):
@@ -125,26 +159,38 @@ def running_dockerd(
         ]
         if etc_overlays:
             command = _in_mount_namespace(command, etc_overlays)
-        process = subprocess.Popen(
-            command,
-            env={**os.environ, **(env or {})},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        daemon = Dockerd(socket=socket, pid=process.pid, workdir=workdir)
-        deadline = time.monotonic() + START_TIMEOUT
-        while daemon.cli("version", check=False) == "" or not socket.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"dockerd did not start: {(base_dir / 'dockerd.log').read_text()[-2000:]}"
-                )
-            time.sleep(0.2)
+        daemon = Dockerd(socket=socket, pid=0, workdir=workdir)
+
+        def start():
+            nonlocal process
+            if process is not None:
+                process.wait(timeout=START_TIMEOUT)
+                _forget_dead_containerd(workdir / "exec")
+            process = subprocess.Popen(
+                command,
+                env={**os.environ, **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            daemon.pid = process.pid
+            deadline = time.monotonic() + START_TIMEOUT
+            # The server's version, not the client's (a killed dockerd leaves its socket file).
+            while not daemon.cli("version", "--format", "{{.Server.Version}}", check=False).strip():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"dockerd did not start: {(base_dir / 'dockerd.log').read_text()[-2000:]}"
+                    )
+                time.sleep(0.2)
+
+        daemon.start_again = start
+        start()
         yield daemon
     finally:
         if process is not None:
             processes.stop(process, 30, group=True)
             log.close()
+        _kill_shims(workdir / "exec")
         _unmount_under(data_root, workdir)
         # User-defined networks leave br-* bridges behind once dockerd is gone.
         for leftover in _bridges() - bridges_before:

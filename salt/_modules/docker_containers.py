@@ -22,7 +22,9 @@ import json
 import os
 import re
 import tempfile
+import time
 
+import requests.exceptions
 import salt.utils.args
 import salt.utils.data
 import salt.utils.dockermod
@@ -32,6 +34,7 @@ from salt.exceptions import CommandExecutionError
 try:
     import docker
     import docker.errors
+    import docker.types
 except ImportError:
     docker = None
 
@@ -50,23 +53,21 @@ DEFAULT_URL = "unix://var/run/docker.sock"
 DEFAULT_TIMEOUT = 60
 # Keys of the network endpoint config accepted under networks: {name: [{key: value}]}.
 ENDPOINT_KEYS = ("aliases", "links", "ipv4_address", "ipv6_address", "link_local_ips")
-# HostConfig fields that `docker update` changes without touching labels.
-UPDATABLE = (
-    "BlkioWeight",
-    "CpuPeriod",
-    "CpuQuota",
-    "CpuRealtimePeriod",
-    "CpuRealtimeRuntime",
-    "CpuShares",
-    "CpusetCpus",
-    "CpusetMems",
-    "Memory",
-    "MemoryReservation",
-    "MemorySwap",
-    "NanoCpus",
-    "PidsLimit",
-)
-PULL_POLICIES = ("missing", "always", "never")
+# HostConfig fields a run corrects when `docker update` changed them, and the docker update
+# argument that sets each (None: only a re-create can).
+UPDATABLE = {
+    "BlkioWeight": "blkio_weight", "CpuPeriod": "cpu_period", "CpuQuota": "cpu_quota",
+    "CpuRealtimePeriod": None, "CpuRealtimeRuntime": None, "CpuShares": "cpu_shares",
+    "CpusetCpus": "cpuset_cpus", "CpusetMems": "cpuset_mems", "Memory": "mem_limit",
+    "MemoryReservation": "mem_reservation", "MemorySwap": "memswap_limit", "NanoCpus": None,
+    "PidsLimit": None,
+}  # fmt: skip
+# The Docker API version containers are checked for (Engine 20.10's), and the docker SDK's
+# create_container arguments that are not part of the container's configuration.
+CHECK_API_VERSION = "1.41"
+CREATE_ONLY_ARGS = ("name", "platform", "use_config_proxy")
+# Docker's answer when a published port is held (by another container, or by a stale endpoint).
+PORT_TAKEN = "port is already allocated"
 
 
 def __virtual__():
@@ -77,14 +78,22 @@ def __virtual__():
 # --- client and cached lookups ----------------------------------------------------------------
 
 
+def docker_url():
+    """Where this minion's Docker listens: ``docker.url`` config, else ``DOCKER_HOST``."""
+    url = __salt__["config.option"]("docker.url", None) or os.environ.get("DOCKER_HOST")
+    return url or DEFAULT_URL
+
+
 def client():
     """The run's docker API client (created once per run, kept in ``__context__``)."""
     if docker is None:
-        raise CommandExecutionError("the docker Python SDK is not installed on this minion")
+        raise CommandExecutionError(
+            "the docker Python SDK is not installed on this minion: apply docker.install "
+            "(docker:install:python_sdk) and run again"
+        )
     if "docker_containers.client" not in __context__:
-        url = __salt__["config.option"]("docker.url", None) or os.environ.get("DOCKER_HOST")
         __context__["docker_containers.client"] = docker.APIClient(
-            base_url=url or DEFAULT_URL, version="auto", timeout=DEFAULT_TIMEOUT
+            base_url=docker_url(), version="auto", timeout=DEFAULT_TIMEOUT
         )
     return __context__["docker_containers.client"]
 
@@ -93,7 +102,40 @@ def _api_error(error):
     explanation = getattr(error, "explanation", None)
     if isinstance(explanation, bytes):
         explanation = explanation.decode(errors="replace")
-    return explanation or str(error)
+    return " ".join(str(explanation or error).split())
+
+
+def _causes(error):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def failure(error, what):
+    """
+    One line for the operator about ``error`` met while working on ``what`` (``container
+    web``): what failed, on what, and what to do. Docker being away, Docker's own errors and
+    anything unexpected alike: never a traceback or a raw exception's repr.
+    """
+    for cause in _causes(error):
+        if isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return (
+                f"{what}: Docker is not reachable at {docker_url()} ({type(cause).__name__}): "
+                "start Docker (systemctl start docker), then apply the state again"
+            )
+    if isinstance(error, CommandExecutionError):
+        return " ".join(str(error).split())
+    if docker is not None and isinstance(error, docker.errors.APIError):
+        status = getattr(error, "status_code", None) or "no status"
+        side = "Docker failed" if isinstance(status, int) and status >= 500 else "Docker refused"
+        return (
+            f"{what}: {side} ({status}): {_api_error(error)}; see the Docker daemon's log "
+            "(journalctl -u docker), fix the cause and apply the state again"
+        )
+    return (
+        f"{what}: unexpected {type(error).__name__}: {' '.join(str(error).split())} "
+        "(the minion's log has the details): apply the state again, or report it"
+    )
 
 
 def leftover_names():
@@ -113,11 +155,15 @@ def _forget_names():
 
 
 def inspect_container(name):
-    """``docker inspect`` of container ``name``, or None when there is none."""
+    """``docker inspect`` of the container named exactly ``name``, or None when there is none.
+
+    Docker resolves a name it does not know as an ID prefix (``c23`` -> ``c231839b…``): an
+    answer for another name is no answer."""
     try:
-        return client().inspect_container(name)
+        found = client().inspect_container(name)
     except docker.errors.NotFound:
         return None
+    return found if found.get("Name") == f"/{name}" else None
 
 
 def image_id(image):
@@ -156,6 +202,22 @@ def registry_of(image):
     return "docker.io"
 
 
+def image_states(images, containers):
+    """``{image: options}`` for the image states: pillar ``images`` plus every container's
+    image. An image's ``pull`` is its own, else the most eager of its containers' (``always``
+    over ``missing`` over ``never``; a container without one says ``missing``)."""
+    result = {image: dict(options or {}) for image, options in (images or {}).items()}
+    wanted = {}
+    for options in (containers or {}).values():
+        policy = options.get("pull") or "missing"
+        wanted.setdefault(options["image"], set()).add(policy)
+    for image, policies in wanted.items():
+        options = result.setdefault(image, {})
+        if "pull" not in options:
+            options["pull"] = next(p for p in ("always", "missing", "never") if p in policies)
+    return result
+
+
 def _load_auths(config_path):
     if not config_path or not os.path.exists(config_path):
         return {}
@@ -179,9 +241,12 @@ def pull(image, config_path=None):
     try:
         for event in client().pull(repository, tag=tag, stream=True, decode=True, auth_config=auth):
             if event.get("error"):
-                raise CommandExecutionError(f"pulling {image} failed: {event['error']}")
+                raise docker.errors.APIError(event["error"])
     except docker.errors.APIError as error:
-        raise CommandExecutionError(f"pulling {image} failed: {_api_error(error)}") from None
+        raise CommandExecutionError(
+            f"pulling {image} failed: {_api_error(error)}: check the image's name and tag, "
+            "that its registry answers and its login (docker:registries), then apply again"
+        ) from None
     forget_image(image)
     return image_id(image)
 
@@ -193,7 +258,8 @@ def remote_digest(image, config_path=None):
         return client().inspect_distribution(image, auth_config=auth)["Descriptor"]["digest"]
     except docker.errors.APIError as error:
         raise CommandExecutionError(
-            f"asking the registry about {image} failed: {_api_error(error)}"
+            f"asking the registry about {image} failed: {_api_error(error)}: check that its "
+            "registry answers and its login (docker:registries), then apply again"
         ) from None
 
 
@@ -210,7 +276,8 @@ def login(registry, username, password):
         client().login(username, password=password, registry=registry, reauth=True)
     except docker.errors.APIError as error:
         raise CommandExecutionError(
-            f"login to registry {registry} as {username!r} failed: {_api_error(error)}"
+            f"login to registry {registry} as {username!r} failed: {_api_error(error)}: check "
+            "the user and password (docker_secrets) and that the registry answers"
         ) from None
 
 
@@ -231,6 +298,64 @@ def store_auth(registry, username, password, config_path):
     os.replace(tmp, config_path)
 
 
+# --- networks and volumes -------------------------------------------------------------------
+
+# What a network's inspection holds for each docker SDK create_network argument.
+NETWORK_FIELDS = {
+    "driver": "Driver", "options": "Options", "internal": "Internal", "labels": "Labels",
+    "enable_ipv6": "EnableIPv6", "attachable": "Attachable", "scope": "Scope",
+}  # fmt: skip
+VOLUME_FIELDS = {"driver": "Driver", "driver_opts": "Options", "labels": "Labels"}
+
+
+def network_args(options):
+    """docker SDK ``create_network`` arguments from pillar options: ``ipam`` becomes the SDK's
+    own ``IPAMConfig`` (``{driver, pool_configs: [{subnet, iprange, gateway, aux_addresses}],
+    options}``)."""
+    args = dict(options or {})
+    if args.get("ipam") is not None:
+        ipam = dict(args["ipam"])
+        pools = [docker.types.IPAMPool(**pool) for pool in ipam.pop("pool_configs", None) or []]
+        args["ipam"] = docker.types.IPAMConfig(pool_configs=pools, **ipam)
+    return args
+
+
+def find_network(name):
+    """The inspection of the network named exactly ``name``, or None (Docker's name filter
+    matches parts of names, and an inspection by name resolves ID prefixes)."""
+    for listed in client().networks(names=[name]):
+        if listed.get("Name") == name:
+            return client().inspect_network(listed["Id"])
+    return None
+
+
+def find_volume(name):
+    try:
+        return client().inspect_volume(name)
+    except docker.errors.NotFound:
+        return None
+
+
+def settings_drift(found, wanted, kind):
+    """``{option: {"old", "new"}}``: where the inspection ``found`` of a network or volume
+    (``kind``) differs from the options ``wanted``."""
+    fields = NETWORK_FIELDS if kind == "network" else VOLUME_FIELDS
+    drift_found = {}
+    for option, value in wanted.items():
+        have = found.get(fields[option]) if option in fields else None
+        if option in fields and (have or None) != (value or None):
+            drift_found[option] = {"old": have, "new": value}
+    return drift_found
+
+
+def create_network(name, options):
+    return client().create_network(name, **network_args(options))["Id"]
+
+
+def create_volume(name, options):
+    return client().create_volume(name, **(options or {}))["Name"]
+
+
 # --- the desired container ------------------------------------------------------------------
 
 
@@ -240,27 +365,29 @@ def parse_networks(networks):
     for item in salt.utils.args.split_input(networks or []):
         if isinstance(item, dict):
             for net, conf in item.items():
-                parsed[str(net)] = salt.utils.data.repack_dictlist(conf or [])
+                repacked = (
+                    conf if isinstance(conf, dict) else salt.utils.data.repack_dictlist(conf or [])
+                )
+                parsed[str(net)] = dict(repacked or {})
         else:
             parsed[str(item)] = {}
     for net, conf in parsed.items():
         unknown = sorted(set(conf) - set(ENDPOINT_KEYS))
         if unknown:
-            raise CommandExecutionError(f"networks:{net}: unknown endpoint keys {unknown}")
+            known = ", ".join(ENDPOINT_KEYS)
+            raise CommandExecutionError(f"networks:{net}: unknown endpoint keys {unknown}: {known}")
         for key in ("aliases", "links"):
             if key in conf:
                 conf[key] = salt.utils.args.split_input(conf[key])
     return parsed
 
 
-def _translate(options, skip_translate, ignore_collisions, validate_ip_addrs):
+def translate(options):
+    """``options`` as Salt's docker translator reads them (docker SDK argument names), with
+    its checks on (the pillar check refuses the options that would turn them off)."""
     try:
         return salt.utils.dockermod.translate_input(
-            salt.utils.dockermod.translate.container,
-            skip_translate=skip_translate,
-            ignore_collisions=ignore_collisions,
-            validate_ip_addrs=validate_ip_addrs,
-            **salt.utils.args.clean_kwargs(**options),
+            salt.utils.dockermod.translate.container, **salt.utils.args.clean_kwargs(**options)
         )
     # Salt raises several kinds here; each names the offending option.
     except Exception as error:
@@ -293,22 +420,14 @@ def config_hash(image, options, networks, start):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def spec(
-    image,
-    options,
-    *,
-    networks=None,
-    start=True,
-    skip_translate=None,
-    ignore_collisions=False,
-    validate_ip_addrs=True,
-):
+def spec(image, options, *, networks=None, start=True, api=None):
     """
     The desired container: ``{"image", "create", "host", "networks", "start", "hash"}``
-    (``create``/``host``: docker SDK ``create_container``/``create_host_config`` arguments).
+    (``create``/``host``: docker SDK ``create_container``/``create_host_config`` arguments),
+    built with ``api`` (default: the run's client).
     """
     parsed = parse_networks(networks)
-    translated = _translate(options, skip_translate, ignore_collisions, validate_ip_addrs)
+    translated = translate(options)
     create, host = _split_args(translated)
     labels = dict(create.get("labels") or {})
     digest = config_hash(image, options, parsed, start)
@@ -320,11 +439,49 @@ def spec(
         "image": image,
         "create": create,
         "host": host,
-        "host_config": client().create_host_config(**host),
+        "host_config": (api or client()).create_host_config(**host),
         "networks": parsed,
         "start": bool(start),
         "hash": digest,
     }
+
+
+def dry_run(image, options, networks=None):
+    """
+    What the container state and the docker SDK make of ``options``, with no Docker daemon:
+    ``spec`` (Salt's translation, the SDK's HostConfig) and the SDK's ContainerConfig and
+    endpoint configs, for API 1.41 (Engine 20.10, the oldest the formula supports: newer
+    engines take everything it does). Raises what they raise. Without the SDK (a fresh node's
+    first render), only Salt's translation: the state builds the rest before it changes that
+    container.
+    """
+    if docker is None:
+        translate(options)
+        return {"networks": parse_networks(networks)}
+    api = docker.APIClient(base_url=DEFAULT_URL, version=CHECK_API_VERSION)
+    desired = spec(image, options, networks=networks, api=api)
+    create = {k: v for k, v in desired["create"].items() if k not in CREATE_ONLY_ARGS}
+    command = create.pop("command", None)
+    api.create_container_config(image, command, host_config=desired["host_config"], **create)
+    for endpoint in desired["networks"].values():
+        api.create_endpoint_config(**endpoint)
+    return desired
+
+
+def option_names():
+    """Every container option name Salt's translator and the docker SDK know (to suggest the
+    nearest one for a misspelt key)."""
+    module = salt.utils.dockermod.translate.container
+    names = [
+        name
+        for name, item in vars(module).items()
+        if callable(item) and getattr(item, "__module__", None) == module.__name__
+    ]
+    names += list(getattr(module, "ALIASES", {}))
+    if docker is not None:
+        accepted = salt.utils.dockermod.get_client_args(["create_container", "host_config"])
+        names += accepted["create_container"] + accepted["host_config"]
+    return sorted({name for name in names if not name.startswith("_")})
 
 
 # --- drift ----------------------------------------------------------------------------------
@@ -377,23 +534,12 @@ def drift(container, desired, current_image_id):
 def update_args(update, desired):
     """``docker update`` arguments fixing ``update`` drift, or None when only a re-create can
     (Docker takes 0 as "unchanged", so a limit cannot be lifted in place)."""
-    names = {
-        "BlkioWeight": "blkio_weight",
-        "CpuPeriod": "cpu_period",
-        "CpuQuota": "cpu_quota",
-        "CpuShares": "cpu_shares",
-        "CpusetCpus": "cpuset_cpus",
-        "CpusetMems": "cpuset_mems",
-        "Memory": "mem_limit",
-        "MemoryReservation": "mem_reservation",
-        "MemorySwap": "memswap_limit",
-    }
     args = {}
     for key, change in update.items():
         if key == "RestartPolicy":
             args["restart_policy"] = desired["host_config"].get("RestartPolicy") or {"Name": "no"}
-        elif key in names and change["new"]:
-            args[names[key]] = change["new"]
+        elif UPDATABLE.get(key) and change["new"]:
+            args[UPDATABLE[key]] = change["new"]
         else:
             return None
     return args
@@ -509,11 +655,67 @@ def recover(name):
     return done
 
 
+def start_container(container_id, name, desired):
+    """
+    Start container ``name``. "port is already allocated" for a host port that no container
+    publishes is dockerd's own leak: killed while a container joined its network, dockerd
+    restores that endpoint's port allocation when it starts again and never releases it
+    (Engine 20.10; tests/states/containers/test_dockerd_crash.py). Only a restart of Docker
+    frees it: done here when the formula manages the Docker service (``desired`` names it in
+    ``docker_service``; the containers that ran are started again, and the run's context
+    notes it for the state), else the error says to do it.
+    """
+    try:
+        client().start(container_id)
+        return
+    except docker.errors.APIError as error:
+        message = _start_error(name, desired, error)
+        taken = re.search(r"Bind for (\S+):(\d+) failed: " + PORT_TAKEN, message)
+        if not taken or _publishers(taken.group(2), container_id):
+            raise CommandExecutionError(message) from None
+    where = f"{taken.group(1)}:{taken.group(2)}"
+    docker_service = desired.get("docker_service")
+    if not docker_service:
+        raise CommandExecutionError(
+            f"container {name} failed to start: Docker holds {where} for no container (left by "
+            "a crash of dockerd): restart Docker (systemctl restart docker), then apply again"
+        )
+    restart_docker(docker_service)
+    _start(container_id, name, desired)
+    __context__["docker_containers.docker_restarted"] = (
+        f"{docker_service} restarted: it held {where} for no container since a crash"
+    )
+
+
 def _start(container_id, name, desired):
     try:
         client().start(container_id)
     except docker.errors.APIError as error:
         raise CommandExecutionError(_start_error(name, desired, error)) from None
+
+
+def _publishers(port, container_id):
+    """Names of the other containers that publish host port ``port``."""
+    listed = client().containers(filters={"publish": port})
+    return [item["Names"][0].lstrip("/") for item in listed if item["Id"] != container_id]
+
+
+def restart_docker(service):
+    """Restart the Docker service, wait for it, start again the containers that ran."""
+    running = [item["Id"] for item in client().containers()]
+    if not __salt__["service.restart"](service):
+        raise CommandExecutionError(f"restarting {service} failed: see journalctl -u {service}")
+    deadline = time.monotonic() + DEFAULT_TIMEOUT
+    while True:
+        try:
+            client().ping()
+            break
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    for container_id in running:
+        client().start(container_id)
 
 
 def _start_error(name, desired, error):
@@ -546,7 +748,7 @@ def create(name, desired):
     new_id = _create(name, desired, [])
     if desired["start"]:
         try:
-            _start(new_id, name, desired)
+            start_container(new_id, name, desired)
         except CommandExecutionError:
             client().remove_container(new_id, v=False, force=True)
             _forget_names()
@@ -569,7 +771,7 @@ def replace(name, old, desired, shutdown_timeout=10):
     _forget_names()
     if desired["start"]:
         try:
-            _start(new_id, name, desired)
+            start_container(new_id, name, desired)
         except CommandExecutionError:
             _rollback(name, new_id, old, was_running)
             raise

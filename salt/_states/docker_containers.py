@@ -20,17 +20,8 @@ import os
 
 from salt.exceptions import CommandExecutionError
 
-try:
-    import docker.errors
-
-    DOCKER_ERRORS = (docker.errors.DockerException,)
-except ImportError:
-    DOCKER_ERRORS = ()
-
 __virtualname__ = "docker_containers"
 
-MASK = "**********"
-SECRET_KEY = "secret"
 DEFAULT_REGISTRY_CONFIG = "/root/.docker/config.json"
 
 
@@ -47,9 +38,7 @@ def running(  # noqa: PLR0917 - Salt passes state arguments by name; this is the
     force=False,
     shutdown_timeout=10,
     registry_config=DEFAULT_REGISTRY_CONFIG,
-    skip_translate=None,
-    ignore_collisions=False,
-    validate_ip_addrs=True,
+    docker_service=None,
     **kwargs,
 ):
     """
@@ -64,19 +53,16 @@ def running(  # noqa: PLR0917 - Salt passes state arguments by name; this is the
         Re-create even when nothing changed (``watch`` requisites do this).
     shutdown_timeout
         Seconds the old container gets to stop when it is replaced.
+    docker_service
+        The Docker service, when the formula manages it (set by containers.sls): restarted
+        when Docker holds a port for no container since a crash (``start_container``).
     """
     ret = _ret(name)
     used = []
     try:
-        options = _resolve(_user_options(kwargs), _secrets(), used)
-        translation = {
-            "skip_translate": skip_translate,
-            "ignore_collisions": ignore_collisions,
-            "validate_ip_addrs": validate_ip_addrs,
-        }
-        desired = __salt__["docker_containers.spec"](
-            image, options, networks=networks, start=start, **translation
-        )
+        options = _resolve(_user_options(kwargs), used)
+        desired = __salt__["docker_containers.spec"](image, options, networks=networks, start=start)
+        desired["docker_service"] = docker_service
         how = {
             "pull": pull,
             "registry_config": registry_config,
@@ -84,9 +70,12 @@ def running(  # noqa: PLR0917 - Salt passes state arguments by name; this is the
             "shutdown_timeout": shutdown_timeout,
         }
         _converge(ret, name, desired, how)
-    except (CommandExecutionError, KeyError, *DOCKER_ERRORS) as error:
-        ret.update(result=False, comment=_error_text(error))
-    return __salt__["docker_settings.masked"](ret, used)
+        restarted = __context__.pop("docker_containers.docker_restarted", None)
+        if restarted:
+            ret["changes"]["docker"] = restarted
+    except Exception as error:  # every failure is one line (_failed)
+        _failed(ret, error, f"container {name}")
+    return __utils__["dockerhosts_secrets.masked"](ret, used)
 
 
 def mod_watch(name, sfun=None, **kwargs):
@@ -111,10 +100,9 @@ def image_present(
     ret = _ret(name)
     policy = "always" if force else pull
     try:
-        _check_policy(policy)
         _image(ret, name, policy, registry_config)
-    except (CommandExecutionError, *DOCKER_ERRORS) as error:
-        ret.update(result=False, comment=_error_text(error))
+    except Exception as error:  # every failure is one line (_failed)
+        _failed(ret, error, f"image {name}")
     return ret
 
 
@@ -126,35 +114,72 @@ def registry_login(name, username, password, config_path=DEFAULT_REGISTRY_CONFIG
     ret = _ret(name)
     used = []
     try:
-        username = _resolve(username, _secrets(), used)
-        password = _resolve(password, _secrets(), used)
+        username = _resolve(username, used)
+        password = _resolve(password, used)
         _login(ret, name, str(username), str(password), config_path)
-    except (CommandExecutionError, KeyError, *DOCKER_ERRORS) as error:
-        ret.update(result=False, comment=_error_text(error))
-    return __salt__["docker_settings.masked"](ret, used)
+    except Exception as error:  # every failure is one line (_failed)
+        _failed(ret, error, f"registry {name}")
+    return __utils__["dockerhosts_secrets.masked"](ret, used)
+
+
+def network_present(name, **options):
+    """
+    Network ``name`` with the docker SDK's ``create_network`` arguments (``ipam``: ``{driver,
+    pool_configs: [{subnet, iprange, gateway, aux_addresses}], options}``). Created when
+    missing; Docker cannot change a network in place, so one that differs fails, naming what
+    differs (the formula never removes a network).
+    """
+    return _present(name, "network", _user_options(options))
+
+
+def volume_present(name, **options):
+    """
+    Volume ``name`` (driver, driver_opts, labels). Created when missing; one with other
+    settings fails, naming them: a volume holds data, the formula never removes it.
+    """
+    return _present(name, "volume", _user_options(options))
+
+
+def _present(name, kind, options):
+    ret = _ret(name)
+    try:
+        found = __salt__[f"docker_containers.find_{kind}"](name)
+        if found is None:
+            _create_object(ret, name, kind, options)
+            return ret
+        differs = __salt__["docker_containers.settings_drift"](found, options, kind)
+        if differs:
+            ret.update(
+                result=False,
+                comment=f"{kind} {name} exists with other settings ({', '.join(sorted(differs))}"
+                f"): Docker cannot change them in place; remove it by hand (docker {kind} rm "
+                f"{name}) or give pillar another name",
+                changes={"differs": differs},
+            )
+        else:
+            ret["comment"] = f"{kind} {name} is as configured"
+    except Exception as error:  # every failure is one line (_failed)
+        _failed(ret, error, f"{kind} {name}")
+    return ret
+
+
+def _create_object(ret, name, kind, options):
+    ret["changes"] = {kind: {"old": None, "new": name}}
+    if __opts__["test"]:
+        ret.update(result=None, comment=f"{kind} {name} would be created")
+        return
+    __salt__[f"docker_containers.create_{kind}"](name, options)
+    ret["comment"] = f"{kind} {name} created"
 
 
 # --- secrets ----------------------------------------------------------------------------------
 
 
-def _secrets():
-    return __pillar__.get("docker_secrets") or {}
-
-
-def _resolve(value, secrets, used):
-    if isinstance(value, dict):
-        if set(value) == {SECRET_KEY}:
-            if value[SECRET_KEY] not in secrets:
-                raise CommandExecutionError(
-                    f"secret {value[SECRET_KEY]!r} is not in pillar docker_secrets"
-                )
-            secret = secrets[value[SECRET_KEY]]
-            used.append(str(secret))
-            return secret
-        return {key: _resolve(item, secrets, used) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_resolve(item, secrets, used) for item in value]
-    return value
+def _resolve(value, used):
+    """``value`` with its ``{secret: name}`` references resolved from pillar docker_secrets
+    (each value used is added to ``used``, to be masked in what the state returns)."""
+    secrets = __pillar__.get("docker_secrets") or {}
+    return __utils__["dockerhosts_secrets.resolve"](value, secrets, used)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -168,16 +193,11 @@ def _user_options(kwargs):
     return {key: value for key, value in kwargs.items() if not key.startswith("__")}
 
 
-def _error_text(error):
+def _failed(ret, error, what):
+    """The state failed: one line saying what, on what and what to do (no traceback)."""
     if isinstance(error, KeyError):
-        return f"missing key {error}"
-    explanation = getattr(error, "explanation", None)
-    return str(explanation or error)
-
-
-def _check_policy(policy):
-    if policy not in ("missing", "always", "never"):
-        raise CommandExecutionError(f"pull: {policy!r} is not one of missing, always, never")
+        error = CommandExecutionError(f"{what}: {error.args[0] if error.args else error}")
+    ret.update(result=False, comment=__salt__["docker_containers.failure"](error, what))
 
 
 def _short(value):
@@ -225,7 +245,6 @@ def _image_test(ret, image, current, registry_config):
 
 def _container_image(image, pull, registry_config):
     """Local id of ``image``, pulled here only if the image state did not (e.g. removed)."""
-    _check_policy(pull)
     current = __salt__["docker_containers.image_id"](image)
     if current is None and pull == "never":
         raise CommandExecutionError(f"image {image} is not on this host and pull is never")
@@ -257,7 +276,7 @@ def _converge(ret, name, desired, how):
     elif found["update"]:
         _update(ret, name, (current, desired), found["update"], how["shutdown_timeout"])
     if found["start"] and not found["recreate"]:
-        _start(ret, name, current)
+        _start(ret, name, current, desired)
     if not ret["changes"]:
         ret["comment"] = f"container {name} is as configured"
 
@@ -314,17 +333,16 @@ def _update(ret, name, pair, update, shutdown_timeout):
     ret["comment"] = f"container {name} updated in place"
 
 
-def _start(ret, name, current):
+def _start(ret, name, current, desired):
     old = current["State"].get("Status")
     ret["changes"]["state"] = {"old": old, "new": "running"}
     if __opts__["test"]:
         ret.update(result=None, comment=f"container {name} would be started")
         return
-    api = __salt__["docker_containers.client"]()
     if current["State"].get("Paused"):
-        api.unpause(current["Id"])
+        __salt__["docker_containers.client"]().unpause(current["Id"])
     else:
-        api.start(current["Id"])
+        __salt__["docker_containers.start_container"](current["Id"], name, desired)
     ret["comment"] = f"container {name} started (was {old})"
 
 
@@ -339,7 +357,8 @@ def _login(ret, registry, username, password, config_path):
         return
     # Refused credentials fail here, before the stored ones are touched.
     __salt__["docker_containers.login"](registry, username, password)
-    ret["changes"]["credentials"] = {"registry": registry, "username": username, "password": MASK}
+    mask = __utils__["dockerhosts_secrets.masked"](password, [password])
+    ret["changes"]["credentials"] = {"registry": registry, "username": username, "password": mask}
     if __opts__["test"]:
         ret.update(result=None, comment=f"credentials for {registry} verified, would be stored")
         return

@@ -4,7 +4,6 @@
     its registry: refused credentials leave the containers of that registry untouched. #}
 {%- from tpldir ~ "/settings.jinja" import docker with context %}
 {%- set tplroot = tpldir.split("/")[0] %}
-{%- set eagerness = {"never": 0, "missing": 1, "always": 2} %}
 include:
   - .service
 
@@ -20,21 +19,9 @@ docker-registry-{{ url }}:
       - sls: {{ tplroot }}.service
 {%- endfor %}
 
-{#- Every image: pillar docker:images plus the containers' images; an image's pull policy is
-    its own, else the most eager of the containers using it, else missing. #}
-{%- set images = {} %}
-{%- for image, options in docker.images.items() %}
-{%-   do images.update({image: dict(options or {})}) %}
-{%- endfor %}
-{%- for name, options in docker.containers.items() %}
-{%-   set image = images.setdefault(options.image, {}) %}
-{%-   set wanted = options.get("pull", "missing") %}
-{%-   if "pull" not in (docker.images.get(options.image) or {}) %}
-{%-     if eagerness.get(wanted, 1) > eagerness.get(image.get("pull", "never"), 0) %}
-{%-       do image.update({"pull": wanted}) %}
-{%-     endif %}
-{%-   endif %}
-{%- endfor %}
+{#- Every image: pillar docker:images plus the containers' images, each with its pull policy
+    (its own, else the most eager of its containers'): docker_containers.image_states. #}
+{%- set images = salt["docker_containers.image_states"](docker.images, docker.containers) %}
 {%- for image, options in images.items() %}
 {%-   set registry = salt["docker_containers.registry_of"](image) %}
 
@@ -57,7 +44,7 @@ docker-image-{{ image }}:
 {%- for name, options in docker.networks.items() %}
 
 docker-network-{{ name }}:
-  docker_network.present:
+  docker_containers.network_present:
     - name: {{ name|json }}
 {%-   for key, value in (options or {}).items() %}
     - {{ key }}: {{ value|json }}
@@ -69,7 +56,7 @@ docker-network-{{ name }}:
 {%- for name, options in docker.volumes.items() %}
 
 docker-volume-{{ name }}:
-  docker_volume.present:
+  docker_containers.volume_present:
     - name: {{ name|json }}
 {%-   for key, value in (options or {}).items() %}
     - {{ key }}: {{ value|json }}
@@ -90,12 +77,13 @@ docker-container-{{ name }}:
     - {{ key }}: {{ value|json }}
 {%-   endfor %}
     - registry_config: {{ docker.registry_config|json }}
+    - docker_service: {{ (docker.service.name if docker.service.manage else none)|json }}
     - require:
       - docker_containers: docker-image-{{ options.image }}
 {%-   for network in networks %}
 {%-     set network = network if network is string else (network.keys()|first) %}
 {%-     if network in docker.networks %}
-      - docker_network: docker-network-{{ network }}
+      - docker_containers: docker-network-{{ network }}
 {%-     endif %}
 {%-   endfor %}
 {%-   for source in volumes_from %}
@@ -105,7 +93,7 @@ docker-container-{{ name }}:
 {%-     endif %}
 {%-   endfor %}
 {%-   for volume in docker.volumes %}
-      - docker_volume: docker-volume-{{ volume }}
+      - docker_containers: docker-volume-{{ volume }}
 {%-   endfor %}
 {%- endfor %}
 

@@ -309,4 +309,4 @@ def test_shipped_dataserver_containers(node_os):
     assert pg_data["start"] is False
     # The database is on a named volume, which outlives every container that mounts it.
     assert pg_data["binds"] == ["pgdata:/var/lib/postgresql"]
-    assert {"docker_volume": "docker-volume-pgdata"} in postgres["require"]
+    assert {"docker_containers": "docker-volume-pgdata"} in postgres["require"]

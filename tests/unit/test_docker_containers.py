@@ -1,9 +1,14 @@
 """
 docker_containers execution module and states without a Docker daemon: image names and
 registries, the config hash, drift decisions from an inspection, which volumes a re-create
-carries over or refuses, secret resolution and masking.
+carries over or refuses, secret resolution and masking, what a failure says, the restart of a
+Docker that holds a port for no container. The loader's dunders come from
+``configure_loader_modules`` (pytest-salt-factories).
 """
 
+from types import SimpleNamespace
+
+import docker.errors
 import pytest
 from salt.exceptions import CommandExecutionError
 
@@ -11,26 +16,37 @@ from tools.salt_repo import load_module
 
 HASH_LABEL = "docker-hosts.config-hash"
 VOLUME = "a" * 64
+MODULE = load_module("modules", "docker_containers")
+STATES = load_module("states", "docker_containers")
+SECRETS = load_module("utils", "dockerhosts_secrets")
+UTILS = {f"dockerhosts_secrets.{name}": getattr(SECRETS, name) for name in ("resolve", "masked")}
+
+
+@pytest.fixture
+def configure_loader_modules():
+    salt = {
+        "docker_containers.failure": MODULE.failure,
+        "config.option": lambda key, default=None: default,
+    }
+    return {
+        MODULE: {"__context__": {}, "__salt__": dict(salt), "__opts__": {"test": False}},
+        STATES: {
+            "__salt__": salt,
+            "__utils__": UTILS,
+            "__opts__": {"test": False},
+            "__pillar__": {},
+        },
+    }
 
 
 @pytest.fixture
 def mod():
-    module = load_module("modules", "docker_containers")
-    module.__context__ = {}
-    return module
+    return MODULE
 
 
 @pytest.fixture
-def settings():
-    return load_module("modules", "docker_settings")
-
-
-@pytest.fixture
-def states(settings):
-    module = load_module("states", "docker_containers")
-    # What the state reaches through the loader: the masking of secrets in what it returns.
-    module.__salt__ = {"docker_settings.masked": settings.masked}
-    return module
+def states():
+    return STATES
 
 
 @pytest.mark.parametrize(
@@ -148,28 +164,27 @@ def test_putting_something_else_over_an_anonymous_volume_is_refused(mod):
         mod.carried_volumes("pg_data", old, desired)
 
 
-def test_secrets_resolved_and_masked(states, settings):
+def test_secrets_resolved_and_masked(states):
     used = []
-    secrets = {"pw": "s3cret", "long": "s3cret-and-more"}
+    states.__pillar__["docker_secrets"] = {"pw": "s3cret", "long": "s3cret-and-more"}
     value = {"env": {"A": {"secret": "pw"}, "B": {"secret": "long"}}, "list": [{"secret": "pw"}]}
-    resolved = states._resolve(value, secrets, used)
+    resolved = states._resolve(value, used)
     assert resolved == {"env": {"A": "s3cret", "B": "s3cret-and-more"}, "list": ["s3cret"]}
-    masked = settings.masked({"comment": "B=s3cret-and-more A=s3cret"}, used)
+    masked = SECRETS.masked({"comment": "B=s3cret-and-more A=s3cret"}, used)
     assert masked == {"comment": "B=********** A=**********"}
-    assert settings.masked({"s3cret": ("x", "s3cret")}, used) == {"**********": ["x", "**********"]}
+    assert SECRETS.masked({"s3cret": ("x", "s3cret")}, used) == {"**********": ["x", "**********"]}
     unchanged = {"comment": "nothing secret", "list": ("a",)}
-    assert settings.masked(unchanged, []) is unchanged
-    assert settings.masked(unchanged, ["", None]) is unchanged
-    with pytest.raises(CommandExecutionError, match="'nope' is not in pillar docker_secrets"):
-        states._resolve({"secret": "nope"}, secrets, [])
+    assert SECRETS.masked(unchanged, []) is unchanged
+    assert SECRETS.masked(unchanged, ["", None]) is unchanged
+    with pytest.raises(KeyError, match="'nope' is not in pillar docker_secrets"):
+        states._resolve({"secret": "nope"}, [])
 
 
 def test_a_refused_login_is_reported_without_the_password(states, tmp_path):
     def refuse(registry, username, password):
         raise CommandExecutionError(f"{registry}: {username}/{password} refused")
 
-    states.__pillar__ = {"docker_secrets": {"registry_pw": "pa55-word"}}
-    states.__opts__ = {"test": False}
+    states.__pillar__["docker_secrets"] = {"registry_pw": "pa55-word"}
     states.__salt__.update(
         {
             "docker_containers.stored_auth": lambda registry, path: None,
@@ -181,3 +196,112 @@ def test_a_refused_login_is_reported_without_the_password(states, tmp_path):
     )
     assert ret["result"] is False
     assert ret["comment"] == "registry.example.com: ci/********** refused"
+
+
+def test_image_pull_policy_is_the_images_own_else_the_most_eager_containers(mod):
+    containers = {
+        "a": {"image": "one:1", "pull": "never"},
+        "b": {"image": "two:1", "pull": "never"},
+        "c": {"image": "two:1"},
+        "d": {"image": "three:1", "pull": "always"},
+        "e": {"image": "three:1", "pull": "never"},
+        "f": {"image": "four:1", "pull": "always"},
+    }
+    images = {"four:1": {"pull": "never"}, "five:1": None}
+    assert mod.image_states(images, containers) == {
+        "one:1": {"pull": "never"},
+        "two:1": {"pull": "missing"},
+        "three:1": {"pull": "always"},
+        "four:1": {"pull": "never"},
+        "five:1": {},
+    }
+
+
+class FakeDocker:
+    """The part of docker.APIClient start_container uses; the first start fails like a dockerd
+    that kept a port allocated for no container since it was killed."""
+
+    def __init__(self, publishers=()):
+        self.calls = []
+        self.publishers = list(publishers)
+        self.starts_failing = 1
+
+    def start(self, container_id):
+        self.calls.append(("start", container_id))
+        if self.starts_failing:
+            self.starts_failing -= 1
+            response = SimpleNamespace(status_code=500, reason="Server Error", url="u")
+            raise docker.errors.APIError(
+                "500",
+                response=response,
+                explanation="driver failed programming external connectivity on endpoint pg "
+                "(0123): Bind for 127.0.0.1:15432 failed: port is already allocated",
+            )
+
+    def containers(self, filters=None, **kwargs):
+        if filters:
+            return [{"Id": "other", "Names": [f"/{name}"]} for name in self.publishers]
+        return [{"Id": "web"}, {"Id": "db"}]
+
+    def ping(self):
+        return True
+
+
+def test_a_port_docker_holds_for_no_container_restarts_a_managed_docker(mod):
+    fake = FakeDocker()
+    restarted = []
+    mod.__context__["docker_containers.client"] = fake
+    mod.__salt__["service.restart"] = lambda name: restarted.append(name) or True
+    desired = {"host_config": {}, "docker_service": "docker"}
+    mod.start_container("pg-id", "pg", desired)
+    assert restarted == ["docker"]
+    # The containers that ran before the restart run again, then this one starts.
+    assert fake.calls == [("start", "pg-id"), ("start", "web"), ("start", "db"), ("start", "pg-id")]
+    assert mod.__context__["docker_containers.docker_restarted"] == (
+        "docker restarted: it held 127.0.0.1:15432 for no container since a crash"
+    )
+
+
+def test_a_port_docker_holds_unmanaged_or_another_container_publishes_it_is_reported(mod):
+    mod.__context__["docker_containers.client"] = FakeDocker()
+    with pytest.raises(CommandExecutionError, match=r"restart Docker .systemctl restart docker."):
+        mod.start_container("pg-id", "pg", {"host_config": {}, "docker_service": None})
+    mod.__context__["docker_containers.client"] = FakeDocker(publishers=["other-db"])
+    mod.__salt__["service.restart"] = pytest.fail
+    with pytest.raises(CommandExecutionError, match=r"container pg failed to start: .*allocated"):
+        mod.start_container("pg-id", "pg", {"host_config": {}, "docker_service": "docker"})
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (
+            docker.errors.DockerException("Error while fetching server API version"),
+            "container web: unexpected DockerException: Error while fetching server API version",
+        ),
+        (
+            CommandExecutionError("pulling x failed:\n  denied"),
+            "pulling x failed: denied",
+        ),
+    ],
+)
+def test_every_failure_is_one_line(mod, error, said):
+    assert mod.failure(error, "container web").startswith(said)
+
+
+def test_docker_away_says_where_and_what_to_do(mod):
+    import requests.exceptions  # noqa: PLC0415
+
+    try:
+        try:
+            raise requests.exceptions.ConnectionError("('Connection aborted.', refused)")
+        except requests.exceptions.ConnectionError as cause:
+            raise docker.errors.DockerException(
+                "Error while fetching server API version"
+            ) from cause
+    except docker.errors.DockerException as error:
+        said = mod.failure(error, "image busybox:latest")
+    assert said == (
+        "image busybox:latest: Docker is not reachable at unix://var/run/docker.sock "
+        "(ConnectionError): start Docker (systemctl start docker), then apply the state again"
+    )

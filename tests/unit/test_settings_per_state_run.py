@@ -13,23 +13,33 @@ from salt.exceptions import CommandExecutionError
 
 from tests.states import corpus
 
+SETTINGS = corpus.MODULES["settings"]
+
+
+@pytest.fixture
+def configure_loader_modules():
+    return corpus.loader_modules()
+
+
+@pytest.fixture
+def settings_module():
+    return SETTINGS
+
 
 class FileClient:
     """A state run's file client: only its identity matters here."""
 
 
-def state_run(module, minion_context, consumers):
+def state_run(module, minion_context):
     context = dict(minion_context)
     context["fileclient"] = FileClient()
-    context.setdefault("docker_settings.consumers", consumers)
     module.__context__ = context
     return context
 
 
 def settings_of(module, pillar):
     module.__pillar__ = pillar
-    defaults = corpus.formula_defaults()
-    return corpus.mapdata(pillar, defaults), defaults
+    return corpus.mapdata(pillar, corpus.formula_defaults()), corpus.schema()
 
 
 def with_debug(value):
@@ -38,8 +48,8 @@ def with_debug(value):
     )
 
 
-def test_later_sls_of_the_run_get_the_checked_settings(settings_module, consumers):
-    state_run(settings_module, {}, consumers)
+def test_later_sls_of_the_run_get_the_checked_settings(settings_module):
+    state_run(settings_module, {})
     assert settings_module.state_run_settings("docker") is None
     kept = settings_module.check_for_state_run(
         "docker", *settings_of(settings_module, corpus.dataserver_pillar())
@@ -50,13 +60,13 @@ def test_later_sls_of_the_run_get_the_checked_settings(settings_module, consumer
     assert settings_module.state_run_settings("docker-staging") is None
 
 
-def test_each_run_renders_with_its_own_pillar(settings_module, consumers):
+def test_each_run_renders_with_its_own_pillar(settings_module):
     minion_context = {}
-    state_run(settings_module, minion_context, consumers)
+    state_run(settings_module, minion_context)
     first = settings_module.check_for_state_run(
         "docker", *settings_of(settings_module, with_debug(True))
     )
-    state_run(settings_module, minion_context, consumers)
+    state_run(settings_module, minion_context)
     assert settings_module.state_run_settings("docker") is None
     second = settings_module.check_for_state_run(
         "docker", *settings_of(settings_module, with_debug(False))
@@ -66,16 +76,16 @@ def test_each_run_renders_with_its_own_pillar(settings_module, consumers):
     assert settings_module.STATE_RUN_KEY not in minion_context
 
 
-def test_a_run_never_uses_settings_it_inherited(settings_module, consumers):
+def test_a_run_never_uses_settings_it_inherited(settings_module):
     # A caller's context that holds another run's entry (e.g. one a run was started with).
-    earlier = state_run(settings_module, {}, consumers)
+    earlier = state_run(settings_module, {})
     settings_module.check_for_state_run("docker", *settings_of(settings_module, with_debug(True)))
-    state_run(settings_module, earlier, consumers)
+    state_run(settings_module, earlier)
     assert settings_module.state_run_settings("docker") is None
 
 
-def test_outside_a_state_run_nothing_is_kept(settings_module, consumers):
-    settings_module.__context__ = {"docker_settings.consumers": consumers}
+def test_outside_a_state_run_nothing_is_kept(settings_module):
+    settings_module.__context__ = {}
     result = settings_module.check_for_state_run(
         "docker", *settings_of(settings_module, corpus.dataserver_pillar())
     )
@@ -84,8 +94,8 @@ def test_outside_a_state_run_nothing_is_kept(settings_module, consumers):
     assert settings_module.STATE_RUN_KEY not in settings_module.__context__
 
 
-def test_refused_settings_are_not_kept(settings_module, consumers):
-    state_run(settings_module, {}, consumers)
+def test_refused_settings_are_not_kept(settings_module):
+    state_run(settings_module, {})
     bad = corpus.with_override(corpus.dataserver_pillar(), {"docker": {"confg": {}}})
     for _ in range(2):  # every SLS of the run that imports the settings refuses them again
         with pytest.raises(CommandExecutionError, match="docker:confg: unknown key"):

@@ -177,3 +177,41 @@ def test_moved_tag_is_reported_then_rolled_out_in_batches(pushed, secret_values)
     assert all(c["State"]["Running"] for c in new.values())
     # No-op afterwards, though the policy pulls every run.
     assert changed(converge(env, NODE1)) == {}
+
+
+def registry_requests(env, path):
+    """Lines of the registry's access log that ask for ``path`` (a repository)."""
+    log = (env.registry.workdir / "registry.log").read_text()
+    return [line for line in log.splitlines() if f"/v2/{path}/" in line]
+
+
+def test_pull_never_pulls_nothing_even_when_the_image_is_missing(pushed, secret_values):
+    env = pushed
+    push(
+        env.dockerds[NODE1],
+        env.registry,
+        "busybox:latest",
+        "never:1",
+        username=REGISTRY_USER,
+        password=secret_values["registry_password"],
+    )
+    pushed_requests = len(registry_requests(env, "never"))
+    assert pushed_requests, "the registry's access log shows no push: cannot see pulls either"
+    data = app_pillar(env)
+    data["docker"]["containers"]["never"] = {
+        **data["docker"]["containers"]["app"],
+        "image": env.registry.image("never:1"),
+        "pull": "never",
+    }
+    env.write_pillar(NODE1, data)
+    states = converge(env, NODE1, ok=False)
+    errors = failed(states)
+    image = env.registry.image("never:1")
+    assert errors == {
+        f"docker-image-{image}": f"image {image} is not on this host and pull is never",
+        "docker-container-never": "One or more requisite failed: "
+        f"docker.containers.docker-image-{image}",
+    }, errors
+    assert len(registry_requests(env, "never")) == pushed_requests
+    assert "never" not in env.dockerds[NODE1].container_names()
+    env.write_pillar(NODE1, app_pillar(env))
