@@ -110,25 +110,6 @@ def _kept_for_this_run():
     return entry[1]
 
 
-def masked(value, secrets):
-    """``value`` with each of ``secrets`` replaced by ``**********``. Kept only for the swarm
-    states until they use ``dockerhosts_secrets.masked`` (issue 18.1): then it goes."""
-    hidden = sorted({str(secret) for secret in secrets if secret}, key=len, reverse=True)
-    return _masked_with(value, hidden) if hidden else value
-
-
-def _masked_with(value, hidden):
-    if isinstance(value, str):
-        for secret in hidden:
-            value = value.replace(secret, "**********")
-        return value
-    if isinstance(value, dict):
-        return {_masked_with(k, hidden): _masked_with(v, hidden) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_masked_with(item, hidden) for item in value]
-    return value
-
-
 def _digest(*values):
     text = json.dumps(values, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()
