@@ -44,11 +44,13 @@ def copy_config(dest, repo_root=REPO_ROOT, provider=None):
         else:
             shutil.copy2(source, dest / relative)
     (dest / "salt").mkdir()
-    shutil.copytree(
-        repo_root / "salt" / "_clouds",
-        dest / "salt" / "_clouds",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    # The driver, the shared layer it calls (the node record) and the runner its destroy calls.
+    for part in ("_clouds", "_utils", "_runners"):
+        shutil.copytree(
+            repo_root / "salt" / part,
+            dest / "salt" / part,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
     with (dest / "master").open("a") as master:
         master.write(
             "\n# Test harness: a master on loopback, on ports of its own.\n"

@@ -445,6 +445,7 @@ def _create(job):
     _register_class(job)
     ret = _deploy(job)
     _protect(job)
+    __utils__["dockerhosts_nodes.update"](__opts__, job.minion_id, state="deployed")
     log.info("Created %s (%s)", job.name, job.instance_id)
     _fire_vm(job.vm, "created instance", "created")
     return {**ret, **create_result(job.instance, job.settings)}
@@ -734,6 +735,7 @@ def _destroy_names(names):
     results = {name: {"error": f"no instance named {name!r}"} for name in names}
     if not by_name:
         return results
+    _before_destroy(sorted(by_name))
     for name in by_name:
         _fire(name, "destroying instance", "destroying", {"name": name})
     _cancel_spot_requests(client, [i for found in by_name.values() for i in found])
@@ -2019,29 +2021,28 @@ def _minion_id(vm_):
     return minion_id_of({**vm_, "minion": minion})
 
 
-def _registry_dir():
-    pki_dir = __opts__.get("pki_dir")
-    return os.path.join(pki_dir, "node_classes") if pki_dir else None
-
-
 def _write_node_class(minion_id, node_class):
-    """<pki_dir>/node_classes/<minion id>: the class and a newline, written atomically."""
-    directory = _registry_dir()
-    if directory is None:
-        log.warning("No pki_dir: the master's node class registry is not updated")
-        return
-    check_node_name(minion_id, "minion id")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    os.chmod(directory, 0o700)
-    _write_atomic(os.path.join(directory, minion_id), f"{node_class}\n")
+    """The node record (lifecycle's dockerhosts_nodes): class and key, before the deploy."""
+    key = __utils__["dockerhosts_nodes.key_fingerprint"](__opts__, minion_id)
+    fields = {"class": node_class, "key": key, "source": "salt-cloud", "state": "launched"}
+    __utils__["dockerhosts_nodes.forget"](__opts__, minion_id)
+    __utils__["dockerhosts_nodes.update"](__opts__, minion_id, **fields)
 
 
 def _remove_node_class(minion_id):
-    directory = _registry_dir()
-    if directory is None:
-        return
-    with contextlib.suppress(FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        os.remove(os.path.join(directory, minion_id))
+    __utils__["dockerhosts_nodes.forget"](__opts__, minion_id)
+
+
+def _before_destroy(names):
+    """The master's side of a destroy, once per batch (lifecycle's node.before_destroy)."""
+    import salt.loader  # noqa: PLC0415
+
+    master_conf = os.path.join(os.path.dirname(os.path.abspath(__opts__["conf_file"])), "master")
+    master = config.master_config(master_conf)
+    runners = salt.loader.runner(master, utils=salt.loader.utils(master))
+    ret = runners["node.before_destroy"](names)
+    if ret.get("retcode"):
+        raise SaltCloudSystemExit(f"node.before_destroy: {ret.get('comment')}")
 
 
 def _write_atomic(path, text):

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tools import cloud_harness as harness
+from tools.checkout_master import node_record
 from tools.fault_proxy import FaultProxy
 
 from .conftest import FAULT_PROVIDER
@@ -233,7 +234,7 @@ def sigterm_during_deploy(ctx):
             os.kill(int(pid), signal.SIGTERM)
     outcome.extra["deploy_started"] = started.exists()
     outcome.extra["key"] = (ctx.cloud.pki_dir / "minions" / name).exists()
-    outcome.extra["node_class"] = (ctx.cloud.pki_dir / "node_classes" / name).exists()
+    outcome.extra["node_class"] = node_record(ctx.cloud.pki_dir, name) is not None
     return outcome
 
 
@@ -309,8 +310,7 @@ def same_name_on_one_master(ctx):
     accepted = ctx.cloud.pki_dir / "minions" / name
     outcome.extra["deployed_key"] = captured.read_text() if captured.exists() else None
     outcome.extra["accepted_key"] = accepted.read_text() if accepted.exists() else None
-    node_class = ctx.cloud.pki_dir / "node_classes" / name
-    outcome.extra["node_class"] = node_class.read_text() if node_class.exists() else None
+    outcome.extra["node_class"] = (node_record(ctx.cloud.pki_dir, name) or {}).get("class")
     for _ in range(2):
         if ctx.cloud.instances(name):
             ctx.cloud.run("-d", name, "-y")
@@ -490,7 +490,7 @@ def test_same_name_on_one_master_makes_one_node_with_the_right_key(fault_runs):
     assert "already exists" in outcome.output
     assert outcome.extra["deployed_key"] is not None
     assert outcome.extra["accepted_key"].strip() == outcome.extra["deployed_key"].strip()
-    assert outcome.extra["node_class"] == "backends\n"
+    assert outcome.extra["node_class"] == "backends"
 
 
 def test_same_name_on_two_masters_leaves_one_node(fault_runs):

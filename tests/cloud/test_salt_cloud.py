@@ -3,6 +3,7 @@
 What EC2 holds afterwards is checked with boto3, not through the driver.
 """
 
+import hashlib
 import json
 import queue
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tools.checkout_master import node_record
 
 from .conftest import DEVICE, class_node
 
@@ -68,10 +71,9 @@ def test_profile_creates_the_class_node_once_and_destroy_removes_it(cloud, node_
         "volume_id": volume["VolumeId"],
     }
     assert created["docker_disk"] == {"device": DEVICE, "volume_id": volume["VolumeId"]}
-    # The master knows the node's class (the node class registry).
-    registry = cloud.pki_dir / "node_classes"
-    assert (registry / name).read_text() == f"{node_class}\n"
-    assert oct(registry.stat().st_mode & 0o777) == "0o700"
+    # The master knows the node's class (its node record).
+    record = node_record(cloud.pki_dir, name)
+    assert record["class"] == node_class and record["source"] == "salt-cloud", record
 
     # Again: salt-cloud says it exists and EC2 still holds exactly one such node.
     again = cloud.run("-p", node_class, name, "--no-deploy")
@@ -88,7 +90,7 @@ def test_profile_creates_the_class_node_once_and_destroy_removes_it(cloud, node_
         Filters=[{"Name": "volume-id", "Values": [volume["VolumeId"]]}]
     )["Volumes"]
     assert volumes == []
-    assert not (registry / name).exists()
+    assert node_record(cloud.pki_dir, name) is None
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +264,7 @@ def test_failure_after_launch_terminates_the_instance(cloud, error_runs):
     minions = cloud.pki_dir / "minions"
     assert minions.is_dir()
     assert not (minions / "err-test-fails-after-launch").exists()
-    assert not (cloud.pki_dir / "node_classes" / "err-test-fails-after-launch").exists()
+    assert node_record(cloud.pki_dir, "err-test-fails-after-launch") is None
 
 
 def test_deploy_over_ssh_writes_minion_config_and_accepts_the_key(cloud, cloud_root, tmp_path):
@@ -299,14 +301,16 @@ def test_deploy_over_ssh_writes_minion_config_and_accepts_the_key(cloud, cloud_r
         assert grains["docker_disk"] == {"device": DEVICE, "volume_id": volume_id}
 
         assert accepted.read_text().strip() == (captured / "minion.pub").read_text().strip()
-        assert (cloud.pki_dir / "node_classes" / name).read_text() == "backends\n"
+        record = node_record(cloud.pki_dir, name)
+        assert record["class"] == "backends" and record["state"] == "deployed", record
+        assert record["key"] == hashlib.sha256(accepted.read_bytes().strip()).hexdigest()
     finally:
         if cloud.instances(name):
             cloud.run("-d", name, "-y")
     assert cloud.instances(name) == []
     # Destroying the node also removes its key and its class from the master.
     assert not accepted.exists()
-    assert not (cloud.pki_dir / "node_classes" / name).exists()
+    assert node_record(cloud.pki_dir, name) is None
 
 
 def test_create_and_destroy_fire_events_on_the_master(cloud):
