@@ -20,13 +20,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from salt.config import DEFAULT_MASTER_OPTS
 
 from tools import salt_repo
+
+NODES = salt_repo.load_module("utils", "dockerhosts_nodes")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent
 # The ports a master started from the repository's `master` file listens on (Salt's defaults).
 RET_PORT = 4506
+
+
+def node_record(pki_dir, name):
+    """The master's record of node ``name`` (salt/_utils/dockerhosts_nodes.py, localfs under
+    ``pki_dir``), read through the product's own module; None when there is none."""
+    opts = {**DEFAULT_MASTER_OPTS, "pki_dir": str(pki_dir), "cachedir": str(pki_dir)}
+    return NODES.get(opts, name)
 
 
 def checkout_files(repo_root=REPO_ROOT):

@@ -44,10 +44,11 @@ def copy_config(dest, repo_root=REPO_ROOT, provider=None):
         else:
             shutil.copy2(source, dest / relative)
     (dest / "salt").mkdir()
-    for kind in ("_clouds", "_utils"):  # the driver and the utils it calls (module_dirs)
+    # The driver, the shared layer it calls (the node record) and the runner its destroy calls.
+    for part in ("_clouds", "_utils", "_runners"):
         shutil.copytree(
-            repo_root / "salt" / kind,
-            dest / "salt" / kind,
+            repo_root / "salt" / part,
+            dest / "salt" / part,
             ignore=shutil.ignore_patterns("__pycache__"),
         )
     with (dest / "master").open("a") as master:

@@ -484,7 +484,7 @@ class Stack:
         return ", ".join(f"{state} {seconds:.0f} s" for state, seconds in slowest)
 
     def wait_converged(self, name, timeout=1800, node=None):
-        """`salt-run node.wait_converged <name>`: the reactor's converge record (raises if it
+        """`salt-run node.wait_converged <name>`: the converge the reactor started (raises if it
         did not finish or failed, or as soon as ``node``'s VM is found dead)."""
         args = ("--out=json", "node.wait_converged", name, f"timeout={timeout}")
         if node is None:
@@ -504,11 +504,13 @@ class Stack:
             record = json.loads(result.stdout).get(name) or {}
         except (json.JSONDecodeError, AttributeError):
             record = {}
-        if result.returncode != 0 or not record.get("result"):
+        if result.returncode != 0 or record.get("state") != "converged":
             raise RuntimeError(
                 f"{name} did not converge (rc {result.returncode}):\n{result.stdout[-4000:]}"
             )
-        return record
+        # The converge's summary (states, changed, failed, jid, seconds), with the node
+        # record's state and source.
+        return {**record["converge"], "state": record["state"], "source": record.get("source")}
 
     def set_docker_pillar(self, name, **sections):
         """Change sections of node `name`'s docker: pillar (the next highstate applies it)."""

@@ -1059,7 +1059,6 @@ def _finish_node(node):
         availability_zone=zone,
         data_volumes=data,
     )
-    _legacy_class_entry(node.name, settings["class"])
     ret = _deploy(node, client, {"device_name": device, "volume_id": volume_id})
     if settings["termination_protection"]:
         _protect(client, node.instance_id, True)
@@ -1103,14 +1102,16 @@ def _deploy(node, client, volume):
     _checkpoint()
     salt.utils.cloud.accept_key(__opts__["pki_dir"], vm_["pub_key"], node.name)
     node.keyed = True
+    # The class follows this key (pillar's class_of): recorded before the minion first asks.
+    key = hashlib.sha256(vm_["pub_key"].strip().encode()).hexdigest()
+    _record("update", node.name, key=key)
     script = config.get_cloud_config_value("script", vm_, __opts__)
     vm_.update(ssh_host=address, key_filename=settings["private_key"], os=script)
     ret = __utils__["cloud.bootstrap"](vm_, __opts__)
     if "Error" in ret:
         raise SaltCloudSystemExit(f"deploying salt failed: {ret['Error']}")
     _checkpoint()
-    key = hashlib.sha256(vm_["pub_key"].strip().encode()).hexdigest()
-    _record("update", node.name, state="deployed", key=key)
+    _record("update", node.name, state="deployed")
     if not __opts__.get("show_deploy_args"):
         ret.pop("deploy_kwargs", None)
     return ret
@@ -1127,7 +1128,6 @@ def _fail_unfinished(nodes, exc):
             if node.keyed:
                 _remove_key_if(node.name, node.vm.get("pub_key"))
             _record("forget", node.name)
-            _legacy_class_entry(node.name)
             reason = node.error or (f"interrupted by signal {signum}" if signum else _reason(exc))
             node.error = f"{reason}; {outcome.get(node.name, 'nothing was launched')}"
             node.sent = node.keyed = False
@@ -1284,7 +1284,6 @@ def _forget_on_master(names, alias):
     master_cache = salt.cache.factory(_master_opts())
     for name in names:
         _record("forget", name)
-        _legacy_class_entry(name)
         salt.utils.cloud.remove_key(__opts__["pki_dir"], name)
         master_cache.flush(f"minions/{name}")
         if __opts__.get("update_cachedir"):
@@ -1776,21 +1775,6 @@ def _lock_file(path):
             if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
                 return handle
         handle.close()
-
-
-def _legacy_class_entry(name, node_class=None):
-    """<pki_dir>/node_classes/<name>, the class registry pillar reads until it reads the node
-    record: written before the deploy, removed with the node. TEMPORARY: goes once pillar
-    reads the record (lifecycle)."""
-    path = os.path.join(__opts__["pki_dir"], "node_classes", name)
-    if node_class is None:
-        with contextlib.suppress(OSError):
-            os.remove(path)
-        return
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    with open(f"{path}.tmp", "w", encoding="utf-8") as handle:
-        handle.write(f"{node_class}\n")
-    os.replace(f"{path}.tmp", path)
 
 
 def _remove_key_if(minion_id, pub_key):

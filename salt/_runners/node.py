@@ -1,35 +1,31 @@
 """
-Runner ``node``: what the master does around a node's life (salt/reactor/, salt/orch/).
+Runner ``node``: the master's side of a node's life, on the node record (salt/_utils/
+dockerhosts_nodes.py; docs/lifecycle.md has the states and who moves a node between them).
 
-- ``converge``: a node's first converge — wait until its minion answers, sync the custom
-  module types the file server has, apply the highstate; the result is recorded on the master
-  (``<cachedir>/node_converge/<id>.json``, summary only) and fired as
-  ``dockerhosts/node/<id>/converged``. One converge per node at a time: a second caller waits
-  for the running one and reports its result instead of starting another.
-- ``wait_converged``: the operator's side: waits for that record, prints it, exits non-zero
-  when the converge failed or did not finish in time.
-- ``on_created`` / ``on_destroyed``: the reactor's entry points (salt/reactor/). Minions can
-  put events on the master's bus, so nothing in an event is trusted: the node must have an
-  accepted key (and a class in the node class registry) before it is converged, and is
-  forgotten only once salt-cloud has removed its key or EC2 no longer has it.
-- ``forget``: remove what the master keeps about a destroyed node.
-- ``class_plan`` / ``ensure_plan``: which nodes a class needs created to have ``count`` live
-  ones, and which are extra; ``converge_nodes`` converges the new ones (salt/orch/).
-- ``cache_file`` / ``read_cache_record`` / ``write_cache_record``: small JSON records the
-  master keeps in a subdirectory of its cachedir (the converge records; runner ``swarm``'s
-  cluster records too).
+- ``on_created`` / ``on_key``: the reactor's entry points. An event only names a node: any
+  minion can put an event on the master's bus, in forms that hide who sent it, so what is done
+  is decided by the record (written by this master's salt-cloud or an operator's command) and
+  the key the master has accepted, never by the event's data.
+- ``converge``: a node's first converge (wait for its minion, sync custom modules, highstate,
+  then ``swarm.admit`` for a class whose pillar enables swarm); ``wait_converged`` waits for it.
+- ``before_destroy``: salt-cloud's destroy calls it once per batch, before terminating.
+- ``forget``: the operator's command to forget a node (record, key, cached data).
+- ``status``: every node at a glance, from the records and one EC2 describe.
+- ``ensure_plan``: what orch.ensure_class creates and removes; ``converge_nodes``.
+
+Every failure sets the exit code (``__context__["retcode"]``) and says in one line what
+failed, on what, and what to do.
 """
 
 import concurrent.futures
 import contextlib
+import contextvars
 import copy
-import difflib
-import fcntl
-import hashlib
 import json
 import logging
 import os
 import re
+import socket
 import tempfile
 import time
 
@@ -39,145 +35,31 @@ import salt.cloud
 import salt.config
 import salt.fileserver
 import salt.loader
-import salt.runner
+import salt.pillar
 import salt.utils.context
 import salt.utils.event
 import salt.wheel
 
 log = logging.getLogger(__name__)
 
-__virtualname__ = "node"
-
-# A minion id that is safe as a file name and as salt-cloud's node name.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,252}$")
-CLASS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-CLOUD_TAG_RE = re.compile(r"^salt/cloud/(?P<name>[^/]+)/(?P<what>created|destroyed)$")
-RECORD_DIR = "node_converge"
-# A file name that cannot leave its directory: no separator, not "." or "..".
-FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+CREATED_TAG = re.compile(r"salt/cloud/(?P<name>[^/]+)/created")
 EVENT_TAG = "dockerhosts/node/{}/converged"
-# Custom module types a minion needs before its first highstate, by their salt:// directory.
 SYNC_FUNCTIONS = {
     "_grains": "saltutil.sync_grains",
     "_modules": "saltutil.sync_modules",
     "_states": "saltutil.sync_states",
     "_utils": "saltutil.sync_utils",
 }
-MISSING = object()
+REQUEST_KEYS = ("class", "count", "profile", "prefix", "remove_extra")
 
 
-def __virtual__():
-    return __virtualname__
-
-
-# --- names, keys, records -------------------------------------------------------------------
-
-
-def check_name(name):
-    """``name`` if it is a valid minion id for a node, else ValueError."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValueError(
-            f"{name!r} is not a node name (letters, digits, '.', '_', '-'; at most 253)"
-        )
-    return name
-
-
-def _key_path(name):
-    return os.path.join(__opts__["pki_dir"], "minions", name)
-
-
-def key_fingerprint(name):
-    """sha256 of the node's accepted key: one per node incarnation (salt-cloud makes a new
-    key per create). None when the key is not accepted."""
-    try:
-        with open(_key_path(name), "rb") as handle:
-            return hashlib.sha256(handle.read().strip()).hexdigest()
-    except FileNotFoundError:
-        return None
-
-
-def cache_file(directory, name, suffix=".json"):
-    """
-    Path of ``<cachedir>/<directory>/<name><suffix>`` on the master; the directory is made
-    (mode 0700) when missing. ``directory`` and ``name`` must be plain file names.
-
-    Small records the master keeps live there, one JSON file each (``read_cache_record``,
-    ``write_cache_record``), and their lock files: this runner's converge records
-    (``node_converge``), runner ``swarm``'s clusters (``docker-hosts-swarm``; it calls
-    these through ``__salt__``).
-
-    CLI Example: ``salt-run node.cache_file node_converge db1``
-    """
-    for part in (directory, name):
-        if not isinstance(part, str) or not FILE_NAME_RE.fullmatch(part):
-            raise ValueError(f"{part!r} is not a plain file name")
-    path = os.path.join(__opts__["cachedir"], directory)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return os.path.join(path, f"{name}{suffix}")
-
-
-def read_cache_record(directory, name):
-    """
-    The JSON record ``<cachedir>/<directory>/<name>.json`` (``cache_file``), or None when
-    there is none or it cannot be read.
-
-    CLI Example: ``salt-run node.read_cache_record node_converge db1``
-    """
-    path = cache_file(directory, name)
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
-def write_cache_record(directory, name, record):
-    """
-    Replace the JSON record ``<cachedir>/<directory>/<name>.json`` (``cache_file``) with
-    ``record``, atomically: a reader sees the old record or the new one, never part of one.
-
-    CLI Example: ``salt-run node.write_cache_record node_converge db1 '{...}'``
-    """
-    path = cache_file(directory, name)
-    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{name}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(record, out, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def read_record(name):
-    """Node ``name``'s converge record, or None."""
-    return read_cache_record(RECORD_DIR, name)
-
-
-def _took_lock(handle):
-    """Take ``handle``'s exclusive lock unless another process holds it: whether it did."""
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def _converge_lock(name, timeout):
-    """Held while a converge of ``name`` runs; waits up to ``timeout`` for another one."""
-    path = cache_file(RECORD_DIR, name, ".lock")
-    with open(path, "a", encoding="utf-8") as handle:
-        deadline = time.monotonic() + timeout
-        while not _took_lock(handle):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name}: another converge is still running")
-            time.sleep(1)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _nodes(function, *args, **kwargs):
+    return __utils__[f"dockerhosts_nodes.{function}"](__opts__, *args, **kwargs)
 
 
 def _returning(result, ok):
-    """``result`` with the exit code salt-run takes from it (a top-level ``retcode``); the
-    orchestrate runner and the salt.runner state read ``__context__``."""
+    """``result`` with the exit code salt-run takes from it; the orchestrate runner and the
+    salt.runner state read ``__context__``."""
     retcode = 0 if ok else 1
     __context__["retcode"] = retcode
     return {**result, "retcode": retcode}
@@ -188,40 +70,96 @@ def _fail(message, **extra):
     return _returning({"result": False, "comment": message, **extra}, ok=False)
 
 
-# --- the node class registry (runner node_class, built on the formula branch) -------------
+def _name_problem(name):
+    return __utils__["dockerhosts_names.node_name_problem"](name)
 
 
-def _runner_client():
-    return salt.runner.RunnerClient(__opts__)
+def _drop_cached(name):
+    """What the master caches of a minion: grains/pillar/mine, and Salt 3008's session key
+    file (which salt-key -d leaves too)."""
+    salt.cache.factory(__opts__).flush(f"minions/{name}")
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(__opts__["cachedir"], "sessions", name))
 
 
-def node_class(name):
-    """The node's class from the registry; None when unassigned; MISSING when this master has
-    no ``node_class`` runner."""
-    runner = _runner_client()
-    if "node_class.get" not in runner.functions:
-        return MISSING
-    return runner.cmd("node_class.get", [name], print_event=False) or None
+def _claimant():
+    """This process, as a converge claim names it: host, pid and the pid's start time."""
+    with open(f"/proc/{os.getpid()}/stat", encoding="ascii") as stat:
+        started = stat.read().rsplit(")", 1)[1].split()[19]
+    return f"{socket.gethostname()}:{os.getpid()}:{started}"
 
 
-def _unset_node_class(name):
-    runner = _runner_client()
-    if "node_class.unset" in runner.functions:
-        runner.cmd("node_class.unset", [name], print_event=False)
+def _claim_lost(record):
+    """Whether a ``converging`` record's claimant is gone (a master stopped mid-converge): a
+    process of this host that no longer runs. Another host's claim only times out."""
+    host, _, process = str((record.get("converge") or {}).get("by")).partition(":")
+    if host != socket.gethostname():
+        return False
+    pid, _, started = process.partition(":")
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[19] != started
+    except (OSError, ValueError):
+        return True
+
+
+# --- reactor entry points ------------------------------------------------------------------
+
+
+def created_problem(record, key):
+    """Why a ``created`` event may not start a converge, or None: only a node this master's
+    salt-cloud deployed, with the key it recorded, whose converge has not started."""
+    if not record:
+        return "it has no node record"
+    if record.get("source") != "salt-cloud" or record.get("state") != "deployed":
+        return f"its record is {record.get('state')} (by {record.get('source')}), not deployed"
+    if not key or record.get("key") != key:
+        return "its record is not for the key accepted now"
+    return None
+
+
+def on_created(tag, data):
+    """Reactor on salt/cloud/*/created: converge the node the tag names, if its record says
+    salt-cloud deployed it with the key accepted now."""
+    match = CREATED_TAG.fullmatch(str(tag))
+    name = match.group("name") if match else None
+    problem = _name_problem(name) if match else "not a salt/cloud/<name>/created tag"
+    if not problem and isinstance(data, dict) and ("id" in data or "cmd" in data):
+        problem = f"fired by minion {data.get('id')!r}"
+    if not problem:
+        problem = created_problem(_nodes("get", name), _nodes("key_fingerprint", name))
+    if problem:
+        return _fail(f"refused {tag}: {problem}")
+    # In the reactor's thread, not a process of its own: Salt daemonizes those, and they
+    # outlived a stopped master. reactor_worker_threads (master) bounds how many run at once.
+    return converge(name)
+
+
+def on_key(name):
+    """Reactor on salt/key: when ``name``'s record is for a key that is no longer the accepted
+    one (deleted, rejected, or another key accepted), forget the record and take the node out
+    of its swarm. The event's ``act`` is not trusted: the master's pki_dir decides."""
+    if _name_problem(name):
+        return _fail(f"refused salt/key event: {_name_problem(name)}")
+    key = _nodes("key_fingerprint", name)
+    record = _nodes("forget", name, when=lambda r: r.get("key") and r.get("key") != key)
+    if record is None:
+        log.info("node: salt/key for %s: its record stands (key unchanged or no record)", name)
+        return {"result": True, "comment": f"{name}: nothing to forget"}
+    log.warning("node: %s: its key was deleted or replaced: forgot its record", name)
+    _drop_cached(name)
+    if record.get("swarm_role"):  # its key is gone: it cannot leave by itself
+        __salt__["swarm.remove_node"](name, class_name=record["class"], force=True)
+    return {"result": True, "comment": f"forgot {name}"}
 
 
 # --- converging --------------------------------------------------------------------------
 
 
-def _local():
-    return salt.client.LocalClient(mopts=__opts__)
-
-
 def _run_job(local, name, fun, arg=(), timeout=60):
-    """Publish one job to minion ``name`` and wait for its return in the master's job cache:
-    ``{"ret", "retcode", "jid"}``, or None after ``timeout``. (Not LocalClient.cmd: while it
-    waits it asks the minion every 10 s whether the job still runs, a process each time on
-    the minion, which a slow node pays for dearly.)"""
+    """One job on minion ``name``, its return read from the master's job cache: {ret, retcode,
+    jid}, or None after ``timeout`` (LocalClient.cmd would ask the minion every 10 s whether
+    the job still runs, a process each time on a slow node)."""
     jid = local.cmd_async(name, fun, list(arg))
     if not jid:
         return None
@@ -235,32 +173,14 @@ def _run_job(local, name, fun, arg=(), timeout=60):
     return None
 
 
-def _wait_for_minion(local, name, timeout):
-    """One ping at a time (each waits 30 s for its answer) until the minion answers."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = _run_job(local, name, "test.ping", timeout=30)
-        if answer and answer["ret"] is True:
-            return True
-        time.sleep(5)
-    return False
-
-
 def sync_functions(directories):
     """The saltutil.sync_* calls for the custom module directories the file server has."""
     return [SYNC_FUNCTIONS[d] for d in sorted(directories) if d in SYNC_FUNCTIONS]
 
 
-def _sync(local, name, timeout):
-    directories = salt.fileserver.Fileserver(__opts__).dir_list({"saltenv": "base"})
-    functions = sync_functions(d for d in directories if "/" not in d)
-    if functions:
-        _run_job(local, name, functions, [[] for _ in functions], timeout=timeout)
-
-
 def summarize(ret):
-    """A highstate job's return ({ret, retcode, jid}, from the job cache) -> a summary without the
-    states' changes (they may hold data the record has no business keeping)."""
+    """A highstate job's return -> a summary without the states' changes (they may hold data
+    the record has no business keeping)."""
     if not isinstance(ret, dict) or "ret" not in ret:
         return {"result": False, "comment": "the minion did not return", "failed": {}}
     states = ret["ret"]
@@ -272,89 +192,132 @@ def summarize(ret):
         for key, value in states.items()
         if not isinstance(value, dict) or value.get("result") is not True
     }
-    changed = sum(1 for value in states.values() if isinstance(value, dict) and value["changes"])
     ok = not failed and ret.get("retcode", 0) == 0 and bool(states)
     return {
         "result": ok,
         "comment": "converged" if ok else f"{len(failed)} of {len(states)} states failed",
         "states": len(states),
-        "changed": changed,
+        "changed": sum(1 for v in states.values() if isinstance(v, dict) and v["changes"]),
         "failed": failed,
-        "highstate_retcode": ret.get("retcode"),
+        "jid": ret.get("jid"),
     }
 
 
-def _fire(name, summary):
-    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
-        bus.fire_event(summary, EVENT_TAG.format(name))
-
-
-def _run_highstate(name, timeout, minion_wait):
+def _highstate(name, timeout, minion_wait):
     """Wait for the minion, sync, highstate; the summary says how long each step took."""
-    local = _local()
+    local = salt.client.LocalClient(mopts=__opts__)
     started = time.monotonic()
-    if not _wait_for_minion(local, name, minion_wait):
-        return {"result": False, "comment": f"minion {name} did not answer in {minion_wait} s"}
+    deadline = started + minion_wait
+    while (_run_job(local, name, "test.ping", timeout=30) or {}).get("ret") is not True:
+        if time.monotonic() > deadline:
+            return {"result": False, "comment": f"minion {name} did not answer in {minion_wait} s"}
+        time.sleep(5)
     joined = time.monotonic()
-    _sync(local, name, timeout=300)
+    directories = salt.fileserver.Fileserver(__opts__).dir_list({"saltenv": "base"})
+    functions = sync_functions(d for d in directories if "/" not in d)
+    _run_job(local, name, functions, [[] for _ in functions], timeout=300)
     synced = time.monotonic()
-    returned = _run_job(local, name, "state.apply", timeout=timeout)
-    summary = summarize(returned)
+    summary = summarize(_run_job(local, name, "state.apply", timeout=timeout))
     summary["seconds"] = {
         "minion": round(joined - started, 1),
         "sync": round(synced - joined, 1),
         "highstate": round(time.monotonic() - synced, 1),
     }
-    if returned:
-        summary["jid"] = returned["jid"]
     return summary
 
 
-def converge(name, timeout=3600, minion_wait=900, source="cli"):
-    """
-    Converge node ``name`` once: wait for its minion, sync custom modules, highstate.
+def _admit(name, summary):
+    """``swarm.admit`` when the node's class pillar enables swarm (runner ``swarm`` then
+    records the node's swarm_role)."""
+    pillar = salt.pillar.get_pillar(__opts__, {}, name, saltenv="base").compile_pillar()
+    if not (pillar.get("swarm") or {}).get("enabled"):
+        return
+    admitted = __salt__["swarm.admit"](name)
+    if admitted.get("result") is False:
+        summary.update(result=False, comment=f"swarm.admit failed: {admitted.get('comment')}")
 
-    A converge of this node incarnation (same accepted key) that already finished or is
-    running is reported instead of starting another.
+
+def _claim(name, key, deadline):
+    """Claim the converge of ``name`` for ``key`` (compare-and-set), waiting while another
+    process converges it: ``(claimed record, record)``, claimed None when not this one's."""
+    while True:
+        claimed = _nodes(
+            "update",
+            name,
+            when=lambda r: (
+                bool(key and r and r.get("class") and r.get("key") == key)
+                and r.get("state") not in ("converged", "failed", "destroying")
+                and (r.get("state") != "converging" or _claim_lost(r))
+            ),
+            state="converging",
+            converge={"started": time.time(), "by": _claimant()},
+        )
+        record = claimed or _nodes("get", name)
+        if claimed or not record or record.get("state") != "converging":
+            return claimed, record
+        if time.monotonic() > deadline:
+            return None, record
+        time.sleep(2)
+
+
+def converge(name, timeout=3600, minion_wait=900):
+    """
+    Converge node ``name`` once per incarnation (accepted key): wait for its minion, sync
+    custom modules, highstate, then ``swarm.admit`` when its class enables swarm. A converge
+    of this incarnation that finished is reported; one that runs is waited for (and taken
+    over if the process running it is gone).
 
     CLI Example: ``salt-run node.converge db1``
     """
-    name = check_name(name)
-    fingerprint = key_fingerprint(name)
-    if fingerprint is None:
-        return _fail(f"{name}: no accepted minion key; nothing to converge")
-    with _converge_lock(name, timeout + minion_wait):
-        record = read_record(name)
-        if record and record.get("key") == fingerprint and record.get("finished"):
-            log.info("node: %s already converged by %s", name, record.get("source"))
-        else:
-            record = {"key": fingerprint, "source": source, "started": time.time()}
-            write_cache_record(RECORD_DIR, name, record)
-            record.update(_run_highstate(name, timeout, minion_wait))
-            record["finished"] = time.time()
-            write_cache_record(RECORD_DIR, name, record)
-            _fire(name, record)
-    return _returning({name: record}, ok=record.get("result"))
+    if _name_problem(name):
+        return _fail(f"node.converge: {_name_problem(name)}")
+    key = _nodes("key_fingerprint", name)
+    claimed, record = _claim(name, key, time.monotonic() + timeout + minion_wait)
+    if not claimed:
+        if not record or not key or record.get("key") != key or not record.get("class"):
+            return _fail(f"{name}: no node record with a class for its accepted key")
+        if record.get("state") not in ("converged", "failed"):
+            return _fail(f"{name}: {record.get('state')}, not converged (wait, then retry)")
+        return _returning({name: record}, ok=record["state"] == "converged")
+    summary = {"started": claimed["converge"]["started"]}
+    try:
+        summary.update(_highstate(name, timeout, minion_wait))
+        if summary["result"]:
+            _admit(name, summary)
+    except Exception as error:  # recorded as a failed converge, not left "converging"
+        log.exception("node: converging %s failed", name)
+        summary.update(result=False, comment=f"the converge stopped: {error}")
+    summary["finished"] = time.time()
+    record = _nodes(
+        "update",
+        name,
+        when=lambda r: bool(r) and r.get("key") == key,
+        state="converged" if summary["result"] else "failed",
+        converge=summary,
+    )
+    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
+        bus.fire_event(summary, EVENT_TAG.format(name))
+    if record is None:
+        return _fail(f"{name}: forgotten while it converged")
+    return _returning({name: record}, ok=summary["result"])
 
 
-def converge_nodes(nodes, timeout=3600, minion_wait=900, source="orchestrate"):
+def converge_nodes(nodes, timeout=3600, minion_wait=900):
     """
     ``converge`` for each node of ``nodes`` (a list), all at once; fails if any fails.
 
     CLI Example: ``salt-run node.converge_nodes '[backends-1, backends-2]'``
     """
-    names = [check_name(name) for name in nodes]
-    results = {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        # Each thread runs in a copy of this one's context: the loader's dunders live there.
         futures = {
-            name: pool.submit(converge, name, timeout, minion_wait, source) for name in names
+            name: pool.submit(contextvars.copy_context().run, converge, name, timeout, minion_wait)
+            for name in nodes
         }
-        for name, future in futures.items():
-            returned = future.result()
-            results[name] = returned.get(name) or {
-                key: value for key, value in returned.items() if key != "retcode"
-            }
-    return _returning(results, ok=all(record.get("result") for record in results.values()))
+        returned = {name: future.result() for name, future in futures.items()}
+    results = {name: ret.get(name) or ret for name, ret in returned.items()}
+    ok = all(ret.get("retcode") == 0 for ret in returned.values())
+    return _returning(results, ok=ok)
 
 
 def wait_converged(name, timeout=3600):
@@ -364,84 +327,81 @@ def wait_converged(name, timeout=3600):
 
     CLI Example: ``salt-cloud -p dataserver db1 && salt-run node.wait_converged db1``
     """
-    name = check_name(name)
+    if _name_problem(name):
+        return _fail(f"node.wait_converged: {_name_problem(name)}")
     deadline = time.monotonic() + float(timeout)
     while True:
-        fingerprint = key_fingerprint(name)
-        if fingerprint is None:
-            return _fail(f"{name}: no accepted minion key (not created, or destroyed)")
-        record = read_record(name)
-        if record and record.get("key") == fingerprint and record.get("finished"):
-            return _returning({name: record}, ok=record.get("result"))
+        key = _nodes("key_fingerprint", name)
+        record = _nodes("get", name)
+        if key is None or not record or record.get("key") not in (key, None):
+            return _fail(f"{name}: no accepted key with a node record (not created, or gone)")
+        if record.get("state") in ("converged", "failed"):
+            return _returning({name: record}, ok=record["state"] == "converged")
         if time.monotonic() > deadline:
-            state = "still running" if record and record.get("key") == fingerprint else "none"
-            return _fail(f"{name}: not converged after {timeout} s (converge: {state})")
+            return _fail(f"{name}: not converged after {timeout} s (it is {record.get('state')})")
         time.sleep(2)
 
 
-# --- reactor entry points ------------------------------------------------------------------
+# --- leaving --------------------------------------------------------------------------------
 
 
-def event_problem(tag, data, expected):
-    """Why an event may not act for the node its tag names, or None. Pure: checks only what
-    the event itself shows (a minion's ``event.fire_master`` carries its id and ``cmd``)."""
-    match = CLOUD_TAG_RE.match(tag or "")
-    if not match or match.group("what") != expected:
-        return f"tag {tag!r} is not salt/cloud/<name>/{expected}"
-    if not NAME_RE.match(match.group("name")):
-        return f"tag {tag!r} does not name a valid node"
-    if not isinstance(data, dict):
-        return "event data is not a mapping"
-    if data.get("cmd") == "_minion_event" or "id" in data:
-        return f"fired by minion {data.get('id')!r}, not by salt-cloud"
-    if data.get("name") != match.group("name"):
-        return f"event data names {data.get('name')!r}, the tag {match.group('name')!r}"
-    return None
+def before_destroy(names):
+    """
+    What salt-cloud's destroy runs once per batch, before it terminates: each node's record
+    is marked ``destroying``, the master's cached data of each node is dropped, and the swarm
+    members among them are drained, leave and are removed from their swarms (one call of
+    runner ``swarm``). Fails, naming them, when the swarm members could not be removed: do
+    not terminate those.
+
+    CLI Example: ``salt-run node.before_destroy '[web1, web2]'``
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    bad = [n for n in names if _name_problem(n)]
+    if bad:
+        return _fail(f"node.before_destroy: {_name_problem(bad[0])}")
+    marked = {name: _nodes("update", name, when=bool, state="destroying") for name in names}
+    for name in names:
+        _drop_cached(name)
+    members = [name for name, record in marked.items() if (record or {}).get("swarm_role")]
+    removed = __salt__["swarm.remove_node"](members) if members else {}
+    if removed.get("result") is False:
+        return _fail(f"node.before_destroy: {removed.get('comment')}; do not destroy {members}")
+    nodes = {name: "destroying" if record else "no record" for name, record in marked.items()}
+    return _returning({"result": True, "nodes": nodes}, ok=True)
 
 
-def _start(fun, **kwargs):
-    """Run runner ``fun`` in a process of its own (the reactor's threads stay free)."""
-    return _runner_client().asynchronous(fun, {"arg": [], "kwarg": kwargs})
+def forget(name):
+    """
+    The operator's command to forget node ``name``: its record, accepted key and the master's
+    cached data. Refused while EC2 lists a live instance of the record (or cannot be asked):
+    destroy that with salt-cloud -d instead.
+
+    CLI Example: ``salt-run node.forget web1``
+    """
+    if _name_problem(name):
+        return _fail(f"node.forget: {_name_problem(name)}")
+    record = _nodes("get", name) or {}
+    if record.get("instance_id"):
+        try:
+            live = live_nodes().get(name, {}).get("id") == record["instance_id"]
+        except Exception as error:  # fail closed: unknown means "still there"
+            return _fail(f"{name}: cannot ask EC2 whether it is gone ({error}); retry later")
+        if live:
+            return _fail(f"{name}: {record['instance_id']} is live: salt-cloud -d {name}")
+    _nodes("forget", name)
+    salt.wheel.WheelClient(__opts__).cmd("key.delete", [name])
+    _drop_cached(name)
+    return _returning({"result": True, "comment": f"forgot {name}"}, ok=True)
 
 
-def on_created(tag, data):
-    """Reactor on salt/cloud/*/created: converge the node salt-cloud just created."""
-    problem = event_problem(tag, data, "created")
-    name = CLOUD_TAG_RE.match(tag).group("name") if not problem else None
-    if not problem and key_fingerprint(name) is None:
-        problem = f"{name} has no accepted minion key"
-    if not problem:
-        assigned = node_class(name)
-        if assigned is None:
-            problem = f"{name} has no class in the node class registry"
-    if problem:
-        return _fail(f"ignoring {tag}: {problem}")
-    _start("node.converge", name=name, source="reactor")
-    return {"result": True, "comment": f"converging {name}"}
-
-
-def on_destroyed(tag, data):
-    """Reactor on salt/cloud/*/destroyed: forget the node once it is really gone."""
-    problem = event_problem(tag, data, "destroyed")
-    if problem:
-        return _fail(f"ignoring {tag}: {problem}")
-    _start("node.forget", name=CLOUD_TAG_RE.match(tag).group("name"))
-    return {"result": True, "comment": "forgetting"}
-
-
-# --- forgetting a destroyed node ------------------------------------------------------------
-
-
-def _checkout_dir():
-    return __opts__.get("checkout_dir") or os.path.dirname(os.path.abspath(__opts__["conf_file"]))
+# --- EC2 as the master sees it -------------------------------------------------------------
 
 
 def _cloud_client():
     """salt-cloud's client for this checkout's `cloud` config, usable from the master's
     processes (working directory /): relative cloud_dirs are taken from the checkout."""
-    root = _checkout_dir()
-    # The master's options without any cloud configuration they may carry already (3007
-    # refuses providers given twice).
+    root = os.path.dirname(os.path.abspath(__opts__["conf_file"]))
+    # The master's options without any cloud configuration (3007 refuses providers twice).
     master = {k: v for k, v in __opts__.items() if k not in ("providers", "profiles")}
     opts = salt.config.cloud_config(
         os.path.join(root, "cloud"), master_config=copy.deepcopy(master)
@@ -450,11 +410,10 @@ def _cloud_client():
     return salt.cloud.CloudClient(opts=opts)
 
 
-def live_nodes():
-    """{name: details} of every live node of every configured provider (its driver's
-    list_nodes_full). Raises when a configured provider's driver cannot be asked: never
-    read as "no nodes"."""
-    client = _cloud_client()
+def live_nodes(client=None):
+    """{name: details} of every live node of every configured provider (list_nodes_full).
+    Raises when a provider's driver cannot be asked: never read as "no nodes"."""
+    client = client or _cloud_client()
     cloud = salt.cloud.Cloud(client.opts)
     nodes = {}
     for alias, drivers in client.opts["providers"].items():
@@ -469,127 +428,162 @@ def live_nodes():
     return nodes
 
 
-def _instance_gone(name):
+def _row(name, record, instance, key):
+    """One line of ``status``: what the master and EC2 know of a node, and what is wrong."""
+    converge_ = record.get("converge") or {}
+    volumes = record.get("data_volumes") or []
+    snapshots = record.get("snapshots") or []
+    problems = []
+    if instance and not key:
+        problems.append("instance without an accepted key")
+    if key and record.get("instance_id") and not instance:
+        problems.append("key without a live instance")
+    if record and key and record.get("key") != key:
+        problems.append("record is for another key")
+    if record.get("state") == "failed":
+        problems.append(f"converge failed: {converge_.get('comment')}")
+    return {
+        "node": name,
+        "class": record.get("class") or (instance or {}).get("class"),
+        "instance": (instance or {}).get("id") or record.get("instance_id"),
+        "state": record.get("state") or "no record",
+        "key": "accepted" if key else "none",
+        "converged": time.strftime("%F %T", time.gmtime(converge_["finished"]))
+        if converge_.get("finished")
+        else None,
+        "result": converge_.get("comment"),
+        "swarm_role": record.get("swarm_role"),
+        "data_volume": ", ".join(v.get("volume_id", "?") for v in volumes) or None,
+        "last_snapshot": snapshots[-1].get("snapshot_id") if snapshots else None,
+        "problem": "; ".join(problems) or None,
+    }
+
+
+def status(node_class=None):
+    """
+    Every node (or every node of ``node_class``) in one table: node, class, instance, state,
+    key, last converge and its result, swarm role, data volume, last snapshot, and what is
+    wrong; from the records and one EC2 describe. ``--out=json`` for scripts. Exits non-zero
+    when something is wrong (an instance without a key, a key without an instance, a failed
+    converge) or EC2 cannot be asked.
+
+    CLI Example: ``salt-run node.status backends``
+    """
     try:
-        return name not in live_nodes()
-    except Exception as error:  # fail closed: unknown means "still there"
-        log.warning("node: cannot tell whether %s is gone: %s", name, error)
-        return False
-
-
-def _remove_master_data(name):
-    cache = salt.cache.factory(__opts__)
-    cache.flush(f"minions/{name}")
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(cache_file(RECORD_DIR, name))
-    _unset_node_class(name)
-
-
-def forget(name, grace=10):
-    """
-    Remove what the master keeps about destroyed node ``name``: its key (salt-cloud -d removes
-    it right after the destroy event), cached grains/pillar/mine, converge record and node
-    class registry entry. Refused while the key is accepted and EC2 still has the node, or
-    cannot be asked.
-
-    CLI Example: ``salt-run node.forget db1``
-    """
-    name = check_name(name)
-    removed = []
-    if key_fingerprint(name) is not None:
-        if not _instance_gone(name):
-            return _fail(f"{name}: key still accepted and the node is not known to be gone")
-        deadline = time.monotonic() + float(grace)
-        while key_fingerprint(name) is not None and time.monotonic() < deadline:
-            time.sleep(1)
-        if key_fingerprint(name) is not None:
-            salt.wheel.WheelClient(__opts__).cmd("key.delete", [name])
-            removed.append("key")
-    _remove_master_data(name)
-    removed += ["cache", "converge record", "node class"]
-    return {"result": True, "comment": f"forgot {name}", "removed": removed}
+        live = live_nodes()
+    except Exception as error:  # one line, not a traceback
+        return _fail(f"node.status: cannot ask EC2 ({error}); check the provider and retry")
+    records = _nodes("records")
+    rows = [
+        _row(name, records.get(name) or {}, live.get(name), _nodes("key_fingerprint", name))
+        for name in sorted(set(records) | set(live))
+    ]
+    rows = [row for row in rows if node_class in (None, row["class"])]
+    __context__["retcode"] = 1 if any(row["problem"] for row in rows) else 0
+    # salt-run exits with data's retcode; salt/_output/node_status.py prints the table.
+    return {"outputter": "node_status", "data": {"nodes": rows, "retcode": __context__["retcode"]}}
 
 
 # --- class size ------------------------------------------------------------------------------
 
 
-def plan(live, node_class_name, count, prefix, taken=()):
-    """Pure: names to create so that ``node_class_name`` has ``count`` live nodes, and the
-    extra ones (newest first) when it has more."""
+def plan(live, node_class, count, prefix, taken=()):
+    """Pure: names to create so that ``node_class`` has ``count`` live nodes, and the extra
+    ones (newest first) when it has more."""
     members = sorted(
-        (name for name, node in live.items() if node.get("class") == node_class_name),
+        (name for name, node in live.items() if node.get("class") == node_class),
         key=lambda name: (str(live[name].get("launch_time") or ""), name),
     )
-    create = []
-    used = set(live) | set(taken)
-    number = 1
+    create, used, number = [], set(live) | set(taken), 1
     while len(members) + len(create) < count:
-        candidate = f"{prefix}-{number}"
-        if candidate not in used:
-            create.append(candidate)
+        if f"{prefix}-{number}" not in used:
+            create.append(f"{prefix}-{number}")
         number += 1
     extra = list(reversed(members))[: max(0, len(members) - count)]
     return {"live": members, "create": create, "extra": extra}
 
 
-def _check_plan_args(node_class_name, count):
-    if not isinstance(node_class_name, str) or not CLASS_RE.match(node_class_name):
-        raise ValueError(f"class: {node_class_name!r} is not a class name")
-    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 1000:
-        raise ValueError(f"count: {count!r} is not a whole number from 0 to 1000")
-
-
-REQUEST_KEYS = ("class", "count", "profile", "prefix", "remove_extra")
-
-
-def check_request(request):
-    """The ensure_class request ({class, count, profile, prefix, remove_extra}) checked:
-    required keys, types, and a key that looks like a misspelt one is refused."""
+def request_problems(request, classes):
+    """Pure: every problem of an ensure_class request ({class, count, profile, prefix,
+    remove_extra}), given the classes that exist."""
     if not isinstance(request, dict):
-        raise ValueError("the request must be a mapping: {class: <name>, count: <n>}")
-    for key in request:
-        close = difflib.get_close_matches(str(key), REQUEST_KEYS, n=1, cutoff=0.7)
-        if key not in REQUEST_KEYS and close:
-            raise ValueError(f"{key}: unknown key (did you mean {close[0]}?)")
+        yield "the request must be a mapping: {class: <name>, count: <n>}"
+        return
+    suggest = __utils__["dockerhosts_names.suggestion"]
+    for key in set(request) - set(REQUEST_KEYS):
+        yield f"{key}: unknown key{suggest(key, REQUEST_KEYS)} ({', '.join(REQUEST_KEYS)})"
     for key in ("class", "count"):
         if key not in request:
-            raise ValueError(f"{key}: missing (the request is {{class: <name>, count: <n>}})")
+            yield f"{key}: missing (the request is {{class: <name>, count: <n>}})"
+    count, node_class = request.get("count", 0), request.get("class", "")
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 1000:
+        yield f"count: {count!r} is not a whole number from 0 to 1000"
+    problem = __utils__["dockerhosts_names.class_name_problem"](node_class)
+    problem = problem or (node_class not in classes and f"{node_class!r} has no folder")
+    if "class" in request and problem:
+        yield f"class: {problem} (classes: {', '.join(classes)})"
     if not isinstance(request.get("remove_extra", False), bool):
-        raise ValueError(f"remove_extra: {request['remove_extra']!r} is not true or false")
-    _check_plan_args(request["class"], request["count"])
-    return request
+        yield f"remove_extra: {request['remove_extra']!r} is not true or false"
+    if "prefix" in request and _name_problem(request["prefix"]):
+        yield f"prefix: {_name_problem(request['prefix'])}"
 
 
 def ensure_plan(request):
     """
-    ``class_plan`` for an ensure_class request (the orchestration's pillar), plus whether the
-    extra nodes are to be removed. Raises on a bad request, before anything is created.
+    What ``salt/orch/ensure_class.sls`` does for a request ({class, count; profile, prefix,
+    remove_extra}): the class's live nodes (EC2 tag ``class``), the names to create with the
+    profile (default: the class's) and the extra nodes. Refused, before anything changes, on
+    a bad request, a profile of another class, or when EC2 cannot be asked.
 
     CLI Example: ``salt-run node.ensure_plan '{class: backends, count: 3}'``
     """
-    request = check_request(request)
-    plan_ = class_plan(
-        request["class"], request["count"], request.get("profile"), request.get("prefix")
-    )
-    plan_["remove_extra"] = request.get("remove_extra", False)
-    return plan_
+    problems = list(request_problems(request, _nodes("classes")))
+    if problems:
+        return _fail(f"orch.ensure_class: {'; '.join(problems)}; nothing was changed")
+    node_class = request["class"]
+    profile = request.get("profile") or node_class
+    try:
+        client = _cloud_client()
+        found = client.opts.get("profiles", {}).get(profile)
+        if not found or found.get("class") != node_class:
+            what = f"of class {found.get('class')!r}" if found else "not a salt-cloud profile"
+            return _fail(f"orch.ensure_class: profile: {profile!r} is {what} ({node_class} asked)")
+        accepted = os.listdir(os.path.join(__opts__["pki_dir"], "minions"))
+        live = live_nodes(client)
+    except Exception as error:  # one line, not a traceback
+        return _fail(f"orch.ensure_class: cannot ask EC2 ({error}); nothing was changed")
+    result = plan(live, node_class, request["count"], request.get("prefix") or node_class, accepted)
+    result.update(request, profile=profile, remove_extra=request.get("remove_extra", False))
+    return _returning(result, ok=True)
 
 
-def class_plan(node_class, count, profile=None, prefix=None):
-    """
-    What ``salt/orch/ensure_class.sls`` does for ``{class, count}``: the class's live nodes
-    (EC2 tag ``class``), the names to create with ``profile`` (default: the class) and the
-    extra nodes. Raises on bad input or when a provider cannot be asked.
+# --- runner swarm's per-class files (until it keeps them in salt.cache) ------------------------
 
-    CLI Example: ``salt-run node.class_plan backends 3``
-    """
-    _check_plan_args(node_class, count)
-    profile = profile or node_class
-    prefix = check_name(prefix or node_class)
-    client = _cloud_client()
-    if profile not in client.opts.get("profiles", {}):
-        raise ValueError(f"profile: {profile!r} is not a salt-cloud profile")
-    accepted = os.listdir(os.path.join(__opts__["pki_dir"], "minions"))
-    result = plan(live_nodes(), node_class, count, prefix, taken=accepted)
-    result.update({"class": node_class, "count": count, "profile": profile})
-    return result
+
+def cache_file(directory, name, suffix=".json"):
+    """Path of ``<cachedir>/<directory>/<name><suffix>`` on the master (directory made, mode
+    0700); both must be plain file names. Runner ``swarm`` keeps its clusters there."""
+    for part in (directory, name):
+        if not isinstance(part, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", part):
+            raise ValueError(f"{part!r} is not a plain file name")
+    path = os.path.join(__opts__["cachedir"], directory)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return os.path.join(path, f"{name}{suffix}")
+
+
+def read_cache_record(directory, name):
+    """The JSON record ``cache_file(directory, name)``, or None."""
+    try:
+        with open(cache_file(directory, name), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def write_cache_record(directory, name, record):
+    """Replace the JSON record ``cache_file(directory, name)`` atomically."""
+    path = cache_file(directory, name)
+    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{name}.")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        json.dump(record, out)
+    os.replace(tmp, path)

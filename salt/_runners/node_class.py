@@ -1,140 +1,118 @@
 """
-The node class registry: which class (and so which pillar, secrets included) each minion
-gets, keyed by its authenticated minion id, kept on the master.
-
-One file per minion, ``<pki_dir>/node_classes/<minion_id>``, holding the class name and a
-newline, written atomically (temporary file + rename) in a directory of mode 0700. Class
-names match ``^[A-Za-z0-9][A-Za-z0-9_.-]*$``; minion ids must be safe file names.
-pillar/top.sls reads the entry of the minion it renders for, and the ``node_class``
-ext_pillar (salt/_pillar/node_class.py) puts it into that minion's pillar.
+The operator's view of node classes: which class (and so which pillar, secrets included) each
+minion gets, kept in the master's node record (salt/_utils/dockerhosts_nodes.py) for its
+authenticated minion id and the key accepted for it. A node salt-cloud creates gets its class
+from its profile; these commands set, change or drop it by hand.
 
 .. code-block:: bash
 
-    salt-run node_class.set db1 dataserver
-    salt-run node_class.get db1
+    salt-run node_class.set web7 backends     # a minion whose key is accepted
+    salt-run node_class.get web7
     salt-run node_class.list
-    salt-run node_class.members dataserver
-    salt-run node_class.unset db1
+    salt-run node_class.members backends
+    salt-run node_class.unset web7
 
-A change takes effect at the minion's next pillar refresh
-(``salt db1 saltutil.refresh_pillar``) or highstate.
+A class is a folder ``pillar/classes/<class>/``. A change takes effect at the minion's next
+pillar refresh (``salt web7 saltutil.refresh_pillar``) or highstate. Deleting or rejecting
+the minion's key (``salt-key -d``) drops its class at once; a new key for the same name starts
+with none.
 """
 
-import os
-import re
-import tempfile
+import logging
 
-from salt.exceptions import SaltInvocationError
+log = logging.getLogger(__name__)
 
 __func_alias__ = {"set_": "set", "list_": "list"}
 
-CLASS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-# A file name on every filesystem the master may use: no separators, no dot files.
-MINION_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,252}")
+
+def _nodes(function, *args, **kwargs):
+    return __utils__[f"dockerhosts_nodes.{function}"](__opts__, *args, **kwargs)
+
+
+def _refuse(message):
+    log.warning("node_class: %s", message)
+    __context__["retcode"] = 1
+    return {"result": False, "comment": message, "retcode": 1}  # salt-run exits with it
+
+
+def _id_problem(minion_id):
+    problem = __utils__["dockerhosts_names.node_name_problem"](minion_id)
+    return f"minion id: {problem}" if problem else None
+
+
+def _class_problem(node_class):
+    problem = __utils__["dockerhosts_names.class_name_problem"](node_class)
+    problem = problem or _nodes("class_problem", node_class)
+    return f"class: {problem}" if problem else None
 
 
 def set_(minion_id, node_class):
     """
-    Assign ``node_class`` to ``minion_id`` (replacing any class it had).
+    Give ``minion_id`` (its key accepted) the class ``node_class``, replacing any it had.
 
-    CLI Example: ``salt-run node_class.set db1 dataserver``
+    CLI Example: ``salt-run node_class.set web7 backends``
     """
-    _check_id(minion_id)
-    _check_class(node_class)
-    directory = _registry(create=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "w", encoding="ascii") as out:
-            out.write(f"{node_class}\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, os.path.join(directory, minion_id))
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    problem = _id_problem(minion_id) or _class_problem(node_class)
+    if problem:
+        return _refuse(f"node_class.set: {problem}")
+    key = _nodes("key_fingerprint", minion_id)
+    if key is None:
+        return _refuse(f"{minion_id}: no accepted key: salt-key -a {minion_id} first")
+    record = _nodes("get", minion_id)
+    if record and record.get("key") == key:
+        _nodes("update", minion_id, **{"class": node_class})
+    else:  # a node added by hand, or a new key for an old name: a record of its own
+        fields = {"class": node_class, "key": key, "source": "operator", "state": "deployed"}
+        _nodes("forget", minion_id)
+        _nodes("update", minion_id, **fields)
     return {minion_id: node_class}
 
 
 def get(minion_id):
     """
-    The class of ``minion_id``, or None when it has none.
+    The class of ``minion_id`` (None when it has none, or its record is for another key).
 
-    CLI Example: ``salt-run node_class.get db1``
+    CLI Example: ``salt-run node_class.get web7``
     """
-    _check_id(minion_id)
-    return read(_registry(), minion_id)
+    problem = _id_problem(minion_id)
+    return _refuse(f"node_class.get: {problem}") if problem else _nodes("class_of", minion_id)
 
 
 def unset(minion_id):
     """
-    Remove the class of ``minion_id``: its pillar then holds nothing of any class.
+    Drop the class of ``minion_id``: its pillar then holds nothing of any class. Whether it
+    had one.
 
-    CLI Example: ``salt-run node_class.unset db1``
+    CLI Example: ``salt-run node_class.unset web7``
     """
-    _check_id(minion_id)
-    try:
-        os.unlink(os.path.join(_registry(), minion_id))
-    except FileNotFoundError:
-        return False
-    return True
+    problem = _id_problem(minion_id)
+    if problem:
+        return _refuse(f"node_class.unset: {problem}")
+    return (
+        _nodes("update", minion_id, when=lambda r: bool(r and r.get("class")), **{"class": None})
+        is not None
+    )
 
 
 def list_():
     """
-    ``{minion_id: class}`` for every registered minion.
+    ``{minion_id: class}`` of every minion that has one.
 
     CLI Example: ``salt-run node_class.list``
     """
-    directory = _registry()
-    if not os.path.isdir(directory):
-        return {}
-    names = sorted(n for n in os.listdir(directory) if MINION_ID.fullmatch(n))
-    return {name: read(directory, name) for name in names}
+    found = {name: _nodes("class_of", name) for name in _nodes("names")}
+    return {name: node_class for name, node_class in found.items() if node_class}
 
 
 def members(node_class):
     """
     Sorted minion ids of the class ``node_class``.
 
-    CLI Example: ``salt-run node_class.members dataserver``
+    CLI Example: ``salt-run node_class.members backends``
     """
-    _check_class(node_class)
-    return sorted(minion for minion, found in list_().items() if found == node_class)
-
-
-def read(directory, minion_id):
-    """The class in ``directory``'s entry for ``minion_id``; None when there is none."""
-    try:
-        with open(os.path.join(directory, minion_id), encoding="ascii") as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        return None
-    name = text.rstrip("\n")
-    if not CLASS_NAME.fullmatch(name):
-        raise SaltInvocationError(f"node class registry: the entry of {minion_id} is corrupt")
-    return name
-
-
-def _registry(create=False):
-    directory = os.path.join(__opts__["pki_dir"], "node_classes")
-    if create:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
-    return directory
-
-
-def _check_id(minion_id):
-    if not isinstance(minion_id, str) or not MINION_ID.fullmatch(minion_id):
-        raise SaltInvocationError(
-            f"{minion_id!r} is not a minion id this registry accepts (letters, digits, "
-            "_ . @ -, not starting with . or -)"
-        )
-
-
-def _check_class(node_class):
-    if not isinstance(node_class, str) or not CLASS_NAME.fullmatch(node_class):
-        raise SaltInvocationError(
-            f"{node_class!r} is not a class name (^[A-Za-z0-9][A-Za-z0-9_.-]*$)"
-        )
+    problem = __utils__["dockerhosts_names.class_name_problem"](node_class)
+    return (
+        _refuse(f"node_class.members: class: {problem}")
+        if problem
+        else _nodes("members", node_class)
+    )

@@ -4,31 +4,66 @@ The master's record of each node, one per node name (= minion id), from create t
 runners and its pillar. Nothing else writes or reads the records' storage.
 
 The records live in Salt's pluggable minion data cache (``salt.cache``, the master's ``cache``
-option: ``localfs`` unless configured otherwise, so several masters can share one backend),
-bank ``dockerhosts/nodes``. For ``localfs`` the cache directory is the master's ``pki_dir``:
-salt-cloud's processes run with a cache directory of their own, but the same ``pki_dir`` as the
-master whose keys they accept, and a node's record belongs with its key.
+option: ``localfs`` unless configured otherwise), bank ``dockerhosts/nodes``. For ``localfs``
+the cache directory is the master's ``pki_dir``: salt-cloud's processes run with a cache
+directory of their own, but the same ``pki_dir`` as the master whose keys they accept, and a
+node's record belongs with its key.
 
-A record is a mapping; the fields each writer sets are documented in docs/lifecycle.md.
-``class_of`` is what pillar uses: the class of an authenticated minion id, only while the key
-the record was made for is still the accepted one.
+Writers (salt-cloud, the reactor's runners, the operator's) change a record through
+``update``, which reads, changes and stores it under ``locked``: an flock on the ``pki_dir``'s
+``dockerhosts`` directory, so no update is lost between processes of one master (no lock file
+is left). Salt's cache API has no compare-and-set: a backend shared by several masters needs
+the backend's own (Consul's ``cas`` index, etcd's transactions, Redis ``WATCH``) in its place.
+
+A record is a mapping; its fields and who sets them: docs/lifecycle.md. ``class_of`` is what
+pillar uses: the class of an authenticated minion id, only while the key the record was made
+for is still the accepted one.
+
+The registry before records (``<pki_dir>/node_classes/<id>`` files, ``<cachedir>/
+node_converge/<id>.json`` converge results) is moved into records at the first access
+(``migrate``): an entry whose minion has no accepted key now is dropped, not carried over.
 """
 
+import contextlib
 import copy
+import fcntl
 import hashlib
+import json
+import logging
 import os
+import shutil
 import time
+from glob import glob
 
 import salt.cache
 
+log = logging.getLogger(__name__)
+
 BANK = "dockerhosts/nodes"
+LEGACY_CLASSES = "node_classes"
+LEGACY_CONVERGE = "node_converge"
 
 
 def _cache(opts):
+    if not opts.get("dockerhosts_migrated"):
+        migrate(opts)
     opts = dict(opts)
     if opts.get("cache", "localfs") == "localfs":
         opts["cachedir"] = opts["pki_dir"]
     return salt.cache.factory(opts)
+
+
+@contextlib.contextmanager
+def locked(opts):
+    """Held while a record is read, changed and stored: one writer at a time."""
+    directory = os.path.join(opts["pki_dir"], "dockerhosts")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    handle = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)
 
 
 def get(opts, name):
@@ -37,7 +72,7 @@ def get(opts, name):
 
 
 def put(opts, name, record):
-    """Replace the record of node ``name``."""
+    """Replace the record of node ``name`` (callers that change one hold ``locked``)."""
     record = copy.deepcopy(record)
     record["name"] = name
     record["updated"] = time.time()
@@ -45,20 +80,26 @@ def put(opts, name, record):
     return record
 
 
-def update(opts, name, **fields):
-    """Merge ``fields`` into the record of node ``name`` (made when missing)."""
-    record = get(opts, name) or {}
-    record.update(fields)
-    return put(opts, name, record)
+def update(opts, name, when=None, **fields):
+    """Merge ``fields`` into the record of node ``name`` (made when missing), atomically. With
+    ``when``, a test of the current record (None when there is none): nothing changes unless
+    it passes, and the result is None (compare-and-set)."""
+    with locked(opts):
+        record = get(opts, name)
+        if when is not None and not when(record):
+            return None
+        return put(opts, name, {**(record or {}), **fields})
 
 
-def forget(opts, name):
-    """Remove the record of node ``name``; whether there was one."""
-    cache = _cache(opts)
-    if not cache.contains(BANK, name):
-        return False
-    cache.flush(BANK, name)
-    return True
+def forget(opts, name, when=None):
+    """Remove the record of node ``name`` (unless ``when(record)`` is false): the record it
+    had, or None."""
+    with locked(opts):
+        record = get(opts, name)
+        if record is None or (when is not None and not when(record)):
+            return None
+        _cache(opts).flush(BANK, name)
+        return record
 
 
 def names(opts):
@@ -79,10 +120,12 @@ def records(opts, node_class=None):
 def key_fingerprint(opts, minion_id):
     """sha256 of ``minion_id``'s accepted key (one per node incarnation: salt-cloud makes a new
     key per create), or None when no key of that id is accepted."""
+    if not isinstance(minion_id, str) or "/" in minion_id or minion_id.startswith("."):
+        return None
     try:
         with open(os.path.join(opts["pki_dir"], "minions", minion_id), "rb") as handle:
             return hashlib.sha256(handle.read().strip()).hexdigest()
-    except (FileNotFoundError, NotADirectoryError, TypeError):
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
 
 
@@ -98,3 +141,73 @@ def class_of(opts, minion_id):
 def members(opts, node_class):
     """Sorted minion ids whose ``class_of`` is ``node_class``."""
     return sorted(name for name in names(opts) if class_of(opts, name) == node_class)
+
+
+def classes(opts):
+    """The classes that exist: the folders ``classes/<class>/`` of the base pillar roots
+    (docs/lifecycle.md, "A class")."""
+    roots = opts.get("pillar_roots", {}).get("base", [])
+    return sorted({os.path.basename(p.rstrip("/")) for r in roots for p in glob(f"{r}/classes/*/")})
+
+
+def class_problem(opts, node_class):
+    """What is wrong with ``node_class`` as a record's class, or None: it must be a folder of
+    ``pillar/classes/`` (whose name rules the names util checks)."""
+    known = classes(opts)
+    if node_class in known:
+        return None
+    return (
+        f"{node_class!r} is not a class: no folder pillar/classes/{node_class} ({', '.join(known)})"
+    )
+
+
+# --- the registry before records ---------------------------------------------------------
+
+
+def migrate(opts):
+    """Move ``<pki_dir>/node_classes/<id>`` and ``<cachedir>/node_converge/<id>.json`` into
+    records, once; what cannot be carried over safely is logged and dropped."""
+    opts = {**opts, "dockerhosts_migrated": True}
+    legacy = os.path.join(opts["pki_dir"], LEGACY_CLASSES)
+    converged = os.path.join(opts.get("cachedir") or legacy, LEGACY_CONVERGE)
+    if not (os.path.isdir(legacy) or os.path.isdir(converged)):
+        return
+    with locked(opts):
+        for name in _legacy_names(legacy, ""):
+            _migrate_class(opts, name, os.path.join(legacy, name))
+        for name in _legacy_names(converged, ".json"):
+            _migrate_converge(opts, name, os.path.join(converged, f"{name}.json"))
+        for directory in (legacy, converged):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _legacy_names(directory, suffix):
+    if not os.path.isdir(directory):
+        return []
+    entries = (e for e in os.listdir(directory) if e.endswith(suffix) and e[0] != ".")
+    return sorted(e[: len(e) - len(suffix)] for e in entries if not e.endswith(".lock"))
+
+
+def _migrate_class(opts, name, path):
+    with open(path, encoding="utf-8") as handle:
+        node_class = handle.read().strip()
+    key = key_fingerprint(opts, name)
+    if key is None:
+        log.warning("node records: %s had class %s but no accepted key: dropped", name, node_class)
+        return
+    if get(opts, name) is None:
+        record = {"class": node_class, "key": key, "source": "operator", "state": "deployed"}
+        put(opts, name, record)
+
+
+def _migrate_converge(opts, name, path):
+    record = get(opts, name)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            result = json.load(handle)
+    except ValueError:
+        result = {}
+    if not record or result.get("key") != record.get("key") or not result.get("finished"):
+        return
+    state = "converged" if result.get("result") else "failed"
+    put(opts, name, {**record, "state": state, "converge": result})

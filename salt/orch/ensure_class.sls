@@ -5,9 +5,10 @@
     Pillar: class and count (required); profile (the salt-cloud profile for new nodes, default
     the class), prefix (new names are <prefix>-<n>, default the class), remove_extra (default
     false: extra nodes are only reported). node.ensure_plan (salt/_runners/node.py) checks the
-    request and asks EC2 which nodes of the class are live, before anything changes; the new
-    nodes are created in parallel and converged (joining the converge the reactor started).
-    A second run changes nothing. #}
+    request (every unknown key, a profile of another class are refused) and asks EC2 which
+    nodes of the class are live, before anything changes; the new nodes are created in
+    parallel and converged (joining the converge the reactor started). A second run changes
+    nothing. #}
 {#- The request: the pillar's plain top-level values (so a misspelt key reaches the check;
     nothing nested, such as secrets, is passed on). #}
 {%- set request = {} %}
@@ -21,7 +22,7 @@
 {#- The runner refused the request: stop here, nothing was changed. #}
 ensure-class-request-refused:
   test.fail_without_changes:
-    - name: {{ plan|string|json }}
+    - name: {{ (plan.comment if plan is mapping else plan)|string|json }}
 {%- else %}
 
 {%-   for name in plan.create %}

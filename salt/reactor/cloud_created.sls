@@ -1,5 +1,6 @@
-{#- salt-cloud created a node: apply its highstate. node.on_created checks the event and the
-    node (accepted key, a class in the registry) and converges it in a process of its own. #}
+{#- salt-cloud created a node. The tag only names it: node.on_created converges it (in a
+    process of its own) when its node record says this master's salt-cloud deployed it with
+    the key accepted now; a forged event, in any form, is refused and logged. #}
 converge-created-node:
   runner.node.on_created:
     - args:

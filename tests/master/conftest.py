@@ -4,8 +4,9 @@ local EC2 endpoint, and salt-minions on this host that salt-cloud's SSH deploy s
 a local sshd), so `salt-cloud -p` → reactor → highstate runs for real without a VM.
 
 The copy changes only test data, never `master`: the pillar (storage, install and service off,
-daemon.json under the node's own directory: the minions run on this host), a profile that
-deploys through the local sshd, and the deploy script (tests/master/deploy_host_minion.sh).
+daemon.json under the node's own directory: the minions run on this host; no containers; a
+class `workers`), a profile that deploys through the local sshd, and the deploy script
+(tests/master/deploy_host_minion.sh).
 """
 
 import contextlib
@@ -81,6 +82,12 @@ def clone(work_dir):
     nodes.mkdir()
     pillar = TEST_PILLAR.replace("NODES", str(nodes)).replace("BROKEN", BROKEN_PREFIX)
     (root / "pillar" / "docker.sls").write_text(pillar)
+    # The classes' containers need a dockerd, which these nodes have not; `workers` is the
+    # ensure_class tests' own class (one folder: docs/lifecycle.md).
+    for node_class in ("backends", "workers"):
+        folder = root / "pillar" / "classes" / node_class
+        folder.mkdir(exist_ok=True)
+        (folder / "init.sls").write_text("docker: {}\n")
     return root
 
 

@@ -10,7 +10,7 @@ import time
 import salt.version
 import yaml
 
-from tools.checkout_master import HostMinion
+from tools.checkout_master import HostMinion, node_record
 
 
 def salt_json(master, *args, timeout=300):
@@ -108,3 +108,29 @@ def test_every_relative_path_of_master_is_made_absolute(checkout):
     assert generated["pillar_roots"] == {"base": [str(checkout.root / "pillar")]}
     for key in relative - {"root_dir", "file_roots", "pillar_roots"}:
         assert all(os.path.isabs(path) for path in generated[key]), (key, generated[key])
+
+
+def test_the_registry_before_node_records_is_migrated(checkout):
+    """Issue 19.1: a master whose pki_dir still holds the registry files of before
+    (node_classes/<id>) gives each minion the class its file named, through the node record;
+    an entry whose minion has no accepted key is dropped, not handed to a later key."""
+    master = checkout.master
+    minion = HostMinion(checkout.nodes, "legacy1")
+    minion.write_config()
+    minion.start(env=checkout.env)
+    try:
+        accept_key(master, "legacy1")
+        legacy = checkout.pki / "node_classes"
+        legacy.mkdir(mode=0o700)
+        (legacy / "legacy1").write_text("backends\n")
+        (legacy / "stale1").write_text("dataserver\n")
+        wait_for_minion(master, "legacy1")
+        unmask = ["unmask=True"] if salt.version.__saltstack_version__.major >= 3008 else []
+        pillar = salt_json(master, "legacy1", "pillar.item", "node_class", *unmask)["legacy1"]
+        assert pillar["node_class"] == "backends"
+        assert not legacy.exists()
+        assert node_record(checkout.pki, "legacy1")["class"] == "backends"
+        assert node_record(checkout.pki, "stale1") is None
+    finally:
+        minion.stop()
+        master.run("salt-key", "-y", "-d", "legacy1")

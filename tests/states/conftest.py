@@ -9,11 +9,12 @@ VM tests), install/service are off (the host's own Docker packages and service a
 test's to touch), and the awslogs driver (no AWS here) becomes json-file.
 
 The master runs with the pillar/identity settings of the repository's own `master` file
-(ext_pillar node_class, module_dirs, caches off), and each minion's class is set with the
-real `salt-run node_class.set` before it starts: pillar/top.sls decides by that, never by a
-grain.
+(ext_pillar node_class, module_dirs, caches off, the reactor), and each minion's class is set
+with the real `salt-run node_class.set` once its key is accepted: pillar/top.sls decides by
+that, never by a grain.
 """
 
+import contextlib
 import secrets as random_secrets
 import shutil
 from types import SimpleNamespace
@@ -97,7 +98,8 @@ def pillar_root(tmp_path_factory, repo_root, gpg_home, secret_values, test_paths
     docker["registry_config"] = str(test_paths["registry_config"])
     (root / "docker.sls").write_text(yaml.safe_dump(docker_sls))
 
-    dataserver = yaml.safe_load((root / "dataserver.sls").read_text())
+    dataserver_sls = root / "classes" / "dataserver" / "init.sls"
+    dataserver = yaml.safe_load(dataserver_sls.read_text())
     postgres = dataserver["docker"]["containers"]["postgres"]
     assert postgres["log_driver"] == "awslogs"
     # busybox stands in for postgres: it answers on 5432 and stops at once on SIGTERM.
@@ -108,9 +110,12 @@ def pillar_root(tmp_path_factory, repo_root, gpg_home, secret_values, test_paths
     postgres["networks"] = ["backend"]
     postgres["labels"] = {"class": "dataserver"}
     dataserver["docker"]["networks"] = {"backend": {"driver": "bridge"}}
-    (root / "dataserver.sls").write_text(yaml.safe_dump(dataserver))
+    dataserver_sls.write_text(yaml.safe_dump(dataserver))
+    # The backends class's web front end needs an image this dockerd does not have.
+    (root / "classes" / "backends" / "init.sls").write_text("docker: {}\n")
 
-    write_secrets(root / "secrets" / "dataserver.sls", gpg_home["public"], secret_values)
+    secrets = root / "classes" / "dataserver" / "secrets.sls"
+    write_secrets(secrets, gpg_home["public"], secret_values)
     return root
 
 
@@ -119,6 +124,8 @@ def master_overrides(repo_root, pillar_root, gpg_home):
     """The test master's config; other test modules may add keys before the master starts."""
     return {
         **repository_master_settings(repo_root),
+        # The node lifecycle's reactor (salt/key: a deleted key takes its node's class along).
+        "reactor": yaml.safe_load((repo_root / "master").read_text())["reactor"],
         "file_roots": {"base": [str(repo_root / "salt")]},
         "pillar_roots": {"base": [str(pillar_root)]},
         "gpg_keydir": str(gpg_home["home"]),
@@ -145,19 +152,30 @@ def set_node_class(salt_run, minion_id, node_class):
 
 
 def start_minion(salt_master, salt_run, minion_id, dockerd, grains=None, **overrides):
-    """A minion of this master managing ``dockerd``; its class comes from NODE_CLASSES."""
-    if minion_id in NODE_CLASSES:
-        set_node_class(salt_run, minion_id, NODE_CLASSES[minion_id])
+    """A minion of this master managing ``dockerd`` (not started; its class is set once its
+    key is accepted)."""
     return salt_master.salt_minion_daemon(
         minion_id,
         overrides={"grains": grains or {}, "docker.url": dockerd.url, **overrides},
     )
 
 
+@contextlib.contextmanager
+def started_minion(salt_master, salt_run, minion_id, dockerd, grains=None):
+    """A minion of this master, running, its key accepted, then its class (NODE_CLASSES) set on
+    the master, as an operator adds a node by hand."""
+    factory = start_minion(salt_master, salt_run, minion_id, dockerd, grains)
+    with factory.started():
+        set_node_class(salt_run, minion_id, NODE_CLASSES[minion_id])
+        salt_master.salt_cli(timeout=60).run(
+            "saltutil.refresh_pillar", "wait=True", minion_tgt=minion_id
+        )
+        yield factory
+
+
 @pytest.fixture(scope="package")
 def dataserver_minion(salt_master, salt_run, dockerd):
-    factory = start_minion(salt_master, salt_run, "dh-dataserver", dockerd)
-    with factory.started():
+    with started_minion(salt_master, salt_run, "dh-dataserver", dockerd) as factory:
         yield factory
 
 
@@ -165,8 +183,7 @@ def dataserver_minion(salt_master, salt_run, dockerd):
 def other_minion(salt_master, salt_run, dockerd):
     # A backends node that claims the dataserver class by every grain it can set.
     grains = {"class": "dataserver", "node_class": "dataserver"}
-    factory = start_minion(salt_master, salt_run, "dh-webserver", dockerd, grains=grains)
-    with factory.started():
+    with started_minion(salt_master, salt_run, "dh-webserver", dockerd, grains) as factory:
         yield factory
 
 

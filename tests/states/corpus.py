@@ -47,8 +47,9 @@ def formula_defaults(os_family="Debian", os_name="Debian"):
 
 def dataserver_pillar():
     pillar = {}
-    for path in ("pillar/docker.sls", "pillar/dataserver.sls"):
+    for path in ("pillar/docker.sls", "pillar/classes/dataserver/init.sls"):
         pillar = salt.utils.dictupdate.merge(pillar, _yaml(path), strategy="recurse")
+    pillar.pop("include")  # the class's secrets: TEST_SECRETS
     pillar["docker_secrets"] = dict(TEST_SECRETS)
     pillar["node_class"] = "dataserver"
     return pillar

@@ -13,6 +13,7 @@ The fraction refused before any change is printed in the terminal summary.
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -38,10 +39,8 @@ def render_config(tmp_path_factory, repo_root):
     """A masterless Debian 12 minion of the dataserver class, with plain test secrets."""
     base = tmp_path_factory.mktemp("corpus-render")
     pillar = base / "pillar"
-    (pillar / "secrets").mkdir(parents=True)
-    for name in ("top.sls", "docker.sls", "dataserver.sls"):
-        (pillar / name).write_text((repo_root / "pillar" / name).read_text())
-    (pillar / "secrets" / "dataserver.sls").write_text(
+    shutil.copytree(repo_root / "pillar", pillar)
+    (pillar / "classes" / "dataserver" / "secrets.sls").write_text(
         yaml.safe_dump({"docker_secrets": corpus.TEST_SECRETS})
     )
     config = {
@@ -51,11 +50,10 @@ def render_config(tmp_path_factory, repo_root):
         "file_roots": {"base": [str(repo_root / "salt")]},
         "pillar_roots": {"base": [str(pillar)]},
         "grains": {"os_family": "Debian", "os": "Debian", "osrelease": "12"},
+        # A masterless minion's class (pillar/top.sls through node_record.class_of).
+        "node_class": "dataserver",
     }
     (base / "minion").write_text(yaml.safe_dump(config))
-    registry = base / "etc" / "salt" / "pki" / "minion" / "node_classes"
-    registry.mkdir(parents=True)
-    (registry / "corpus-render").write_text("dataserver\n")
     assert salt_call(base, "saltutil.sync_all").returncode == 0
     return base
 

@@ -192,10 +192,9 @@ def test_other_class_gets_no_secrets(node, other_minion):
 
 @pytest.fixture
 def restore_secrets(pillar_root, gpg_home, node):
-    yield pillar_root / "secrets" / "dataserver.sls"
-    node.helpers.write_secrets(
-        pillar_root / "secrets" / "dataserver.sls", gpg_home["public"], node.secrets
-    )
+    secrets = pillar_root / "classes" / "dataserver" / "secrets.sls"
+    yield secrets
+    node.helpers.write_secrets(secrets, gpg_home["public"], node.secrets)
     node.cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=node.minion.id)
 
 
@@ -204,7 +203,7 @@ def _assert_apply_refused_and_nothing_changed(node):
     node.cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt=node.minion.id)
     ret, _ = apply(node)
     assert ret.returncode != 0
-    assert "Rendering SLS 'secrets.dataserver' failed" in ret.stdout
+    assert "Rendering SLS 'classes.dataserver.secrets' failed" in ret.stdout
     assert node.dockerd.inspect("postgres")["Id"] == before
 
 

@@ -6,14 +6,21 @@ another pillarenv/saltenv and runs the highstate never sees a dataserver secret;
 moves a node between classes.
 """
 
+import hashlib
 import json
 import os
 import stat
+import time
+from pathlib import Path
 
 import pytest
 import salt.version
 
+from tools.salt_repo import load_module
+
 pytestmark = pytest.mark.states
+
+NODES = load_module("utils", "dockerhosts_nodes")
 
 # Salt 3008 masks pillar values in pillar.items output unless asked; 3007 has no such option.
 UNMASK = ("unmask=True",) if salt.version.__saltstack_version__.major >= 3008 else ()
@@ -52,11 +59,15 @@ def test_each_minion_has_the_class_the_master_gave_it(node, other_minion):
     assert pillar_items(node, other_minion.id).data["node_class"] == "backends"
 
 
-def test_registry_entry_is_one_private_file_per_minion(salt_master):
-    registry = os.path.join(salt_master.config["pki_dir"], "node_classes")
-    assert stat.S_IMODE(os.stat(registry).st_mode) == 0o700
-    with open(os.path.join(registry, "dh-dataserver"), encoding="ascii") as handle:
-        assert handle.read() == "dataserver\n"
+def test_the_class_is_recorded_with_the_key_it_was_given_for(salt_master):
+    """The node record (salt.cache bank dockerhosts/nodes, in the private pki_dir) holds the
+    class with the sha256 of the accepted key it was set for."""
+    opts = dict(salt_master.config)
+    record = NODES.get(opts, "dh-dataserver")
+    assert record["class"] == "dataserver" and record["source"] == "operator"
+    key = (Path(opts["pki_dir"]) / "minions" / "dh-dataserver").read_bytes().strip()
+    assert record["key"] == hashlib.sha256(key).hexdigest()
+    assert stat.S_IMODE(os.stat(opts["pki_dir"]).st_mode) == 0o700
 
 
 def test_forged_grains_and_pillar_overrides_get_no_secret(node, other_minion):
@@ -135,3 +146,42 @@ def test_runner_lists_the_registry(node, other_minion):
     listing = node.run.run("node_class.list").data
     assert listing == {node.minion.id: "dataserver", other_minion.id: "backends"}
     assert node.run.run("node_class.members", "backends").data == [other_minion.id]
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.5)
+
+
+def test_a_new_key_for_an_old_name_starts_with_no_class(node, salt_master, dockerd):
+    """Issue 17.1: the registry follows the key. `salt-key -d old1` drops old1's class at once
+    (the master's salt/key event); a new minion later accepted as old1 gets no class and no
+    secret. (Before: the class outlived the key and the new minion got the dataserver
+    secrets.)"""
+    minion_id = "dh-old1"
+    factory = salt_master.salt_minion_daemon(minion_id, overrides={"docker.url": dockerd.url})
+    with factory.started():
+        node.helpers.set_node_class(node.run, minion_id, "dataserver")
+        first = pillar_items(node, minion_id)
+        assert leaked(node, first.stdout) != [], "the first old1 should get the class's secrets"
+    deleted = salt_master.salt_key_cli().run("-y", "-d", minion_id)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    wait_for(
+        lambda: node.run.run("node_class.get", minion_id).data is None,
+        10,
+        "salt-key -d did not drop the class",
+    )
+    # Another machine under the same name: a new key, accepted by the operator.
+    for name in ("minion.pem", "minion.pub"):
+        (Path(factory.config["pki_dir"]) / name).unlink()
+    try:
+        with factory.started():
+            assert node.run.run("node_class.get", minion_id).data is None
+            second = pillar_items(node, minion_id)
+            assert second.data["node_class"] is None
+            assert "docker_secrets" not in second.data and "docker" not in second.data
+            assert leaked(node, second.stdout) == []
+    finally:
+        salt_master.salt_key_cli().run("-y", "-d", minion_id)

@@ -57,7 +57,8 @@ def render_pillar(tmp_path_factory, repo_root):
     shutil.copytree(repo_root / "pillar", root, dirs_exist_ok=True)
     secrets = {name: "not-a-secret" for name in ("postgres_user", "postgres_password")}
     secrets["postgres_db"] = "not-a-secret"
-    (root / "secrets" / "dataserver.sls").write_text(yaml.safe_dump({"docker_secrets": secrets}))
+    secrets_sls = root / "classes" / "dataserver" / "secrets.sls"
+    secrets_sls.write_text(yaml.safe_dump({"docker_secrets": secrets}))
     return root
 
 
@@ -98,12 +99,10 @@ def renders(tmp_path_factory, repo_root, render_pillar):
             "file_roots": {"base": [str(repo_root / "salt")]},
             "pillar_roots": {"base": [str(render_pillar)]},
             "grains": grains,
+            # A masterless minion's class (pillar/top.sls through node_record.class_of).
+            "node_class": "dataserver",
         }
         (config_dir / "minion").write_text(yaml.safe_dump(config))
-        # The node class registry of this masterless minion (pillar/top.sls reads it).
-        registry = config_dir / "etc" / "salt" / "pki" / "minion" / "node_classes"
-        registry.mkdir(parents=True)
-        (registry / config["id"]).write_text("dataserver\n")
         configs[name] = config_dir
 
     def render_os(name):

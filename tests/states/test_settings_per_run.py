@@ -19,9 +19,9 @@ MINION = "dh-threaded"
 
 @pytest.fixture(scope="module")
 def threaded_minion(salt_master, salt_run, salt_cli, dockerd):
-    set_node_class(salt_run, MINION, "backends")
     factory = start_minion(salt_master, salt_run, MINION, dockerd, multiprocessing=False)
     with factory.started():
+        set_node_class(salt_run, MINION, "backends")
         assert salt_cli.run("saltutil.sync_all", minion_tgt=MINION).returncode == 0
         yield factory
 

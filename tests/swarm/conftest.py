@@ -8,7 +8,6 @@ salt-cloud writes them). A fourth minion, ``intruder``, claims class ``backends`
 and has no engine.
 """
 
-import re
 import secrets as random_secrets
 import shutil
 import time
@@ -137,11 +136,12 @@ class Pillar:
         self.secrets = {}
         self.swarm = base_swarm_pillar()
         shutil.copytree(repo_root / "pillar", root, dirs_exist_ok=True)
-        top = (root / "top.sls").read_text()
-        classes = re.search(r"set classes = \{\n", top)
-        assert classes, "pillar/top.sls has no classes map to add the test class to"
-        entry = f'      "{CLASS}": ["{CLASS}", "secrets.{CLASS}"],\n'
-        (root / "top.sls").write_text(top[: classes.end()] + entry + top[classes.end() :])
+        # The class's folder (pillar/classes/<class>/): its pillar, and its secrets included.
+        self.folder = root / "classes" / CLASS
+        (self.folder / "secrets.sls").write_text("docker_secrets: {}\n")
+        # The class the tests move nodes to (a class is a folder: node_class.set checks).
+        (root / "classes" / "other").mkdir()
+        (root / "classes" / "other" / "init.sls").write_text("{}\n")
         docker = yaml.safe_load((root / "docker.sls").read_text()) or {}
         docker["docker"] = {
             "storage": {"mode": "none"},
@@ -154,14 +154,15 @@ class Pillar:
 
     def write(self):
         # "#!yaml": no Jinja, so swarm templates like {{.Node.Hostname}} stay as they are.
-        (self.root / f"{CLASS}.sls").write_text("#!yaml\n" + yaml.safe_dump({"swarm": self.swarm}))
+        pillar = {"include": [".secrets"], "swarm": self.swarm}
+        (self.folder / "init.sls").write_text("#!yaml\n" + yaml.safe_dump(pillar))
 
     def set_secret(self, key, value):
         self.secrets[key] = value
         lines = ["#!yaml|gpg", "docker_secrets:"]
         for name, plain in self.secrets.items():
             lines.extend(encrypt(self.public_key, plain, name).splitlines())
-        (self.root / "secrets" / f"{CLASS}.sls").write_text("\n".join(lines) + "\n")
+        (self.folder / "secrets.sls").write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="package")

@@ -1,8 +1,11 @@
 # The dataserver class: PostgreSQL with its database on the named volume `pgdata` (a named
 # volume outlives every container that mounts it; docs/containers.md). `pg_data` is the
 # recipe's data-only container, kept for `volumes_from` users: it holds the named volume, so
-# re-creating it never detaches the data. Credentials come from the encrypted pillar
-# (secrets/dataserver.sls).
+# re-creating it never detaches the data. Credentials come from the class's encrypted pillar
+# (secrets.sls, next to this file: ciphertext only).
+include:
+  - .secrets
+
 docker:
   volumes:
     pgdata:
