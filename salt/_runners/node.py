@@ -24,7 +24,6 @@ import concurrent.futures
 import contextlib
 import copy
 import difflib
-import fcntl
 import hashlib
 import json
 import logging
@@ -124,6 +123,8 @@ def read_cache_record(directory, name):
     CLI Example: ``salt-run node.read_cache_record node_converge db1``
     """
     path = cache_file(directory, name)
+    if _shared_store():
+        return salt.cache.factory(__opts__).fetch(f"dockerhosts/{directory}", name) or None
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
@@ -139,10 +140,17 @@ def write_cache_record(directory, name, record):
     CLI Example: ``salt-run node.write_cache_record node_converge db1 '{...}'``
     """
     path = cache_file(directory, name)
+    if _shared_store():
+        return salt.cache.factory(__opts__).store(f"dockerhosts/{directory}", name, record)
     handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{name}.")
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         json.dump(record, out, indent=1, sort_keys=True)
     os.replace(tmp, path)
+
+
+def _shared_store():
+    """Whether several masters share this master's records (docs/multimaster.md)."""
+    return __opts__.get("cache", "localfs") != "localfs"
 
 
 def read_record(name):
@@ -150,29 +158,10 @@ def read_record(name):
     return read_cache_record(RECORD_DIR, name)
 
 
-def _took_lock(handle):
-    """Take ``handle``'s exclusive lock unless another process holds it: whether it did."""
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
 def _converge_lock(name, timeout):
-    """Held while a converge of ``name`` runs; waits up to ``timeout`` for another one."""
-    path = cache_file(RECORD_DIR, name, ".lock")
-    with open(path, "a", encoding="utf-8") as handle:
-        deadline = time.monotonic() + timeout
-        while not _took_lock(handle):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name}: another converge is still running")
-            time.sleep(1)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """Held while a converge of ``name`` runs, by one process of every master sharing the
+    store; waits up to ``timeout`` for another one. A dead master's lock lapses."""
+    return __utils__["dockerhosts_nodes.locked"](__opts__, f"converge/{name}", wait=timeout)
 
 
 def _returning(result, ok):
@@ -217,12 +206,12 @@ def _local():
     return salt.client.LocalClient(mopts=__opts__)
 
 
-def _run_job(local, name, fun, arg=(), timeout=60):
+def _run_job(local, name, fun, arg=(), timeout=60, *, kwarg=None):
     """Publish one job to minion ``name`` and wait for its return in the master's job cache:
     ``{"ret", "retcode", "jid"}``, or None after ``timeout``. (Not LocalClient.cmd: while it
     waits it asks the minion every 10 s whether the job still runs, a process each time on
     the minion, which a slow node pays for dearly.)"""
-    jid = local.cmd_async(name, fun, list(arg))
+    jid = local.cmd_async(name, fun, list(arg), kwarg=kwarg)
     if not jid:
         return None
     get_jid = salt.loader.returners(__opts__, {})[f"{__opts__['master_job_cache']}.get_jid"]
@@ -298,7 +287,8 @@ def _run_highstate(name, timeout, minion_wait):
     joined = time.monotonic()
     _sync(local, name, timeout=300)
     synced = time.monotonic()
-    returned = _run_job(local, name, "state.apply", timeout=timeout)
+    # queue: a highstate that a dead master started may still run there; wait for it.
+    returned = _run_job(local, name, "state.apply", timeout=timeout, kwarg={"queue": True})
     summary = summarize(returned)
     summary["seconds"] = {
         "minion": round(joined - started, 1),
@@ -377,6 +367,28 @@ def wait_converged(name, timeout=3600):
             state = "still running" if record and record.get("key") == fingerprint else "none"
             return _fail(f"{name}: not converged after {timeout} s (converge: {state})")
         time.sleep(2)
+
+
+def resume(minion_wait=10):
+    """
+    Start again the converges a dead master left unfinished (no master holds their lock),
+    for the nodes whose minion answers this master: each master's schedule runs it when
+    several share the store (docs/multimaster.md).
+
+    CLI Example: ``salt-run node.resume``
+    """
+    resumed = []
+    for name in salt.cache.factory(__opts__).list(f"dockerhosts/{RECORD_DIR}"):
+        record = read_record(name) or {}
+        if record.get("finished") or record.get("key") != key_fingerprint(name):
+            continue
+        if __utils__["dockerhosts_nodes.held"](__opts__, f"converge/{name}"):
+            continue
+        answer = _run_job(_local(), name, "test.ping", timeout=minion_wait)
+        if answer and answer["ret"] is True:
+            _start("node.converge", name=name, source="resume")
+            resumed.append(name)
+    return {"result": True, "resumed": resumed}
 
 
 # --- reactor entry points ------------------------------------------------------------------
@@ -482,6 +494,8 @@ def _remove_master_data(name):
     cache.flush(f"minions/{name}")
     with contextlib.suppress(FileNotFoundError):
         os.remove(cache_file(RECORD_DIR, name))
+    if _shared_store():
+        cache.flush(f"dockerhosts/{RECORD_DIR}", name)
     _unset_node_class(name)
 
 

@@ -30,7 +30,6 @@ Functions (each returns {result, changes, comment}; ``test=True`` plans without 
 
 import contextlib
 import copy
-import fcntl
 import logging
 import os
 import re
@@ -351,13 +350,11 @@ def _remember_cluster(class_name, cluster_id):
     __salt__["node.write_cache_record"](STATE_DIR, class_name, record)
 
 
-@contextlib.contextmanager
 def _locked(class_name):
-    """One step at a time per class (two create reactors must not both create a swarm)."""
+    """One step at a time per class, among every master sharing the store (two create
+    reactors must not both create a swarm)."""
     _valid_name(class_name, "class name")
-    with open(_state_file(class_name, ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+    return __utils__["dockerhosts_nodes.locked"](__opts__, f"swarm/{class_name}")
 
 
 def _finish(outcome):
@@ -745,6 +742,8 @@ def forget(class_name):
             known = _known_cluster(class_name)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(_state_file(class_name))
+            if __opts__.get("cache", "localfs") != "localfs":  # shared by several masters
+                __salt__["node.write_cache_record"](STATE_DIR, class_name, {})
     except SwarmError as error:
         return _finish({"result": False, "changes": {}, "comment": str(error)})
     changes = {"cluster": {"old": known, "new": None}} if known else {}

@@ -9,19 +9,37 @@ bank ``dockerhosts/nodes``. For ``localfs`` the cache directory is the master's 
 salt-cloud's processes run with a cache directory of their own, but the same ``pki_dir`` as the
 master whose keys they accept, and a node's record belongs with its key.
 
+Locks (``locked``, ``held``): one holder per name at a time among every process of every
+master sharing the store. With ``cache: redis`` (several masters, docs/multimaster.md) a lock
+is a Redis key with a lease (redis-py's ``Lock``), renewed while its holder runs: a master that
+dies frees its locks when the lease lapses. Otherwise an ``flock`` in the master's cachedir.
+
 A record is a mapping; the fields each writer sets are documented in docs/lifecycle.md.
 ``class_of`` is what pillar uses: the class of an authenticated minion id, only while the key
 the record was made for is still the accepted one.
 """
 
+import contextlib
 import copy
+import fcntl
 import hashlib
+import logging
 import os
+import threading
 import time
 
 import salt.cache
 
+try:
+    import redis
+except ImportError:  # only a master with ``cache: redis`` needs it
+    redis = None
+
+log = logging.getLogger(__name__)
+
 BANK = "dockerhosts/nodes"
+# Seconds a dead master's lock outlives it; its holder renews it every third of that.
+LEASE = 30
 
 
 def _cache(opts):
@@ -98,3 +116,71 @@ def class_of(opts, minion_id):
 def members(opts, node_class):
     """Sorted minion ids whose ``class_of`` is ``node_class``."""
     return sorted(name for name in names(opts) if class_of(opts, name) == node_class)
+
+
+def _redis(opts):
+    """A client of the store Salt's ``redis`` cache uses (its ``cache.redis.*`` options)."""
+    return redis.Redis(
+        host=opts.get("cache.redis.host", "localhost"),
+        port=opts.get("cache.redis.port", 6379),
+        db=opts.get("cache.redis.db", "0"),
+        password=opts.get("cache.redis.password") or None,
+        unix_socket_path=opts.get("cache.redis.unix_socket_path"),
+    )
+
+
+def _lock_path(opts, name):
+    directory = os.path.join(opts["cachedir"], "dockerhosts-locks")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    return os.path.join(directory, name.replace("/", "-"))
+
+
+def _renew(lock, done):
+    while not done.wait(LEASE / 3):
+        try:
+            lock.reacquire()
+        except Exception as error:  # the store is away: retry; the lease may lapse
+            log.warning("lock %s: cannot renew its lease: %s", lock.name, error)
+
+
+@contextlib.contextmanager
+def locked(opts, name, wait=None):
+    """Hold lock ``name`` (e.g. ``converge/db1``, ``swarm/backends``); waits up to ``wait`` s
+    (None: as long as it takes), then TimeoutError."""
+    if opts.get("cache") == "redis":
+        lock = _redis(opts).lock(f"dockerhosts/lock/{name}", timeout=LEASE, blocking_timeout=wait)
+        if not lock.acquire():
+            raise TimeoutError(f"{name}: another master holds it")
+        done = threading.Event()
+        renewer = threading.Thread(target=_renew, args=(lock, done), daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+            with contextlib.suppress(redis.exceptions.LockError):
+                lock.release()
+        return
+    with open(_lock_path(opts, name), "a", encoding="utf-8") as handle:
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"{name}: another process holds it") from None
+                time.sleep(0.5)
+        yield
+
+
+def held(opts, name):
+    """Whether some process (of any master sharing the store) holds lock ``name`` now."""
+    if opts.get("cache") == "redis":
+        return bool(_redis(opts).exists(f"dockerhosts/lock/{name}"))
+    try:
+        with locked(opts, name, wait=0):
+            return False
+    except TimeoutError:
+        return True

@@ -546,7 +546,9 @@ def test_a_node_in_another_swarm_is_never_promoted(runner):
 
 def test_the_cluster_record_stays_where_masters_keep_it(runner, tmp_path):
     node = load_module("runners", "node")
-    node.__opts__ = {"cachedir": str(tmp_path)}
+    node.__opts__ = runner.__opts__ = {"cachedir": str(tmp_path)}
+    nodes = load_module("utils", "dockerhosts_nodes")
+    runner.__utils__ = {"dockerhosts_nodes.locked": nodes.locked}
     runner.__salt__ = {
         name: getattr(node, name.partition(".")[2])
         for name in ("node.cache_file", "node.read_cache_record", "node.write_cache_record")
