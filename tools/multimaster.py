@@ -190,20 +190,25 @@ def _write(path, data):
     path.write_text(yaml.safe_dump(data, default_flow_style=False))
 
 
+def _daemon_paths(home, role):
+    """Where a daemon keeps everything: under ``home`` (short: Unix socket paths are limited)."""
+    paths = {"root_dir": home, "log_file": home / f"{role}.log", "pidfile": home / f"{role}.pid"}
+    paths.update(
+        {
+            f"{part}_dir" if part != "cache" else "cachedir": home / part
+            for part in ("pki", "cache", "sock")
+        }
+    )
+    return {**{k: str(v) for k, v in paths.items()}, "log_level_logfile": "info", "user": "root"}
+
+
 def master_config(root, name, address, store_address, extra=None):
     """One master of the topology: the settings that make it share the fleet."""
     home = root / name
     return {
         "id": name,
         "interface": address,
-        "root_dir": str(home),
-        "pki_dir": str(home / "pki"),
-        "cachedir": str(home / "cache"),
-        "sock_dir": str(home / "sock"),
-        "log_file": str(home / "master.log"),
-        "log_level_logfile": "info",
-        "pidfile": str(home / "master.pid"),
-        "user": "root",
+        **_daemon_paths(home, "master"),
         "file_roots": {"base": [str(root / "srv" / "salt")]},
         "pillar_roots": {"base": [str(root / "srv" / "pillar")]},
         "module_dirs": [str(REPO_ROOT / "salt")],
@@ -221,14 +226,7 @@ def minion_config(root, minion_id, master_addresses, extra=None):
     home = root / "minions" / minion_id
     return {
         "id": minion_id,
-        "root_dir": str(home),
-        "pki_dir": str(home / "pki"),
-        "cachedir": str(home / "cache"),
-        "sock_dir": str(home / "sock"),
-        "log_file": str(home / "minion.log"),
-        "log_level_logfile": "info",
-        "pidfile": str(home / "minion.pid"),
-        "user": "root",
+        **_daemon_paths(home, "minion"),
         "master": list(master_addresses),
         "master_type": "failover",
         "master_alive_interval": ALIVE_INTERVAL,
