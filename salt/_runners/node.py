@@ -21,12 +21,10 @@ import concurrent.futures
 import contextlib
 import contextvars
 import copy
-import json
 import logging
 import os
 import re
 import socket
-import tempfile
 import time
 
 import salt.cache
@@ -91,7 +89,8 @@ def _claimant():
 
 def _claim_lost(record):
     """Whether a ``converging`` record's claimant is gone (a master stopped mid-converge): a
-    process of this host that no longer runs. Another host's claim only times out."""
+    process of this host that no longer runs. Another host's claim only times out (with
+    several masters, converge holds the node's lock instead: see ``converge``)."""
     host, _, process = str((record.get("converge") or {}).get("by")).partition(":")
     if host != socket.gethostname():
         return False
@@ -156,11 +155,11 @@ def on_key(name):
 # --- converging --------------------------------------------------------------------------
 
 
-def _run_job(local, name, fun, arg=(), timeout=60):
+def _run_job(local, name, fun, arg=(), timeout=60, *, kwarg=None):
     """One job on minion ``name``, its return read from the master's job cache: {ret, retcode,
     jid}, or None after ``timeout`` (LocalClient.cmd would ask the minion every 10 s whether
     the job still runs, a process each time on a slow node)."""
-    jid = local.cmd_async(name, fun, list(arg))
+    jid = local.cmd_async(name, fun, list(arg), kwarg=kwarg)
     if not jid:
         return None
     get_jid = salt.loader.returners(__opts__, {})[f"{__opts__['master_job_cache']}.get_jid"]
@@ -215,9 +214,13 @@ def _highstate(name, timeout, minion_wait):
     joined = time.monotonic()
     directories = salt.fileserver.Fileserver(__opts__).dir_list({"saltenv": "base"})
     functions = sync_functions(d for d in directories if "/" not in d)
-    _run_job(local, name, functions, [[] for _ in functions], timeout=300)
+    if functions:
+        _run_job(local, name, functions, [[] for _ in functions], timeout=300)
     synced = time.monotonic()
-    summary = summarize(_run_job(local, name, "state.apply", timeout=timeout))
+    # queue: a highstate that a master which died mid-converge started may still run there.
+    summary = summarize(
+        _run_job(local, name, "state.apply", timeout=timeout, kwarg={"queue": True})
+    )
     summary["seconds"] = {
         "minion": round(joined - started, 1),
         "sync": round(synced - joined, 1),
@@ -237,7 +240,7 @@ def _admit(name, summary):
         summary.update(result=False, comment=f"swarm.admit failed: {admitted.get('comment')}")
 
 
-def _claim(name, key, deadline):
+def _claim(name, key, deadline, lost=_claim_lost, source="reactor"):
     """Claim the converge of ``name`` for ``key`` (compare-and-set), waiting while another
     process converges it: ``(claimed record, record)``, claimed None when not this one's."""
     while True:
@@ -247,10 +250,10 @@ def _claim(name, key, deadline):
             when=lambda r: (
                 bool(key and r and r.get("class") and r.get("key") == key)
                 and r.get("state") not in ("converged", "failed", "destroying")
-                and (r.get("state") != "converging" or _claim_lost(r))
+                and (r.get("state") != "converging" or lost(r))
             ),
             state="converging",
-            converge={"started": time.time(), "by": _claimant()},
+            converge={"started": time.time(), "by": _claimant(), "source": source},
         )
         record = claimed or _nodes("get", name)
         if claimed or not record or record.get("state") != "converging":
@@ -260,7 +263,7 @@ def _claim(name, key, deadline):
         time.sleep(2)
 
 
-def converge(name, timeout=3600, minion_wait=900):
+def converge(name, timeout=3600, minion_wait=900, source="reactor"):
     """
     Converge node ``name`` once per incarnation (accepted key): wait for its minion, sync
     custom modules, highstate, then ``swarm.admit`` when its class enables swarm. A converge
@@ -271,15 +274,27 @@ def converge(name, timeout=3600, minion_wait=900):
     """
     if _name_problem(name):
         return _fail(f"node.converge: {_name_problem(name)}")
+    if not _nodes("shared"):
+        return _converge(name, timeout, minion_wait, _claim_lost, source)
+    # Several masters: the node's lock (a lease a dead master's lets lapse) is held for the
+    # whole converge, so a "converging" record found by its holder is a dead master's.
+    try:
+        with _nodes("locked", f"converge/{name}", wait=timeout + minion_wait):
+            return _converge(name, timeout, minion_wait, lambda record: True, source)
+    except TimeoutError as error:
+        return _fail(f"node.converge {name}: {error} (wait, then retry)")
+
+
+def _converge(name, timeout, minion_wait, lost, source):
     key = _nodes("key_fingerprint", name)
-    claimed, record = _claim(name, key, time.monotonic() + timeout + minion_wait)
+    claimed, record = _claim(name, key, time.monotonic() + timeout + minion_wait, lost, source)
     if not claimed:
         if not record or not key or record.get("key") != key or not record.get("class"):
             return _fail(f"{name}: no node record with a class for its accepted key")
         if record.get("state") not in ("converged", "failed"):
             return _fail(f"{name}: {record.get('state')}, not converged (wait, then retry)")
         return _returning({name: record}, ok=record["state"] == "converged")
-    summary = {"started": claimed["converge"]["started"]}
+    summary = {"started": claimed["converge"]["started"], "source": source}
     try:
         summary.update(_highstate(name, timeout, minion_wait))
         if summary["result"]:
@@ -340,6 +355,27 @@ def wait_converged(name, timeout=3600):
         if time.monotonic() > deadline:
             return _fail(f"{name}: not converged after {timeout} s (it is {record.get('state')})")
         time.sleep(2)
+
+
+def resume(minion_wait=10):
+    """
+    Converge again the nodes whose converge a dead master left unfinished (a ``converging``
+    record whose lock no master holds) and whose minion answers this master: every master's
+    schedule runs it when several share the store (master.d/multimaster.conf).
+
+    CLI Example: ``salt-run node.resume``
+    """
+    local = salt.client.LocalClient(mopts=__opts__)
+    stalled = [
+        name
+        for name, record in _nodes("records").items()
+        if record.get("state") == "converging"
+        and not _nodes("held", f"converge/{name}")
+        and (_run_job(local, name, "test.ping", timeout=minion_wait) or {}).get("ret") is True
+    ]
+    for name in stalled:
+        converge(name, source="resume")
+    return {"result": True, "resumed": stalled}
 
 
 # --- leaving --------------------------------------------------------------------------------
@@ -555,35 +591,3 @@ def ensure_plan(request):
     result = plan(live, node_class, request["count"], request.get("prefix") or node_class, accepted)
     result.update(request, profile=profile, remove_extra=request.get("remove_extra", False))
     return _returning(result, ok=True)
-
-
-# --- runner swarm's per-class files (until it keeps them in salt.cache) ------------------------
-
-
-def cache_file(directory, name, suffix=".json"):
-    """Path of ``<cachedir>/<directory>/<name><suffix>`` on the master (directory made, mode
-    0700); both must be plain file names. Runner ``swarm`` keeps its clusters there."""
-    for part in (directory, name):
-        if not isinstance(part, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", part):
-            raise ValueError(f"{part!r} is not a plain file name")
-    path = os.path.join(__opts__["cachedir"], directory)
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return os.path.join(path, f"{name}{suffix}")
-
-
-def read_cache_record(directory, name):
-    """The JSON record ``cache_file(directory, name)``, or None."""
-    try:
-        with open(cache_file(directory, name), encoding="utf-8") as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
-def write_cache_record(directory, name, record):
-    """Replace the JSON record ``cache_file(directory, name)`` atomically."""
-    path = cache_file(directory, name)
-    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{name}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(record, out)
-    os.replace(tmp, path)

@@ -10,7 +10,6 @@ every failure is one line); ``test=True`` shows the plan and changes nothing.
 """
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -222,14 +221,10 @@ def _remember_cluster(class_name, cluster_id):
         salt.cache.factory(__opts__).store(BANK, class_name, record)
 
 
-@contextlib.contextmanager
 def _locked(class_name):
-    """One run at a time per class (two admissions must not both create a swarm)."""
-    directory = os.path.join(__opts__["cachedir"], "dockerhosts-swarm-locks")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    with open(os.path.join(directory, _checked(class_name, "class")), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+    """One run at a time per class among every master sharing the store (two admissions must
+    not both create a swarm)."""
+    return __utils__["dockerhosts_nodes.locked"](__opts__, f"swarm/{_checked(class_name, 'class')}")
 
 
 def _one_line(value):

@@ -10,10 +10,12 @@ directory of their own, but the same ``pki_dir`` as the master whose keys they a
 node's record belongs with its key.
 
 Writers (salt-cloud, the reactor's runners, the operator's) change a record through
-``update``, which reads, changes and stores it under ``locked``: an flock on the ``pki_dir``'s
-``dockerhosts`` directory, so no update is lost between processes of one master (no lock file
-is left). Salt's cache API has no compare-and-set: a backend shared by several masters needs
-the backend's own (Consul's ``cas`` index, etcd's transactions, Redis ``WATCH``) in its place.
+``update``, which reads, changes and stores it under ``locked``, so no update is lost. A lock
+has one holder among every process of every master sharing the store: with ``cache: redis``
+(several masters, docs/multimaster.md) a Redis key with a lease (redis-py's ``Lock``) that its
+holder renews, so a master that dies frees its locks when the lease lapses; otherwise an
+``flock`` below the ``pki_dir`` (the records' lock: on the ``dockerhosts`` directory itself,
+so no lock file is left).
 
 A record is a mapping; its fields and who sets them: docs/lifecycle.md. ``class_of`` is what
 pillar uses: the class of an authenticated minion id, only while the key the record was made
@@ -32,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from glob import glob
 
@@ -42,28 +45,105 @@ log = logging.getLogger(__name__)
 BANK = "dockerhosts/nodes"
 LEGACY_CLASSES = "node_classes"
 LEGACY_CONVERGE = "node_converge"
+RECORDS = "records"  # the lock every record change holds
+LEASE = 30  # seconds a dead master's lock outlives it (its holder renews it every third)
+
+
+def _migrated(opts):
+    """``opts`` once the registry before records is migrated (before any lock is held)."""
+    if opts.get("dockerhosts_migrated"):
+        return opts
+    migrate(opts)
+    return {**opts, "dockerhosts_migrated": True}
 
 
 def _cache(opts):
-    if not opts.get("dockerhosts_migrated"):
-        migrate(opts)
-    opts = dict(opts)
+    opts = dict(_migrated(opts))
     if opts.get("cache", "localfs") == "localfs":
         opts["cachedir"] = opts["pki_dir"]
     return salt.cache.factory(opts)
 
 
+def _redis(opts):
+    """A client of the store Salt's ``redis`` cache uses (its ``cache.redis.*`` options)."""
+    import redis  # noqa: PLC0415  (only a master with cache: redis needs it)
+
+    return redis.Redis(
+        host=opts.get("cache.redis.host", "localhost"),
+        port=opts.get("cache.redis.port", 6379),
+        db=opts.get("cache.redis.db", "0"),
+        password=opts.get("cache.redis.password") or None,
+        unix_socket_path=opts.get("cache.redis.unix_socket_path"),
+    )
+
+
+def shared(opts):
+    """Whether several masters share this master's records (docs/multimaster.md)."""
+    return opts.get("cache", "localfs") == "redis"
+
+
+def _renew(lock, done):
+    while not done.wait(LEASE / 3):
+        try:
+            lock.reacquire()
+        except Exception as error:  # the store is away: retry; the lease may lapse
+            log.warning("lock %s: cannot renew its lease: %s", lock.name, error)
+
+
 @contextlib.contextmanager
-def locked(opts):
-    """Held while a record is read, changed and stored: one writer at a time."""
+def _redis_lock(opts, name, wait):
+    lock = _redis(opts).lock(f"dockerhosts/lock/{name}", timeout=LEASE, blocking_timeout=wait)
+    if not lock.acquire():
+        raise TimeoutError(f"lock {name}: another master holds it")
+    done = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(lock, done), daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        done.set()
+        renewer.join()
+        with contextlib.suppress(Exception):  # lapsed meanwhile: nothing to release
+            lock.release()
+
+
+@contextlib.contextmanager
+def locked(opts, name=RECORDS, wait=None):
+    """Hold lock ``name`` (the records', or e.g. ``swarm/backends``); waits up to ``wait``
+    seconds (None: as long as it takes), then TimeoutError."""
+    if shared(opts):
+        with _redis_lock(opts, name, wait):
+            yield
+        return
     directory = os.path.join(opts["pki_dir"], "dockerhosts")
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    handle = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    path = directory if name == RECORDS else os.path.join(directory, name.replace("/", "-"))
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path == directory else os.O_CREAT)
+    handle = os.open(path, flags, 0o600)
+    deadline = None if wait is None else time.monotonic() + wait
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait is None else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"lock {name}: another process holds it") from None
+                time.sleep(0.5)
         yield
     finally:
         os.close(handle)
+
+
+def held(opts, name):
+    """Whether some process (of any master sharing the store) holds lock ``name`` now."""
+    if shared(opts):
+        return bool(_redis(opts).exists(f"dockerhosts/lock/{name}"))
+    try:
+        with locked(opts, name, wait=0):
+            return False
+    except TimeoutError:
+        return True
 
 
 def get(opts, name):
@@ -84,6 +164,7 @@ def update(opts, name, when=None, **fields):
     """Merge ``fields`` into the record of node ``name`` (made when missing), atomically. With
     ``when``, a test of the current record (None when there is none): nothing changes unless
     it passes, and the result is None (compare-and-set)."""
+    opts = _migrated(opts)
     with locked(opts):
         record = get(opts, name)
         if when is not None and not when(record):
@@ -94,6 +175,7 @@ def update(opts, name, when=None, **fields):
 def forget(opts, name, when=None):
     """Remove the record of node ``name`` (unless ``when(record)`` is false): the record it
     had, or None."""
+    opts = _migrated(opts)
     with locked(opts):
         record = get(opts, name)
         if record is None or (when is not None and not when(record)):
