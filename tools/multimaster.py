@@ -212,6 +212,7 @@ def master_config(root, name, address, store_address, extra=None):
         "file_roots": {"base": [str(root / "srv" / "salt")]},
         "pillar_roots": {"base": [str(root / "srv" / "pillar")]},
         "module_dirs": [str(REPO_ROOT / "salt")],
+        "gpg_keydir": str(home / "gpg"),
         # The shared store (docs/multimaster.md): node records, converge and swarm locks.
         "cache": "redis",
         "cache.redis.host": store_address,
@@ -307,7 +308,7 @@ def _stop(daemon, sig=signal.SIGKILL):
 
 
 def _master_keys(root, names):
-    """One master key pair, the same file on every master (minions trust any of them)."""
+    """One master key pair, the same file on every master of ``names``."""
     private, public = rsa_key_pair()
     for name in names:
         pki = root / name / "pki"
@@ -365,7 +366,9 @@ def _configure(root, the_fleet, namespaces, settings):
     by_name = {ns.name: ns for ns in namespaces}
     _tree(root, settings["pillar"])
     masters = [f"m{i}" for i in range(1, settings["masters"] + 1)]
-    _master_keys(root, masters)
+    # The first master's keys; the others get them from bin/add-master, as an operator's do.
+    _master_keys(root, masters[:1])
+    (root / masters[0] / "gpg").mkdir(mode=0o700)
     for name in masters:
         daemon = Daemon(name, by_name[name], root / name)
         config = master_config(
@@ -378,10 +381,28 @@ def _configure(root, the_fleet, namespaces, settings):
         group = by_name[f"g{index % settings['groups']}"]
         daemon = Daemon(minion_id, group, root / "minions" / minion_id)
         order = addresses[::-1] if minion_id in settings["reverse_order"] else addresses
-        _minion_key(root, minion_id, masters)
+        _minion_key(root, minion_id, masters[:1])
         config = minion_config(root, minion_id, order, settings["minion_extra"])
         _write(daemon.config_dir / "minion", config)
         the_fleet.minions[minion_id] = daemon
+    for name in masters[1:]:
+        add_master(the_fleet.masters[masters[0]], the_fleet.masters[name])
+
+
+def add_master(source, joining):
+    """``bin/add-master --export -c SOURCE | bin/add-master --import -c JOINING``."""
+    tool = [str(REPO_ROOT / "bin" / "add-master")]
+    env = {**os.environ, "SALT_BIN_DIR": str(BIN)}
+    exported = subprocess.run(
+        [*tool, "--export", "-c", str(source.config_dir)], capture_output=True, check=True, env=env
+    )
+    subprocess.run(
+        [*tool, "--import", "-c", str(joining.config_dir)],
+        input=exported.stdout,
+        capture_output=True,
+        check=True,
+        env=env,
+    )
 
 
 def first_master(fleet_, minion):
