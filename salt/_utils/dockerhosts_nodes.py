@@ -43,6 +43,7 @@ import salt.cache
 log = logging.getLogger(__name__)
 
 BANK = "dockerhosts/nodes"
+SWARMS = "dockerhosts/swarms"  # runner swarm's memory of each class's swarm
 LEGACY_CLASSES = "node_classes"
 LEGACY_CONVERGE = "node_converge"
 RECORDS = "records"  # the lock every record change holds
@@ -250,6 +251,8 @@ def migrate(opts):
     """Move ``<pki_dir>/node_classes/<id>`` and ``<cachedir>/node_converge/<id>.json`` into
     records, once; what cannot be carried over safely is logged and dropped."""
     opts = {**opts, "dockerhosts_migrated": True}
+    if shared(opts):
+        _move_to_shared_store(opts)
     legacy = os.path.join(opts["pki_dir"], LEGACY_CLASSES)
     converged = os.path.join(opts.get("cachedir") or legacy, LEGACY_CONVERGE)
     if not (os.path.isdir(legacy) or os.path.isdir(converged)):
@@ -261,6 +264,24 @@ def migrate(opts):
             _migrate_converge(opts, name, os.path.join(converged, f"{name}.json"))
         for directory in (legacy, converged):
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _move_to_shared_store(opts):
+    """A master that kept its records and swarm memory in ``localfs`` and now shares a store
+    (docs/multimaster.md): each entry the store lacks is copied there, once; the local bank is
+    kept, renamed ``<bank>.moved-<time>``."""
+    for bank, directory in ((BANK, opts["pki_dir"]), (SWARMS, opts["cachedir"])):
+        local = os.path.join(directory, bank)
+        if not os.path.isdir(local):
+            continue
+        source = salt.cache.factory({**opts, "cache": "localfs", "cachedir": directory})
+        store = salt.cache.factory(opts)
+        with locked(opts):
+            for key in source.list(bank):
+                if not store.contains(bank, key):
+                    store.store(bank, key, source.fetch(bank, key))
+            os.rename(local, f"{local}.moved-{int(time.time())}")
+        log.warning("node records: moved %s into the shared store (kept beside it)", local)
 
 
 def _legacy_names(directory, suffix):
