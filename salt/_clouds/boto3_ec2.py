@@ -1255,7 +1255,10 @@ def _before_destroy(names):
     ...) with this master's config; skipped while the master has no such runner."""
     import salt.runner  # noqa: PLC0415  (destroys only)
 
-    runner = salt.runner.RunnerClient(_master_opts())
+    opts = _master_opts()
+    # RunnerClient writes <cachedir>/proc/<jid>, which only the master's start makes.
+    os.makedirs(os.path.join(opts["cachedir"], "proc"), mode=0o700, exist_ok=True)
+    runner = salt.runner.RunnerClient(opts)
     try:
         if "node.before_destroy" not in runner.functions:
             log.info("The master has no node.before_destroy runner: not calling it")
@@ -1264,7 +1267,8 @@ def _before_destroy(names):
     finally:
         getattr(runner, "destroy", lambda: None)()
     if not data.get("success", True):
-        raise SaltCloudSystemExit(f"node.before_destroy refused: {data.get('return')}")
+        said = str(data.get("return")).strip().splitlines() or [""]
+        raise SaltCloudSystemExit(f"node.before_destroy refused: {said[-1]}")
 
 
 def _master_opts():
