@@ -1251,24 +1251,22 @@ def _destroyed(name, instances, protected, terminated, alias):
 
 
 def _before_destroy(names):
-    """One `node.before_destroy <names>` runner call for the batch (drains swarm members,
-    ...) with this master's config; skipped while the master has no such runner."""
-    import salt.runner  # noqa: PLC0415  (destroys only)
+    """One `node.before_destroy <names>` call for the batch (drains swarm members, ...), in
+    this process with the master's config and runners: no job, no event, so a stopped master
+    is no obstacle; skipped while the master has no such runner."""
+    import salt.loader  # noqa: PLC0415  (destroys only)
 
     opts = _master_opts()
-    # RunnerClient writes <cachedir>/proc/<jid>, which only the master's start makes.
-    os.makedirs(os.path.join(opts["cachedir"], "proc"), mode=0o700, exist_ok=True)
-    runner = salt.runner.RunnerClient(opts)
     try:
-        if "node.before_destroy" not in runner.functions:
+        runners = salt.loader.runner(opts, utils=salt.loader.utils(opts))
+        if "node.before_destroy" not in runners:
             log.info("The master has no node.before_destroy runner: not calling it")
             return
-        data = runner.cmd("node.before_destroy", [names], print_event=False, full_return=True)
-    finally:
-        getattr(runner, "destroy", lambda: None)()
-    if not data.get("success", True):
-        said = str(data.get("return")).strip().splitlines() or [""]
-        raise SaltCloudSystemExit(f"node.before_destroy refused: {said[-1]}")
+        ret = runners["node.before_destroy"](names)
+    except Exception as error:  # one line, not a traceback
+        raise SaltCloudSystemExit(f"node.before_destroy failed: {error}") from error
+    if ret.get("retcode"):
+        raise SaltCloudSystemExit(f"node.before_destroy refused: {ret.get('comment')}")
 
 
 def _master_opts():

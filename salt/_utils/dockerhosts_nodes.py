@@ -47,7 +47,9 @@ SWARMS = "dockerhosts/swarms"  # runner swarm's memory of each class's swarm
 LEGACY_CLASSES = "node_classes"
 LEGACY_CONVERGE = "node_converge"
 RECORDS = "records"  # the lock every record change holds
-LEASE = 30  # seconds a dead master's lock outlives it (its holder renews it every third)
+# Seconds a dead master's lock outlives it (its holder renews it every third of that); the
+# master option dockerhosts_lock_lease sets it.
+LEASE = 30
 
 
 def _migrated(opts):
@@ -83,8 +85,8 @@ def shared(opts):
     return opts.get("cache", "localfs") == "redis"
 
 
-def _renew(lock, done):
-    while not done.wait(LEASE / 3):
+def _renew(lock, done, lease):
+    while not done.wait(lease / 3):
         try:
             lock.reacquire()
         except Exception as error:  # the store is away: retry; the lease may lapse
@@ -93,11 +95,12 @@ def _renew(lock, done):
 
 @contextlib.contextmanager
 def _redis_lock(opts, name, wait):
-    lock = _redis(opts).lock(f"dockerhosts/lock/{name}", timeout=LEASE, blocking_timeout=wait)
+    lease = opts.get("dockerhosts_lock_lease", LEASE)
+    lock = _redis(opts).lock(f"dockerhosts/lock/{name}", timeout=lease, blocking_timeout=wait)
     if not lock.acquire():
         raise TimeoutError(f"lock {name}: another master holds it")
     done = threading.Event()
-    renewer = threading.Thread(target=_renew, args=(lock, done), daemon=True)
+    renewer = threading.Thread(target=_renew, args=(lock, done, lease), daemon=True)
     renewer.start()
     try:
         yield

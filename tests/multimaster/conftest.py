@@ -22,6 +22,8 @@ TIMINGS = {}
 SLOW_STEP = 12
 # The tier runs the resume schedule every few seconds (the fragment: every 30 s).
 RESUME_EVERY = 3
+# A dead master's locks lapse after this (the fragment's default: 30 s).
+LEASE = 10
 SEED_RECORDS = (
     "for name in {names!r}:\n"
     "    nodes.update(opts, name, key=nodes.key_fingerprint(opts, name), **{{'class': 'light'}},\n"
@@ -55,6 +57,7 @@ def fragment():
     """master.d/multimaster.conf as shipped, with this tier's store address and schedule."""
     settings = yaml.safe_load((REPO_ROOT / "master.d" / "multimaster.conf").read_text())
     settings["schedule"]["dockerhosts-resume-converges"]["seconds"] = RESUME_EVERY
+    settings["dockerhosts_lock_lease"] = LEASE
     return settings
 
 
