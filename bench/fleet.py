@@ -66,7 +66,11 @@ def measure(size, masters):
     names = [f"n{i:02d}" for i in range(1, size + 1)]
     reverse = names[size // 2 :] if masters == 2 else ()
     with multimaster.fleet(
-        masters=2, minions=size, groups=max(1, size // 25), reverse_order=reverse
+        masters=2,
+        minions=size,
+        groups=max(1, size // 25),
+        reverse_order=reverse,
+        start_timeout=10 * size,  # 100 minions authenticating on 2 cores take minutes
     ) as fleet_:
         plan = {"m1": [n for n in names if n not in reverse], "m2": list(reverse)}
         plan = {master: minions for master, minions in plan.items() if minions}

@@ -416,11 +416,14 @@ def _wait_for_minions(the_fleet, timeout):
     for minion in the_fleet.minions:
         by_master.setdefault(first_master(the_fleet, minion), []).append(minion)
     for master, minions in by_master.items():
-        wait_for(
-            lambda m=master, ms=minions: answering(the_fleet, m, ms) == sorted(ms),
-            timeout,
-            f"{minions} to answer through {master}",
-        )
+        answered = set()  # a minion that answered once stays connected: count it
+
+        def all_answered(m=master, ms=minions, seen=answered):
+            waiting = sorted(set(ms) - seen)
+            seen.update(answering(the_fleet, m, waiting, timeout=max(10, len(waiting) // 4)))
+            return seen >= set(ms)
+
+        wait_for(all_answered, timeout, f"{minions} to answer through {master}")
 
 
 def _stop_all(the_fleet):
@@ -439,8 +442,8 @@ def fleet(masters=2, minions=4, *, groups=None, wait=True, **options):
     minions (n01, n02, ...), each in its own namespace unless ``groups`` namespaces hold
     them all (a bench's 100 minions need not have 100). Minions list the masters in order,
     reversed for those in ``reverse_order``; the first is the one they use while it lives.
-    ``wait``: until every minion answers through its first master. Options: ``pillar``,
-    ``master_extra``, ``minion_extra``, ``reverse_order``."""
+    ``wait``: until every minion answers through its first master (``start_timeout`` s).
+    Options: ``pillar``, ``master_extra``, ``minion_extra``, ``reverse_order``."""
     minion_names = [f"n{i:02d}" for i in range(1, minions + 1)]
     settings = {
         "masters": masters,
@@ -468,7 +471,9 @@ def fleet(masters=2, minions=4, *, groups=None, wait=True, **options):
             for daemon in the_fleet.minions.values():
                 _start(the_fleet, daemon, "salt-minion")
             if wait:
-                _wait_for_minions(the_fleet, START_TIMEOUT + 2 * minions)
+                _wait_for_minions(
+                    the_fleet, options.get("start_timeout", START_TIMEOUT + 2 * minions)
+                )
             yield the_fleet
         finally:
             _stop_all(the_fleet)
