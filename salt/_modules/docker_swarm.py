@@ -134,7 +134,7 @@ class _Check:
             value = {}
         for key in value:
             if key not in default:
-                hint = __utils__["dockerhosts_names.suggestion"](key, default)
+                hint = __utils__["dockerhosts_checks.suggestion"](key, default)
                 hint = f"unknown key{hint}, known keys: {', '.join(default)}"
                 self.add(
                     f"{path}:{key}", f"renamed: use {RENAMED[key]}" if key in RENAMED else hint

@@ -545,7 +545,7 @@ def request_problems(request, classes):
     if not isinstance(request, dict):
         yield "the request must be a mapping: {class: <name>, count: <n>}"
         return
-    suggest = __utils__["dockerhosts_names.suggestion"]
+    suggest = __utils__["dockerhosts_checks.suggestion"]
     for key in set(request) - set(REQUEST_KEYS):
         yield f"{key}: unknown key{suggest(key, REQUEST_KEYS)} ({', '.join(REQUEST_KEYS)})"
     for key in ("class", "count"):

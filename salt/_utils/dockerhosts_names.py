@@ -16,7 +16,6 @@ Each ``*_problem`` function returns None for a good name, else what is wrong wit
 caller to put after the key path it checks.
 """
 
-import difflib
 import re
 
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
@@ -55,14 +54,3 @@ def class_name_problem(name):
 def docker_name_problem(name):
     """What is wrong with a container, network or volume name, or None."""
     return _problem(name, DOCKER_NAME, "a Docker name ([a-zA-Z0-9][a-zA-Z0-9_.-]+)")
-
-
-def suggestion(word, candidates, cutoff=0.6):
-    """`` (did you mean x?)`` with the nearest candidate, or an empty string. Ties go to the
-    candidate listed first."""
-    scored = []
-    for index, candidate in enumerate(str(c) for c in candidates):
-        ratio = difflib.SequenceMatcher(None, str(word), candidate).ratio()
-        if ratio >= cutoff:
-            scored.append((-ratio, index, candidate))
-    return f" (did you mean {min(scored)[2]}?)" if scored else ""

@@ -25,7 +25,7 @@ from tools.salt_repo import load_module
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECRETS = {"api_token": "s3cr3t-value", "db": "another"}
-UTILS = ("dockerhosts_names", "dockerhosts_nodes", "dockerhosts_secrets")
+UTILS = ("dockerhosts_checks", "dockerhosts_names", "dockerhosts_nodes", "dockerhosts_secrets")
 MODULE = load_module("modules", "docker_swarm")
 RUNNER = load_module("runners", "swarm")
 

@@ -22,6 +22,7 @@ MIB = 1024**2
 
 NODES = load_module("utils", "dockerhosts_nodes")
 NAMES = load_module("utils", "dockerhosts_names")
+CHECKS = load_module("utils", "dockerhosts_checks")
 node = load_module("runners", "node")
 node_class = load_module("runners", "node_class")
 node_record = load_module("modules", "node_record")
@@ -67,7 +68,9 @@ def swarm_calls():
 
 @pytest.fixture
 def configure_loader_modules(opts, swarm_calls):
-    utils = utils_of(("dockerhosts_nodes", NODES), ("dockerhosts_names", NAMES))
+    utils = utils_of(
+        ("dockerhosts_nodes", NODES), ("dockerhosts_names", NAMES), ("dockerhosts_checks", CHECKS)
+    )
     dunders = {
         "__opts__": opts,
         "__utils__": utils,
