@@ -345,7 +345,10 @@ def snapshot_docker_volume(client, instance, kwargs):
     filters = [_filter("tag:node", [name]), _filter("tag:role", [VOLUME_TAG])]
     ours = _call(client.describe_snapshots, OwnerIds=["self"], Filters=filters)["Snapshots"]
     ours = [s for s in ours if s["SnapshotId"] != new["SnapshotId"]]  # maybe not listed yet
-    ours.sort(key=lambda s: (str(s["StartTime"]), s["SnapshotId"]), reverse=True)
+    # StartTime may have whole seconds only: within one, the record's order (newest first) wins
+    recorded = (_record("get", name) or {}).get("snapshots") or []
+    rank = {snapshot_id: len(recorded) - i for i, snapshot_id in enumerate(recorded)}
+    ours.sort(key=lambda s: (str(s["StartTime"]), rank.get(s["SnapshotId"], 0)), reverse=True)
     for snapshot in ours[keep - 1 :]:
         _call(client.delete_snapshot, SnapshotId=snapshot["SnapshotId"])
     kept = [new["SnapshotId"], *(s["SnapshotId"] for s in ours[: keep - 1])]

@@ -219,6 +219,33 @@ def test_the_docker_volume_of_a_node_is_the_one_its_tag_names():
         ec2.docker_volume_mapping_of({**INSTANCE, "Tags": [{"Key": "Name", "Value": "db1"}]})
 
 
+class SnapshotsOfOneSecond:
+    """EC2 as moto answers: every StartTime of the node's snapshots in the same second."""
+
+    def __init__(self, ids):
+        self.snapshots = [{"SnapshotId": i, "StartTime": "2026-12-07T05:10:17Z"} for i in ids]
+        self.deleted = []
+
+    def create_snapshot(self, **kwargs):
+        return {"SnapshotId": "snap-new"}
+
+    def describe_snapshots(self, **kwargs):
+        return {"Snapshots": list(self.snapshots)}
+
+    def delete_snapshot(self, SnapshotId):
+        self.deleted.append(SnapshotId)
+
+
+def test_snapshots_of_one_second_are_pruned_oldest_first_by_the_records_order(monkeypatch):
+    records = {"db1": {"snapshots": ["snap-b", "snap-c", "snap-a"]}}  # newest first
+    monkeypatch.setattr(ec2, "_record", lambda function, name, **fields: records.get(name))
+    client = SnapshotsOfOneSecond(["snap-a", "snap-b", "snap-c"])
+    instance = {**INSTANCE, "Tags": [*INSTANCE["Tags"], {"Key": "class", "Value": "db"}]}
+    result = ec2.snapshot_docker_volume.__wrapped__(client, instance, {"keep": "2"})
+    assert result["kept"] == ["snap-new", "snap-b"]
+    assert client.deleted == result["pruned"] == ["snap-c", "snap-a"]
+
+
 def test_ssh_address_by_interface():
     assert ec2.ssh_address(INSTANCE, "private_ips") == "10.0.0.5"
     assert ec2.ssh_address(INSTANCE, "public_ips") == "54.1.2.3"
