@@ -332,7 +332,16 @@ def snapshot_docker_volume(client, instance, kwargs):
     """-a snapshot_docker_volume NAME [keep=7]: snapshot the node's Docker volume (tagged
     Name, class, node, role), then delete this node's older snapshots beyond `keep`. EC2
     completes the snapshot in the background."""
-    keep = _whole_number(kwargs, "keep", 7, "snapshot_docker_volume")
+    keep = _whole_number(kwargs, "keep", SNAPSHOTS_KEPT, "snapshot_docker_volume")
+    return snapshot_volume(client, instance, keep, "snapshot_docker_volume")
+
+
+SNAPSHOTS_KEPT = 7
+
+
+def snapshot_volume(client, instance, keep, why):
+    """A snapshot of the instance's Docker volume, then this node's snapshots beyond the
+    newest `keep` deleted."""
     name, volume_id = node_name(instance), docker_volume_mapping_of(instance)["Ebs"]["VolumeId"]
     tags = {
         "Name": f"{name} {VOLUME_TAG}",
@@ -341,7 +350,13 @@ def snapshot_docker_volume(client, instance, kwargs):
         "role": VOLUME_TAG,
     }
     spec = {"ResourceType": "snapshot", "Tags": [_tag(k, v) for k, v in tags.items()]}
-    new = _call(client.create_snapshot, VolumeId=volume_id, TagSpecifications=[spec])
+    new = _call(
+        client.create_snapshot,
+        f"snapshot of {name}'s {volume_id}",
+        VolumeId=volume_id,
+        Description=f"{name} {VOLUME_TAG}: {why}",
+        TagSpecifications=[spec],
+    )
     filters = [_filter("tag:node", [name]), _filter("tag:role", [VOLUME_TAG])]
     ours = _call(client.describe_snapshots, OwnerIds=["self"], Filters=filters)["Snapshots"]
     ours = [s for s in ours if s["SnapshotId"] != new["SnapshotId"]]  # maybe not listed yet
@@ -1202,6 +1217,7 @@ def _destroy_found(client, found, alias):
         _fire(name, "destroying instance", "destroying", {"name": name})
     try:
         _before_destroy(sorted(found))
+        snapshots = _snapshot_kept_volumes(client, found)
     except SaltCloudSystemExit as exc:
         for name in found:
             _restore_record(name, previous[name])
@@ -1214,14 +1230,33 @@ def _destroy_found(client, found, alias):
     terminated = _terminated(
         client, [i["InstanceId"] for i in instances if i["InstanceId"] not in protected]
     )
-    results = {n: _destroyed(n, i, protected, terminated, alias) for n, i in found.items()}
+    results = {
+        n: _destroyed(n, i, protected, terminated, alias, snapshots=snapshots)
+        for n, i in found.items()
+    }
     for name in [n for n, r in results.items() if "Error" in r]:
         _restore_record(name, previous[name])
     _forget_on_master([n for n, r in results.items() if r.get("state") == "terminated"], alias)
     return results
 
 
-def _destroyed(name, instances, protected, terminated, alias):
+def _snapshot_kept_volumes(client, found):
+    """Volume id -> the snapshot taken just before the destroy of each Docker volume that
+    outlives its instance (a data class's): the data as it was at the end, whatever later
+    becomes of the volume. A failed snapshot stops the destroy."""
+    kept = [
+        instance
+        for instances in found.values()
+        for instance in instances
+        for mapping in instance.get("BlockDeviceMappings", [])
+        if mapping.get("DeviceName") == tag_dict(instance).get(VOLUME_TAG)
+        and not mapping.get("Ebs", {}).get("DeleteOnTermination", True)
+    ]
+    taken = (snapshot_volume(client, i, SNAPSHOTS_KEPT, "before destroy") for i in kept)
+    return {snapshot["volume_id"]: snapshot["snapshot_id"] for snapshot in taken}
+
+
+def _destroyed(name, instances, protected, terminated, alias, *, snapshots):
     ids = [i["InstanceId"] for i in instances]
     blocked = [i for i in ids if i in protected]
     if blocked:
@@ -1234,6 +1269,7 @@ def _destroyed(name, instances, protected, terminated, alias):
             "volume_id": m["Ebs"]["VolumeId"],
             "device_name": m["DeviceName"],
             "availability_zone": i.get("Placement", {}).get("AvailabilityZone"),
+            "snapshot_id": snapshots.get(m["Ebs"]["VolumeId"]),
         }
         for i in instances
         for m in i.get("BlockDeviceMappings", [])
@@ -1241,11 +1277,12 @@ def _destroyed(name, instances, protected, terminated, alias):
     ]
     for volume in kept:
         log.warning(
-            "%s: kept its volume %s in %s (DeleteOnTermination: false); delete it with "
-            "salt-cloud -f purge_volume %s volume_id=%s",
+            "%s: kept its volume %s in %s (DeleteOnTermination: false; snapshot %s taken "
+            "before the destroy); delete it with salt-cloud -f purge_volume %s volume_id=%s",
             name,
             volume["volume_id"],
             volume["availability_zone"],
+            volume["snapshot_id"],
             alias,
             volume["volume_id"],
         )

@@ -108,16 +108,24 @@ def test_profile_creates_the_class_node_once_and_destroy_removes_it(cloud, node_
     )["Volumes"]
     if node_class == "dataserver":  # kept, and destroy says where
         assert [v["State"] for v in volumes] == ["available"]
-        assert destroyed["kept_volumes"] == [
-            {
-                "volume_id": volume["VolumeId"],
-                "device_name": DEVICE,
-                "availability_zone": "eu-west-1a",
-            }
-        ]
+        [kept] = destroyed["kept_volumes"]
+        assert kept == {
+            "volume_id": volume["VolumeId"],
+            "device_name": DEVICE,
+            "availability_zone": "eu-west-1a",
+            "snapshot_id": kept["snapshot_id"],
+        }
+        [snapshot] = cloud.ec2().describe_snapshots(SnapshotIds=[kept["snapshot_id"]])["Snapshots"]
+        assert snapshot["VolumeId"] == volume["VolumeId"]
+        assert snapshot["Description"] == f"{name} docker_volume: before destroy"
         cloud.run("-f", "purge_volume", "aws", f"volume_id={volume['VolumeId']}")
-    else:  # DeleteOnTermination: the Docker volume goes with the instance
+    else:  # DeleteOnTermination: the Docker volume goes with the instance, no snapshot
         assert volumes == []
+        assert "kept_volumes" not in destroyed
+        snapshots = cloud.ec2().describe_snapshots(
+            OwnerIds=["self"], Filters=[{"Name": "tag:node", "Values": [name]}]
+        )["Snapshots"]
+        assert snapshots == []
     # Nothing is left on the master: no record, no key, no lock file.
     assert left_on_master(cloud, name) == []
 

@@ -67,12 +67,20 @@ def test_destroy_keeps_a_dataservers_docker_volume_and_says_where(kept):
     cli, volume_id = kept["cli"], kept["volume_id"]
     assert kept["destroyed"].returncode == 0, output(kept["destroyed"])
     result = json.loads(kept["destroyed"].stdout)["aws"]["boto3_ec2"]["vol1"]
+    taken = {s["snapshot_id"] for s in kept["snapshots"]}
+    [before_destroy] = set(snapshots_of(cli, "vol1")) - taken
     assert result["kept_volumes"] == [
-        {"volume_id": volume_id, "device_name": DEVICE, "availability_zone": "eu-west-1a"}
+        {
+            "volume_id": volume_id,
+            "device_name": DEVICE,
+            "availability_zone": "eu-west-1a",
+            "snapshot_id": before_destroy,
+        }
     ]
-    assert f"delete it with salt-cloud -f purge_volume aws volume_id={volume_id}" in (
-        kept["destroyed"].stderr
-    )
+    assert (
+        f"(DeleteOnTermination: false; snapshot {before_destroy} taken before the destroy); "
+        f"delete it with salt-cloud -f purge_volume aws volume_id={volume_id}"
+    ) in kept["destroyed"].stderr
     volume = cli.volume(volume_id)
     assert volume["State"] == "available"
     assert tags_of(volume) == {
@@ -89,7 +97,9 @@ def test_snapshots_keep_the_newest_and_prune_only_this_nodes(kept):
     ids = [s["snapshot_id"] for s in snapshots]
     assert snapshots[2]["kept"] == [ids[2], ids[1]]
     assert snapshots[2]["pruned"] == [ids[0]]
-    assert snapshots_of(cli, "vol1") == sorted(ids[1:])
+    destroy_snapshot = json.loads(kept["destroyed"].stdout)["aws"]["boto3_ec2"]["vol1"]
+    [before_destroy] = [v["snapshot_id"] for v in destroy_snapshot["kept_volumes"]]
+    assert snapshots_of(cli, "vol1") == sorted([*ids[1:], before_destroy])
     [snapshot] = cli.ec2().describe_snapshots(SnapshotIds=[ids[2]])["Snapshots"]
     assert snapshot["VolumeId"] == kept["volume_id"]
     assert tags_of(snapshot) == {

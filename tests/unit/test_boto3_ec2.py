@@ -275,15 +275,20 @@ def test_node_summary_and_details():
 
 
 def test_a_destroyed_node_says_where_its_kept_volume_is():
-    result = ec2._destroyed("db1", [INSTANCE], set(), {"i-1"}, "aws")
+    result = ec2._destroyed("db1", [INSTANCE], set(), {"i-1"}, "aws", snapshots={"vol-1": "snap-1"})
     assert result == {
         "instance_ids": ["i-1"],
         "state": "terminated",
         "kept_volumes": [
-            {"volume_id": "vol-1", "device_name": "/dev/sdb", "availability_zone": "eu-west-1a"}
+            {
+                "volume_id": "vol-1",
+                "device_name": "/dev/sdb",
+                "availability_zone": "eu-west-1a",
+                "snapshot_id": "snap-1",
+            }
         ],
     }
-    protected = ec2._destroyed("db1", [INSTANCE], {"i-1"}, set(), "aws")
+    protected = ec2._destroyed("db1", [INSTANCE], {"i-1"}, set(), "aws", snapshots={})
     assert "salt-cloud -a disable_term_protect db1" in protected["Error"]
 
 
