@@ -367,7 +367,7 @@ def snapshot_volume(client, instance, keep, why):
     for snapshot in ours[keep - 1 :]:
         _call(client.delete_snapshot, SnapshotId=snapshot["SnapshotId"])
     kept = [new["SnapshotId"], *(s["SnapshotId"] for s in ours[: keep - 1])]
-    _record("update", name, snapshots=kept)
+    _record("update", name, snapshots=kept, snapshot_time=time.time())
     pruned = [s["SnapshotId"] for s in ours[keep - 1 :]]
     return {
         "snapshot_id": new["SnapshotId"],

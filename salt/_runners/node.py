@@ -446,22 +446,74 @@ def _cloud_client():
     return salt.cloud.CloudClient(opts=opts)
 
 
+def _driver_calls(client, name):
+    """Per configured provider: a function calling its driver's function ``name`` in this
+    process, as salt-cloud would (raises when a driver did not load)."""
+    cloud = salt.cloud.Cloud(client.opts)
+    for alias, drivers in client.opts["providers"].items():
+        for driver in drivers:
+            function = cloud.clouds.get(f"{driver}.{name}")
+            if function is None:
+                raise RuntimeError(f"cloud provider {alias!r}: driver {driver!r} did not load")
+
+            def call(*args, function=function, provider=f"{alias}:{driver}", **kwargs):
+                with salt.utils.context.func_globals_inject(
+                    function, __active_provider_name__=provider
+                ):
+                    return function(*args, **kwargs)
+
+            yield call
+
+
 def live_nodes(client=None):
     """{name: details} of every live node of every configured provider (list_nodes_full).
     Raises when a provider's driver cannot be asked: never read as "no nodes"."""
-    client = client or _cloud_client()
-    cloud = salt.cloud.Cloud(client.opts)
     nodes = {}
-    for alias, drivers in client.opts["providers"].items():
-        for driver in drivers:
-            function = f"{driver}.list_nodes_full"
-            if function not in cloud.clouds:
-                raise RuntimeError(f"cloud provider {alias!r}: driver {driver!r} did not load")
-            with salt.utils.context.func_globals_inject(
-                cloud.clouds[function], __active_provider_name__=f"{alias}:{driver}"
-            ):
-                nodes.update(cloud.clouds[function]())
+    for list_nodes_full in _driver_calls(client or _cloud_client(), "list_nodes_full"):
+        nodes.update(list_nodes_full())
     return nodes
+
+
+def _keeps_data(node):
+    """Whether a live node's Docker volume outlives it (a data class's)."""
+    volume = (node.get("volumes") or {}).get((node.get("tags") or {}).get("docker_volume"))
+    return volume is not None and volume.get("delete_on_termination") is False
+
+
+def snapshot_data(keep=7, min_age_hours=0):
+    """
+    A snapshot of the Docker volume of every live node whose volume outlives it (a data
+    class's), each node's snapshots beyond the newest ``keep`` deleted: the driver's
+    ``snapshot_docker_volume`` action per node. Nodes snapshotted less than
+    ``min_age_hours`` ago are skipped, so that the masters' schedules (``master`` file) take
+    one snapshot per period between them. Exits non-zero naming the nodes that failed.
+
+    CLI Example: ``salt-run node.snapshot_data keep=14``
+    """
+    if not str(keep).isdigit() or int(keep) < 1:
+        return _fail(f"node.snapshot_data: keep must be a whole number from 1, got {keep!r}")
+    if not re.fullmatch(r"\d+(\.\d+)?", str(min_age_hours)):
+        return _fail(f"node.snapshot_data: min_age_hours must be a number, got {min_age_hours!r}")
+    client = _cloud_client()
+    try:
+        live = live_nodes(client)
+    except Exception as error:  # one line, not a traceback
+        return _fail(f"node.snapshot_data: cannot ask EC2 ({error}); nothing was snapshotted")
+    since = time.time() - float(min_age_hours) * 3600
+    data = [name for name, node in sorted(live.items()) if _keeps_data(node)]
+    due = [n for n in data if ((_nodes("get", n) or {}).get("snapshot_time") or 0) <= since]
+    taken, failed = {}, {}
+    for name in due:
+        try:
+            for snapshot in _driver_calls(client, "snapshot_docker_volume"):
+                taken[name] = snapshot(name, {"keep": keep}, call="action")["snapshot_id"]
+        except Exception as error:  # the others go on; this one is reported
+            failed[name] = str(error)
+    result = {"snapshots": taken, "skipped": sorted(set(data) - set(due))}
+    if failed:
+        listed = "; ".join(f"{name}: {error}" for name, error in failed.items())
+        return _fail(f"node.snapshot_data: no snapshot of {listed}", **result)
+    return _returning({"result": True, **result}, ok=True)
 
 
 def _row(name, record, instance, key):
@@ -490,9 +542,18 @@ def _row(name, record, instance, key):
         "result": converge_.get("comment"),
         "swarm_role": record.get("swarm_role"),
         "data_volume": ", ".join(v.get("volume_id", "?") for v in volumes) or None,
-        "last_snapshot": snapshots[-1].get("snapshot_id") if snapshots else None,
+        "last_snapshot": _snapshot_row(snapshots, record.get("snapshot_time")),
         "problem": "; ".join(problems) or None,
     }
+
+
+def _snapshot_row(snapshots, taken):
+    """The newest snapshot (the record lists them newest first) and when it was taken."""
+    if not snapshots:
+        return None
+    return (
+        f"{snapshots[0]} ({time.strftime('%F %T', time.gmtime(taken))})" if taken else snapshots[0]
+    )
 
 
 def status(node_class=None):

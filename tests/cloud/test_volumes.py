@@ -9,6 +9,8 @@ import json
 import pytest
 import yaml
 
+from tools import salt_repo
+
 from .conftest import DEVICE, left_on_master, node_record
 
 pytestmark = pytest.mark.cloud
@@ -181,6 +183,50 @@ def test_a_volume_of_another_class_is_not_taken_over(fault_cloud, tmp_path):
         result
     )
     assert fault_cloud.instances("vol6") == []
+
+
+def salt_run(cli, *args):
+    """salt-run from the config copy (no master running), as the masters' schedule runs it;
+    its proc dir made as bin/setup makes it for a checkout."""
+    (cli.root / ".salt" / "var" / "cache" / "salt" / "master" / "proc").mkdir(
+        parents=True, exist_ok=True
+    )
+    return salt_repo.run_cli("salt-run", ["--out=json", *args], cwd=cli.root, env=cli.env)
+
+
+def test_scheduled_snapshots_take_the_data_nodes_once_per_period(fault_cloud, tmp_path):
+    """node.snapshot_data (the masters' daily schedule): a snapshot of every node whose Docker
+    volume outlives it, none of other classes' nodes; run again within min_age_hours (a second
+    master's schedule) it takes none; bad arguments are refused in one line."""
+    path = tmp_path / "classes.map"
+    path.write_text(yaml.safe_dump({"dataserver": ["sched1"], "backends": ["sched2"]}))
+    assert fault_cloud.run("-m", str(path), "-y", "--no-deploy").returncode == 0
+    try:
+        first = salt_run(fault_cloud, "node.snapshot_data", "keep=2")
+        assert first.returncode == 0, output(first)
+        taken = json.loads(first.stdout)
+        assert list(taken["snapshots"]) == ["sched1"], taken
+        assert snapshots_of(fault_cloud, "sched1") == [taken["snapshots"]["sched1"]]
+        assert snapshots_of(fault_cloud, "sched2") == []
+        assert node_record(fault_cloud, "sched1")["snapshots"] == [taken["snapshots"]["sched1"]]
+        again = salt_run(fault_cloud, "node.snapshot_data", "keep=2", "min_age_hours=20")
+        assert again.returncode == 0, output(again)
+        assert json.loads(again.stdout) == {
+            "result": True,
+            "snapshots": {},
+            "skipped": ["sched1"],
+            "retcode": 0,
+        }
+        bad = salt_run(fault_cloud, "node.snapshot_data", "keep=0")
+        assert bad.returncode == 1
+        assert "node.snapshot_data: keep must be a whole number from 1, got 0" in output(bad)
+        assert "Traceback" not in output(bad)
+    finally:
+        fault_cloud.run("-d", "sched1", "sched2", "-y")
+        for volume in fault_cloud.ec2().describe_volumes(
+            Filters=[{"Name": "tag:node", "Values": ["sched1"]}]
+        )["Volumes"]:
+            fault_cloud.run("-f", "purge_volume", "aws", f"volume_id={volume['VolumeId']}")
 
 
 def test_purge_deletes_the_kept_volume(kept):

@@ -336,6 +336,14 @@ def test_status_rows_say_what_is_wrong():
     assert node._row("web3", by_hand, None, "other")["problem"] == "record is for another key"
 
 
+def test_status_shows_the_newest_snapshot_as_the_driver_records_them():
+    snapshotted = {"state": "converged", "snapshots": ["snap-new", "snap-old"]}
+    assert node._row("db1", snapshotted, None, None)["last_snapshot"] == "snap-new"
+    taken = {**snapshotted, "snapshot_time": 86400}
+    assert node._row("db1", taken, None, None)["last_snapshot"] == "snap-new (1970-01-02 00:00:00)"
+    assert node._row("db1", {}, None, None)["last_snapshot"] is None
+
+
 # --- orch.ensure_class ----------------------------------------------------------------------------
 
 
