@@ -343,11 +343,13 @@ def snapshot_volume(client, instance, keep, why):
     """A snapshot of the instance's Docker volume, then this node's snapshots beyond the
     newest `keep` deleted."""
     name, volume_id = node_name(instance), docker_volume_mapping_of(instance)["Ebs"]["VolumeId"]
+    volume = _call(client.describe_volumes, VolumeIds=[volume_id])["Volumes"][0]
     tags = {
         "Name": f"{name} {VOLUME_TAG}",
         "class": tag_dict(instance).get("class", ""),
         "node": name,
         "role": VOLUME_TAG,
+        "data_id": tag_dict(volume).get("data_id", volume_id),
     }
     spec = {"ResourceType": "snapshot", "Tags": [_tag(k, v) for k, v in tags.items()]}
     new = _call(
@@ -1057,6 +1059,22 @@ def _finish(node):
             _fail_unfinished([node], exc)
 
 
+def _data_id(client, settings, volume_id):
+    """The id of the data on a node's Docker volume: the id of the volume it began on, which
+    the node's disk gate knows it by (its LVM marker). A volume restored from a snapshot gets
+    the snapshot's as tag data_id; a volume without the tag began itself."""
+    if settings["docker_volume_id"]:
+        volume = _call(client.describe_volumes, VolumeIds=[volume_id])["Volumes"][0]
+        return tag_dict(volume).get("data_id", volume_id)
+    snapshot_id = settings["block_device_mappings"][-1]["Ebs"].get("SnapshotId")
+    if not snapshot_id:
+        return volume_id
+    snapshot = _call(client.describe_snapshots, SnapshotIds=[snapshot_id])["Snapshots"][0]
+    data_id = tag_dict(snapshot).get("data_id") or snapshot["VolumeId"]
+    _call(client.create_tags, Resources=[volume_id], Tags=[_tag("data_id", data_id)])
+    return data_id
+
+
 def _finish_node(node):
     client, settings, instance = _client(node.conn), node.settings, node.instance
     volume_id, device = _docker_volume_id(instance, settings), _docker_device(settings)
@@ -1068,7 +1086,9 @@ def _finish_node(node):
         _call(client.create_tags, Resources=volumes, Tags=tags)
     _checkpoint()
     zone = instance.get("Placement", {}).get("AvailabilityZone")
-    data = [{"volume_id": volume_id, "device_name": device, "role": VOLUME_TAG}]
+    volume = {"device_name": device, "volume_id": volume_id}
+    volume["data_id"] = _data_id(client, settings, volume_id)
+    data = [{**volume, "role": VOLUME_TAG}]
     _record(
         "update",
         node.name,
@@ -1077,7 +1097,7 @@ def _finish_node(node):
         availability_zone=zone,
         data_volumes=data,
     )
-    ret = _deploy(node, client, {"device_name": device, "volume_id": volume_id})
+    ret = _deploy(node, client, volume)
     if settings["termination_protection"]:
         _protect(client, node.instance_id, True)
     summary = node_summary(instance)
@@ -1085,7 +1105,7 @@ def _finish_node(node):
         **ret,
         "instance_id": node.instance_id,
         "class": settings["class"],
-        VOLUME_TAG: {"device_name": device, "volume_id": volume_id},
+        VOLUME_TAG: volume,
     }
     node.result.update({k: summary[k] for k in ("private_ips", "public_ips", "state")})
     log.info("Created %s (%s)", node.name, node.instance_id)

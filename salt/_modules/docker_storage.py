@@ -41,12 +41,16 @@ OLD_GRAINS = ("docker_ebs_volume", "docker_disk")
 GRAIN_FIELDS = {
     "device_name": re.compile(r"/dev/[a-z0-9]+"),
     "volume_id": re.compile(r"vol-[0-9a-f]{8,17}"),
+    # The data's identity: the volume id of the volume it began on, carried by snapshots
+    # to the volumes restored from them (salt-cloud's tag data_id); absent: volume_id.
+    "data_id": re.compile(r"vol-[0-9a-f]{8,17}"),
 }
 SET_GRAIN = "grains.setval docker_volume '{device_name: /dev/sdX, volume_id: vol-...}'"
 
 
 def _volume_grain():
-    """``{device_name, volume_id}`` from grain docker_volume, checked (minions set grains)."""
+    """``{device_name, volume_id[, data_id]}`` from grain docker_volume, checked (minions set
+    grains)."""
     value, minion = __grains__.get(GRAIN), __grains__.get("id", "<minion id>")
     old = next((name for name in OLD_GRAINS if name in __grains__), None)
     if value is None and old:
@@ -83,23 +87,25 @@ def _nvme_by_serial(volume_id, root):
 
 def docker_volume(device=None, root="/"):
     """
-    ``{"device", "volume_id"}``: the block device the Docker volume has on this node and its
-    EBS volume id (None when unknown). ``device`` (pillar docker:storage:docker_volume)
-    overrides the device grain docker_volume names; the name requested in EC2 is not the
-    kernel's on Nitro (an NVMe namespace whose serial is the volume id) nor on Xen (/dev/sdX
-    is /dev/xvdX). ``root`` prefixes every /dev and /sys path (tests use a fake tree).
+    ``{"device", "volume_id", "data_id"}``: the block device the Docker volume has on this
+    node, its EBS volume id and the id of the data on it (None when unknown). ``device``
+    (pillar docker:storage:docker_volume) overrides the device grain docker_volume names;
+    the name requested in EC2 is not the kernel's on Nitro (an NVMe namespace whose serial
+    is the volume id) nor on Xen (/dev/sdX is /dev/xvdX). ``root`` prefixes every /dev and
+    /sys path (tests use a fake tree).
 
     CLI Example: ``salt '*' docker_storage.docker_volume``
     """
     grain = _volume_grain() if device is None or GRAIN in __grains__ else {}
     volume_id, name = grain.get("volume_id"), grain.get("device_name")
+    data_id = grain.get("data_id") or volume_id
     if device:
-        return {"device": device, "volume_id": volume_id}
+        return {"device": device, "volume_id": volume_id, "data_id": data_id}
     nvme = _nvme_by_serial(volume_id, root) if volume_id else None
     xen = re.sub(r"^/dev/(?:sd|xvd)", "/dev/xvd", name) if name else None
     for candidate in (nvme, name, xen):
         if candidate and os.path.exists(os.path.join(root, candidate.lstrip("/"))):
-            return {"device": candidate, "volume_id": volume_id}
+            return {"device": candidate, "volume_id": volume_id, "data_id": data_id}
     raise CommandExecutionError(
         f"the Docker volume (grain {GRAIN}: {name} / {volume_id}) is not on this node: looked "
         "for an NVMe namespace with that volume serial, the device name and its /dev/xvdX form"
@@ -109,13 +115,14 @@ def docker_volume(device=None, root="/"):
 def checked_volume(volume_group, device=None):
     """
     The Docker volume (``docker_volume``) and what it holds (``disk_verdict``): ``{"device",
-    "volume_id", "disk_id", "verdict"}``. Its identity (``disk_id``, which the PV marker is
-    derived from) is the volume id, which follows the volume to any node, else the device.
+    "volume_id", "data_id", "disk_id", "verdict"}``. Its identity (``disk_id``, which the PV
+    marker is derived from) is the data's id, which follows the volume to any node and the
+    data to a volume restored from its snapshot, else the device.
 
     CLI Example: ``salt '*' docker_storage.checked_volume docker_vol``
     """
     volume = docker_volume(device)
-    volume["disk_id"] = volume["volume_id"] or volume["device"]
+    volume["disk_id"] = volume["data_id"] or volume["device"]
     volume["verdict"] = disk_verdict(volume["device"], volume_group, volume["disk_id"])
     return volume
 

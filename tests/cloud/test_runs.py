@@ -121,6 +121,7 @@ def test_a_map_is_launched_one_runinstances_per_profile(fault_cloud, fault_proxy
                 assert record["data_volumes"] == [
                     {
                         "volume_id": volume["VolumeId"],
+                        "data_id": volume["VolumeId"],
                         "device_name": "/dev/sdb",
                         "role": "docker_volume",
                     }

@@ -78,7 +78,8 @@ def test_profile_creates_the_class_node_once_and_destroy_removes_it(cloud, node_
     instance, volume = assert_docker_node(cloud, name, node_class)
     assert created["instance_id"] == instance["InstanceId"]
     assert created["class"] == node_class
-    assert created["docker_volume"] == {"device_name": DEVICE, "volume_id": volume["VolumeId"]}
+    ids = {"volume_id": volume["VolumeId"], "data_id": volume["VolumeId"]}
+    assert created["docker_volume"] == {"device_name": DEVICE, **ids}
     # The master's record of the node: its class, instance, zone and data volume.
     record = node_record(cloud, name)
     assert (record["class"], record["state"], record["source"]) == (
@@ -88,9 +89,7 @@ def test_profile_creates_the_class_node_once_and_destroy_removes_it(cloud, node_
     )
     assert record["instance_id"] == instance["InstanceId"]
     assert record["availability_zone"] == "eu-west-1a"
-    assert record["data_volumes"] == [
-        {"volume_id": volume["VolumeId"], "device_name": DEVICE, "role": "docker_volume"}
-    ]
+    assert record["data_volumes"] == [{**ids, "device_name": DEVICE, "role": "docker_volume"}]
 
     # Again: salt-cloud says it exists and EC2 still holds exactly one such node.
     again = cloud.run("-p", node_class, name, "--no-deploy")
@@ -329,7 +328,11 @@ def test_deploy_over_ssh_writes_minion_config_and_accepts_the_key(cloud, cloud_r
         grains = yaml.safe_load((captured / "grains").read_text())
         volume_id = instance["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]
         assert grains["class"] == "backends"
-        assert grains["docker_volume"] == {"device_name": DEVICE, "volume_id": volume_id}
+        assert grains["docker_volume"] == {
+            "device_name": DEVICE,
+            "volume_id": volume_id,
+            "data_id": volume_id,
+        }
         assert "docker_disk" not in grains and "docker_ebs_volume" not in grains
 
         deployed_key = (captured / "minion.pub").read_text().strip()

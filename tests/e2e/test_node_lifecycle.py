@@ -136,7 +136,11 @@ def check_created(stack, deployed):
     name = deployed.name
     reported = deployed.cloud_output[name]
     assert reported["instance_id"] == deployed.instance_id
-    volume = {"device_name": DOCKER_DISK_DEVICE, "volume_id": deployed.volume_id}
+    volume = {
+        "device_name": DOCKER_DISK_DEVICE,
+        "volume_id": deployed.volume_id,
+        "data_id": deployed.volume_id,
+    }
     assert reported["docker_volume"] == volume
     # The grain the disk gate reads, pushed at deploy.
     assert stack.salt(name, "grains.get", "docker_volume").data == volume

@@ -397,7 +397,9 @@ def test_a_moved_volume_passes_the_storage_states_unchanged(
 ):
     """Node B (its own minion, grain docker_volume naming the volume id it was given) with
     node A's volume under another device name: the gate takes it as ours, the VG state changes
-    nothing, the volume is left as it was; with another volume id in the grain it is refused."""
+    nothing, the volume is left as it was; so with the grain of a volume restored from its
+    snapshot (another volume id, data_id the first volume's); with another volume id and no
+    data_id it is refused."""
     (tmp_path / "node-b").mkdir()
     call = local_salt_call(tmp_path / "node-b", "node-b", repo_root)
     assert call("saltutil.sync_all")[0] == 0
@@ -407,8 +409,13 @@ def test_a_moved_volume_passes_the_storage_states_unchanged(
     with attached(corpus.make_image(tmp_path / "other.img", MIB)), attached(image) as device:
         storage_pillar = {"docker_volume": device, "volume_group": VG, "mode": "overlay2"}
         pillar = json.dumps({"docker": {"storage": storage_pillar, "storage_pkgs": []}})
-        for grain_volume, expect_rc in ((volume_id, 0), ("vol-0ffffffffffffffff", 1)):
-            grain = json.dumps({"device_name": "/dev/sdb", "volume_id": grain_volume})
+        restored = {"volume_id": "vol-0eeeeeeeeeeeeeeee", "data_id": volume_id}
+        for ids, expect_rc in (
+            ({"volume_id": volume_id}, 0),
+            (restored, 0),
+            ({"volume_id": "vol-0ffffffffffffffff"}, 1),
+        ):
+            grain = json.dumps({"device_name": "/dev/sdb", **ids})
             assert call("grains.setval", "docker_volume", grain)[0] == 0
             rc, ret, output = call("state.apply", "docker.storage.disk", f"pillar={pillar}")
             assert rc == expect_rc, output

@@ -229,6 +229,9 @@ class SnapshotsOfOneSecond:
     def create_snapshot(self, **kwargs):
         return {"SnapshotId": "snap-new"}
 
+    def describe_volumes(self, VolumeIds):
+        return {"Volumes": [{"VolumeId": VolumeIds[0], "Tags": []}]}
+
     def describe_snapshots(self, **kwargs):
         return {"Snapshots": list(self.snapshots)}
 

@@ -18,6 +18,7 @@ from tools.salt_repo import load_module
 docker_host = load_module("modules", "docker_host")
 storage = load_module("modules", "docker_storage")
 VOLUME = {"device_name": "/dev/sdf", "volume_id": "vol-0feed0feed0feed0f"}
+IDS = {"volume_id": "vol-0feed0feed0feed0f", "data_id": "vol-0feed0feed0feed0f"}
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def test_nitro_finds_the_nvme_namespace_by_volume_serial(grains, tmp_path):
     # /dev/sdf exists too (another disk): the volume id decides.
     root = make_tree(tmp_path, ["sdf"], {"nvme0n1": "vol0root", "nvme1n1": "vol0feed0feed0feed0f"})
     found = storage.docker_volume(root=root)
-    assert found == {"device": "/dev/nvme1n1", "volume_id": "vol-0feed0feed0feed0f"}
+    assert found == {"device": "/dev/nvme1n1", **IDS}
 
 
 def test_device_name_as_is(grains, tmp_path):
@@ -78,11 +79,15 @@ def test_volume_not_on_this_node_is_an_error(grains, tmp_path):
 def test_pillar_device_overrides_the_grain_and_keeps_its_volume_id(grains):
     grains["docker_volume"] = VOLUME
     found = storage.docker_volume("/dev/vdb")
-    assert found == {"device": "/dev/vdb", "volume_id": "vol-0feed0feed0feed0f"}
+    assert found == {"device": "/dev/vdb", **IDS}
 
 
 def test_pillar_device_alone(grains):
-    assert storage.docker_volume("/dev/vdb") == {"device": "/dev/vdb", "volume_id": None}
+    assert storage.docker_volume("/dev/vdb") == {
+        "device": "/dev/vdb",
+        "volume_id": None,
+        "data_id": None,
+    }
 
 
 def test_missing_grain_says_how_to_set_it(tmp_path):
@@ -125,6 +130,7 @@ def test_the_new_grain_is_read_when_an_old_one_is_left(grains, tmp_path):
         {"volume_id": "vol-xyz"},
         {"volume_id": "vol-0abc/../../x"},
         {"device_name": "/dev/sdb", "volume_id": 5},
+        {"device_name": "/dev/sdb", "volume_id": "vol-0feed0feed", "data_id": "snap-0feed0feed"},
     ],
 )
 def test_malformed_grain_is_refused(grains, tmp_path, grain):
@@ -143,13 +149,17 @@ def test_checked_volume_names_the_volume_by_its_id_else_its_device(grains, monke
     grains["docker_volume"] = VOLUME
     assert storage.checked_volume("docker_vol", "/dev/vdb") == {
         "device": "/dev/vdb",
-        "volume_id": "vol-0feed0feed0feed0f",
+        **IDS,
         "disk_id": "vol-0feed0feed0feed0f",
         "verdict": "blank",
     }
+    # Restored from a snapshot of another volume: the data keeps its first volume's id.
+    grains["docker_volume"] = {**VOLUME, "data_id": "vol-0aaaa0aaaa0aaaa0a"}
+    assert storage.checked_volume("docker_vol", "/dev/vdb")["disk_id"] == "vol-0aaaa0aaaa0aaaa0a"
     assert seen == [
         ("/dev/vdb", "docker_vol", "/dev/vdb"),
         ("/dev/vdb", "docker_vol", "vol-0feed0feed0feed0f"),
+        ("/dev/vdb", "docker_vol", "vol-0aaaa0aaaa0aaaa0a"),
     ]
 
 
