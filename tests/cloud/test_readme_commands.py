@@ -18,19 +18,11 @@ import boto3
 import pytest
 
 from tools.checkout_master import copy_checkout
+from tools.readme import readme_block
 
 pytestmark = pytest.mark.cloud
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def readme_block(containing):
-    """The command lines (comments and blank lines dropped) of the README's ``sh`` block
-    that contains ``containing``."""
-    blocks = re.findall(r"^```sh\n(.*?)^```", (REPO_ROOT / "README.md").read_text(), re.M | re.S)
-    block = next(b for b in blocks if containing in b)
-    lines = (line.split("  #")[0].strip() for line in block.splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
 
 
 @pytest.fixture
