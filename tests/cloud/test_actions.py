@@ -217,7 +217,6 @@ def refused(result, *texts):
         assert text in output(result)
 
 
-@pytest.mark.salt_agnostic  # EC2's state changes; the actions' path runs in the other tests
 def test_stop_start_reboot_wait_for_their_state(flows):
     steps = flows["node_flow"]
     instance_id = steps["instance_id"]

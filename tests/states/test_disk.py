@@ -27,7 +27,6 @@ from tools.salt_repo import load_module, local_salt_call
 
 pytestmark = [
     pytest.mark.states,
-    pytest.mark.salt_agnostic,  # the disk gate's verdicts: the same module code on any Salt
     pytest.mark.skipif(not shutil.which("pvcreate"), reason="lvm2 is not installed (bin/setup)"),
 ]
 

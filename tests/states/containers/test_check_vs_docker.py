@@ -34,8 +34,7 @@ from tests.states import corpus
 from tools.dockerd import running_dockerd
 from tools.images import import_busybox
 
-# What dockerd accepts of the values the check lets through: the same on any Salt.
-pytestmark = [pytest.mark.states, pytest.mark.salt_agnostic]
+pytestmark = pytest.mark.states
 BASE = {"image": "busybox:latest", "command": ["sleep", "60"], "init": True}
 TRIED = corpus.CONSUMER_TRIED  # printed in the terminal summary (tests/states/conftest.py)
 
