@@ -155,20 +155,25 @@ def on_key(name):
 # --- converging --------------------------------------------------------------------------
 
 
-def _run_job(local, name, fun, arg=(), timeout=60, *, kwarg=None):
+def _run_job(local, name, fun, arg=(), timeout=60, *, kwarg=None, again=None):
     """One job on minion ``name``, its return read from the master's job cache: {ret, retcode,
     jid}, or None after ``timeout`` (LocalClient.cmd would ask the minion every 10 s whether
-    the job still runs, a process each time on a slow node)."""
-    jid = local.cmd_async(name, fun, list(arg), kwarg=kwarg)
-    if not jid:
-        return None
+    the job still runs, a process each time on a slow node). ``again``: publish the job anew
+    every that many seconds, the first return of any counting (a job published before the
+    minion connected never reaches it)."""
     get_jid = salt.loader.returners(__opts__, {})[f"{__opts__['master_job_cache']}.get_jid"]
-    deadline = time.monotonic() + timeout
+    deadline, jids, publish_at = time.monotonic() + timeout, [], 0
     while time.monotonic() < deadline:
-        found = (get_jid(jid) or {}).get(name)
-        if found is not None:
-            return {"ret": found.get("return"), "retcode": found.get("retcode", 0), "jid": jid}
-        time.sleep(2)
+        if time.monotonic() >= publish_at:
+            jids += [jid for jid in [local.cmd_async(name, fun, list(arg), kwarg=kwarg)] if jid]
+            publish_at = time.monotonic() + again if again else deadline
+            if not jids:
+                return None
+        for jid in jids:
+            found = (get_jid(jid) or {}).get(name)
+            if found is not None:
+                return {"ret": found.get("return"), "retcode": found.get("retcode", 0), "jid": jid}
+        time.sleep(0.5)
     return None
 
 
@@ -207,10 +212,10 @@ def _highstate(name, timeout, minion_wait):
     local = salt.client.LocalClient(mopts=__opts__)
     started = time.monotonic()
     deadline = started + minion_wait
-    while (_run_job(local, name, "test.ping", timeout=30) or {}).get("ret") is not True:
+    while (_run_job(local, name, "test.ping", timeout=30, again=3) or {}).get("ret") is not True:
         if time.monotonic() > deadline:
             return {"result": False, "comment": f"minion {name} did not answer in {minion_wait} s"}
-        time.sleep(5)
+        time.sleep(1)  # when the publish itself failed
     joined = time.monotonic()
     directories = salt.fileserver.Fileserver(__opts__).dir_list({"saltenv": "base"})
     functions = sync_functions(d for d in directories if "/" not in d)
@@ -354,7 +359,7 @@ def wait_converged(name, timeout=3600):
             return _returning({name: record}, ok=record["state"] == "converged")
         if time.monotonic() > deadline:
             return _fail(f"{name}: not converged after {timeout} s (it is {record.get('state')})")
-        time.sleep(2)
+        time.sleep(1)
 
 
 def resume(minion_wait=10):

@@ -320,6 +320,31 @@ def test_pillar_top_asks_the_record_for_the_minion_it_renders(opts):
     assert node_record.class_of("web2") is None
 
 
+# --- jobs on minions -----------------------------------------------------------------------------
+
+
+def test_a_ping_published_before_the_minion_listened_is_published_again(monkeypatch, opts):
+    """A job published before the minion connected never reaches it: with ``again`` the job
+    is published anew and the first answer to any of them counts (a node's converge waited
+    30 s for a lost first ping)."""
+    published, answers = [], {}
+
+    class Local:
+        def cmd_async(self, name, fun, arg, kwarg=None):
+            published.append(fun)
+            if len(published) == 2:  # the minion listens from now on
+                answers[f"j{len(published)}"] = {name: {"return": True}}
+            return f"j{len(published)}"
+
+    returners = {f"{opts['master_job_cache']}.get_jid": answers.get}
+    monkeypatch.setattr(node.salt.loader, "returners", lambda *args: returners)
+    found = node._run_job(Local(), "n1", "test.ping", timeout=10, again=0.1)
+    assert found == {"ret": True, "retcode": 0, "jid": "j2"}
+    published.clear()
+    assert node._run_job(Local(), "n1", "test.ping", timeout=0.3) is None
+    assert published == ["test.ping"]
+
+
 # --- status ---------------------------------------------------------------------------------------
 
 
