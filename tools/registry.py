@@ -10,7 +10,6 @@ resolves to it only for the dockerds given ``etc_overlays`` (tools/dockerd.py): 
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from tools import processes
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"
 START_TIMEOUT = 20
@@ -191,13 +192,8 @@ def running_registry(hostname, address, users, port=5443, interface="dh-reg0"):
             pid=process.pid,
         )
     finally:
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            processes.stop(process, 10)
         if interface_made:
             subprocess.run(["ip", "link", "delete", interface], check=False)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from tools import processes
 from tools.checkout_master import copy_checkout
 from tools.readme import readme_block
 
@@ -99,9 +100,5 @@ def test_run_it_locally_block_runs_as_written(checkout):
         assert ran.returncode == 0, ran.stdout + ran.stderr
         assert purge[1] not in [v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]]
     finally:
-        endpoint.send_signal(signal.SIGINT)
-        try:
-            endpoint.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            endpoint.kill()
-            endpoint.wait()
+        endpoint.send_signal(signal.SIGINT)  # Ctrl-C
+        processes.wait_or_kill(endpoint, 30)

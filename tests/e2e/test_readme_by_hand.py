@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tools import processes
 from tools.checkout_master import copy_checkout
 from tools.readme import readme_block
 
@@ -67,11 +68,7 @@ def test_first_node_by_hand_block_runs_as_written(checkout):
         wait_for(log, "web1: instance", demo, 60)
         wait_for(log, "is gone: its VM was removed", demo, 120)
     finally:
-        demo.send_signal(signal.SIGINT)
-        try:
-            demo.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            demo.kill()
-            demo.wait()
+        demo.send_signal(signal.SIGINT)  # Ctrl-C
+        processes.wait_or_kill(demo, 180)
     assert demo.returncode == 130, log.read_text()[-3000:]  # as after Ctrl-C in a terminal
     assert not (checkout / ".salt" / "demo-hold.env").exists()
