@@ -381,12 +381,15 @@ def _configure(root, the_fleet, namespaces, settings):
         group = by_name[f"g{index % settings['groups']}"]
         daemon = Daemon(minion_id, group, root / "minions" / minion_id)
         order = addresses[::-1] if minion_id in settings["reverse_order"] else addresses
-        _minion_key(root, minion_id, masters[:1])
+        if minion_id not in settings["late"]:
+            _minion_key(root, minion_id, masters[:1])
         config = minion_config(root, minion_id, order, settings["minion_extra"])
         _write(daemon.config_dir / "minion", config)
         the_fleet.minions[minion_id] = daemon
     for name in masters[1:]:
         add_master(the_fleet.masters[masters[0]], the_fleet.masters[name])
+    for minion_id in settings["late"]:  # created through the first master after the others joined
+        _minion_key(root, minion_id, masters[:1])
 
 
 def add_master(source, joining):
@@ -443,7 +446,8 @@ def fleet(masters=2, minions=4, *, groups=None, wait=True, **options):
     them all (a bench's 100 minions need not have 100). Minions list the masters in order,
     reversed for those in ``reverse_order``; the first is the one they use while it lives.
     ``wait``: until every minion answers through its first master (``start_timeout`` s).
-    Options: ``pillar``, ``master_extra``, ``minion_extra``, ``reverse_order``."""
+    Options: ``pillar``, ``master_extra``, ``minion_extra``, ``reverse_order``, ``late``
+    (minions whose key only the first master has)."""
     minion_names = [f"n{i:02d}" for i in range(1, minions + 1)]
     settings = {
         "masters": masters,
@@ -453,6 +457,7 @@ def fleet(masters=2, minions=4, *, groups=None, wait=True, **options):
         "master_extra": options.get("master_extra"),
         "minion_extra": options.get("minion_extra"),
         "reverse_order": options.get("reverse_order", ()),
+        "late": options.get("late", ()),
     }
     root = Path(tempfile.mkdtemp(prefix="dhmm-", dir="/tmp"))
     spaces = ["store", *[f"m{i}" for i in range(1, masters + 1)]]

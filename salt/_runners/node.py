@@ -368,8 +368,13 @@ def resume(minion_wait=10):
     record whose lock no master holds) and whose minion answers this master: every master's
     schedule runs it when several share the store (master.d/multimaster.conf).
 
+    Before that, a pending key is accepted when the node's record was made for exactly that
+    key: a node created through another master (whose salt-cloud accepted its key there) is
+    let in when it fails over to this one; no other key is.
+
     CLI Example: ``salt-run node.resume``
     """
+    accepted = _accept_recorded_keys()
     local = salt.client.LocalClient(mopts=__opts__)
     stalled = [
         name
@@ -380,7 +385,26 @@ def resume(minion_wait=10):
     ]
     for name in stalled:
         converge(name, source="resume")
-    return {"result": True, "resumed": stalled}
+    return {"result": True, "resumed": stalled, "accepted": accepted}
+
+
+def _accept_recorded_keys():
+    """Accept each pending key whose node record (shared by the masters) holds its
+    fingerprint; the names accepted."""
+    pending = os.path.join(__opts__["pki_dir"], "minions_pre")
+    names = sorted(os.listdir(pending)) if os.path.isdir(pending) else []
+    recorded = [
+        name
+        for name in names
+        if not _name_problem(name)
+        and (record := _nodes("get", name) or {}).get("key")
+        and record.get("state") != "destroying"
+        and _nodes("key_fingerprint", name, keys="minions_pre") == record["key"]
+    ]
+    for name in recorded:  # what salt-key -a does with the pki_dir's files (key_fingerprint's)
+        log.warning("node: accepting %s's key, which its record was made for", name)
+        os.replace(os.path.join(pending, name), os.path.join(__opts__["pki_dir"], "minions", name))
+    return recorded
 
 
 # --- leaving --------------------------------------------------------------------------------

@@ -203,13 +203,14 @@ def records(opts, node_class=None):
     }
 
 
-def key_fingerprint(opts, minion_id):
+def key_fingerprint(opts, minion_id, keys="minions"):
     """sha256 of ``minion_id``'s accepted key (one per node incarnation: salt-cloud makes a new
-    key per create), or None when no key of that id is accepted."""
+    key per create), or None when no key of that id is accepted; ``keys="minions_pre"``: of
+    its pending key."""
     if not isinstance(minion_id, str) or "/" in minion_id or minion_id.startswith("."):
         return None
     try:
-        with open(os.path.join(opts["pki_dir"], "minions", minion_id), "rb") as handle:
+        with open(os.path.join(opts["pki_dir"], keys, minion_id), "rb") as handle:
             return hashlib.sha256(handle.read().strip()).hexdigest()
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None

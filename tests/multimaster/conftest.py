@@ -4,7 +4,8 @@ the same master key on both, ``master.d/multimaster.conf`` (the shared store: De
 ``redis-server``; the resume schedule) on both, each master in its own network namespace,
 the store in another, four light minions (no Docker: a file, a slow step, one data-changing
 step) each in its own. n01 and n02 list m1 first, n03 and n04 list m2 first: each master is
-the active one for half of the fleet (tools/multimaster.py).
+the active one for half of the fleet (tools/multimaster.py). n05 lists m1 first and only m1
+has its key, as for a node created through m1 after m2 joined.
 """
 
 import shutil
@@ -69,10 +70,11 @@ def fleet():
     settings = fragment()
     with multimaster.fleet(
         masters=2,
-        minions=4,
+        minions=5,
         pillar={"light_sleep": SLOW_STEP},
         master_extra={k: v for k, v in settings.items() if not k.startswith("cache.redis.host")},
         reverse_order=("n03", "n04"),
+        late=("n05",),  # salt-cloud on m1 created it after m2 had joined: only m1 has its key
     ) as running:
         TIMINGS["up"] = time.monotonic() - started
         # What salt-cloud records as it deploys a node: class, bound to the accepted key.

@@ -71,6 +71,20 @@ def test_the_active_master_dies_mid_converge_and_the_other_finishes_it(fleet):
     assert fleet.records("m2")["n02"]["class"] == "light"
 
 
+def test_a_node_whose_key_only_the_dead_master_had_is_let_in_by_the_other(fleet):
+    """n05's key is on m1 only (its salt-cloud ran there); m1 is dead since the test before:
+    m2 accepts the key its record was made for, and n05 answers through m2. A pending key
+    that no record was made for stays pending."""
+    stranger = fleet.masters["m2"].config_dir / "pki" / "minions_pre" / "stranger"
+    stranger.parent.mkdir(parents=True, exist_ok=True)
+    stranger.write_text("-----BEGIN PUBLIC KEY-----\nnot a node's\n-----END PUBLIC KEY-----\n")
+    wait_for(lambda: answering(fleet, "m2", ["n05"], timeout=3) == ["n05"], 90, "n05 on m2")
+    m2_keys = fleet.masters["m2"].config_dir / "pki"
+    assert (m2_keys / "minions" / "n05").exists()
+    assert (m2_keys / "minions_pre" / "stranger").exists()
+    assert not (m2_keys / "minions" / "stranger").exists()
+
+
 def test_one_swarm_init_when_the_master_holding_the_class_lock_dies(fleet):
     """A stand-in for the swarm runner's init step (real swarms need dockerd per node): the
     same lock (``dockerhosts_nodes.locked``, ``swarm/<class>``) and the same memory (Salt's

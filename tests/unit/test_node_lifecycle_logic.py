@@ -320,6 +320,29 @@ def test_pillar_top_asks_the_record_for_the_minion_it_renders(opts):
     assert node_record.class_of("web2") is None
 
 
+# --- keys a node brings from another master -------------------------------------------------------
+
+
+def test_a_pending_key_is_accepted_only_when_its_record_was_made_for_it(opts):
+    """A node created through another master fails over to this one with the key that master's
+    salt-cloud accepted: its record (shared) holds that key's fingerprint. Any other pending
+    key stays pending: an unknown name, another key under a known name, a node being
+    destroyed."""
+    pending = os.path.join(opts["pki_dir"], "minions_pre")
+    os.makedirs(pending)
+    for name, key in (("web1", "K1"), ("web2", "OTHER"), ("web3", "K3"), ("stranger", "KS")):
+        with open(os.path.join(pending, name), "w", encoding="ascii") as handle:
+            handle.write(f"{key}\n")
+    fingerprint = {k: hashlib.sha256(k.encode()).hexdigest() for k in ("K1", "K2", "K3")}
+    NODES.update(opts, "web1", key=fingerprint["K1"], state="converged", **{"class": "backends"})
+    NODES.update(opts, "web2", key=fingerprint["K2"], state="converged", **{"class": "backends"})
+    NODES.update(opts, "web3", key=fingerprint["K3"], state="destroying", **{"class": "backends"})
+    assert node._accept_recorded_keys() == ["web1"]
+    assert sorted(os.listdir(pending)) == ["stranger", "web2", "web3"]
+    assert NODES.key_fingerprint(opts, "web1") == fingerprint["K1"]
+    assert node._accept_recorded_keys() == []
+
+
 # --- jobs on minions -----------------------------------------------------------------------------
 
 
