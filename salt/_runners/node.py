@@ -526,6 +526,7 @@ def snapshot_data(keep=7, min_age_hours=0):
     client = _cloud_client()
     try:
         live = live_nodes(client)
+        snapshotters = list(_driver_calls(client, "snapshot_docker_volume"))
     except Exception as error:  # one line, not a traceback
         return _fail(f"node.snapshot_data: cannot ask EC2 ({error}); nothing was snapshotted")
     since = time.time() - float(min_age_hours) * 3600
@@ -534,7 +535,7 @@ def snapshot_data(keep=7, min_age_hours=0):
     taken, failed = {}, {}
     for name in due:
         try:
-            for snapshot in _driver_calls(client, "snapshot_docker_volume"):
+            for snapshot in snapshotters:
                 taken[name] = snapshot(name, {"keep": keep}, call="action")["snapshot_id"]
         except Exception as error:  # the others go on; this one is reported
             failed[name] = str(error)
