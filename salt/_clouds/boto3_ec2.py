@@ -280,9 +280,15 @@ def disable_term_protect(client, instance, kwargs):
 
 @_action
 def show_term_protect(client, instance, kwargs):
-    iid, attribute = instance["InstanceId"], "disableApiTermination"
-    value = _call(client.describe_instance_attribute, InstanceId=iid, Attribute=attribute)
-    return {"instance_id": iid, "termination_protection": value["DisableApiTermination"]["Value"]}
+    iid = instance["InstanceId"]
+    return {"instance_id": iid, "termination_protection": _protected(client, iid)}
+
+
+def _protected(client, iid):
+    found = _call(
+        client.describe_instance_attribute, InstanceId=iid, Attribute="disableApiTermination"
+    )
+    return found["DisableApiTermination"]["Value"]
 
 
 @_action
@@ -329,14 +335,62 @@ ACTIONS["grow_docker_disk"] = grow_docker_disk
 
 @_action
 def snapshot_docker_volume(client, instance, kwargs):
-    """-a snapshot_docker_volume NAME [keep=7]: snapshot the node's Docker volume (tagged
-    Name, class, node, role), then delete this node's older snapshots beyond `keep`. EC2
-    completes the snapshot in the background."""
+    """-a snapshot_docker_volume NAME [keep=7] [why=...]: snapshot the node's Docker volume
+    (tagged Name, class, node, role; `why` ends its description), then delete this node's
+    older snapshots beyond `keep`. EC2 completes the snapshot in the background."""
     keep = _whole_number(kwargs, "keep", SNAPSHOTS_KEPT, "snapshot_docker_volume")
-    return snapshot_volume(client, instance, keep, "snapshot_docker_volume")
+    return snapshot_volume(client, instance, keep, str(kwargs.get("why", "snapshot_docker_volume")))
 
 
 SNAPSHOTS_KEPT = 7
+
+
+def _stopped(instance, action):
+    """Refuses a node that is not stopped: its filesystem would be cut off under it."""
+    name, state = node_name(instance), instance["State"]["Name"]
+    if state != "stopped":
+        raise SaltCloudSystemExit(f"{name} is {state}: {action} needs it stopped first")
+
+
+@_action
+def detach_docker_volume(client, instance, kwargs):
+    """-a detach_docker_volume NAME: a stopped node's Docker volume detached, `available` for
+    a node of its class to take over (docker_volume_id)."""
+    _stopped(instance, "detach_docker_volume")
+    volume_id = docker_volume_mapping_of(instance)["Ebs"]["VolumeId"]
+    _call(client.detach_volume, VolumeId=volume_id, InstanceId=instance["InstanceId"])
+    return {"volume_id": volume_id, "state": _released(client, volume_id)}
+
+
+def _released(client, volume_id):
+    """Waits until the volume is attached to nothing (a detach, or its instance's termination,
+    takes a while in EC2); its state then."""
+
+    def state():
+        found = _call(client.describe_volumes, VolumeIds=[volume_id])["Volumes"][0]
+        return None if found["Attachments"] else found["State"]
+
+    return _poll(state, _setting("instance_wait_timeout"), f"{volume_id} to be detached")
+
+
+@_action
+def attach_docker_volume(client, instance, kwargs):
+    """-a attach_docker_volume NAME volume_id=vol-...: a free Docker volume of the node's class
+    attached to the stopped node as its Docker volume (a replace's way back)."""
+    _stopped(instance, "attach_docker_volume")
+    volume_id, device = str(kwargs.get("volume_id")), tag_dict(instance).get(VOLUME_TAG)
+    _released(client, volume_id)
+    _volume_to_attach(client, {"docker_volume_id": volume_id, "class": tag_dict(instance)["class"]})
+    iid, name = instance["InstanceId"], node_name(instance)
+    _call(client.attach_volume, VolumeId=volume_id, InstanceId=iid, Device=device)
+    _call(client.create_tags, Resources=[volume_id], Tags=[_tag("Name", name), _tag("node", name)])
+
+    def attached():
+        found = _describe(client, [_filter("instance-id", [iid])], raw=True)
+        return docker_volume_mapping_of(found[0])["Ebs"].get("Status") == "attached" or None
+
+    _poll(attached, _setting("instance_wait_timeout"), f"{volume_id} to attach to {iid}")
+    return {"volume_id": volume_id, "device_name": device, "state": "attached"}
 
 
 def snapshot_volume(client, instance, keep, why):
@@ -891,6 +945,7 @@ def _launch(group, last):
         node.token, node.index, node.sent = token, index, True
         record = {"class": settings["class"], "source": "salt-cloud", "state": "launching"}
         record.update(client_token=token, launch_index=index, deploy=bool(node.deploy))
+        record["profile"] = node.vm.get("profile")
         _record("put", node.name, record)
         _fire(node.name, "requesting instance", "requesting", _event_args(node))
     request = dict(group[0].request, ClientToken=token, MaxCount=len(group))
@@ -1263,7 +1318,9 @@ def _destroy_found(client, found, alias):
 def _snapshot_kept_volumes(client, found):
     """Volume id -> the snapshot taken just before the destroy of each Docker volume that
     outlives its instance (a data class's): the data as it was at the end, whatever later
-    becomes of the volume. A failed snapshot stops the destroy."""
+    becomes of the volume, consistent (the instance stopped first: its database shut down
+    cleanly, its filesystems unmounted; one with termination protection is not stopped, it
+    stays). A failed stop or snapshot stops the destroy."""
     kept = [
         instance
         for instances in found.values()
@@ -1272,6 +1329,9 @@ def _snapshot_kept_volumes(client, found):
         if mapping.get("DeviceName") == tag_dict(instance).get(VOLUME_TAG)
         and not mapping.get("Ebs", {}).get("DeleteOnTermination", True)
     ]
+    for i in kept:
+        if i["State"]["Name"] != "stopped" and not _protected(client, i["InstanceId"]):
+            _change_state(client, i, "stop_instances", "stopped")
     taken = (snapshot_volume(client, i, SNAPSHOTS_KEPT, "before destroy") for i in kept)
     return {snapshot["volume_id"]: snapshot["snapshot_id"] for snapshot in taken}
 
@@ -1298,7 +1358,8 @@ def _destroyed(name, instances, protected, terminated, alias, *, snapshots):
     for volume in kept:
         log.warning(
             "%s: kept its volume %s in %s (DeleteOnTermination: false; snapshot %s taken "
-            "before the destroy); delete it with salt-cloud -f purge_volume %s volume_id=%s",
+            "stopped, before the destroy); delete it with salt-cloud -f purge_volume %s "
+            "volume_id=%s",
             name,
             volume["volume_id"],
             volume["availability_zone"],

@@ -778,3 +778,38 @@ def replace(name, old, desired, shutdown_timeout=10):
     api.remove_container(old["Id"], v=False)
     _forget_names()
     return new_id
+
+
+# --- health ---------------------------------------------------------------------------------
+
+
+def _health_problem(found):
+    """What is wrong with an inspected container that should run, "starting" while its
+    health check has not decided yet, or None."""
+    if found is None:
+        return "missing"
+    state = found.get("State") or {}
+    if not state.get("Running"):
+        return f"not running ({state.get('Status')}, exit code {state.get('ExitCode')})"
+    health = (state.get("Health") or {}).get("Status")
+    return None if health in (None, "healthy") else health
+
+
+def unhealthy(wait=300):
+    """
+    The pillar's containers that should run (``start`` not false) and do not, or whose health
+    check does not say healthy within ``wait`` seconds: ``{name: what is wrong}``, ``{}`` when
+    all are well. What ``salt-run node.replace`` checks on a new node before it destroys the
+    old one.
+
+    CLI Example: ``salt db2 docker_containers.unhealthy wait=60``
+    """
+    containers = (__pillar__.get("docker") or {}).get("containers") or {}
+    wanted = [name for name, spec in containers.items() if (spec or {}).get("start") is not False]
+    deadline = time.monotonic() + float(wait)
+    while True:
+        problems = {name: _health_problem(inspect_container(name)) for name in wanted}
+        problems = {name: problem for name, problem in problems.items() if problem}
+        if not problems or time.monotonic() > deadline:
+            return problems
+        time.sleep(2)

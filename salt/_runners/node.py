@@ -21,6 +21,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import copy
+import itertools
 import logging
 import os
 import re
@@ -175,6 +176,15 @@ def _run_job(local, name, fun, arg=(), timeout=60, *, kwarg=None, again=None):
                 return {"ret": found.get("return"), "retcode": found.get("retcode", 0), "jid": jid}
         time.sleep(0.5)
     return None
+
+
+def _minion_call(local, name, fun, *args, timeout=20):
+    """``_run_job`` that never raises: {ret, retcode}, ret saying why when it did not run."""
+    try:
+        found = _run_job(local, name, fun, args, timeout=timeout)
+    except Exception as error:  # e.g. no master to publish through
+        return {"ret": str(error), "retcode": 1}
+    return found or {"ret": f"{name} did not answer in {timeout} s", "retcode": 1}
 
 
 def sync_functions(directories):
@@ -478,7 +488,7 @@ def _cloud_client():
 def _driver_calls(client, name):
     """Per configured provider: a function calling its driver's function ``name`` in this
     process, as salt-cloud would (raises when a driver did not load)."""
-    cloud = salt.cloud.Cloud(client.opts)
+    cloud = client.loaded = getattr(client, "loaded", None) or salt.cloud.Cloud(client.opts)
     for alias, drivers in client.opts["providers"].items():
         for driver in drivers:
             function = cloud.clouds.get(f"{driver}.{name}")
@@ -492,6 +502,18 @@ def _driver_calls(client, name):
                     return function(*args, **kwargs)
 
             yield call
+
+
+def _act(client, action, name, **kwargs):
+    """Driver action ``action`` on node ``name`` in this process (salt-cloud -a): the answer of
+    the provider that has the node, else the first provider's error."""
+    errors = []
+    for call in _driver_calls(client, action):
+        try:
+            return call(name, kwargs, call="action")
+        except Exception as error:  # a provider without this node; the next one is asked
+            errors.append(error)
+    raise errors[0]
 
 
 def live_nodes(client=None):
@@ -513,7 +535,9 @@ def snapshot_data(keep=7, min_age_hours=0):
     """
     A snapshot of the Docker volume of every live node whose volume outlives it (a data
     class's), each node's snapshots beyond the newest ``keep`` deleted: the driver's
-    ``snapshot_docker_volume`` action per node. Nodes snapshotted less than
+    ``snapshot_docker_volume`` action per node, taken while the node's minion holds the
+    volume's filesystem frozen (``docker_storage.freeze``; a snapshot taken without, the
+    minion not answering, is kept and reported). Nodes snapshotted less than
     ``min_age_hours`` ago are skipped, so that the masters' schedules (``master`` file) take
     one snapshot per period between them. Exits non-zero naming the nodes that failed.
 
@@ -532,17 +556,24 @@ def snapshot_data(keep=7, min_age_hours=0):
     since = time.time() - float(min_age_hours) * 3600
     data = [name for name, node in sorted(live.items()) if _keeps_data(node)]
     due = [n for n in data if ((_nodes("get", n) or {}).get("snapshot_time") or 0) <= since]
-    taken, failed = {}, {}
+    taken, failed, local = {}, {}, salt.client.LocalClient(mopts=__opts__)
     for name in due:
+        frozen = _minion_call(local, name, "docker_storage.freeze", 60)
         try:
             for snapshot in snapshotters:
                 taken[name] = snapshot(name, {"keep": keep}, call="action")["snapshot_id"]
         except Exception as error:  # the others go on; this one is reported
-            failed[name] = str(error)
+            failed[name] = f"no snapshot ({error})"
+        finally:
+            if not frozen["retcode"]:
+                _minion_call(local, name, "docker_storage.thaw")
+        if name in taken and frozen["retcode"]:
+            why = frozen["ret"]
+            failed[name] = f"{taken[name]} is crash-consistent (docker_storage.freeze: {why})"
     result = {"snapshots": taken, "skipped": sorted(set(data) - set(due))}
     if failed:
         listed = "; ".join(f"{name}: {error}" for name, error in failed.items())
-        return _fail(f"node.snapshot_data: no snapshot of {listed}", **result)
+        return _fail(f"node.snapshot_data: {listed}", **result)
     return _returning({"result": True, **result}, ok=True)
 
 
@@ -609,6 +640,209 @@ def status(node_class=None):
     __context__["retcode"] = 1 if any(row["problem"] for row in rows) else 0
     # salt-run exits with data's retcode; salt/_output/node_status.py prints the table.
     return {"outputter": "node_status", "data": {"nodes": rows, "retcode": __context__["retcode"]}}
+
+
+# --- replacing ------------------------------------------------------------------------------
+
+
+class _StepFailed(Exception):
+    """A step of a replace failed: its message says which and why."""
+
+
+def _step(what, function, *args, **kwargs):
+    try:
+        return function(*args, **kwargs)
+    except Exception as error:  # one line naming the step, not a traceback
+        raise _StepFailed(f"{what}: {error}") from error
+
+
+def _replacement_name(name, taken):
+    """``<name without a trailing -N>-<first free N>``: db1 -> db1-1, backends-2 -> backends-3
+    when backends-1 is taken."""
+    stem = re.sub(r"-\d+$", "", name)
+    return next(f"{stem}-{n}" for n in itertools.count(1) if f"{stem}-{n}" not in taken)
+
+
+def _replace_problem(name, new, profile, *, record, live, taken, profiles):
+    """Pure: why node ``name`` cannot be replaced by ``new`` from ``profile``, or None."""
+    node = live.get(name)
+    found = profiles.get(profile) or {}
+    if node is None:
+        return f"{name}: no live instance has this name"
+    if node.get("state") != "running":
+        return f"{name} is {node.get('state')}, not running: start it (salt-cloud -a start)"
+    if record.get("state") != "converged":
+        return f"{name} is {record.get('state') or 'not recorded'}: converge it first"
+    if _name_problem(new) or new in taken:
+        return f"new: {_name_problem(new) or f'{new} is taken'}"
+    if found.get("class") != record.get("class"):
+        what = f"of class {found.get('class')!r}" if found else "not a salt-cloud profile"
+        return f"profile: {profile!r} is {what} ({name} is of {record.get('class')!r})"
+    return None
+
+
+def _move_volume(client, name, moved):
+    """The old node's Docker stopped (its containers shut down cleanly) and the volume's
+    filesystems unmounted (state docker.release), the node stopped, its Docker volume
+    snapshotted and detached; ``moved`` says how far it got."""
+    local = salt.client.LocalClient(mopts=__opts__)
+    moved["released"] = True
+    released = summarize(_run_job(local, name, "state.apply", ["docker.release"], timeout=600))
+    if not released["result"]:
+        failed = released.get("failed") or released.get("errors") or released["comment"]
+        raise _StepFailed(f"releasing the volume on {name} (state docker.release): {failed}")
+    moved["stopped"] = True
+    _step(f"stopping {name}", _act, client, "stop", name)
+    why = "before replace"
+    snapshot = _step(f"snapshot of {name}", _act, client, "snapshot_docker_volume", name, why=why)
+    moved["snapshot_id"] = snapshot["snapshot_id"]
+    _step(f"detaching {name}'s volume", _act, client, "detach_docker_volume", name)
+    moved["volume_id"] = snapshot["volume_id"]
+
+
+def _bring_up(client, new, profile, volume, wait):
+    """The new node created (on the old one's volume, if any), converged, on the same data,
+    its containers healthy: its record."""
+    overrides = {new: {"docker_volume_id": volume["volume_id"]}} if volume else {}
+    created = _step(f"creating {new}", client.profile, profile, [new], vm_overrides=overrides)
+    error = (created.get(new) or {}).get("Error") if isinstance(created, dict) else created
+    if error or new not in created:
+        raise _StepFailed(f"creating {new}: {error or 'salt-cloud created nothing'}")
+    waited = wait_converged(new, timeout=3600)
+    converged = waited.get(new) or {}
+    if converged.get("state") != "converged":
+        why = (converged.get("converge") or {}).get("comment") or waited.get("comment")
+        raise _StepFailed(f"converging {new}: {why}")
+    data_ids = [v.get("data_id") for v in converged.get("data_volumes") or []]
+    if volume and data_ids != [volume["data_id"]]:
+        raise _StepFailed(f"{new} holds data {data_ids}, not {volume['data_id']}")
+    local = salt.client.LocalClient(mopts=__opts__)
+    checked = _run_job(local, new, "docker_containers.unhealthy", [wait], timeout=wait + 60)
+    if not checked or checked["retcode"] or checked["ret"]:
+        found = (checked or {}).get("ret", "the minion did not answer")
+        raise _StepFailed(f"containers of {new}: {found}")
+    return converged
+
+
+def _put_back(client, name, new, moved):
+    """After a failed step: the new node destroyed, the old one given its volume back,
+    started and converged again. What could not be done, in one line, or None."""
+    with contextlib.suppress(Exception):
+        if new in live_nodes(client):
+            if moved.get("volume_id"):  # off first: the destroy would snapshot it as the new's
+                with contextlib.suppress(Exception):
+                    _act(client, "stop", new)
+                    _act(client, "detach_docker_volume", new)
+            client.destroy([new])
+    volume = {"volume_id": moved.get("volume_id")}
+    steps = [
+        ("re-attaching its volume", "volume_id" in moved, "attach_docker_volume", volume),
+        ("starting it", moved.get("stopped"), "start", {}),
+    ]
+    try:
+        for what, needed, action, kwargs in steps:
+            if needed:
+                _step(what, _act, client, action, name, **kwargs)
+        if moved.get("released"):  # Docker and its storage back (a start boots them anyway)
+            back = _highstate(name, 1800, 600)
+            if not back["result"]:
+                raise _StepFailed(f"its highstate: {back['comment']}")
+    except _StepFailed as failure:  # reported: the operator finishes by hand
+        return f"{name}: {failure}"
+    return None
+
+
+def replace(name, new=None, profile=None, wait=300):
+    """
+    Replace node ``name`` by a new node ``new`` (default ``<name without -N>-<next N>``) of its
+    class, from ``profile`` (default: the one it was created from; a new AMI or size comes
+    from there), then destroy the old one.
+
+    - A class whose Docker volume outlives its nodes (``dataserver``): the old node is stopped
+      (Docker and its containers shut down cleanly, the filesystems unmounted), its volume
+      snapshotted (``before replace``) and detached; the new node launches in the volume's
+      zone with it attached.
+    - Any other class: the new node is created beside the old one.
+
+    The new node must converge and its containers run healthy within ``wait`` seconds
+    (``docker_containers.unhealthy``) before the old one is destroyed (swarm members drained
+    and removed by the destroy). On any failure the new node is destroyed and the old one
+    serves again (its volume re-attached, started); exit non-zero naming the step.
+
+    CLI Example: ``salt-run node.replace db1 new=db2 profile=dataserver-2027``
+    """
+    client = _cloud_client()
+    record = _nodes("get", name) or {}
+    try:
+        live = live_nodes(client)
+    except Exception as error:  # one line, not a traceback
+        return _fail(f"node.replace {name}: cannot ask EC2 ({error}); nothing was changed")
+    pki = __opts__["pki_dir"]
+    keys = [*os.listdir(f"{pki}/minions"), *os.listdir(f"{pki}/minions_pre")]
+    taken = {*live, *_nodes("names"), *keys}
+    new = new or _replacement_name(name, taken)
+    profile = profile or record.get("profile") or record.get("class")
+    profiles = client.opts.get("profiles") or {}
+    problem = _replace_problem(
+        name, new, profile, record=record, live=live, taken=taken, profiles=profiles
+    )
+    if problem:
+        return _fail(f"node.replace {name}: {problem}; nothing was changed")
+    moved, volume, started = {}, None, time.monotonic()
+    try:
+        if _keeps_data(live[name]):
+            _move_volume(client, name, moved)
+            data_id = ((record.get("data_volumes") or [{}])[0]).get("data_id")
+            volume = {"volume_id": moved["volume_id"], "data_id": data_id or moved["volume_id"]}
+        converged = _bring_up(client, new, profile, volume, float(wait))
+    except _StepFailed as failure:
+        left = _put_back(client, name, new, moved)
+        outcome = f"NOT put back: {left}" if left else f"{new} destroyed, {name} serves again"
+        snapshot_id = moved.get("snapshot_id")
+        return _fail(f"node.replace {name}: {failure}; {outcome}", snapshot_id=snapshot_id)
+    result = {
+        "result": True,
+        "replaced": name,
+        "by": new,
+        "volume_id": moved.get("volume_id"),
+        "snapshot_id": moved.get("snapshot_id"),
+        "data_volumes": converged.get("data_volumes"),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    try:
+        client.destroy([name])
+        left = name in live_nodes(client) and "it is still live"
+    except Exception as error:  # one line, not a traceback
+        left = str(error)
+    if left:
+        again = f"salt-cloud -d {name}"
+        return _fail(f"node.replace {name}: {new} serves; destroying {name}: {left}: {again}")
+    return _returning(result, ok=True)
+
+
+def replace_class(node_class, profile=None, wait=300):
+    """
+    ``replace`` for each live node of ``node_class``, one at a time, oldest first (what
+    ``salt/orch/replace.sls`` runs). Stops at the first node that could not be replaced (it
+    keeps serving), naming the nodes replaced and those left.
+
+    CLI Example: ``salt-run node.replace_class dataserver``
+    """
+    problem = _nodes("class_problem", node_class)
+    if problem:
+        return _fail(f"node.replace_class: {problem}; nothing was changed")
+    try:
+        members = plan(live_nodes(), node_class, 0, node_class)["live"]
+    except Exception as error:  # one line, not a traceback
+        return _fail(f"node.replace_class {node_class}: cannot ask EC2 ({error}); nothing changed")
+    replaced = {}
+    for index, name in enumerate(members):
+        ret = replace(name, profile=profile, wait=wait)
+        if ret["retcode"]:
+            left = ", ".join(members[index:])
+            return _fail(f"{ret['comment']}; replaced {replaced or 'none'}, left {left}")
+        replaced[name] = ret["by"]
+    return _returning({"result": True, "replaced": replaced}, ok=True)
 
 
 # --- class size ------------------------------------------------------------------------------

@@ -317,6 +317,27 @@ def check_containerd_store(stack, deployed):
     check_image_lands_on_the_volume(deployed, "e2e/random:containerd")
 
 
+def check_freeze(stack, deployed):
+    """docker_storage.freeze, what node.snapshot_data holds around a snapshot: a write to the
+    Docker volume's filesystem waits until docker_storage.thaw; a freeze nobody thaws ends by
+    its timer."""
+    node, name, probe = deployed.node, deployed.name, "/var/lib/docker/freeze-probe"
+    started = "setsid -f touch {} </dev/null >/dev/null 2>&1; sleep 3"
+    with stack.timer(f"{name}: freeze, thaw, a freeze thawed by its timer"):
+        frozen = stack.salt(name, "docker_storage.freeze", "60")
+        assert frozen.data == ["/var/lib/docker"], frozen.stdout + frozen.stderr
+        node.ssh(started.format(f"{probe}-1"))
+        assert node.ssh(f"test -e {probe}-1", check=False).returncode == 1, "written while frozen"
+        assert stack.salt(name, "docker_storage.thaw").data == ["/var/lib/docker"]
+        node.ssh(f"sleep 1; test -e {probe}-1")
+        assert stack.salt(name, "docker_storage.freeze", "5").data == ["/var/lib/docker"]
+        node.ssh(started.format(f"{probe}-2"))
+        node.ssh(f"sleep 5; test -e {probe}-2")  # thawed by the timer, nobody called thaw
+        units = node.ssh("systemctl list-units --all --no-legend 'dockerhosts-thaw*'").stdout
+        assert units.strip() == "", units
+        node.ssh(f"rm -f {probe}-1 {probe}-2")
+
+
 def check_reboot(stack, deployed):
     node = deployed.node
     marker = f"written before reboot {time.time()}"
@@ -374,6 +395,8 @@ def node_lifecycle(stack, name, tmp_path):
                 check_disk_with_filesystem_refused(stack, deployed, data_disk)
         if disk_bus != "nvme":  # see NODES
             check_growth(stack, deployed)
+        if mode == "overlay2":  # a filesystem on the volume (devicemapper: thin devices)
+            check_freeze(stack, deployed)
         check_reboot(stack, deployed)
         if release == "trixie":
             check_containerd_store(stack, deployed)

@@ -28,6 +28,7 @@ DEPLOY_SUBNET_CIDR = "127.0.30.0/28"
 DEPLOY_ADDRESSES = [f"127.0.30.{host}" for host in range(4, 15)]
 PROFILE = "test-backends"
 WORKERS_PROFILE = "test-workers"
+DATA_PROFILE = "test-dataserver"
 # Nodes whose name starts with this get a pillar whose highstate fails (daemon.json in /proc).
 BROKEN_PREFIX = "broken"
 
@@ -84,7 +85,7 @@ def clone(work_dir):
     (root / "pillar" / "docker.sls").write_text(pillar)
     # The classes' containers need a dockerd, which these nodes have not; `workers` is the
     # ensure_class tests' own class (one folder: docs/lifecycle.md).
-    for node_class in ("backends", "workers"):
+    for node_class in ("backends", "workers", "dataserver"):
         folder = root / "pillar" / "classes" / node_class
         folder.mkdir(exist_ok=True)
         (folder / "init.sls").write_text("docker: {}\n")
@@ -130,6 +131,12 @@ def test_profile(clone, endpoint, ssh_server, client_key, work_dir):
         },
         # A class of its own for the ensure_class orchestration.
         WORKERS_PROFILE: {"extends": PROFILE, "class": "workers"},
+        # The data class: its Docker volume outlives the node (node.replace moves it).
+        DATA_PROFILE: {
+            "extends": PROFILE,
+            "class": "dataserver",
+            "docker_volume": {"Ebs": {"DeleteOnTermination": False}},
+        },
     }
     (clone / "cloud.profiles.d" / "zz-test.conf").write_text(yaml.safe_dump(profile))
     return PROFILE

@@ -305,3 +305,34 @@ def test_docker_away_says_where_and_what_to_do(mod):
         "image busybox:latest: Docker is not reachable at unix://var/run/docker.sock "
         "(ConnectionError): start Docker (systemctl start docker), then apply the state again"
     )
+
+
+def test_unhealthy_names_what_does_not_run_healthy_and_waits_for_a_deciding_check(monkeypatch):
+    """What node.replace checks on a new node: every container the pillar starts runs, and
+    its health check (if any) says healthy; a check still `starting` is waited for."""
+    inspections = {
+        "db": [
+            {"State": {"Running": True, "Health": {"Status": "starting"}}},
+            {"State": {"Running": True, "Health": {"Status": "healthy"}}},
+        ],
+        "web": [{"State": {"Running": True}}],
+        "cron": [{"State": {"Running": False, "Status": "exited", "ExitCode": 3}}],
+    }
+    pillar = {
+        "docker": {"containers": {"db": {}, "web": None, "cron": {}, "data": {"start": False}}}
+    }
+    monkeypatch.setattr(MODULE, "__pillar__", pillar, raising=False)
+    # Each container's inspections in turn, the last one for good.
+    seen = inspections.copy()
+    monkeypatch.setattr(
+        MODULE, "inspect_container", lambda n: seen[n].pop(0) if len(seen[n]) > 1 else seen[n][0]
+    )
+    monkeypatch.setattr(MODULE.time, "sleep", lambda seconds: None)
+    assert MODULE.unhealthy(wait=0.5) == {"cron": "not running (exited, exit code 3)"}
+    del pillar["docker"]["containers"]["cron"]
+    assert MODULE.unhealthy(wait=0) == {}
+    assert MODULE._health_problem(None) == "missing"
+    assert (
+        MODULE._health_problem({"State": {"Running": True, "Health": {"Status": "unhealthy"}}})
+        == "unhealthy"
+    )

@@ -412,6 +412,39 @@ def test_class_plan_creates_the_missing_and_names_extras_newest_first():
     assert node.plan(live, "backends", 2, "backends")["create"] == []
 
 
+def test_a_replacement_is_named_after_the_node_with_the_first_free_number():
+    assert node._replacement_name("db1", {"db1"}) == "db1-1"
+    assert node._replacement_name("backends-2", {"backends-1", "backends-2"}) == "backends-3"
+    assert node._replacement_name("web-7", {"web-7"}) == "web-1"
+
+
+REPLACEABLE = {
+    "record": {"state": "converged", "class": "dataserver"},
+    "live": {"db1": {"state": "running"}, "web1": {"state": "running"}},
+    "taken": {"db1", "web1"},
+    "profiles": {"dataserver": {"class": "dataserver"}, "backends": {"class": "backends"}},
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "new", "profile", "changes", "problem"),
+    [
+        ("db1", "db2", "dataserver", {}, None),
+        ("db9", "db2", "dataserver", {}, "db9: no live instance has this name"),
+        ("db1", "db2", "dataserver", {"live": {"db1": {"state": "stopped"}}}, "db1 is stopped"),
+        ("db1", "db2", "dataserver", {"record": {"state": "failed"}}, "db1 is failed: converge"),
+        ("db1", "db2", "dataserver", {"record": {}}, "db1 is not recorded"),
+        ("db1", "web1", "dataserver", {}, "new: web1 is taken"),
+        ("db1", "../x", "dataserver", {}, "new: '../x' is not a node name"),
+        ("db1", "db2", "backends", {}, "profile: 'backends' is of class 'backends'"),
+        ("db1", "db2", "nope", {}, "profile: 'nope' is not a salt-cloud profile"),
+    ],
+)
+def test_replace_refuses_what_it_cannot_do(name, new, profile, changes, problem):
+    found = node._replace_problem(name, new, profile, **{**REPLACEABLE, **changes})
+    assert (found is None) if problem is None else (problem in found), found
+
+
 @pytest.mark.parametrize(
     ("request_", "messages"),
     [
