@@ -3,7 +3,9 @@
 - ``import_busybox``: a root filesystem ``docker import``ed under any tags (e.g. busybox:latest,
   postgres:16) into a test dockerd;
 - ``busybox_image_tar``: the same root filesystem as a one-layer image in ``docker save``
-  format, which a node's highstate loads from salt:// (the VM nodes have no registry).
+  format, which a node's highstate loads from salt:// (the VM nodes have no registry);
+- ``image_tar``: any root filesystem tar as such an image (bin/build-postgres-image's
+  PostgreSQL from Debian packages).
 """
 
 import hashlib
@@ -11,6 +13,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -62,22 +65,52 @@ def import_busybox(dockerd, *tags):
 
 def busybox_image_tar(path: Path, repo_tag: str):
     """Write the busybox image, tagged ``repo_tag``, in ``docker save`` format to ``path``."""
-    layer = busybox_rootfs_tar()
+    return image_tar(path, repo_tag, busybox_rootfs_tar(), {"Cmd": ["sh"], "Env": ["PATH=/bin"]})
+
+
+# The PostgreSQL image bin/build-postgres-image makes from Debian's postgresql-15.
+POSTGRES_CONFIG = {
+    "Entrypoint": ["/usr/local/bin/docker-entrypoint"],
+    "Env": [
+        "PATH=/usr/lib/postgresql/15/bin:/usr/local/bin:/usr/bin:/bin",
+        "PGDATA=/var/lib/postgresql/data",
+        "LANG=C.UTF-8",
+    ],
+    "Volumes": {"/var/lib/postgresql": {}},
+    "ExposedPorts": {"5432/tcp": {}},
+    "StopSignal": "SIGINT",  # PostgreSQL's fast shutdown
+    # Durations in nanoseconds (Docker's image config).
+    "Healthcheck": {
+        "Test": ["CMD-SHELL", 'pg_isready -q -U "${POSTGRES_USER:-postgres}" -d postgres'],
+        "Interval": 2 * 10**9,
+        "Timeout": 10 * 10**9,
+        "Retries": 60,
+    },
+}
+
+
+def image_tar(path: Path, repo_tag: str, layer: bytes, config: dict):
+    """Write a one-layer image (``layer``: a root filesystem tar) in ``docker save`` format."""
     layer_id = hashlib.sha256(layer).hexdigest()
-    config = json.dumps(
+    document = json.dumps(
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]},
+            "config": config,
             "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_id}"]},
         }
     ).encode()
-    config_name = f"{hashlib.sha256(config).hexdigest()}.json"
+    config_name = f"{hashlib.sha256(document).hexdigest()}.json"
     manifest = json.dumps(
         [{"Config": config_name, "RepoTags": [repo_tag], "Layers": [f"{layer_id}/layer.tar"]}]
     ).encode()
     with tarfile.open(path, "w") as image:
         _add_bytes(image, f"{layer_id}/layer.tar", layer)
-        _add_bytes(image, config_name, config)
+        _add_bytes(image, config_name, document)
         _add_bytes(image, "manifest.json", manifest)
     return path
+
+
+if __name__ == "__main__":  # bin/build-postgres-image: postgres ROOTFS_TAR IMAGE_TAR
+    _, rootfs, target = sys.argv[1:]
+    image_tar(Path(target), "e2e/postgres:15", Path(rootfs).read_bytes(), POSTGRES_CONFIG)

@@ -177,6 +177,16 @@ class Stack:
         files = self.work_dir / "files"
         (files / "e2e").mkdir(parents=True)
         images.busybox_image_tar(files / "e2e" / "busybox.tar", f"{APP_IMAGE}:{APP_IMAGE_TAG}")
+        postgres = Path(
+            subprocess.run(
+                [str(REPO_ROOT / "bin" / "build-postgres-image"), "--print-path"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
+        if postgres.is_file():  # data nodes load it (bin/build-postgres-image, from bin/setup)
+            (files / "e2e" / postgres.name).symlink_to(postgres)
         self.gpg_home = self.work_dir / "gpg"
         self.gpg_public = gpg.make_key(self.gpg_home, name="e2e-salt-master")
         (self.work_dir / "pillar").mkdir()
@@ -295,6 +305,17 @@ class Stack:
             )
         return result
 
+    def popen(self, program, *args):
+        """A Salt CLI from the config copy, in the background, its output piped."""
+        return subprocess.Popen(
+            [str(BIN_DIR / program), *args],
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def salt(self, target, function, *args, timeout=900):
         """`salt <target> <function>` through the master; returns the target's parsed return."""
         result = self.run(
@@ -333,10 +354,12 @@ class Stack:
 
     # --- nodes -----------------------------------------------------------------------------
 
-    def add_profile(self, profile, base_class):
-        """A profile extending the repository's class profile, for nodes run as local VMs."""
+    def add_profile(self, profile, base_class, **extra):
+        """A profile extending the repository's class profile, for nodes run as local VMs;
+        ``extra``: more keys of the profile."""
         overrides = {
             profile: {
+                **extra,
                 "extends": base_class,
                 "subnetid": self.endpoint.ids["loopback_subnet"],
                 "ssh_interface": "private_ips",
@@ -371,13 +394,18 @@ class Stack:
         extra_disks=(),
         release="bookworm",
         disk_bus="nvme",
+        profile_extra=None,
+        docker_pillar=None,
     ):
         """`salt-cloud -p` a node, booting its VM as soon as EC2 gives it an address; the
-        master's reactor then converges it: `salt-run node.wait_converged` waits for that."""
-        profile = f"local-{base_class}"
+        master's reactor then converges it: `salt-run node.wait_converged` waits for that.
+        ``profile_extra``: keys of a profile of its own; ``docker_pillar``: sections merged
+        over its docker: pillar."""
+        profile = f"local-{name}" if profile_extra else f"local-{base_class}"
         with self.lock:
-            self.add_profile(profile, base_class)
+            self.add_profile(profile, base_class, **(profile_extra or {}))
             placeholder = DeployedNode(name, mode, None, "", "", "")
+            placeholder.docker_pillar.update(docker_pillar or {})
             if disk_bus == "virtio":
                 # No NVMe serial to find the volume by (and /dev/sdb is not its name): the
                 # operator's override, docker:storage:docker_volume. The root disk is vda.
@@ -386,14 +414,7 @@ class Stack:
             self._write_pillar()
         ec2 = self.ec2()
         with self.timer(f"{name}: salt-cloud -p {profile} (launch, boot VM, SSH, deploy)"):
-            cloud = subprocess.Popen(
-                [str(BIN_DIR / "salt-cloud"), "--out=json", "-p", profile, name],
-                cwd=self.root,
-                env=self.env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            cloud = self.popen("salt-cloud", "--out=json", "-p", profile, name)
             try:
                 instance = self._wait_for_instance(ec2, name, cloud)
                 deployed = self.start_vm(
@@ -443,6 +464,7 @@ class Stack:
             public_key=self.key.with_suffix(".pub"),
             private_key=self.key,
             volume_id=volume_id,
+            volume_file=self.volume_file(volume_id),
             volume_size_gib=4,
             image_dir=self.image_dirs.get(release) or self.vm.node_image_dir(release),
             release=release,
@@ -463,6 +485,71 @@ class Stack:
             self._write_pillar()
         node.start()
         return deployed
+
+    def volume_file(self, volume_id):
+        """The file that is EBS volume ``volume_id``: it outlives nodes, as the volume does.
+        A volume EC2 restored from a snapshot starts as a copy of the snapshot's volume's
+        file (snapshots are taken of stopped nodes, whose VMs are gone by then)."""
+        path = self.work_dir / "volumes" / f"{volume_id}.raw"
+        path.parent.mkdir(exist_ok=True)
+        if not path.exists():
+            ec2 = self.ec2()
+            volume = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]
+            if volume.get("SnapshotId"):
+                snapshot = ec2.describe_snapshots(SnapshotIds=[volume["SnapshotId"]])
+                source = self.volume_file(snapshot["Snapshots"][0]["VolumeId"])
+                subprocess.run(["cp", "--sparse=always", str(source), str(path)], check=True)
+        return path
+
+    def replace_node(self, old, new, release="bookworm", disk_bus="nvme"):
+        """`salt-run node.replace <old> new=<new>`, playing EC2 for the VMs as it goes: the
+        old node's VM shut down when EC2 says it stopped, the new one booted on the moved
+        volume's file as soon as EC2 runs it. Returns the runner's ProcessResult."""
+        deployed = self.nodes[old]
+        with self.lock:
+            placeholder = DeployedNode(new, deployed.mode, None, "", "", "")
+            placeholder.docker_pillar.update(deployed.docker_pillar)
+            self.nodes[new] = placeholder
+            self._write_pillar()
+        args = ["--out=json", "node.replace", old, f"new={new}", "wait=900"]
+        runner = self.popen("salt-run", *args)
+        try:
+            self._shut_down_when_stopped(deployed, runner)
+            instance = self._wait_for_instance(self.ec2(), new, runner, timeout=600)
+            started = self.start_vm(
+                instance,
+                deployed.mode,
+                release,
+                docker_pillar=placeholder.docker_pillar,
+                disk_bus=disk_bus,
+            )
+            stdout, stderr = _communicate_while_running(runner, started.node, timeout=3600)
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+                runner.communicate()
+        with self.lock:
+            self.nodes.pop(old, None)
+            self._write_pillar()
+        deployed.node.destroy()
+        return subprocess.CompletedProcess(runner.args, runner.returncode, stdout, stderr)
+
+    def _shut_down_when_stopped(self, deployed, process, timeout=600):
+        """When EC2 says ``deployed``'s instance stopped (or went), its VM shuts down cleanly,
+        as the instance would have; returns then."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.instance_state(deployed.instance_id) != "running":
+                deployed.node.power_off()
+                return
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{' '.join(map(str, process.args))} exited {process.returncode} before "
+                    f"{deployed.name} stopped:\n{process.stdout.read()[-3000:]}"
+                    f"\n{process.stderr.read()[-3000:]}"
+                )
+            time.sleep(0.5)
+        raise RuntimeError(f"{deployed.name} did not stop within {timeout} s")
 
     def slowest_states(self, name, count=6):
         """The converge highstate's slowest states, from the master's job cache: where a slow
@@ -490,14 +577,7 @@ class Stack:
         if node is None:
             result = self.run("salt-run", *args, timeout=timeout + 120)
         else:
-            waiting = subprocess.Popen(
-                [str(BIN_DIR / "salt-run"), *args],
-                cwd=self.root,
-                env=self.env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            waiting = self.popen("salt-run", *args)
             stdout, stderr = _communicate_while_running(waiting, node, timeout=timeout + 120)
             result = subprocess.CompletedProcess(waiting.args, waiting.returncode, stdout, stderr)
         try:
@@ -549,14 +629,39 @@ class Stack:
         raise RuntimeError(f"EC2 did not report a running instance {name} within {timeout} s")
 
     def destroy_node(self, name):
-        """`salt-cloud -d` (terminates the instance, removes the key), then the VM goes."""
-        result = self.run("salt-cloud", "--out=json", "-y", "-d", name, timeout=300)
+        """`salt-cloud -d` (terminates the instance, removes the key), then the VM goes (shut
+        down cleanly when EC2 stopped it first: a data node); so does its volume's file when
+        EC2 deleted the volume."""
+        deployed = self.nodes.get(name)
+        node = deployed.node if deployed else None
+        clean = bool(node and node.running() and self.keeps_data(name))
+        destroy = self.popen("salt-cloud", "--out=json", "-y", "-d", name)
+        with contextlib.suppress(RuntimeError):
+            if clean:
+                self._shut_down_when_stopped(deployed, destroy, timeout=300)
+        stdout, stderr = destroy.communicate(timeout=300)
+        result = subprocess.CompletedProcess(destroy.args, destroy.returncode, stdout, stderr)
         with self.lock:
-            deployed = self.nodes.pop(name, None)
+            self.nodes.pop(name, None)
             self._write_pillar()
-        if deployed and deployed.node:
-            deployed.node.destroy()
+        if node:
+            node.destroy()
+            volume_id = deployed.volume_id
+            found = self.ec2().describe_volumes(
+                Filters=[{"Name": "volume-id", "Values": [volume_id]}]
+            )
+            if not found["Volumes"] or found["Volumes"][0]["State"] == "deleting":
+                node.volume.unlink(missing_ok=True)
         return result
+
+    def keeps_data(self, name):
+        """Whether node ``name``'s Docker volume outlives it (EC2 stops it before a destroy)."""
+        instance_id = self.nodes[name].instance_id
+        reservations = self.ec2().describe_instances(InstanceIds=[instance_id])["Reservations"]
+        return any(
+            m["DeviceName"] == DOCKER_DISK_DEVICE and not m["Ebs"].get("DeleteOnTermination", True)
+            for m in reservations[0]["Instances"][0].get("BlockDeviceMappings", [])
+        )
 
     def instance_state(self, instance_id):
         ec2 = self.ec2()

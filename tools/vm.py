@@ -95,6 +95,9 @@ class Node:
     ssh_user: str = "root"
     # Extra raw disks: (file, bus, serial) attached after the EBS volume.
     extra_disks: list[tuple[Path, str, str]] = field(default_factory=list)
+    # The EBS volume's file, when it outlives the node (a volume that moves to another node);
+    # default: ebs.raw in the work dir, gone with it.
+    volume_file: Path | None = None
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
@@ -110,7 +113,7 @@ class Node:
 
     @property
     def volume(self) -> Path:
-        return self.work_dir / "ebs.raw"
+        return Path(self.volume_file) if self.volume_file else self.work_dir / "ebs.raw"
 
     @property
     def console_log(self) -> Path:
@@ -342,8 +345,18 @@ class Node:
                 self.process.wait(timeout)
         self.process = None
 
+    def power_off(self, timeout: float = 120):
+        """A clean shutdown (what EC2's StopInstances does): systemd stops everything and
+        unmounts, then qemu exits; killed if it has not after ``timeout`` s."""
+        self.ssh("systemctl poweroff", check=False, timeout=30)
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(1)
+        self.stop()
+
     def destroy(self):
-        """Stop qemu and delete the overlay, the volume and every file in the work dir."""
+        """Stop qemu and delete the overlay, the volume (unless it is a ``volume_file`` of its
+        own) and every file in the work dir."""
         try:
             self.stop()
         finally:

@@ -482,6 +482,8 @@ def _cloud_client():
         os.path.join(root, "cloud"), master_config=copy.deepcopy(master)
     )
     opts["cloud_dirs"] = [os.path.join(root, path) for path in opts.get("cloud_dirs") or []]
+    # A runner's output is its return (--out=json): no deploy session printed into it.
+    opts["display_ssh_output"] = False
     return salt.cloud.CloudClient(opts=opts)
 
 

@@ -13,6 +13,7 @@ container volume, reboot -> storage, data, container back and a highstate change
 `salt-cloud -d`, after which the master has forgotten the node.
 """
 
+import copy
 import hashlib
 import json
 import os
@@ -406,6 +407,89 @@ def node_lifecycle(stack, name, tmp_path):
             stack.destroy_node(name)
 
 
+# The data class's node: PostgreSQL (bin/build-postgres-image) on the named volume pgdata, the
+# recipe's data-only container holding it, as pillar/classes/dataserver has them.
+DATA_NODES = ("e2e-db-1", "e2e-db-2", "e2e-db-3")  # created, its replacement, restored
+DATA_PILLAR = {
+    "images": {"e2e/postgres": {"load": "salt://e2e/postgres.tar.gz", "tag": "15"}},
+    "volumes": {"pgdata": {"driver": "local"}},
+    "containers": {
+        "pg_data": {
+            "image": "e2e/busybox",
+            "command": ["true"],
+            "start": False,
+            "binds": ["pgdata:/var/lib/postgresql"],
+        },
+        "postgres": {
+            "image": "e2e/postgres:15",
+            "volumes_from": ["pg_data"],
+            "environment": {"POSTGRES_USER": "app", "POSTGRES_PASSWORD": {"secret": "app_token"}},
+            "restart_policy": "always",
+        },
+    },
+}
+
+
+def psql(deployed, sql, timeout=180):
+    """``sql`` run by the node's PostgreSQL (once it accepts connections): its output."""
+    deadline, command = (
+        time.monotonic() + timeout,
+        f"docker exec postgres psql -U app -d postgres -Atc {sql!r}",
+    )
+    while True:
+        found = deployed.node.ssh(command, check=False)
+        if found.returncode == 0 or time.monotonic() > deadline:
+            assert found.returncode == 0, found.stdout + found.stderr
+            return found.stdout.strip()
+        time.sleep(3)
+
+
+def data_lifecycle(stack):
+    """Issue 19: a row written to PostgreSQL on node A is read on node B after `node.replace`
+    (the volume moved), and on node C created from the snapshot B's destroy took."""
+    first, second, third = DATA_NODES
+    marker = f"row written on {first} at {time.time()}"
+    image = stack.work_dir / "files" / "e2e" / "postgres.tar.gz"
+    assert image.exists(), "no PostgreSQL image for the nodes: run bin/build-postgres-image"
+    try:
+        with stack.timer(f"{first}: salt-cloud -p (dataserver, PostgreSQL), converge"):
+            a = stack.create_node(first, "dataserver", docker_pillar=copy.deepcopy(DATA_PILLAR))
+        psql(a, f"create table marker (v text); insert into marker values ('{marker}')")
+        volume_id = a.volume_id
+        with stack.timer(f"{first} -> {second}: node.replace (volume moved)"):
+            replaced = stack.replace_node(first, second)
+        assert replaced.returncode == 0, replaced.stdout[-4000:] + replaced.stderr[-3000:]
+        try:
+            answer = json.loads(replaced.stdout)
+        except ValueError:
+            raise AssertionError(f"not the runner's JSON: {replaced.stdout[-3000:]}") from None
+        assert (answer["by"], answer["volume_id"]) == (second, volume_id), answer
+        stack.timer.note(f"{first} -> {second}: node.replace took {answer['seconds']} s")
+        b = stack.nodes[second]
+        assert b.volume_id == volume_id and stack.instance_state(a.instance_id) == "terminated"
+        assert psql(b, "select v from marker") == marker
+        with stack.timer(f"{second}: salt-cloud -d (stopped, snapshot, volume kept)"):
+            destroyed = stack.destroy_node(second)
+        assert destroyed.returncode == 0, destroyed.stderr[-3000:]
+        [kept] = json.loads(destroyed.stdout)["aws"]["boto3_ec2"][second]["kept_volumes"]
+        assert kept["volume_id"] == volume_id and kept["snapshot_id"], kept
+        restore = {"docker_volume": {"Ebs": {"SnapshotId": kept["snapshot_id"]}}}
+        with stack.timer(f"{third}: salt-cloud -p from {second}'s last snapshot, converge"):
+            c = stack.create_node(
+                third,
+                "dataserver",
+                profile_extra=restore,
+                docker_pillar=copy.deepcopy(DATA_PILLAR),
+            )
+        assert c.volume_id != volume_id
+        assert stack.salt(third, "grains.get", "docker_volume").data["data_id"] == volume_id
+        assert psql(c, "select v from marker") == marker
+    finally:
+        for name in DATA_NODES:
+            if name in stack.nodes:
+                stack.destroy_node(name)
+
+
 @pytest.fixture(scope="module")
 def lifecycles(stack, tmp_path_factory):
     """All nodes at once: TCG runs each guest on about one host core, so two nodes in parallel
@@ -419,10 +503,19 @@ def lifecycles(stack, tmp_path_factory):
         except BaseException as error:  # reported by that node's test
             outcome[name] = error
 
+    def run_data():
+        try:
+            data_lifecycle(stack)
+            outcome[DATA_NODES[0]] = None
+        except BaseException as error:  # reported by its test
+            outcome[DATA_NODES[0]] = error
+
     # DOCKERHOSTS_E2E_NODES=e2e-deb13-ov (comma-separated) runs only those nodes.
     wanted = os.environ.get("DOCKERHOSTS_E2E_NODES")
     names = [n for n in NODES if not wanted or n in wanted.split(",")]
     threads = [threading.Thread(target=run, args=(name,), name=name) for name in names]
+    if not wanted or DATA_NODES[0] in wanted.split(","):
+        threads.append(threading.Thread(target=run_data, name=DATA_NODES[0]))
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -435,5 +528,14 @@ def test_node_lifecycle(lifecycles, name):
     if name not in lifecycles:
         pytest.skip("not selected by DOCKERHOSTS_E2E_NODES")
     error = lifecycles[name]
+    if error is not None:
+        raise error
+
+
+def test_data_outlives_its_node(lifecycles):
+    """A PostgreSQL row survives node.replace and destroy + restore from the snapshot."""
+    if DATA_NODES[0] not in lifecycles:
+        pytest.skip("not selected by DOCKERHOSTS_E2E_NODES")
+    error = lifecycles[DATA_NODES[0]]
     if error is not None:
         raise error
