@@ -593,7 +593,9 @@ def freeze(seconds=60, device=None):
     mounts = _volume_filesystems(device)
     for index, mount in enumerate(mounts):
         unit, later = THAW_UNIT.format(index), f"--on-active={int(seconds)}"
-        _run(["systemd-run", f"--unit={unit}", later, "fsfreeze", "--unfreeze", mount], "timer")
+        # AccuracySec: a timer may otherwise fire up to a minute late (systemd's default).
+        timer = [f"--unit={unit}", later, "--timer-property=AccuracySec=1s"]
+        _run(["systemd-run", *timer, "fsfreeze", "--unfreeze", mount], "timer")
         try:
             _run(["fsfreeze", "--freeze", mount], f"freezing {mount}")
         except CommandExecutionError:

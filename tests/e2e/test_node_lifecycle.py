@@ -333,7 +333,9 @@ def check_freeze(stack, deployed):
         node.ssh(f"sleep 1; test -e {probe}-1")
         assert stack.salt(name, "docker_storage.freeze", "5").data == ["/var/lib/docker"]
         node.ssh(started.format(f"{probe}-2"))
-        node.ssh(f"sleep 5; test -e {probe}-2")  # thawed by the timer, nobody called thaw
+        # Thawed by the timer, nobody called thaw (5 s after the freeze; a loaded TCG guest
+        # may take longer to get there).
+        node.ssh(f"timeout 60 sh -c 'until test -e {probe}-2; do sleep 1; done'")
         units = node.ssh("systemctl list-units --all --no-legend 'dockerhosts-thaw*'").stdout
         assert units.strip() == "", units
         node.ssh(f"rm -f {probe}-1 {probe}-2")
