@@ -1329,9 +1329,19 @@ def _snapshot_kept_volumes(client, found):
         if mapping.get("DeviceName") == tag_dict(instance).get(VOLUME_TAG)
         and not mapping.get("Ebs", {}).get("DeleteOnTermination", True)
     ]
-    for i in kept:
-        if i["State"]["Name"] != "stopped" and not _protected(client, i["InstanceId"]):
-            _change_state(client, i, "stop_instances", "stopped")
+    ids = [
+        i["InstanceId"]
+        for i in kept
+        if i["State"]["Name"] != "stopped" and not _protected(client, i["InstanceId"])
+    ]
+    if ids:  # one stop and one wait for the batch
+        _call(client.stop_instances, InstanceIds=ids)
+
+        def all_stopped():
+            found = _describe(client, [_filter("instance-id", ids)], False, raw=True)
+            return all(i["State"]["Name"] == "stopped" for i in found) or None
+
+        _poll(all_stopped, _setting("instance_wait_timeout"), "the data nodes to stop")
     taken = (snapshot_volume(client, i, SNAPSHOTS_KEPT, "before destroy") for i in kept)
     return {snapshot["volume_id"]: snapshot["snapshot_id"] for snapshot in taken}
 

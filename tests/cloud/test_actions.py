@@ -139,7 +139,8 @@ def batch_of_names_flow(ctx):
     flow.cli = cli.via(proxy.url)
     flow.run("destroy", "-d", *names, "-y")
     flow.note("live after", cli.instances(names))
-    flow.note("requests", {a: proxy.count(a) for a in ("TerminateInstances", "DescribeInstances")})
+    actions = ("TerminateInstances", "StopInstances", "DescribeInstances")
+    flow.note("requests", {a: proxy.count(a) for a in actions})
     return flow
 
 
@@ -319,9 +320,11 @@ def test_destroy_of_several_names_is_one_batch(flows):
     assert sorted(destroyed) == [f"batch{i}" for i in range(4)]
     assert steps["live after"] == []
     # One TerminateInstances for all four, and one wait (not one per node): salt-cloud's
-    # own listing, the driver's lookup of the names, the wait.
+    # own listing, the driver's lookup of the names, the wait for the two dataserver nodes to
+    # stop (before their volumes' snapshots), the wait for the termination.
     assert steps["requests"]["TerminateInstances"] == 1
-    assert steps["requests"]["DescribeInstances"] <= 3, steps["requests"]
+    assert steps["requests"]["StopInstances"] == 1
+    assert steps["requests"]["DescribeInstances"] <= 4, steps["requests"]
 
 
 def test_destroy_of_a_map_in_parallel_is_one_batch(flows):
