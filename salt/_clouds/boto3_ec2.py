@@ -381,16 +381,25 @@ def attach_docker_volume(client, instance, kwargs):
     volume_id, device = str(kwargs.get("volume_id")), tag_dict(instance).get(VOLUME_TAG)
     _released(client, volume_id)
     _volume_to_attach(client, {"docker_volume_id": volume_id, "class": tag_dict(instance)["class"]})
-    iid, name = instance["InstanceId"], node_name(instance)
-    _call(client.attach_volume, VolumeId=volume_id, InstanceId=iid, Device=device)
+    name = node_name(instance)
+    _attach(client, volume_id, instance["InstanceId"], device, _setting("instance_wait_timeout"))
     _call(client.create_tags, Resources=[volume_id], Tags=[_tag("Name", name), _tag("node", name)])
+    return {"volume_id": volume_id, "device_name": device, "state": "attached"}
+
+
+def _attach(client, volume_id, iid, device, timeout):
+    """AttachVolume, then the instance once EC2 shows the volume attached as ``device``."""
+    _call(client.attach_volume, VolumeId=volume_id, InstanceId=iid, Device=device)
 
     def attached():
         found = _describe(client, [_filter("instance-id", [iid])], raw=True)
-        return docker_volume_mapping_of(found[0])["Ebs"].get("Status") == "attached" or None
+        mappings = [m for i in found for m in i.get("BlockDeviceMappings", []) if "Ebs" in m]
+        done = any(
+            m["DeviceName"] == device and m["Ebs"].get("Status") == "attached" for m in mappings
+        )
+        return found[0] if done else None
 
-    _poll(attached, _setting("instance_wait_timeout"), f"{volume_id} to attach to {iid}")
-    return {"volume_id": volume_id, "device_name": device, "state": "attached"}
+    return _poll(attached, timeout, f"{volume_id} to attach to {iid}")
 
 
 def snapshot_volume(client, instance, keep, why):
@@ -1080,22 +1089,9 @@ def _attach_docker_volume(client, node):
     """A node that takes over a Docker volume (`docker_volume_id`): attached as the profile's
     would be, before the deploy."""
     device, volume_id = _docker_device(node.settings), node.settings["docker_volume_id"]
-    iid, instance_filter = node.instance_id, [_filter("instance-id", [node.instance_id])]
-
-    def attached():
-        found = _describe(client, instance_filter, raw=True)
-        mappings = [m for i in found for m in i.get("BlockDeviceMappings", []) if "Ebs" in m]
-        return (
-            found[0]
-            if any(
-                m["DeviceName"] == device and m["Ebs"].get("Status") == "attached" for m in mappings
-            )
-            else None
-        )
-
     try:
-        _call(client.attach_volume, VolumeId=volume_id, InstanceId=iid, Device=device)
-        node.instance = _poll(attached, node.settings["instance_wait_timeout"], f"{volume_id}")
+        timeout = node.settings["instance_wait_timeout"]
+        node.instance = _attach(client, volume_id, node.instance_id, device, timeout)
     except (SaltCloudSystemExit, _StillUnreachable) as exc:
         node.error = f"attaching {volume_id}: {exc}"
 

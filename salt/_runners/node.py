@@ -719,10 +719,9 @@ def _bring_up(client, new, profile, volume, wait):
     if volume and data_ids != [volume["data_id"]]:
         raise _StepFailed(f"{new} holds data {data_ids}, not {volume['data_id']}")
     local = salt.client.LocalClient(mopts=__opts__)
-    checked = _run_job(local, new, "docker_containers.unhealthy", [wait], timeout=wait + 60)
-    if not checked or checked["retcode"] or checked["ret"]:
-        found = (checked or {}).get("ret", "the minion did not answer")
-        raise _StepFailed(f"containers of {new}: {found}")
+    checked = _minion_call(local, new, "docker_containers.unhealthy", wait, timeout=wait + 60)
+    if checked["retcode"] or checked["ret"]:
+        raise _StepFailed(f"containers of {new}: {checked['ret']}")
     return converged
 
 
