@@ -170,6 +170,19 @@ def purge_volume(kwargs=None, call=None):
     raise SaltCloudSystemExit(f"{volume_id} {problem}: not deleting it")
 
 
+def landing_zone(kwargs=None, call=None):
+    """-f landing_zone aws profile=NAME: the zone a node of the profile launches in (its
+    availability_zone, else its subnet's), or None where EC2 chooses (node.replace asks)."""
+    _require("landing_zone", call, "function")
+    vm_ = _vm_config(str((kwargs or {}).get("profile")), "landing-zone", {})
+    zone, subnet = vm_.get("availability_zone"), vm_.get("subnetid")
+    if zone or not subnet:
+        return zone
+    client, what = _client(_connection(vm_["provider"].split(":")[0])), f"'subnetid' {subnet}"
+    [found] = _call(client.describe_subnets, what, SubnetIds=[subnet])["Subnets"]
+    return found["AvailabilityZone"]
+
+
 def list_nodes(call=None):
     """Live instances by Name tag: salt-cloud -Q."""
     return _nodes(call, node_summary)
@@ -924,13 +937,25 @@ def _check_image(client, s):
         raise SaltCloudSystemExit(f"{what}: no such AMI available in this region")
     if ebs.get("SnapshotId") and not s["docker_volume_id"]:
         what = f"'docker_volume.Ebs.SnapshotId' {ebs['SnapshotId']}"
-        found = _call(client.describe_snapshots, what, SnapshotIds=[ebs["SnapshotId"]])
-        size = found["Snapshots"][0]["VolumeSize"]
+        size = _completed(client, what, ebs["SnapshotId"], s["instance_wait_timeout"])["VolumeSize"]
         if ebs.get("VolumeSize", size) < size:
             raise SaltCloudConfigError(
                 f"'docker_volume.Ebs.VolumeSize' {ebs['VolumeSize']} is "
                 f"smaller than {what} ({size} GiB)"
             )
+
+
+def _completed(client, what, snapshot_id, timeout):
+    """The snapshot once EC2 has completed it (EC2 restores only a completed one; node.replace
+    restores one it has just taken)."""
+
+    def completed():
+        found = _call(client.describe_snapshots, what, SnapshotIds=[snapshot_id])["Snapshots"][0]
+        if found.get("State") == "error":
+            raise SaltCloudSystemExit(f"{what} failed in EC2: {found.get('StateMessage')}")
+        return found if found.get("State", "completed") == "completed" else None
+
+    return _poll(completed, timeout, f"{what} to complete")
 
 
 def _launch_all(nodes):
@@ -1318,12 +1343,7 @@ def _snapshot_kept_volumes(client, found):
     cleanly, its filesystems unmounted; one with termination protection is not stopped, it
     stays). A failed stop or snapshot stops the destroy."""
     kept = [
-        instance
-        for instances in found.values()
-        for instance in instances
-        for mapping in instance.get("BlockDeviceMappings", [])
-        if mapping.get("DeviceName") == tag_dict(instance).get(VOLUME_TAG)
-        and not mapping.get("Ebs", {}).get("DeleteOnTermination", True)
+        instance for instances in found.values() for instance in instances if keeps_data(instance)
     ]
     ids = [
         i["InstanceId"]
@@ -1979,6 +1999,17 @@ def protected_instance_id(exc, candidates):
     return next((i for i in found if i in candidates), None)
 
 
+def keeps_data(instance):
+    """Whether the instance's Docker volume outlives it (a data class's: DeleteOnTermination
+    false), the one test of it (destroy's snapshot; node.replace and node.snapshot_data read it
+    from list_nodes_full)."""
+    device = tag_dict(instance).get(VOLUME_TAG)
+    return any(
+        m.get("DeviceName") == device and m.get("Ebs", {}).get("DeleteOnTermination") is False
+        for m in instance.get("BlockDeviceMappings", [])
+    )
+
+
 def docker_volume_mapping_of(instance):
     """The instance's Docker volume mapping: the device its docker_volume tag names."""
     tags, iid = tag_dict(instance), instance["InstanceId"]
@@ -2068,6 +2099,7 @@ def node_details(instance, volumes_by_id):
         "lifecycle": instance.get("InstanceLifecycle", "on-demand"),
         "metadata_options": options,
         "launch_time": launched.isoformat() if launched else None,
+        "keeps_data": keeps_data(instance),
         "volumes": {
             m["DeviceName"]: volume_summary(volumes_by_id.get(m["Ebs"]["VolumeId"], {}), m)
             for m in instance.get("BlockDeviceMappings", [])

@@ -518,6 +518,15 @@ def _act(client, action, name, **kwargs):
     raise errors[0]
 
 
+def _function(client, function, **kwargs):
+    """Driver function ``function`` (salt-cloud -f) of the first provider, in this process."""
+    return next(_driver_calls(client, function))(kwargs, call="function")
+
+
+def _purge_command(client):
+    return f"salt-cloud -f purge_volume {next(iter(client.opts['providers']))} volume_id="
+
+
 def live_nodes(client=None):
     """{name: details} of every live node of every configured provider (list_nodes_full).
     Raises when a provider's driver cannot be asked: never read as "no nodes"."""
@@ -525,12 +534,6 @@ def live_nodes(client=None):
     for list_nodes_full in _driver_calls(client or _cloud_client(), "list_nodes_full"):
         nodes.update(list_nodes_full())
     return nodes
-
-
-def _keeps_data(node):
-    """Whether a live node's Docker volume outlives it (a data class's)."""
-    volume = (node.get("volumes") or {}).get((node.get("tags") or {}).get("docker_volume"))
-    return volume is not None and volume.get("delete_on_termination") is False
 
 
 def snapshot_data(keep=7, min_age_hours=0):
@@ -556,7 +559,7 @@ def snapshot_data(keep=7, min_age_hours=0):
     except Exception as error:  # one line, not a traceback
         return _fail(f"node.snapshot_data: cannot ask EC2 ({error}); nothing was snapshotted")
     since = time.time() - float(min_age_hours) * 3600
-    data = [name for name, node in sorted(live.items()) if _keeps_data(node)]
+    data = [name for name, node in sorted(live.items()) if node.get("keeps_data")]
     due = [n for n in data if ((_nodes("get", n) or {}).get("snapshot_time") or 0) <= since]
     taken, failed, local = {}, {}, salt.client.LocalClient(mopts=__opts__)
     for name in due:
@@ -703,9 +706,12 @@ def _move_volume(client, name, moved):
 
 
 def _bring_up(client, new, profile, volume, wait):
-    """The new node created (on the old one's volume, if any), converged, on the same data,
-    its containers healthy: its record."""
+    """The new node created (on the old one's volume, or on a volume restored from its
+    snapshot in another zone), converged, on the same data, its containers healthy: its
+    record."""
     overrides = {new: {"docker_volume_id": volume["volume_id"]}} if volume else {}
+    if volume and volume.get("restore"):  # merged into the profile's docker_volume
+        overrides = {new: {"docker_volume": {"Ebs": {"SnapshotId": volume["snapshot_id"]}}}}
     created = _step(f"creating {new}", client.profile, profile, [new], vm_overrides=overrides)
     error = (created.get(new) or {}).get("Error") if isinstance(created, dict) else created
     if error or new not in created:
@@ -733,7 +739,7 @@ def _put_back(client, name, new, moved):
             if moved.get("volume_id"):  # off first: the destroy would snapshot it as the new's
                 with contextlib.suppress(Exception):
                     _act(client, "stop", new)
-                    _act(client, "detach_docker_volume", new)
+                    moved["restored"] = _act(client, "detach_docker_volume", new)["volume_id"]
             client.destroy([new])
     volume = {"volume_id": moved.get("volume_id")}
     steps = [
@@ -778,9 +784,7 @@ def replace(name, new=None, profile=None, wait=300):
         live = live_nodes(client)
     except Exception as error:  # one line, not a traceback
         return _fail(f"node.replace {name}: cannot ask EC2 ({error}); nothing was changed")
-    pki = __opts__["pki_dir"]
-    keys = [*os.listdir(f"{pki}/minions"), *os.listdir(f"{pki}/minions_pre")]
-    taken = {*live, *_nodes("names"), *keys}
+    taken = _taken(live)
     new = new or _replacement_name(name, taken)
     profile = profile or record.get("profile") or record.get("class")
     profiles = client.opts.get("profiles") or {}
@@ -789,16 +793,24 @@ def replace(name, new=None, profile=None, wait=300):
     )
     if problem:
         return _fail(f"node.replace {name}: {problem}; nothing was changed")
+    old_zone, purge = live[name].get("availability_zone"), _purge_command(client)
+    try:  # a profile landing in another zone than the volume: restore its snapshot there
+        zone = live[name].get("keeps_data") and _function(client, "landing_zone", profile=profile)
+    except Exception as error:  # one line, not a traceback
+        return _fail(f"node.replace {name}: profile {profile!r}: {error}; nothing was changed")
     moved, volume, started = {}, None, time.monotonic()
     try:
-        if _keeps_data(live[name]):
+        if live[name].get("keeps_data"):
             _move_volume(client, name, moved)
             data_id = ((record.get("data_volumes") or [{}])[0]).get("data_id")
             volume = {"volume_id": moved["volume_id"], "data_id": data_id or moved["volume_id"]}
+            volume.update(snapshot_id=moved["snapshot_id"], restore=zone not in (None, old_zone))
         converged = _bring_up(client, new, profile, volume, float(wait))
     except _StepFailed as failure:
         left = _put_back(client, name, new, moved)
         outcome = f"NOT put back: {left}" if left else f"{new} destroyed, {name} serves again"
+        if moved.get("restored"):
+            outcome += f"; {new}'s restored volume is left: {purge}{moved['restored']}"
         snapshot_id = moved.get("snapshot_id")
         return _fail(f"node.replace {name}: {failure}; {outcome}", snapshot_id=snapshot_id)
     result = {
@@ -810,6 +822,8 @@ def replace(name, new=None, profile=None, wait=300):
         "data_volumes": converged.get("data_volumes"),
         "seconds": round(time.monotonic() - started, 1),
     }
+    if volume and volume["restore"]:  # the old volume stays where it was, detached
+        result["left"] = f"{moved['volume_id']} in {old_zone}: {purge}{moved['volume_id']}"
     try:
         client.destroy([name])
         left = name in live_nodes(client) and "it is still live"
@@ -821,29 +835,37 @@ def replace(name, new=None, profile=None, wait=300):
     return _returning(result, ok=True)
 
 
-def replace_class(node_class, profile=None, wait=300):
+def replace_plan(node_class, batch=1):
     """
-    ``replace`` for each live node of ``node_class``, one at a time, oldest first (what
-    ``salt/orch/replace.sls`` runs). Stops at the first node that could not be replaced (it
-    keeps serving), naming the nodes replaced and those left.
+    What ``salt/orch/replace.sls`` runs: the live nodes of ``node_class``, oldest first, each
+    with its replacement's name, in groups of ``batch`` nodes that are replaced at the same
+    time (the orchestration starts a group once the one before it is replaced whole). Refused,
+    before anything changes, for an unknown class, a bad batch or when EC2 cannot be asked.
 
-    CLI Example: ``salt-run node.replace_class dataserver``
+    CLI Example: ``salt-run node.replace_plan dataserver batch=2``
     """
     problem = _nodes("class_problem", node_class)
+    if not problem and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        problem = f"batch: {batch!r} is not a whole number of nodes (1 or more)"
     if problem:
-        return _fail(f"node.replace_class: {problem}; nothing was changed")
+        return _fail(f"orch.replace: {problem}; nothing was changed")
     try:
-        members = plan(live_nodes(), node_class, 0, node_class)["live"]
+        live = live_nodes()
     except Exception as error:  # one line, not a traceback
-        return _fail(f"node.replace_class {node_class}: cannot ask EC2 ({error}); nothing changed")
-    replaced = {}
-    for index, name in enumerate(members):
-        ret = replace(name, profile=profile, wait=wait)
-        if ret["retcode"]:
-            left = ", ".join(members[index:])
-            return _fail(f"{ret['comment']}; replaced {replaced or 'none'}, left {left}")
-        replaced[name] = ret["by"]
-    return _returning({"result": True, "replaced": replaced}, ok=True)
+        return _fail(f"orch.replace {node_class}: cannot ask EC2 ({error}); nothing was changed")
+    nodes, taken = [], _taken(live)
+    for name in plan(live, node_class, 0, node_class)["live"]:
+        nodes.append({"name": name, "new": _replacement_name(name, taken)})
+        taken.add(nodes[-1]["new"])
+    groups = [nodes[first : first + batch] for first in range(0, len(nodes), batch)]
+    return _returning({"result": True, "class": node_class, "groups": groups}, ok=True)
+
+
+def _taken(live):
+    """Names a new node may not take: live instances, records, keys (accepted or pending)."""
+    pki = __opts__["pki_dir"]
+    keys = [*os.listdir(f"{pki}/minions"), *os.listdir(f"{pki}/minions_pre")]
+    return {*live, *_nodes("names"), *keys}
 
 
 # --- class size ------------------------------------------------------------------------------

@@ -23,12 +23,15 @@ from tools import checkout_master, ec2_endpoint, sshd
 
 TIER_DIR = Path(__file__).resolve().parent
 DEPLOY_SUBNET_CIDR = "127.0.30.0/28"
-# moto hands out a /28 from .4 (AWS reserves the first four and the last; sshd listens on
-# at most 16 addresses).
-DEPLOY_ADDRESSES = [f"127.0.30.{host}" for host in range(4, 15)]
+# A subnet in another zone, for a replace that restores a snapshot there.
+OTHER_ZONE_SUBNET_CIDR = "127.0.30.16/28"
+# moto hands out a /28's addresses from its fourth (AWS reserves the first four and the last);
+# sshd listens on at most 16 addresses: 11 here, 5 in the other zone.
+DEPLOY_ADDRESSES = [f"127.0.30.{host}" for host in [*range(4, 15), *range(20, 25)]]
 PROFILE = "test-backends"
 WORKERS_PROFILE = "test-workers"
 DATA_PROFILE = "test-dataserver"
+OTHER_ZONE_DATA_PROFILE = "test-dataserver-other-zone"
 # Nodes whose name starts with this get a pillar whose highstate fails (daemon.json in /proc).
 BROKEN_PREFIX = "broken"
 
@@ -97,9 +100,14 @@ def endpoint(clone, client_key):
     local = ec2_endpoint.start(clone, public_key=client_key[1].read_text())
     try:
         zone = ec2_endpoint.provider_names(clone)["zone"]
-        local.ids["deploy_subnet"] = local.client("ec2").create_subnet(
-            VpcId=local.ids["loopback_vpc"], CidrBlock=DEPLOY_SUBNET_CIDR, AvailabilityZone=zone
-        )["Subnet"]["SubnetId"]
+        other_zone = local.ids["other_zone"] = zone[:-1] + ("b" if zone[-1] != "b" else "c")
+        for key, cidr, in_zone in (
+            ("deploy_subnet", DEPLOY_SUBNET_CIDR, zone),
+            ("other_zone_subnet", OTHER_ZONE_SUBNET_CIDR, other_zone),
+        ):
+            local.ids[key] = local.client("ec2").create_subnet(
+                VpcId=local.ids["loopback_vpc"], CidrBlock=cidr, AvailabilityZone=in_zone
+            )["Subnet"]["SubnetId"]
         yield local
     finally:
         local.stop()
@@ -136,6 +144,11 @@ def test_profile(clone, endpoint, ssh_server, client_key, work_dir):
             "extends": PROFILE,
             "class": "dataserver",
             "docker_volume": {"Ebs": {"DeleteOnTermination": False}},
+        },
+        OTHER_ZONE_DATA_PROFILE: {
+            "extends": DATA_PROFILE,
+            "subnetid": endpoint.ids["other_zone_subnet"],
+            "availability_zone": endpoint.ids["other_zone"],
         },
     }
     (clone / "cloud.profiles.d" / "zz-test.conf").write_text(yaml.safe_dump(profile))

@@ -453,6 +453,34 @@ def test_a_reclassified_member_is_reported_not_removed(swarm):
     assert node_table(swarm)["sw2"] == ("Ready", "Active", "")
 
 
+def test_a_member_replaced_as_node_replace_does_keeps_services_at_full_replicas(swarm):
+    """node.replace of a swarm class, in the order the master runs it: the new node (sw3
+    here) is admitted by its converge (swarm.admit) before the old one (sw2) is destroyed
+    (salt-cloud -d runs node.before_destroy: drained, left, removed). Every service is at
+    full replicas at each step, and no task stays on the old node."""
+    assert (
+        runner_data(swarm.runner("swarm.remove_node", "sw3"))["result"] is True
+    )  # not yet created
+    full = {"edge": [("sw1", "app:1"), ("sw2", "app:1")], "web": 3}
+    assert swarm.tasks("edge") == full["edge"] and len(swarm.tasks("web")) == full["web"]
+    swarm.registry.set("sw3", CLASS)
+    admitted = runner_data(swarm.runner("swarm.admit", "sw3"))
+    assert admitted["result"] is True and set(admitted["changes"]["workers"]) == {"sw3"}
+    assert len(swarm.tasks("edge")) == 3 and len(swarm.tasks("web")) == 3
+    started = time.monotonic()
+    ret = swarm.runner("node.before_destroy", "sw2")
+    TIMINGS["the replaced node drained and removed"] = time.monotonic() - started
+    assert ret.returncode == 0 and runner_data(ret)["result"] is True, ret.stdout
+    assert set(node_table(swarm)) == {"sw1", "sw3"}
+    assert swarm.engines["sw2"].swarm_state() == "inactive"
+    assert swarm.tasks("edge") == [("sw1", "app:1"), ("sw3", "app:1")]
+    web = swarm.tasks("web")
+    assert len(web) == 3 and "sw2" not in {node for node, _ in web}, web
+    # sw2 back as a member, for the tests after this one.
+    swarm.registry.set("sw2", CLASS)
+    assert runner_data(swarm.runner("swarm.admit", "sw2"))["result"] is True
+
+
 # --- more managers, fewer services -------------------------------------------------------------
 
 

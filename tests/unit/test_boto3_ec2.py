@@ -249,6 +249,27 @@ def test_snapshots_of_one_second_are_pruned_oldest_first_by_the_records_order(mo
     assert client.deleted == result["pruned"] == ["snap-c", "snap-a"]
 
 
+class SnapshotInProgress:
+    """describe_snapshots of a snapshot EC2 is still taking: pending twice, then ``last``."""
+
+    def __init__(self, last):
+        self.states = ["pending", "pending", last]
+
+    def describe_snapshots(self, SnapshotIds):
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        return {"Snapshots": [{"SnapshotId": SnapshotIds[0], "State": state, "VolumeSize": 8}]}
+
+
+def test_a_restore_waits_for_its_snapshot_to_complete(monkeypatch):
+    monkeypatch.setattr(ec2, "POLL_DELAYS", (0.01,))
+    found = ec2._completed(SnapshotInProgress("completed"), "snap", "snap-1", timeout=5)
+    assert (found["State"], found["VolumeSize"]) == ("completed", 8)
+    with pytest.raises(SaltCloudSystemExit, match="snap failed in EC2"):
+        ec2._completed(SnapshotInProgress("error"), "snap", "snap-1", timeout=5)
+    with pytest.raises(SaltCloudSystemExit, match="gave up waiting for snap to complete"):
+        ec2._completed(SnapshotInProgress("pending"), "snap", "snap-1", timeout=0.05)
+
+
 def test_ssh_address_by_interface():
     assert ec2.ssh_address(INSTANCE, "private_ips") == "10.0.0.5"
     assert ec2.ssh_address(INSTANCE, "public_ips") == "54.1.2.3"
@@ -274,6 +295,8 @@ def test_node_summary_and_details():
     assert details["lifecycle"] == "on-demand"
     assert details["volumes"]["/dev/sdb"]["size"] == 50
     assert details["volumes"]["/dev/sdb"]["delete_on_termination"] is False
+    assert details["keeps_data"] is True  # its docker_volume tag names /dev/sdb
+    assert ec2.keeps_data({**INSTANCE, "Tags": []}) is False
     assert ec2.node_name({"InstanceId": "i-9"}) == "i-9"
 
 
