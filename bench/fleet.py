@@ -71,6 +71,10 @@ def measure(size, masters):
         groups=max(1, size // 25),
         reverse_order=reverse,
         start_timeout=10 * size,  # 100 minions authenticating on 2 cores take minutes
+        # The CLI asks the minions that have not returned yet whether they still run the job;
+        # on a loaded machine a busy minion answers later than the default 10 s and would be
+        # dropped from the output although it converges.
+        master_extra={"gather_job_timeout": 120},
     ) as fleet_:
         plan = {"m1": [n for n in names if n not in reverse], "m2": list(reverse)}
         plan = {master: minions for master, minions in plan.items() if minions}

@@ -1269,6 +1269,8 @@ def _terminate_launched(nodes, quick):
             terminate = functools.partial(client.terminate_instances, InstanceIds=list(ids))
             _poll(terminate, timeout, "EC2 to terminate", not_found_is_pending=True)
         outcome.update({name: f"instance {i} was terminated" for i, name in ids.items()})
+        for node in [n for n in nodes if n.instance and n.instance_id in ids]:
+            outcome[node.name] += _kept_volume_left(client, node)
     except (_StillUnreachable, SaltCloudSystemExit) as exc:
         outcome.update(
             {
@@ -1278,6 +1280,19 @@ def _terminate_launched(nodes, quick):
             }
         )
     return outcome
+
+
+def _kept_volume_left(client, node):
+    """A new Docker volume that outlives its instance (a data class's) stays after a failed
+    create: tagged so that purge_volume takes it, and named with that command."""
+    if node.settings["docker_volume_id"] or not keeps_data(node.instance):
+        return ""  # no volume, or one taken over: the data, back to its owner
+    volume_id = docker_volume_mapping_of(node.instance)["Ebs"]["VolumeId"]
+    tags = [_tag("node", node.name), _tag("role", VOLUME_TAG)]
+    with contextlib.suppress(*AWS_ERRORS, SaltCloudSystemExit):
+        _call(client.create_tags, Resources=[volume_id], Tags=tags)
+    purge = f"salt-cloud -f purge_volume {_alias()} volume_id={volume_id}"
+    return f"; its Docker volume {volume_id} outlives it (DeleteOnTermination: false): {purge}"
 
 
 def _reason(exc):

@@ -133,6 +133,12 @@ def _test_profiles(endpoint, client_key, sshd_port, tmp_dir):
             "private_key": str(client_key),
             "ssh_interface": "public_ips",
         },
+        # The same for a class whose Docker volume outlives its instance.
+        "test-data-fails-after-launch": {
+            "extends": "dataserver",
+            "private_key": str(client_key),
+            "ssh_interface": "public_ips",
+        },
         # The same, giving up its clean-up after 3 s.
         "test-fails-after-launch-quick": {
             "extends": "backends",

@@ -258,3 +258,20 @@ def test_purge_deletes_the_kept_volume(kept):
     }
     found = cli.ec2().describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume_id]}])
     assert found["Volumes"] == []
+
+
+def test_a_failed_create_names_the_volume_it_leaves(fault_cloud):
+    """A dataserver create that fails after launch: the instance is terminated; its new
+    Docker volume outlives it, tagged, and the error names it with the command that deletes
+    it, which works as written."""
+    result = fault_cloud.run("-p", "test-data-fails-after-launch", "vol9", "--out=json")
+    assert result.returncode != 0, output(result)
+    line = next(x for x in output(result).splitlines() if "outlives it" in x)
+    command = line.split("(DeleteOnTermination: false): ")[1].split()
+    volume_id = command[-1].split("=")[1].strip("\"',")
+    found = fault_cloud.volume(volume_id)
+    assert found["State"] == "available"
+    assert (tags_of(found)["node"], tags_of(found)["role"]) == ("vol9", "docker_volume")
+    assert fault_cloud.instances("vol9") == []  # terminated
+    purged = fault_cloud.run(*command[1:4], f"volume_id={volume_id}")
+    assert purged.returncode == 0, output(purged)

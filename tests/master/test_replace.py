@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.master.conftest import BROKEN_PREFIX, DATA_PROFILE, OTHER_ZONE_DATA_PROFILE
-from tests.master.test_one_command import destroy, node_record, wait_converged
+from tests.master.test_one_command import node_record, wait_converged
 from tools.checkout_master import HostMinion
 
 OLD = "db-1"
@@ -42,6 +42,12 @@ def orchestrate(checkout, pillar):
     except (ValueError, KeyError):
         return result, {}
     return result, {key.split("_|-")[1]: state for key, state in ran.items()}
+
+
+def gone_with_its_instance(checkout, name):
+    """The minion of a terminated node stops (here a process on this host), before a later
+    node may take its name and its directory."""
+    HostMinion(checkout.nodes, name).stop()
 
 
 def instances(checkout, name):
@@ -84,12 +90,18 @@ def data_node(checkout):
     assert result.returncode == 0, result.stdout[-3000:]
     record = waited[OLD]
     yield record, record["data_volumes"][0]["volume_id"]
-    for name in (
-        OLD,
-        *(f"db-{n}" for n in range(2, 6)),
-        *(f"{BROKEN_PREFIX}-db{s}" for s in ("", "-b")),
-    ):
-        destroy(checkout, name)
+    # Every dataserver node still live, in one batch; then each one's minion on this host.
+    found = checkout.ec2.describe_instances(
+        Filters=[
+            {"Name": "tag:class", "Values": ["dataserver"]},
+            {"Name": "instance-state-name", "Values": ["pending", "running", "stopped"]},
+        ]
+    )
+    live = sorted({tags(i)["Name"] for r in found["Reservations"] for i in r["Instances"]})
+    if live:
+        checkout.master.run("salt-cloud", "--out=json", "-y", "-d", *live, timeout=300)
+    broken = (f"{BROKEN_PREFIX}-db", f"{BROKEN_PREFIX}-db-b")
+    for name in {*live, OLD, *(f"db-{n}" for n in range(2, 6)), *broken}:
         HostMinion(checkout.nodes, name).stop()
     for found in checkout.ec2.describe_volumes(
         Filters=[{"Name": "tag:class", "Values": ["dataserver"]}]
@@ -160,6 +172,7 @@ def test_orch_replace_moves_the_data_volume_to_a_new_node(checkout, data_node):
     # EC2: the old instance terminated, the new one running with the volume as its Docker
     # volume, the volume's tags naming it; a snapshot taken before the move.
     assert instances(checkout, OLD) == {record["instance_id"]: "terminated"}
+    gone_with_its_instance(checkout, OLD)
     [(new_id, state)] = instances(checkout, new).items()
     assert state == "running" and attached_to(checkout, volume_id) == [new_id]
     assert tags(volume(checkout, volume_id))["node"] == new
@@ -225,6 +238,7 @@ def test_a_profile_in_another_zone_restores_the_snapshot_there(checkout, data_no
     assert new_record["data_volumes"][0]["data_id"] == record["data_volumes"][0]["data_id"]
     # The old node terminated and forgotten; its volume kept, detached, in its zone.
     assert instances(checkout, "db-2") == {record["instance_id"]: "terminated"}
+    gone_with_its_instance(checkout, "db-2")
     assert node_record(checkout, "db-2") is None
     kept = volume(checkout, volume_id)
     assert (kept["State"], kept["AvailabilityZone"], tags(kept)["node"]) == (
@@ -270,6 +284,7 @@ def test_orch_replace_a_batch_replaces_its_nodes_at_the_same_time(checkout, data
             == (record["data_volumes"][0]["data_id"])
         )
         assert instances(checkout, name)[record["instance_id"]] == "terminated"
+        gone_with_its_instance(checkout, name)
 
 
 def seconds(clock):
