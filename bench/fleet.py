@@ -5,9 +5,11 @@ every master in its own network namespace with the shared store (redis-server) a
 docs/multimaster.md sets them up. For each size and topology: the wall time of the first
 converge of every minion (``salt -L <its minions> state.apply``, one command per master, run
 at once), the masters' CPU seconds per node (every process of each master's process group,
-from /proc), their resident memory after the converge, and the load average. Then the growth
-10 -> 100 of wall time and of CPU per node (linear or better: wall time ratio <= 10, CPU per
-node ratio <= 1).
+from /proc), their resident memory after the converge, the minions' CPU seconds per node, the
+"CPU floor" (masters' and minions' CPU seconds over the cores: the least wall time that work
+allows here, where minions and masters share the cores), and the load average. Then the
+growth 10 -> 100 of wall time and of CPU per node (linear or better: wall time ratio <= 10,
+CPU per node ratio <= 1).
 
     unshare --net sh -c 'ip link set lo up; exec .venv/bin/python -m bench.fleet'
 
@@ -26,9 +28,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def group_usage(pgid):
-    """(CPU seconds, resident bytes) of every live process in process group ``pgid``."""
-    cpu = rss = 0
+def group_usage(pgids):
+    """{pgid: (CPU seconds, resident bytes)} of every live process in each process group."""
+    usage = dict.fromkeys(pgids, (0.0, 0))
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -37,10 +39,11 @@ def group_usage(pgid):
                 fields = handle.read().rpartition(")")[2].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid:
-            cpu += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / TICKS
-            rss += int(fields[21]) * PAGE
-    return cpu, rss
+        if int(fields[2]) in usage:
+            cpu, rss = usage[int(fields[2])]
+            ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+            usage[int(fields[2])] = (cpu + ticks / TICKS, rss + int(fields[21]) * PAGE)
+    return usage
 
 
 def converge(fleet_, master, minions):
@@ -79,31 +82,40 @@ def measure(size, masters):
         plan = {"m1": [n for n in names if n not in reverse], "m2": list(reverse)}
         plan = {master: minions for master, minions in plan.items() if minions}
         pgids = {name: daemon.process.pid for name, daemon in fleet_.masters.items()}
-        before = {name: group_usage(pgid)[0] for name, pgid in pgids.items()}
+        minions = [daemon.process.pid for daemon in fleet_.minions.values()]
+        before = group_usage([*pgids.values(), *minions])
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=len(plan)) as pool:
             list(pool.map(lambda item: converge(fleet_, *item), plan.items()))
         wall = time.monotonic() - started
-        usage = {name: group_usage(pgid) for name, pgid in pgids.items()}
-        cpu = sum(usage[name][0] - before[name] for name in plan)
-        rss = sum(usage[name][1] for name in plan)
+        after = group_usage([*pgids.values(), *minions])
+        cpu = sum(after[pgids[name]][0] - before[pgids[name]][0] for name in plan)
+        rss = sum(after[pgids[name]][1] for name in plan)
+        minion_cpu = sum(after[pgid][0] - before[pgid][0] for pgid in minions)
     return {
         "minions": size,
         "masters": masters,
         "wall": wall,
         "cpu_per_node": cpu / size,
+        "minion_cpu_per_node": minion_cpu / size,
+        # The least wall time the CPU work allows on this machine's cores.
+        "cpu_floor": (cpu + minion_cpu) / os.cpu_count(),
         "rss_mib": rss / 2**20,
         "load": os.getloadavg(),
     }
 
 
 def report(rows):
-    print(f"{'minions':>8}{'masters':>9}{'wall s':>9}{'CPU s/node':>12}{'RSS MiB':>9}  load avg")
+    print(
+        f"{'minions':>8}{'masters':>9}{'wall s':>9}{'CPU floor s':>13}{'master CPU s/node':>19}"
+        f"{'minion CPU s/node':>19}{'RSS MiB':>9}  load avg"
+    )
     for row in rows:
         load = " ".join(f"{value:.2f}" for value in row["load"])
         print(
-            f"{row['minions']:>8}{row['masters']:>9}{row['wall']:>9.1f}"
-            f"{row['cpu_per_node']:>12.3f}{row['rss_mib']:>9.0f}  {load}"
+            f"{row['minions']:>8}{row['masters']:>9}{row['wall']:>9.1f}{row['cpu_floor']:>13.1f}"
+            f"{row['cpu_per_node']:>19.3f}{row['minion_cpu_per_node']:>19.3f}"
+            f"{row['rss_mib']:>9.0f}  {load}"
         )
     by = {(row["minions"], row["masters"]): row for row in rows}
     small, large = min(r["minions"] for r in rows), max(r["minions"] for r in rows)
