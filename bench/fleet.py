@@ -74,11 +74,14 @@ def measure(size, masters):
         groups=max(1, size // 25),
         reverse_order=reverse,
         start_timeout=10 * size,  # 100 minions authenticating on 2 cores take minutes
+    ) as fleet_:
         # The CLI asks the minions that have not returned yet whether they still run the job;
         # on a loaded machine a busy minion answers later than the default 10 s and would be
-        # dropped from the output although it converges.
-        master_extra={"gather_job_timeout": 120},
-    ) as fleet_:
+        # dropped from the output although it converges. The CLI reads this from the master's
+        # file (set once the fleet is up: the start's short pings must not wait for it).
+        for daemon in fleet_.masters.values():
+            with open(daemon.config_dir / "master", "a", encoding="utf-8") as config:
+                config.write("gather_job_timeout: 120\n")
         plan = {"m1": [n for n in names if n not in reverse], "m2": list(reverse)}
         plan = {master: minions for master, minions in plan.items() if minions}
         pgids = {name: daemon.process.pid for name, daemon in fleet_.masters.items()}
