@@ -709,9 +709,11 @@ def _bring_up(client, new, profile, volume, wait):
     """The new node created (on the old one's volume, or on a volume restored from its
     snapshot in another zone), converged, on the same data, its containers healthy: its
     record."""
-    overrides = {new: {"docker_volume_id": volume["volume_id"]}} if volume else {}
-    if volume and volume.get("restore"):  # merged into the profile's docker_volume
+    overrides = {}
+    if volume and volume["restore"]:  # merged into the profile's docker_volume
         overrides = {new: {"docker_volume": {"Ebs": {"SnapshotId": volume["snapshot_id"]}}}}
+    elif volume:
+        overrides = {new: {"docker_volume_id": volume["volume_id"]}}
     created = _step(f"creating {new}", client.profile, profile, [new], vm_overrides=overrides)
     error = (created.get(new) or {}).get("Error") if isinstance(created, dict) else created
     if error or new not in created:
@@ -739,7 +741,9 @@ def _put_back(client, name, new, moved):
             if moved.get("volume_id"):  # off first: the destroy would snapshot it as the new's
                 with contextlib.suppress(Exception):
                     _act(client, "stop", new)
-                    moved["restored"] = _act(client, "detach_docker_volume", new)["volume_id"]
+                    detached = _act(client, "detach_docker_volume", new)["volume_id"]
+                    if detached != moved["volume_id"]:  # a copy restored for it, not the data
+                        moved["restored"] = detached
             client.destroy([new])
     volume = {"volume_id": moved.get("volume_id")}
     steps = [
@@ -793,14 +797,14 @@ def replace(name, new=None, profile=None, wait=300):
     )
     if problem:
         return _fail(f"node.replace {name}: {problem}; nothing was changed")
-    old_zone, purge = live[name].get("availability_zone"), _purge_command(client)
+    keeps_data, old_zone = live[name].get("keeps_data"), live[name].get("availability_zone")
     try:  # a profile landing in another zone than the volume: restore its snapshot there
-        zone = live[name].get("keeps_data") and _function(client, "landing_zone", profile=profile)
+        zone = keeps_data and _function(client, "landing_zone", profile=profile)
     except Exception as error:  # one line, not a traceback
         return _fail(f"node.replace {name}: profile {profile!r}: {error}; nothing was changed")
-    moved, volume, started = {}, None, time.monotonic()
+    moved, volume, started, purge = {}, None, time.monotonic(), _purge_command(client)
     try:
-        if live[name].get("keeps_data"):
+        if keeps_data:
             _move_volume(client, name, moved)
             data_id = ((record.get("data_volumes") or [{}])[0]).get("data_id")
             volume = {"volume_id": moved["volume_id"], "data_id": data_id or moved["volume_id"]}

@@ -143,6 +143,7 @@ def test_a_replacement_that_fails_is_destroyed_and_the_old_node_serves_again(che
     assert result.returncode == 1, result.stdout[-3000:]
     assert f"converging {new}:" in answer["comment"], answer
     assert f"{new} destroyed, {OLD} serves again" in answer["comment"], answer
+    assert "restored volume" not in answer["comment"], answer  # its own volume went back
     assert set(instances(checkout, new).values()) <= {"shutting-down", "terminated"}
     assert instances(checkout, OLD) == {record["instance_id"]: "running"}
     assert attached_to(checkout, volume_id) == [record["instance_id"]]
