@@ -7,7 +7,9 @@ converge of every minion (``salt -L <its minions> state.apply``, one command per
 at once), the masters' CPU seconds per node (every process of each master's process group,
 from /proc), their resident memory after the converge, the minions' CPU seconds per node, the
 "CPU floor" (masters' and minions' CPU seconds over the cores: the least wall time that work
-allows here, where minions and masters share the cores), and the load average. Then the
+allows here, where minions and masters share the cores), what a master and a minion spend
+idle (CPU % over a 20 s window before the converge: a share of every per-node number that
+grows with the wall time), and the load average. Then the
 growth 10 -> 100 of wall time and of CPU per node (linear or better: wall time ratio <= 10,
 CPU per node ratio <= 1).
 
@@ -24,6 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from tools import multimaster
 
 SIZES = (10, 50, 100)
+# The minion settings docs/multimaster.md gives operators (the tier's 5 s check is for fast
+# failover timings; here every minion shares this machine's cores, and each check is a job).
+MINION_SETTINGS = {"master_alive_interval": 30}
+IDLE_WINDOW = 20  # s
 TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -44,6 +50,19 @@ def group_usage(pgids):
             ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
             usage[int(fields[2])] = (cpu + ticks / TICKS, rss + int(fields[21]) * PAGE)
     return usage
+
+
+def idle_rates(masters, minions, seconds=IDLE_WINDOW):
+    """CPU seconds per second of all ``masters`` and of all ``minions`` (process groups)
+    while the fleet is up and idle."""
+    before = group_usage([*masters, *minions])
+    time.sleep(seconds)
+    after = group_usage([*masters, *minions])
+
+    def rate(pgids):
+        return sum(after[p][0] - before[p][0] for p in pgids) / seconds
+
+    return rate(masters), rate(minions)
 
 
 def converge(fleet_, master, minions):
@@ -73,6 +92,7 @@ def measure(size, masters):
         minions=size,
         groups=max(1, size // 25),
         reverse_order=reverse,
+        minion_extra=MINION_SETTINGS,
         start_timeout=10 * size,  # 100 minions authenticating on 2 cores take minutes
     ) as fleet_:
         # The CLI asks the minions that have not returned yet whether they still run the job;
@@ -86,6 +106,7 @@ def measure(size, masters):
         plan = {master: minions for master, minions in plan.items() if minions}
         pgids = {name: daemon.process.pid for name, daemon in fleet_.masters.items()}
         minions = [daemon.process.pid for daemon in fleet_.minions.values()]
+        idle_master, idle_minion = idle_rates(list(pgids.values()), minions)
         before = group_usage([*pgids.values(), *minions])
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=len(plan)) as pool:
@@ -101,6 +122,10 @@ def measure(size, masters):
         "wall": wall,
         "cpu_per_node": cpu / size,
         "minion_cpu_per_node": minion_cpu / size,
+        # What the processes spend when nothing runs (CPU s per s): each master's and each
+        # minion's share of the per-node numbers above is this rate times the wall time.
+        "idle_master": idle_master / 2,
+        "idle_minion": idle_minion / size,
         # The least wall time the CPU work allows on this machine's cores.
         "cpu_floor": (cpu + minion_cpu) / os.cpu_count(),
         "rss_mib": rss / 2**20,
@@ -111,13 +136,15 @@ def measure(size, masters):
 def report(rows):
     print(
         f"{'minions':>8}{'masters':>9}{'wall s':>9}{'CPU floor s':>13}{'master CPU s/node':>19}"
-        f"{'minion CPU s/node':>19}{'RSS MiB':>9}  load avg"
+        f"{'minion CPU s/node':>19}{'idle CPU % master':>19}{'idle CPU % minion':>19}"
+        f"{'RSS MiB':>9}  load avg"
     )
     for row in rows:
         load = " ".join(f"{value:.2f}" for value in row["load"])
         print(
             f"{row['minions']:>8}{row['masters']:>9}{row['wall']:>9.1f}{row['cpu_floor']:>13.1f}"
             f"{row['cpu_per_node']:>19.3f}{row['minion_cpu_per_node']:>19.3f}"
+            f"{100 * row['idle_master']:>19.2f}{100 * row['idle_minion']:>19.2f}"
             f"{row['rss_mib']:>9.0f}  {load}"
         )
     by = {(row["minions"], row["masters"]): row for row in rows}
