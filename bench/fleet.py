@@ -124,7 +124,7 @@ def measure(size, masters):
         "minion_cpu_per_node": minion_cpu / size,
         # What the processes spend when nothing runs (CPU s per s): each master's and each
         # minion's share of the per-node numbers above is this rate times the wall time.
-        "idle_master": idle_master / 2,
+        "idle_master": idle_master / len(pgids),
         "idle_minion": idle_minion / size,
         # The least wall time the CPU work allows on this machine's cores.
         "cpu_floor": (cpu + minion_cpu) / os.cpu_count(),
