@@ -14,25 +14,21 @@ docs/cloud-driver.md documents every key, action and fault.
 - A destroy run terminates its nodes in one batch, waits once, and forgets their records, keys
   and cached data itself, after one ``node.before_destroy`` runner call for the batch.
 
+What the driver knows of EC2 (errors, reads, waits, instance facts) is ``dockerhosts_ec2``
+(``ec2.`` here); it only drives: entry points, the create and destroy runs, actions.
+
 salt-cloud's core runs one process per node with ``-P`` and ends 0 on most failures; so when
 the salt-cloud CLI loads this driver for a create, destroy, action or query, the driver runs
 the command itself and exits with its own code (``_run_cli``).
 """
 
 import contextlib
-import contextvars
 import difflib
-import fcntl
 import functools
 import hashlib
-import ipaddress
 import logging
 import multiprocessing
 import os
-import queue
-import random
-import re
-import resource
 import signal
 import socket
 import sys
@@ -53,18 +49,8 @@ from salt import config
 try:
     import boto3
     import botocore.config
-    import botocore.exceptions
-    import botocore.parsers
-    import botocore.retries.standard
 
     HAS_BOTO3 = True
-    # What a boto3 call raises when EC2 (or the way to it) fails; a garbled answer (a proxy's
-    # HTML error page) is a ResponseParserError, which is no BotoCoreError.
-    AWS_ERRORS = (
-        botocore.exceptions.BotoCoreError,
-        botocore.exceptions.ClientError,
-        botocore.parsers.ResponseParserError,
-    )
 except ImportError:
     HAS_BOTO3 = False
 
@@ -72,12 +58,7 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "boto3_ec2"
 
-LIVE_STATES = ("pending", "running", "stopping", "stopped")
-GONE = ("shutting-down", "terminated")
-POLL_DELAYS = (0.2, 0.5, 1, 2)  # s between polls: the first at once, the last repeated
-ID_BATCH = 200  # ids per filter or TerminateInstances
 LAUNCH_BATCH = 100  # instances per RunInstances
-VOLUME_TAG = "docker_volume"  # instance tag (the Docker volume's device), volume role
 SELECTION = ("id", "class", "state", "size", "private_ips", "public_ips")  # -S default
 ACTIONS = {}  # name -> function: what -a runs (the @_action functions)
 
@@ -88,6 +69,21 @@ for _name, _default in (("clients", {}), ("events", {}), ("cli", False), ("stopp
     if not hasattr(_PROCESS, _name):
         setattr(_PROCESS, _name, _default)
 _CLIENTS_LOCK, _EVENTS_LOCK = threading.Lock(), threading.Lock()
+
+
+class _Utils:
+    """A utils module by attribute, through the loader (``__utils__`` lists functions only;
+    a function's globals are its module): ``ec2.describe(...)``, ``ec2.VOLUME_TAG``."""
+
+    def __init__(self, module, function):
+        self.function = f"{module}.{function}"
+
+    def __getattr__(self, name):
+        return __utils__[self.function].__globals__[name]
+
+
+ec2 = _Utils("dockerhosts_ec2", "describe")  # salt/_utils/dockerhosts_ec2.py
+profile_rules = _Utils("dockerhosts_profile", "node_settings")  # salt/_utils/dockerhosts_profile.py
 
 
 def __virtual__():
@@ -158,14 +154,14 @@ def purge_volume(kwargs=None, call=None):
     only an unattached volume with this driver's node and role tags."""
     _require("purge_volume", call, "function")
     volume_id, client = str((kwargs or {}).get("volume_id")), _client()
-    volume = _call(client.describe_volumes, VolumeIds=[volume_id])["Volumes"][0]
-    tags, state = tag_dict(volume), volume["State"]
-    if tags.get("role") != VOLUME_TAG or not tags.get("node"):
+    volume = ec2.call(client.describe_volumes, VolumeIds=[volume_id])["Volumes"][0]
+    tags, state = ec2.tag_dict(volume), volume["State"]
+    if tags.get("role") != ec2.VOLUME_TAG or not tags.get("node"):
         problem = "has no node and role=docker_volume tags: not a node's Docker volume"
     elif state != "available":
         problem = f"is {state} ({', '.join(a['InstanceId'] for a in volume['Attachments'])})"
     else:
-        _call(client.delete_volume, VolumeId=volume_id)
+        ec2.call(client.delete_volume, VolumeId=volume_id)
         return {"volume_id": volume_id, "node": tags["node"], "state": "deleted"}
     raise SaltCloudSystemExit(f"{volume_id} {problem}: not deleting it")
 
@@ -179,13 +175,13 @@ def landing_zone(kwargs=None, call=None):
     if zone or not subnet:
         return zone
     client, what = _client(_connection(vm_["provider"].split(":")[0])), f"'subnetid' {subnet}"
-    [found] = _call(client.describe_subnets, what, SubnetIds=[subnet])["Subnets"]
+    [found] = ec2.call(client.describe_subnets, what, SubnetIds=[subnet])["Subnets"]
     return found["AvailabilityZone"]
 
 
 def list_nodes(call=None):
     """Live instances by Name tag: salt-cloud -Q."""
-    return _nodes(call, node_summary)
+    return _nodes(call, ec2.node_summary)
 
 
 def list_nodes_min(call=None):
@@ -194,7 +190,7 @@ def list_nodes_min(call=None):
 
 def list_nodes_full(call=None):
     """Live instances with tags, volumes, IAM profile, security groups: salt-cloud -F."""
-    return _nodes(call, node_details, True)
+    return _nodes(call, ec2.node_details, True)
 
 
 def list_nodes_select(call=None):
@@ -204,14 +200,14 @@ def list_nodes_select(call=None):
 
 def avail_locations(call=None):
     _require("avail_locations", call, None, "function")
-    regions = _call(_client().describe_regions)["Regions"]
+    regions = ec2.call(_client().describe_regions)["Regions"]
     return {r["RegionName"]: {"endpoint": r.get("Endpoint")} for r in regions}
 
 
 def avail_sizes(call=None):
     _require("avail_sizes", call, None, "function")
     sizes = {}
-    for item in _pages(_client(), "describe_instance_types", "InstanceTypes"):
+    for item in ec2.pages(_client(), "describe_instance_types", "InstanceTypes"):
         memory = item.get("MemoryInfo", {}).get("SizeInMiB")
         vcpus = item.get("VCpuInfo", {}).get("DefaultVCpus")
         sizes[item["InstanceType"]] = {"vcpus": vcpus, "memory_mib": memory}
@@ -227,9 +223,9 @@ def avail_images(call=None):
         for p in profiles
         if p.get("image") and p.get("provider", "").startswith(f"{_alias()}:")
     }
-    images = _call(_client().describe_images, Owners=["self"])["Images"]
+    images = ec2.call(_client().describe_images, Owners=["self"])["Images"]
     if ids:
-        images += _call(_client().describe_images, ImageIds=sorted(ids))["Images"]
+        images += ec2.call(_client().describe_images, ImageIds=sorted(ids))["Images"]
     fields = ("Name", "Description", "State", "OwnerId")
     return {i["ImageId"]: {k.lower(): i.get(k) for k in fields} for i in images}
 
@@ -245,7 +241,7 @@ def _action(function):
     def action(name, kwargs=None, call=None):
         _require(function.__name__, call, "action")
         client = _client()
-        return function(client, _live_instance(client, name), dict(kwargs or {}))
+        return function(client, ec2.live_instance(client, name), dict(kwargs or {}))
 
     ACTIONS[function.__name__] = action
     return action
@@ -253,12 +249,12 @@ def _action(function):
 
 @_action
 def show_instance(client, instance, kwargs):
-    return node_details(instance, _volumes_of(client, [instance]))
+    return ec2.node_details(instance, ec2.volumes_of(client, [instance]))
 
 
 @_action
 def show_volumes(client, instance, kwargs):
-    return node_details(instance, _volumes_of(client, [instance]))["volumes"]
+    return ec2.node_details(instance, ec2.volumes_of(client, [instance]))["volumes"]
 
 
 @_action
@@ -281,36 +277,29 @@ def reboot(client, instance, kwargs):
 def enable_term_protect(client, instance, kwargs):
     if instance.get("InstanceLifecycle") == "spot":
         raise SaltCloudSystemExit(
-            f"{node_name(instance)} is a spot instance: EC2 cannot protect those"
+            f"{ec2.node_name(instance)} is a spot instance: EC2 cannot protect those"
         )
-    return _protect(client, instance["InstanceId"], True)
+    return ec2.protect(client, instance["InstanceId"], True)
 
 
 @_action
 def disable_term_protect(client, instance, kwargs):
-    return _protect(client, instance["InstanceId"], False)
+    return ec2.protect(client, instance["InstanceId"], False)
 
 
 @_action
 def show_term_protect(client, instance, kwargs):
     iid = instance["InstanceId"]
-    return {"instance_id": iid, "termination_protection": _protected(client, iid)}
-
-
-def _protected(client, iid):
-    found = _call(
-        client.describe_instance_attribute, InstanceId=iid, Attribute="disableApiTermination"
-    )
-    return found["DisableApiTermination"]["Value"]
+    return {"instance_id": iid, "termination_protection": ec2.protected(client, iid)}
 
 
 @_action
 def docker_volume(client, instance, kwargs):
     """The node's Docker volume: device, id, size, state, last modification."""
-    mapping = docker_volume_mapping_of(instance)
+    mapping = ec2.docker_volume_mapping_of(instance)
     volume_id = mapping["Ebs"]["VolumeId"]
-    info = volume_summary(_volumes_of(client, [instance]).get(volume_id, {}), mapping)
-    return {**info, "modification": _modification(client, volume_id)}
+    info = ec2.volume_summary(ec2.volumes_of(client, [instance]).get(volume_id, {}), mapping)
+    return {**info, "modification": ec2.modification(client, volume_id)}
 
 
 @_action
@@ -319,15 +308,15 @@ def grow_docker_volume(client, instance, kwargs):
     optimizing or completed (the new size is usable from then). Refuses to shrink."""
     if set(kwargs) - {"size"}:
         raise SaltCloudSystemExit(f"grow_docker_volume takes size=<GiB>, not {sorted(kwargs)}")
-    size = _whole_number(kwargs, "size", None, "grow_docker_volume")
-    volume_id = docker_volume_mapping_of(instance)["Ebs"]["VolumeId"]
-    old = check_growth(_call(client.describe_volumes, VolumeIds=[volume_id])["Volumes"][0], size)
+    size = ec2.whole_number(kwargs, "size", None, "grow_docker_volume")
+    volume_id = ec2.docker_volume_mapping_of(instance)["Ebs"]["VolumeId"]
+    old = check_growth(ec2.call(client.describe_volumes, VolumeIds=[volume_id])["Volumes"][0], size)
     if old == size:
         return {"volume_id": volume_id, "size": size, "changed": False}
-    _call(client.modify_volume, VolumeId=volume_id, Size=size)
+    ec2.call(client.modify_volume, VolumeId=volume_id, Size=size)
 
     def settled():
-        state = (_modification(client, volume_id) or {}).get("state")
+        state = (ec2.modification(client, volume_id) or {}).get("state")
         if state == "failed":
             raise SaltCloudSystemExit(f"EC2 failed to grow {volume_id}")
         return state if state in ("optimizing", "completed") else None
@@ -351,7 +340,7 @@ def snapshot_docker_volume(client, instance, kwargs):
     """-a snapshot_docker_volume NAME [keep=7] [why=...]: snapshot the node's Docker volume
     (tagged Name, class, node, role; `why` ends its description), then delete this node's
     older snapshots beyond `keep`. EC2 completes the snapshot in the background."""
-    keep = _whole_number(kwargs, "keep", SNAPSHOTS_KEPT, "snapshot_docker_volume")
+    keep = ec2.whole_number(kwargs, "keep", SNAPSHOTS_KEPT, "snapshot_docker_volume")
     return snapshot_volume(client, instance, keep, str(kwargs.get("why", "snapshot_docker_volume")))
 
 
@@ -360,7 +349,7 @@ SNAPSHOTS_KEPT = 7
 
 def _stopped(instance, action):
     """Refuses a node that is not stopped: its filesystem would be cut off under it."""
-    name, state = node_name(instance), instance["State"]["Name"]
+    name, state = ec2.node_name(instance), instance["State"]["Name"]
     if state != "stopped":
         raise SaltCloudSystemExit(f"{name} is {state}: {action} needs it stopped first")
 
@@ -370,8 +359,8 @@ def detach_docker_volume(client, instance, kwargs):
     """-a detach_docker_volume NAME: a stopped node's Docker volume detached, `available` for
     a node of its class to take over (docker_volume_id)."""
     _stopped(instance, "detach_docker_volume")
-    volume_id = docker_volume_mapping_of(instance)["Ebs"]["VolumeId"]
-    _call(client.detach_volume, VolumeId=volume_id, InstanceId=instance["InstanceId"])
+    volume_id = ec2.docker_volume_mapping_of(instance)["Ebs"]["VolumeId"]
+    ec2.call(client.detach_volume, VolumeId=volume_id, InstanceId=instance["InstanceId"])
     return {"volume_id": volume_id, "state": _released(client, volume_id)}
 
 
@@ -380,7 +369,7 @@ def _released(client, volume_id):
     takes a while in EC2); its state then."""
 
     def state():
-        found = _call(client.describe_volumes, VolumeIds=[volume_id])["Volumes"][0]
+        found = ec2.call(client.describe_volumes, VolumeIds=[volume_id])["Volumes"][0]
         return None if found["Attachments"] else found["State"]
 
     return _poll(state, _setting("instance_wait_timeout"), f"{volume_id} to be detached")
@@ -391,21 +380,27 @@ def attach_docker_volume(client, instance, kwargs):
     """-a attach_docker_volume NAME volume_id=vol-...: a free Docker volume of the node's class
     attached to the stopped node as its Docker volume (a replace's way back)."""
     _stopped(instance, "attach_docker_volume")
-    volume_id, device = str(kwargs.get("volume_id")), tag_dict(instance).get(VOLUME_TAG)
+    volume_id, device = str(kwargs.get("volume_id")), ec2.tag_dict(instance).get(ec2.VOLUME_TAG)
     _released(client, volume_id)
-    _volume_to_attach(client, {"docker_volume_id": volume_id, "class": tag_dict(instance)["class"]})
-    name = node_name(instance)
+    ec2.volume_to_attach(
+        client, {"docker_volume_id": volume_id, "class": ec2.tag_dict(instance)["class"]}
+    )
+    name = ec2.node_name(instance)
     _attach(client, volume_id, instance["InstanceId"], device, _setting("instance_wait_timeout"))
-    _call(client.create_tags, Resources=[volume_id], Tags=[_tag("Name", name), _tag("node", name)])
+    ec2.call(
+        client.create_tags,
+        Resources=[volume_id],
+        Tags=[ec2.tag("Name", name), ec2.tag("node", name)],
+    )
     return {"volume_id": volume_id, "device_name": device, "state": "attached"}
 
 
 def _attach(client, volume_id, iid, device, timeout):
     """AttachVolume, then the instance once EC2 shows the volume attached as ``device``."""
-    _call(client.attach_volume, VolumeId=volume_id, InstanceId=iid, Device=device)
+    ec2.call(client.attach_volume, VolumeId=volume_id, InstanceId=iid, Device=device)
 
     def attached():
-        found = _describe(client, [_filter("instance-id", [iid])], raw=True)
+        found = ec2.describe(client, [ec2.where("instance-id", [iid])], raw=True)
         mappings = [m for i in found for m in i.get("BlockDeviceMappings", []) if "Ebs" in m]
         done = any(
             m["DeviceName"] == device and m["Ebs"].get("Status") == "attached" for m in mappings
@@ -416,43 +411,11 @@ def _attach(client, volume_id, iid, device, timeout):
 
 
 def snapshot_volume(client, instance, keep, why):
-    """A snapshot of the instance's Docker volume, then this node's snapshots beyond the
-    newest `keep` deleted."""
-    name, volume_id = node_name(instance), docker_volume_mapping_of(instance)["Ebs"]["VolumeId"]
-    volume = _call(client.describe_volumes, VolumeIds=[volume_id])["Volumes"][0]
-    tags = {
-        "Name": f"{name} {VOLUME_TAG}",
-        "class": tag_dict(instance).get("class", ""),
-        "node": name,
-        "role": VOLUME_TAG,
-        "data_id": tag_dict(volume).get("data_id", volume_id),
-    }
-    spec = {"ResourceType": "snapshot", "Tags": [_tag(k, v) for k, v in tags.items()]}
-    new = _call(
-        client.create_snapshot,
-        f"snapshot of {name}'s {volume_id}",
-        VolumeId=volume_id,
-        Description=f"{name} {VOLUME_TAG}: {why}",
-        TagSpecifications=[spec],
-    )
-    filters = [_filter("tag:node", [name]), _filter("tag:role", [VOLUME_TAG])]
-    ours = _call(client.describe_snapshots, OwnerIds=["self"], Filters=filters)["Snapshots"]
-    ours = [s for s in ours if s["SnapshotId"] != new["SnapshotId"]]  # maybe not listed yet
-    # StartTime may have whole seconds only: within one, the record's order (newest first) wins
-    recorded = (_record("get", name) or {}).get("snapshots") or []
-    rank = {snapshot_id: len(recorded) - i for i, snapshot_id in enumerate(recorded)}
-    ours.sort(key=lambda s: (str(s["StartTime"]), rank.get(s["SnapshotId"], 0)), reverse=True)
-    for snapshot in ours[keep - 1 :]:
-        _call(client.delete_snapshot, SnapshotId=snapshot["SnapshotId"])
-    kept = [new["SnapshotId"], *(s["SnapshotId"] for s in ours[: keep - 1])]
-    _record("update", name, snapshots=kept, snapshot_time=time.time())
-    pruned = [s["SnapshotId"] for s in ours[keep - 1 :]]
-    return {
-        "snapshot_id": new["SnapshotId"],
-        "volume_id": volume_id,
-        "kept": kept,
-        "pruned": pruned,
-    }
+    """ec2.snapshot_volume, in the order the node's record keeps, which it then updates."""
+    recorded = (_record("get", node_name := ec2.node_name(instance)) or {}).get("snapshots")
+    taken = ec2.snapshot_volume(client, instance, keep, why, recorded or [])
+    _record("update", node_name, snapshots=taken["kept"], snapshot_time=time.time())
+    return taken
 
 
 # =========================================================================== the CLI
@@ -493,7 +456,7 @@ def _run_cli(command):
         _say(f"Error: {exc}")
     except Exception as exc:  # no raw traceback for the operator: one line, the rest logged
         log.debug("salt-cloud %s failed", command, exc_info=True)
-        _say(f"Error: {aws_error_message(exc)}")
+        _say(f"Error: {ec2.aws_error_message(exc)}")
     finally:
         _close_events()
     if ret:
@@ -510,7 +473,7 @@ def _cli_create():
     opts = __opts__
     entries = [(opts["profile"], name, {}) for name in opts.get("names") or []]
     if opts.get("map"):
-        entries = map_entries(_render_map(opts["map"]))
+        entries = ec2.map_entries(ec2.render_map(opts["map"], opts))
     results, failed = _create_run(entries, confirm=opts.get("map") and not opts.get("assume_yes"))
     for name in failed:
         _say(f"Error: {name}: {results[name]['Error']}")
@@ -520,7 +483,11 @@ def _cli_create():
 def _cli_destroy():
     """-d names (each must have a live node, or a stale record to forget) or -d -m map."""
     opts, alias = __opts__, _aliases()[0]
-    names = [n for _, n, _ in map_entries(_render_map(opts["map"]))] if opts.get("map") else []
+    names = (
+        [n for _, n, _ in ec2.map_entries(ec2.render_map(opts["map"], opts))]
+        if opts.get("map")
+        else []
+    )
     results = _destroy_names(names or opts["names"], alias, confirm=not opts.get("assume_yes"))
     absent = [n for n, r in results.items() if r.get("state") == "absent"]
     for name in _forget_absent(absent, alias):
@@ -555,45 +522,14 @@ def _cli_action():
 
 
 QUERIES = {
-    "list_nodes": lambda: _nodes(None, node_summary),
-    "list_nodes_full": lambda: _nodes(None, node_details, True),
+    "list_nodes": lambda: _nodes(None, ec2.node_summary),
+    "list_nodes_full": lambda: _nodes(None, ec2.node_details, True),
     "list_nodes_select": list_nodes_select,
 }
 
 
 def _cli_query():
     return {_aliases()[0]: {__virtualname__: QUERIES[__opts__["selected_query_option"]]()}}, 0
-
-
-def _render_map(path):
-    """The map as salt-cloud renders it (its renderer, e.g. jinja|yaml)."""
-    import salt.loader  # noqa: PLC0415  (maps only)
-    import salt.template  # noqa: PLC0415
-
-    if not os.path.isfile(path):
-        raise SaltCloudConfigError(f"the map file {path!r} does not exist")
-    opts, renderer = __opts__, __opts__.get("renderer", "jinja|yaml")
-    allowed = (opts.get("renderer_blacklist"), opts.get("renderer_whitelist"))
-    rendered = salt.template.compile_template(
-        path, salt.loader.render(opts, {}), renderer, *allowed
-    )
-    if not isinstance(rendered, dict) or not rendered:
-        raise SaltCloudConfigError(f"the map {path!r} maps no profile to names")
-    return rendered
-
-
-def map_entries(rendered):
-    """(profile, name, overrides) of a rendered map in every shape salt-cloud accepts
-    (profile: name | [name | {name: overrides}] | {name: overrides}), duplicates kept."""
-    entries = []
-    for profile, mapped in rendered.items():
-        items = [mapped] if isinstance(mapped, str) else mapped
-        if isinstance(items, dict):
-            items = [{name: overrides} for name, overrides in items.items()]
-        for item in items if isinstance(items, list) else [items]:
-            for name, overrides in item.items() if isinstance(item, dict) else [(item, None)]:
-                entries.append((profile, name, overrides if isinstance(overrides, dict) else {}))
-    return entries
 
 
 # =========================================================================== create
@@ -622,32 +558,15 @@ class _Node:
 
 def _create_run(entries, confirm=False):
     """Create (profile, name, overrides) entries: ({name: result}, [failed names])."""
-    nodes = _plan([_vm_config(*entry) for entry in _checked_entries(entries)])
+    opts = __opts__.get("profiles") or {}
+    _raise_problems(profile_rules.entries_problems(entries, opts, __virtualname__))
+    nodes = _plan([_vm_config(*entry) for entry in entries])
     try:
         _create_nodes(nodes, confirm)
     except _Interrupted as exc:
         exc.results = {n.name: n.outcome() for n in nodes}
         raise
     return {n.name: n.outcome() for n in nodes}, [n.name for n in nodes if n.error]
-
-
-def _checked_entries(entries):
-    """Profiles that exist and are ours, each name once: every problem at once."""
-    problems, seen, profiles = [], {}, __opts__.get("profiles") or {}
-    for profile, name, _ in entries:
-        hint = difflib.get_close_matches(str(profile), profiles, n=1)
-        if profile not in profiles:
-            problems.append(
-                f"profile {profile!r} is not defined"
-                + (f" (did you mean {hint[0]}?)" if hint else "")
-            )
-        elif not str(profiles[profile].get("provider")).endswith(f":{__virtualname__}"):
-            problems.append(f"profile {profile!r} is not a {__virtualname__} profile")
-        if name in seen:
-            problems.append(f"{name!r} is listed twice (profiles {seen[name]} and {profile})")
-        seen[name] = profile
-    _raise_problems(list(dict.fromkeys(problems)))
-    return entries
 
 
 def _vm_config(profile, name, overrides):
@@ -663,83 +582,39 @@ def _vm_config(profile, name, overrides):
     return salt.cloud.Cloud.vm_config(name, main, provider, details, {name: overrides})
 
 
+def _plan(vms):
+    """A _Node per config, every key checked (no EC2 call): every problem once, with the
+    nodes it concerns."""
+    nodes, problems, model = [], {}, None
+    names = [__utils__[f"dockerhosts_names.{kind}_name_problem"] for kind in ("node", "class")]
+    for vm_ in vms:
+        provider = _provider_config(str(vm_.get("provider")).split(":")[0])
+        conn, found = profile_rules.connection_settings(provider)
+        model = model or (None if found else _client(conn).meta.service_model)
+        settings, request, _, more = profile_rules.node_settings(
+            vm_, provider, None if found else model
+        )
+        deploy = config.get_cloud_config_value("deploy", vm_, __opts__, default=True)
+        more += profile_rules.deploy_problems(vm_, settings, deploy)
+        for problem in [*profile_rules.name_problems(vm_, *names), *found, *more]:
+            problems.setdefault(profile_rules.problems_message([problem]), []).append(
+                vm_.get("name")
+            )
+        nodes.append(_Node(vm_, settings, conn, request))
+    _raise_problems(profile_rules.run_problems(problems, len(vms)))
+    return nodes
+
+
 def _raise_problems(problems, limit=10):
     if problems:
         more = f"; and {len(problems) - limit} more" if problems[limit:] else ""
         raise SaltCloudConfigError(f"{'; '.join(problems[:limit])}{more}: nothing was created")
 
 
-def _plan(vms):
-    """A _Node per config, every key checked (no EC2 call): every problem once, with the
-    nodes it concerns."""
-    nodes, problems, model, profile = [], {}, None, "dockerhosts_profile."
-    for vm_ in vms:
-        provider = _provider_config(str(vm_.get("provider")).split(":")[0])
-        conn, found = __utils__[profile + "connection_settings"](provider)
-        model = model or (None if found else _client(conn).meta.service_model)
-        checked = __utils__[profile + "node_settings"](vm_, provider, None if found else model)
-        settings, request, _, more = checked
-        for problem in [*_name_problems(vm_), *found, *more, *_deploy_problems(vm_, settings)]:
-            text = __utils__[profile + "problems_message"]([problem])
-            problems.setdefault(text, []).append(repr(vm_.get("name")))
-        nodes.append(_Node(vm_, settings, conn, request))
-    _raise_problems([f"{_few(n)}: {t}" if len(vms) > 1 else t for t, n in problems.items()])
-    return nodes
-
-
-def _few(names, limit=3):
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if names[limit:] else "")
-
-
-def _name_problems(vm_):
-    """The node name (= minion id, record key, Name tag) and class, by dockerhosts_names."""
-    name, minion_id, problems = vm_.get("name"), _minion_id(vm_), []
-    for key, value in (("name", name), ("minion.id", minion_id)):
-        problem = __utils__["dockerhosts_names.node_name_problem"](value)
-        if problem and not problems:
-            problems.append((key, problem))
-    if not problems and minion_id != name:
-        problems.append(
-            (
-                "minion.id",
-                f"{minion_id!r} is not the node name {name!r}: a node's minion id is its name",
-            )
-        )
-    if vm_.get("class") is None:
-        return [*problems, ("class", "(node class: use a class profile) is not set")]
-    problem = __utils__["dockerhosts_names.class_name_problem"](vm_["class"])
-    return [*problems, *([("class", problem)] if problem else [])]
-
-
-def _minion_id(vm_):
-    minion = vm_.get("minion") if isinstance(vm_.get("minion"), dict) else {}
-    domain = vm_.get("domain") if vm_.get("use_fqdn") else minion.get("append_domain")
-    minion_id = str(minion.get("id", vm_.get("name")))
-    return f"{minion_id}.{domain}" if domain else minion_id
-
-
-def _deploy_problems(vm_, settings):
-    problems, key = [], settings.get("private_key")
-    if not isinstance(vm_.get("minion") or {}, dict):
-        problems.append(("minion", f"must be a mapping, got {vm_['minion']!r}"))
-    deploy = config.get_cloud_config_value("deploy", vm_, __opts__, default=True)
-    if deploy and not (key and os.path.isfile(key)):
-        problems.append(
-            (
-                "private_key",
-                f"{key!r} is not a file: deploying salt needs the SSH "
-                "key of 'keyname' (or use --no-deploy)",
-            )
-        )
-    if vm_.get("make_master") or vm_.get("requires"):
-        problems.append(("make_master", "and 'requires' (map ordering) are not supported"))
-    return problems
-
-
 def _create_nodes(nodes, confirm=False):
     """The run: lock the names, sort out what exists, EC2 reads, launch, finish each node in
     the pool; on a signal or an error, clean up what is unfinished and re-raise."""
-    with _name_locks(nodes), _signals() as stopping:
+    with ec2.name_locks(_locks_directory(), [n.name for n in nodes]), _signals() as stopping:
         try:
             groups = _by_connection(nodes)
             for group in groups:
@@ -752,7 +627,7 @@ def _create_nodes(nodes, confirm=False):
                 _check_launch_inputs(group)
                 _launch_all(group)
                 _await_running(group)
-            _in_pool(_finish, [n for n in nodes if not n.done], _pool_size(), stopping)
+            ec2.in_pool(_finish, [n for n in nodes if not n.done], _pool_size(), stopping)
             _fail_unfinished(nodes, None)  # those that failed before the pool (races, waits)
         except BaseException as exc:
             stopping.set()
@@ -787,11 +662,11 @@ def _sort_out(nodes):
     """Which nodes exist (skipped), which a killed create left (adopted: the record holds its
     launch's client token), which are new: one DescribeInstances per lookup."""
     client = _client(nodes[0].conn)
-    live = _by_name(_instances_named(client, [n.name for n in nodes]))
+    live = ec2.by_name(ec2.instances_named(client, [n.name for n in nodes]))
     records = {n.name: _record("get", n.name) or {} for n in nodes}
     unfinished = {n.name for n in nodes if _unfinished(records[n.name])}
     tokens = sorted({records[name]["client_token"] for name in unfinished})
-    launched = _describe(client, [_filter("client-token", tokens)], False) if tokens else []
+    launched = ec2.describe(client, [ec2.where("client-token", tokens)], False) if tokens else []
     for node in nodes:
         record = records[node.name]
         mine = (record.get("client_token"), record.get("launch_index", 0))
@@ -799,7 +674,7 @@ def _sort_out(nodes):
             i
             for i in launched
             if node.name in unfinished
-            and i["State"]["Name"] not in GONE
+            and i["State"]["Name"] not in ec2.GONE
             and (i.get("ClientToken"), i.get("AmiLaunchIndex", 0)) == mine
         ]
         if found:
@@ -846,13 +721,15 @@ def _check_launch_inputs(nodes):
         checks[("image", s["image"])] = functools.partial(_check_image, client, s)
         what, size = f"'size' {s['size']}", [s["size"]]
         checks[what] = functools.partial(
-            _call, client.describe_instance_types, what, InstanceTypes=size
+            ec2.call, client.describe_instance_types, what, InstanceTypes=size
         )
         if s["keyname"]:
             what, keys = f"'keyname' {s['keyname']}", [s["keyname"]]
-            checks[what] = functools.partial(_call, client.describe_key_pairs, what, KeyNames=keys)
-        checks[_placement_key(s)] = functools.partial(_placement, client, s)
-    results = _run_together(checks)
+            checks[what] = functools.partial(
+                ec2.call, client.describe_key_pairs, what, KeyNames=keys
+            )
+        checks[_placement_key(s)] = functools.partial(ec2.placement, client, s)
+    results = ec2.run_together(checks)
     for node in todo:
         node.request = {**node.request, **results[_placement_key(node.settings)]}
 
@@ -867,72 +744,9 @@ def _placement_key(s):
     )
 
 
-def _placement(client, s):
-    """What EC2 reads settle in the request: security group ids (names resolved in the node's
-    VPC: its subnet's, or the default one) and the zone of a Docker volume to attach; the
-    subnet's zone checked against them."""
-    zone, vpc_id = s["availability_zone"], None
-    if s["docker_volume_id"]:
-        volume_zone = _volume_to_attach(client, s)
-        if zone and zone != volume_zone:
-            raise SaltCloudConfigError(
-                f"'docker_volume_id' {s['docker_volume_id']} is in "
-                f"{volume_zone}, not in 'availability_zone' {zone}"
-            )
-        zone = volume_zone
-    if s["subnetid"]:
-        what = f"'subnetid' {s['subnetid']}"
-        subnet = _call(client.describe_subnets, what, SubnetIds=[s["subnetid"]])["Subnets"][0]
-        if zone and subnet["AvailabilityZone"] != zone:
-            raise SaltCloudConfigError(
-                f"'availability_zone' {zone} does not hold 'subnetid' "
-                f"{s['subnetid']} (it is in {subnet['AvailabilityZone']})"
-            )
-        vpc_id = subnet["VpcId"]
-    ids = [*s["securitygroupid"], *_group_ids(client, s["securitygroup"], vpc_id)]
-    return {
-        **({"SecurityGroupIds": ids} if ids else {}),
-        **({"Placement": {"AvailabilityZone": zone}} if zone else {}),
-    }
-
-
-def _group_ids(client, names, vpc_id):
-    if not names:
-        return []
-    if vpc_id is None:
-        vpcs = _call(client.describe_vpcs, Filters=[_filter("isDefault", ["true"])])["Vpcs"]
-        if not vpcs:
-            raise SaltCloudConfigError(
-                "'securitygroup' names need a VPC: set 'subnetid' (this region has no default VPC)"
-            )
-        vpc_id = vpcs[0]["VpcId"]
-    filters = [_filter("group-name", names), _filter("vpc-id", [vpc_id])]
-    groups = _call(client.describe_security_groups, Filters=filters)["SecurityGroups"]
-    by_name = {group["GroupName"]: group["GroupId"] for group in groups}
-    missing = ", ".join(name for name in names if name not in by_name)
-    if missing:
-        raise SaltCloudSystemExit(f"'securitygroup' {missing}: no such security group in {vpc_id}")
-    return [by_name[name] for name in names]
-
-
-def _volume_to_attach(client, s):
-    """The zone of the Docker volume a node takes over: free, and of the node's class."""
-    what = f"'docker_volume_id' {s['docker_volume_id']}"
-    volume = _call(client.describe_volumes, what, VolumeIds=[s["docker_volume_id"]])["Volumes"][0]
-    tags = tag_dict(volume)
-    if (tags.get("role"), tags.get("class")) != (VOLUME_TAG, s["class"]):
-        raise SaltCloudSystemExit(
-            f"{what} is not a Docker volume of class {s['class']} (its tags "
-            f"say role={tags.get('role')}, class={tags.get('class')})"
-        )
-    if volume["State"] != "available":
-        raise SaltCloudSystemExit(f"{what} is {volume['State']}: destroy its node first")
-    return volume["AvailabilityZone"]
-
-
 def _check_image(client, s):
     what, ebs = f"'image' {s['image']}", s["block_device_mappings"][-1]["Ebs"]
-    images = _call(client.describe_images, what, Filters=[_filter("image-id", [s["image"]])])
+    images = ec2.call(client.describe_images, what, Filters=[ec2.where("image-id", [s["image"]])])
     if images["Images"][:1] == [] or images["Images"][0].get("State") not in (None, "available"):
         raise SaltCloudSystemExit(f"{what}: no such AMI available in this region")
     if ebs.get("SnapshotId") and not s["docker_volume_id"]:
@@ -950,7 +764,7 @@ def _completed(client, what, snapshot_id, timeout):
     restores one it has just taken)."""
 
     def completed():
-        found = _call(client.describe_snapshots, what, SnapshotIds=[snapshot_id])["Snapshots"][0]
+        found = ec2.call(client.describe_snapshots, what, SnapshotIds=[snapshot_id])["Snapshots"][0]
         if found.get("State") == "error":
             raise SaltCloudSystemExit(f"{what} failed in EC2: {found.get('StateMessage')}")
         return found if found.get("State", "completed") == "completed" else None
@@ -984,7 +798,7 @@ def _launch(group, last):
         _fire(node.name, "requesting instance", "requesting", _event_args(node))
     request = dict(group[0].request, ClientToken=token, MaxCount=len(group))
     if len(group) > 1:
-        tags = __utils__["dockerhosts_profile.node_tags"](settings, node=False)
+        tags = profile_rules.node_tags(settings, node=False)
         specs = request["TagSpecifications"]
         request["TagSpecifications"] = [{**s, "Tags": t} for s, t in zip(specs, tags, strict=False)]
     log.info("Launching %s (client token %s)", ", ".join(n.name for n in group), token)
@@ -993,7 +807,7 @@ def _launch(group, last):
         node.instance_id, node.named = instance["InstanceId"], len(group) == 1
         node.tagged = node.named and not settings["docker_volume_id"]
     if len(group) > 1:
-        _run_together(
+        ec2.run_together(
             {n.name: functools.partial(_name_instance, client, n) for n in group if n.instance_id}
         )
     for node in [n for n in group if not n.instance_id and not n.error]:
@@ -1008,7 +822,7 @@ def _launch(group, last):
 
 
 def _name_instance(client, node):
-    _call(client.create_tags, Resources=[node.instance_id], Tags=[_tag("Name", node.name)])
+    ec2.call(client.create_tags, Resources=[node.instance_id], Tags=[ec2.tag("Name", node.name)])
     node.named = True
 
 
@@ -1017,9 +831,9 @@ def _run_instances(client, request, group):
     still fails, EC2 may have launched anyway (a lost answer), unless it refused."""
     try:
         return client.run_instances(**request)["Instances"]
-    except AWS_ERRORS as exc:
-        error, token = aws_error_message(exc), request["ClientToken"]
-        found = _ambiguous(exc) and _launched_by_token(client, token, group)
+    except ec2.AWS_ERRORS as exc:
+        error, token = ec2.aws_error_message(exc), request["ClientToken"]
+        found = ec2.ambiguous(exc) and _launched_by_token(client, token, group)
         if found:
             ids = ", ".join(i["InstanceId"] for i in found)
             log.warning(
@@ -1028,19 +842,11 @@ def _run_instances(client, request, group):
                 ids,
             )
             return found
-        lookup = f" (no instance carries client token {token})" if _ambiguous(exc) else ""
+        lookup = f" (no instance carries client token {token})" if ec2.ambiguous(exc) else ""
         for node in group:
             _record("forget", node.name)
             node.sent, node.error = False, f"EC2 did not launch the instance: {error}{lookup}"
         return []
-
-
-def _ambiguous(exc):
-    """May EC2 have acted on a call that failed? Not when it answered with an error (4xx:
-    refused, throttled): only when the answer was lost, or was a server error."""
-    if not isinstance(exc, botocore.exceptions.ClientError):
-        return True
-    return (exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 500) >= 500
 
 
 def _launched_by_token(client, token, nodes, seconds=None):
@@ -1048,12 +854,12 @@ def _launched_by_token(client, token, nodes, seconds=None):
     seconds = seconds or nodes[0].settings["cleanup_timeout"]
 
     def lookup():
-        found = _describe(client, [_filter("client-token", [token])], False, raw=True)
-        return [i for i in found if i["State"]["Name"] not in GONE]
+        found = ec2.describe(client, [ec2.where("client-token", [token])], False, raw=True)
+        return [i for i in found if i["State"]["Name"] not in ec2.GONE]
 
     try:
         return _poll(lookup, seconds, "EC2 to answer a client-token lookup", accept_empty=True)
-    except _StillUnreachable as exc:
+    except ec2.StillUnreachable as exc:
         raise SaltCloudSystemExit(
             f"RunInstances may have launched instances and EC2 could not be asked for {seconds} "
             f"s ({exc}): look for client token {token} (aws ec2 describe-instances)"
@@ -1069,11 +875,11 @@ def _await_running(nodes):
     client = _client(nodes[0].conn)
 
     def all_running():
-        for instance in _describe(client, [_filter("instance-id", waiting)], False, raw=True):
+        for instance in ec2.describe(client, [ec2.where("instance-id", waiting)], False, raw=True):
             node, state = waiting.get(instance["InstanceId"]), instance["State"]["Name"]
             if node and state == "running":
                 node.instance = waiting.pop(instance["InstanceId"]) and instance
-            elif node and state in (*GONE, "stopping", "stopped"):
+            elif node and state in (*ec2.GONE, "stopping", "stopped"):
                 reason = (instance.get("StateReason") or {}).get("Message", "no reason given")
                 waiting.pop(node.instance_id)
                 node.error = f"instance {node.instance_id} went {state}: {reason}"
@@ -1082,23 +888,23 @@ def _await_running(nodes):
     try:
         timeout = max(n.settings["instance_wait_timeout"] for n in waiting.values())
         _poll(all_running, timeout, "the instances to run", not_found_is_pending=True)
-    except (_StillUnreachable, SaltCloudSystemExit) as exc:
+    except (ec2.StillUnreachable, SaltCloudSystemExit) as exc:
         for node in waiting.values():
             node.error = f"waiting for {node.instance_id} to run: {exc}"
     running = [n for n in nodes if n.instance and not n.done]
     _settle_races(client, running)
     for node in [n for n in running if not n.done and n.settings["docker_volume_id"]]:
         _attach_docker_volume(client, node)
-    volumes = [_docker_volume_id(n.instance, n.settings) for n in running if not n.done]
-    for first in range(0, len(volumes), ID_BATCH):
-        batch, tags = volumes[first : first + ID_BATCH], [_tag("role", VOLUME_TAG)]
-        _call(client.create_tags, Resources=batch, Tags=tags)
+    volumes = [ec2.docker_volume_id(n.instance, n.settings) for n in running if not n.done]
+    for first in range(0, len(volumes), ec2.ID_BATCH):
+        batch, tags = volumes[first : first + ec2.ID_BATCH], [ec2.tag("role", ec2.VOLUME_TAG)]
+        ec2.call(client.create_tags, Resources=batch, Tags=tags)
 
 
 def _settle_races(client, nodes):
     """Two masters (separate locks) may launch one name at once: the earliest launch wins and
     every racer applies the same rule, so exactly one keeps its instance."""
-    live = _by_name(_instances_named(client, [n.name for n in nodes]))
+    live = ec2.by_name(ec2.instances_named(client, [n.name for n in nodes]))
     for node in nodes:
         racers = live.get(node.name, [])
         winner = min(racers, key=lambda i: (str(i.get("LaunchTime")), i["InstanceId"]))
@@ -1113,11 +919,11 @@ def _settle_races(client, nodes):
 def _attach_docker_volume(client, node):
     """A node that takes over a Docker volume (`docker_volume_id`): attached as the profile's
     would be, before the deploy."""
-    device, volume_id = _docker_device(node.settings), node.settings["docker_volume_id"]
+    device, volume_id = ec2.docker_device(node.settings), node.settings["docker_volume_id"]
     try:
         timeout = node.settings["instance_wait_timeout"]
         node.instance = _attach(client, volume_id, node.instance_id, device, timeout)
-    except (SaltCloudSystemExit, _StillUnreachable) as exc:
+    except (SaltCloudSystemExit, ec2.StillUnreachable) as exc:
         node.error = f"attaching {volume_id}: {exc}"
 
 
@@ -1135,36 +941,24 @@ def _finish(node):
             _fail_unfinished([node], exc)
 
 
-def _data_id(client, settings, volume_id):
-    """The id of the data on a node's Docker volume: the id of the volume it began on, which
-    the node's disk gate knows it by (its LVM marker). A volume restored from a snapshot gets
-    the snapshot's as tag data_id; a volume without the tag began itself."""
-    if settings["docker_volume_id"]:
-        volume = _call(client.describe_volumes, VolumeIds=[volume_id])["Volumes"][0]
-        return tag_dict(volume).get("data_id", volume_id)
-    snapshot_id = settings["block_device_mappings"][-1]["Ebs"].get("SnapshotId")
-    if not snapshot_id:
-        return volume_id
-    snapshot = _call(client.describe_snapshots, SnapshotIds=[snapshot_id])["Snapshots"][0]
-    data_id = tag_dict(snapshot).get("data_id") or snapshot["VolumeId"]
-    _call(client.create_tags, Resources=[volume_id], Tags=[_tag("data_id", data_id)])
-    return data_id
-
-
 def _finish_node(node):
     client, settings, instance = _client(node.conn), node.settings, node.instance
-    volume_id, device = _docker_volume_id(instance, settings), _docker_device(settings)
+    volume_id, device = ec2.docker_volume_id(instance, settings), ec2.docker_device(settings)
     volumes = [m["Ebs"]["VolumeId"] for m in instance.get("BlockDeviceMappings", []) if "Ebs" in m]
     if not node.named:
         _name_instance(client, node)
     if not node.tagged:  # a batch's, an adopted one's, or one that took over a Docker volume
-        tags = [_tag("Name", node.name), _tag("node", node.name), _tag("class", settings["class"])]
-        _call(client.create_tags, Resources=volumes, Tags=tags)
+        tags = [
+            ec2.tag("Name", node.name),
+            ec2.tag("node", node.name),
+            ec2.tag("class", settings["class"]),
+        ]
+        ec2.call(client.create_tags, Resources=volumes, Tags=tags)
     _checkpoint()
     zone = instance.get("Placement", {}).get("AvailabilityZone")
     volume = {"device_name": device, "volume_id": volume_id}
-    volume["data_id"] = _data_id(client, settings, volume_id)
-    data = [{**volume, "role": VOLUME_TAG}]
+    volume["data_id"] = ec2.data_id(client, settings, volume_id)
+    data = [{**volume, "role": ec2.VOLUME_TAG}]
     _record(
         "update",
         node.name,
@@ -1175,13 +969,13 @@ def _finish_node(node):
     )
     ret = _deploy(node, client, volume)
     if settings["termination_protection"]:
-        _protect(client, node.instance_id, True)
-    summary = node_summary(instance)
+        ec2.protect(client, node.instance_id, True)
+    summary = ec2.node_summary(instance)
     node.result = {
         **ret,
         "instance_id": node.instance_id,
         "class": settings["class"],
-        VOLUME_TAG: volume,
+        ec2.VOLUME_TAG: volume,
     }
     node.result.update({k: summary[k] for k in ("private_ips", "public_ips", "state")})
     log.info("Created %s (%s)", node.name, node.instance_id)
@@ -1197,14 +991,18 @@ def _deploy(node, client, volume):
     """salt-cloud's SSH deploy with the class and Docker volume grains: the key accepted
     first, the record `deployed` with its fingerprint after."""
     vm_, settings = node.vm, node.settings
-    vm_["grains"] = {**(vm_.get("grains") or {}), "class": settings["class"], VOLUME_TAG: volume}
+    vm_["grains"] = {
+        **(vm_.get("grains") or {}),
+        "class": settings["class"],
+        ec2.VOLUME_TAG: volume,
+    }
     if not node.deploy:
         return {}
     address, endpoint = (
-        ssh_address(node.instance, settings["ssh_interface"]),
+        ec2.ssh_address(node.instance, settings["ssh_interface"]),
         client.meta.endpoint_url,
     )
-    if is_loopback(urlparse(endpoint).hostname) and not is_loopback(address):
+    if ec2.is_loopback(urlparse(endpoint).hostname) and not ec2.is_loopback(address):
         raise SaltCloudSystemExit(
             f"refusing to SSH to {address}: the EC2 endpoint {endpoint} "
             "is local, so its addresses are not real; put the node in a "
@@ -1271,7 +1069,7 @@ def _terminate_launched(nodes, quick):
         outcome.update({name: f"instance {i} was terminated" for i, name in ids.items()})
         for node in [n for n in nodes if n.instance and n.instance_id in ids]:
             outcome[node.name] += _kept_volume_left(client, node)
-    except (_StillUnreachable, SaltCloudSystemExit) as exc:
+    except (ec2.StillUnreachable, SaltCloudSystemExit) as exc:
         outcome.update(
             {
                 name: f"terminating instance {i} FAILED for {timeout} s ({exc}): it is "
@@ -1285,18 +1083,18 @@ def _terminate_launched(nodes, quick):
 def _kept_volume_left(client, node):
     """A new Docker volume that outlives its instance (a data class's) stays after a failed
     create: tagged so that purge_volume takes it, and named with that command."""
-    if node.settings["docker_volume_id"] or not keeps_data(node.instance):
+    if node.settings["docker_volume_id"] or not ec2.keeps_data(node.instance):
         return ""  # no volume, or one taken over: the data, back to its owner
-    volume_id = docker_volume_mapping_of(node.instance)["Ebs"]["VolumeId"]
-    tags = [_tag("node", node.name), _tag("role", VOLUME_TAG)]
-    with contextlib.suppress(*AWS_ERRORS, SaltCloudSystemExit):
-        _call(client.create_tags, Resources=[volume_id], Tags=tags)
-    purge = f"salt-cloud -f purge_volume {_alias()} volume_id={volume_id}"
+    volume_id = ec2.docker_volume_mapping_of(node.instance)["Ebs"]["VolumeId"]
+    tags = [ec2.tag("node", node.name), ec2.tag("role", ec2.VOLUME_TAG)]
+    with contextlib.suppress(*ec2.AWS_ERRORS, SaltCloudSystemExit):
+        ec2.call(client.create_tags, Resources=[volume_id], Tags=tags)
+    purge = ec2.purge_command(_alias(), volume_id)
     return f"; its Docker volume {volume_id} outlives it (DeleteOnTermination: false): {purge}"
 
 
 def _reason(exc):
-    return str(exc) if isinstance(exc, SaltCloudException) else aws_error_message(exc)
+    return str(exc) if isinstance(exc, SaltCloudException) else ec2.aws_error_message(exc)
 
 
 # =========================================================================== destroy
@@ -1309,7 +1107,7 @@ def _destroy_names(names, alias, confirm=False):
     problem = __utils__["dockerhosts_names.node_name_problem"]
     results = {n: {"Error": f"not a node name: {problem(n)}"} for n in names if problem(n)}
     valid = [n for n in names if n not in results]
-    found = _by_name(_instances_named(client, valid)) if valid else {}
+    found = ec2.by_name(ec2.instances_named(client, valid)) if valid else {}
     results.update({n: {"state": "absent"} for n in valid if n not in found})
     if found and (not confirm or _confirm_destroy(found)):
         results.update(_destroy_found(client, found, alias))
@@ -1336,13 +1134,13 @@ def _destroy_found(client, found, alias):
     instances = [i for found_ in found.values() for i in found_]
     spot = [i["SpotInstanceRequestId"] for i in instances if i.get("SpotInstanceRequestId")]
     if spot:  # a persistent spot request would launch the instance again
-        _call(client.cancel_spot_instance_requests, SpotInstanceRequestIds=spot)
-    protected = _terminate_unprotected(client, [i["InstanceId"] for i in instances])
+        ec2.call(client.cancel_spot_instance_requests, SpotInstanceRequestIds=spot)
+    protected = ec2.terminate_unprotected(client, [i["InstanceId"] for i in instances])
     terminated = _terminated(
         client, [i["InstanceId"] for i in instances if i["InstanceId"] not in protected]
     )
     results = {
-        n: _destroyed(n, i, protected, terminated, alias, snapshots=snapshots)
+        n: ec2.destroyed(n, i, protected, terminated, alias, snapshots=snapshots)
         for n, i in found.items()
     }
     for name in [n for n, r in results.items() if "Error" in r]:
@@ -1358,58 +1156,26 @@ def _snapshot_kept_volumes(client, found):
     cleanly, its filesystems unmounted; one with termination protection is not stopped, it
     stays). A failed stop or snapshot stops the destroy."""
     kept = [
-        instance for instances in found.values() for instance in instances if keeps_data(instance)
+        instance
+        for instances in found.values()
+        for instance in instances
+        if ec2.keeps_data(instance)
     ]
     ids = [
         i["InstanceId"]
         for i in kept
-        if i["State"]["Name"] != "stopped" and not _protected(client, i["InstanceId"])
+        if i["State"]["Name"] != "stopped" and not ec2.protected(client, i["InstanceId"])
     ]
     if ids:  # one stop and one wait for the batch
-        _call(client.stop_instances, InstanceIds=ids)
+        ec2.call(client.stop_instances, InstanceIds=ids)
 
         def all_stopped():
-            found = _describe(client, [_filter("instance-id", ids)], False, raw=True)
+            found = ec2.describe(client, [ec2.where("instance-id", ids)], False, raw=True)
             return all(i["State"]["Name"] == "stopped" for i in found) or None
 
         _poll(all_stopped, _setting("instance_wait_timeout"), "the data nodes to stop")
     taken = (snapshot_volume(client, i, SNAPSHOTS_KEPT, "before destroy") for i in kept)
     return {snapshot["volume_id"]: snapshot["snapshot_id"] for snapshot in taken}
-
-
-def _destroyed(name, instances, protected, terminated, alias, *, snapshots):
-    ids = [i["InstanceId"] for i in instances]
-    blocked = [i for i in ids if i in protected]
-    if blocked:
-        return {
-            "Error": f"{name} ({', '.join(blocked)}) has termination protection and was not "
-            f"destroyed: run `salt-cloud -a disable_term_protect {name}` first"
-        }
-    kept = [
-        {
-            "volume_id": m["Ebs"]["VolumeId"],
-            "device_name": m["DeviceName"],
-            "availability_zone": i.get("Placement", {}).get("AvailabilityZone"),
-            "snapshot_id": snapshots.get(m["Ebs"]["VolumeId"]),
-        }
-        for i in instances
-        for m in i.get("BlockDeviceMappings", [])
-        if "Ebs" in m and not m["Ebs"].get("DeleteOnTermination", True)
-    ]
-    for volume in kept:
-        log.warning(
-            "%s: kept its volume %s in %s (DeleteOnTermination: false; snapshot %s taken "
-            "stopped, before the destroy); delete it with salt-cloud -f purge_volume %s "
-            "volume_id=%s",
-            name,
-            volume["volume_id"],
-            volume["availability_zone"],
-            volume["snapshot_id"],
-            alias,
-            volume["volume_id"],
-        )
-    state = "terminated" if set(ids) <= terminated else "shutting-down"
-    return {"instance_ids": ids, "state": state, **({"kept_volumes": kept} if kept else {})}
 
 
 def _before_destroy(names):
@@ -1471,37 +1237,19 @@ def _restore_record(name, record):
         _record("forget", name)
 
 
-def _terminate_unprotected(client, ids):
-    """TerminateInstances; EC2 refuses the whole call for a protected instance and names it:
-    leave that one out and ask again. Returns the protected ids."""
-    pending, protected = list(ids), set()
-    while pending:
-        try:
-            for first in range(0, len(pending), ID_BATCH):
-                _call(client.terminate_instances, InstanceIds=pending[first : first + ID_BATCH])
-            break
-        except SaltCloudSystemExit as exc:
-            refused = protected_instance_id(exc.__cause__, pending)
-            if refused is None:
-                raise
-            pending.remove(refused)
-            protected.add(refused)
-    return protected
-
-
 def _terminated(client, ids):
     """The ids EC2 reports terminated, waiting once for all (instance_wait_timeout)."""
     terminated = set()
 
     def all_done():
-        found = _describe(client, [_filter("instance-id", ids)], False, raw=True)
+        found = ec2.describe(client, [ec2.where("instance-id", ids)], False, raw=True)
         terminated.update(i["InstanceId"] for i in found if i["State"]["Name"] == "terminated")
         return len(terminated) == len(ids) or None
 
     if ids:
         try:
             _poll(all_done, _setting("instance_wait_timeout"), "termination")
-        except (SaltCloudSystemExit, _StillUnreachable) as exc:
+        except (SaltCloudSystemExit, ec2.StillUnreachable) as exc:
             log.warning("Termination of %s not confirmed: %s", ", ".join(ids), exc)
     return terminated
 
@@ -1512,63 +1260,28 @@ def _terminated(client, ids):
 def _nodes(call, summarize, with_volumes=False):
     _require("node listings", call, None, "function")
     client = _client()
-    instances = _describe(client)
-    volumes = _volumes_of(client, instances) if with_volumes else None
+    instances = ec2.describe(client)
+    volumes = ec2.volumes_of(client, instances) if with_volumes else None
     nodes = {}
     for instance in instances:
-        if node_name(instance) in nodes:
+        if ec2.node_name(instance) in nodes:
             log.warning(
                 "Two live instances are named %s: listing %s",
-                node_name(instance),
+                ec2.node_name(instance),
                 instance["InstanceId"],
             )
-        nodes[node_name(instance)] = (
+        nodes[ec2.node_name(instance)] = (
             summarize(instance, volumes) if with_volumes else summarize(instance)
         )
     return nodes
 
 
-def _volumes_of(client, instances):
-    ids = [
-        m["Ebs"]["VolumeId"]
-        for i in instances
-        for m in i.get("BlockDeviceMappings", [])
-        if "Ebs" in m
-    ]
-    return {
-        v["VolumeId"]: v
-        for first in range(0, len(ids), ID_BATCH)
-        for v in _pages(
-            client,
-            "describe_volumes",
-            "Volumes",
-            Filters=[_filter("volume-id", ids[first : first + ID_BATCH])],
-        )
-    }
-
-
-def _live_instance(client, name):
-    """The one live instance a node name (or an instance id) stands for."""
-    if re.fullmatch(r"i-[0-9a-f]+", str(name)):
-        found = _describe(client, [_filter("instance-id", [name])])
-    else:
-        found = _instances_named(client, [name])
-    if len(found) != 1:
-        ids = ", ".join(i["InstanceId"] for i in found)
-        raise SaltCloudSystemExit(
-            f"{len(found)} live instances are named {name!r} ({ids})"
-            if found
-            else f"no live instance named {name!r}"
-        )
-    return found[0]
-
-
 def _change_state(client, instance, operation, wanted):
-    name, iid = node_name(instance), instance["InstanceId"]
-    _call(getattr(client, operation), InstanceIds=[iid])
+    name, iid = ec2.node_name(instance), instance["InstanceId"]
+    ec2.call(getattr(client, operation), InstanceIds=[iid])
 
     def reached():
-        found = _describe(client, [_filter("instance-id", [iid])], False, raw=True)
+        found = ec2.describe(client, [ec2.where("instance-id", [iid])], False, raw=True)
         state = found[0]["State"]["Name"] if found else None
         if state in ("shutting-down", "terminated"):
             raise SaltCloudSystemExit(f"{name} ({iid}) went {state}")
@@ -1576,40 +1289,6 @@ def _change_state(client, instance, operation, wanted):
 
     _poll(reached, _setting("instance_wait_timeout"), f"{name} to be {wanted}")
     return {"instance_id": iid, "state": wanted}
-
-
-def _protect(client, instance_id, enabled):
-    setting = {"Value": enabled}
-    _call(client.modify_instance_attribute, InstanceId=instance_id, DisableApiTermination=setting)
-    return {"instance_id": instance_id, "termination_protection": enabled}
-
-
-def _modification(client, volume_id):
-    """The volume's latest modification, or None (EC2 says NotFound for one never modified)."""
-    try:
-        found = client.describe_volumes_modifications(VolumeIds=[volume_id])
-    except botocore.exceptions.ClientError as exc:
-        if is_not_found(exc) or "NotFound" in exc.response.get("Error", {}).get("Code", ""):
-            return None
-        if is_transient(exc):
-            raise  # a wait retries it
-        raise SaltCloudSystemExit(aws_error_message(exc)) from exc
-    latest = max(found["VolumesModifications"], key=lambda m: str(m.get("StartTime")), default=None)
-    fields = ("ModificationState", "OriginalSize", "TargetSize", "Progress")
-    return latest and dict(
-        zip(
-            ("state", "original_size", "target_size", "progress"),
-            (latest.get(f) for f in fields),
-            strict=True,
-        )
-    )
-
-
-def _whole_number(kwargs, key, default, action):
-    raw = str(kwargs.get(key, default))
-    if not raw.isdigit() or int(raw) <= 0:
-        raise SaltCloudSystemExit(f"{action} needs {key}=<a whole number>, got {raw!r}")
-    return int(raw)
 
 
 def check_growth(volume, size):
@@ -1620,17 +1299,13 @@ def check_growth(volume, size):
             f"cannot shrink (asked {size})"
         )
     ebs = {"VolumeType": volume.get("VolumeType"), "VolumeSize": size}
-    for field, text in __utils__["dockerhosts_profile.ebs_problems"](ebs):
+    for field, text in profile_rules.ebs_problems(ebs):
         if field == "VolumeSize":
             raise SaltCloudSystemExit(f"{volume['VolumeId']}: {text}")
     return volume["Size"]
 
 
 # =========================================================================== EC2 plumbing
-
-
-class _StillUnreachable(Exception):
-    """EC2 kept failing transiently (throttling, 5xx, lost connections) until a deadline."""
 
 
 class _Interrupted(BaseException):
@@ -1661,9 +1336,9 @@ def _provider_config(alias=None):
 
 
 def _connection(alias=None):
-    conn, problems = __utils__["dockerhosts_profile.connection_settings"](_provider_config(alias))
+    conn, problems = profile_rules.connection_settings(_provider_config(alias))
     if problems:
-        raise SaltCloudConfigError(__utils__["dockerhosts_profile.problems_message"](problems))
+        raise SaltCloudConfigError(profile_rules.problems_message(problems))
     return conn
 
 
@@ -1677,7 +1352,7 @@ def _client(conn=None, fresh=False):
     conn = conn or _connection()
     names = ("location", "endpoint_url", "id", "key", "aws_profile", "retry_mode", "max_attempts")
     key = (os.getpid(), *(conn.get(name) for name in names))
-    with _CLIENTS_LOCK, _translated("connecting to EC2", SaltCloudConfigError):
+    with _CLIENTS_LOCK, ec2.translated("connecting to EC2", SaltCloudConfigError):
         if fresh or key not in _PROCESS.clients:
             session = boto3.session.Session(
                 aws_access_key_id=conn.get("id"),
@@ -1694,126 +1369,9 @@ def _client(conn=None, fresh=False):
         return _PROCESS.clients[key]
 
 
-def _call(function, what=None, **kwargs):
-    with _translated(what):
-        return function(**kwargs)
-
-
-@contextlib.contextmanager
-def _translated(what, kind=SaltCloudSystemExit):
-    """boto3/botocore errors as one line: what failed, with EC2's code and message."""
-    try:
-        yield
-    except AWS_ERRORS as exc:
-        raise kind(f"{what}: {aws_error_message(exc)}" if what else aws_error_message(exc)) from exc
-
-
-def _pages(client, operation, key, **kwargs):
-    with _translated(None):
-        pages = client.get_paginator(operation).paginate(**kwargs)
-        return [item for page in pages for item in page[key]]
-
-
-def _filter(name, values):
-    return {"Name": name, "Values": list(values)}
-
-
-def _tag(key, value):
-    return {"Key": key, "Value": value}
-
-
-def _describe(client, filters=(), live=True, raw=False):
-    """Instances matching filters (live ones unless live=False), all pages; raw: errors as
-    botocore raises them (a poll decides what they mean)."""
-    filters = [*filters, *([_filter("instance-state-name", LIVE_STATES)] if live else [])]
-    with contextlib.nullcontext() if raw else _translated("listing instances"):
-        pages = client.get_paginator("describe_instances").paginate(Filters=filters)
-        return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
-
-
-def _instances_named(client, names):
-    return [
-        i
-        for first in range(0, len(names), ID_BATCH)
-        for i in _describe(client, [_filter("tag:Name", names[first : first + ID_BATCH])])
-    ]
-
-
-def _by_name(instances):
-    grouped = {}
-    for instance in instances:
-        grouped.setdefault(node_name(instance), []).append(instance)
-    return grouped
-
-
-def _poll(check, timeout, what, not_found_is_pending=False, accept_empty=False):
-    """check() until it returns something (accept_empty: anything but None); transient EC2
-    errors only delay it. The first check at once, then after POLL_DELAYS."""
-    deadline, last_error = time.monotonic() + timeout, None
-    for attempt in range(sys.maxsize):
-        try:
-            result, last_error = check(), None
-            if result is not None and (accept_empty or result != []):
-                return result
-        except AWS_ERRORS as exc:
-            if not (is_transient(exc) or (not_found_is_pending and is_not_found(exc))):
-                raise SaltCloudSystemExit(f"waiting for {what}: {aws_error_message(exc)}") from exc
-            last_error = exc
-            log.debug("Waiting for %s: %s", what, aws_error_message(exc))
-        delay = POLL_DELAYS[min(attempt, len(POLL_DELAYS) - 1)] * random.uniform(0.8, 1.2)
-        if time.monotonic() + delay > deadline:
-            break
-        _checkpoint(delay)
-    if last_error is not None:
-        raise _StillUnreachable(aws_error_message(last_error))
-    raise SaltCloudSystemExit(f"gave up waiting for {what} after {timeout} s")
-
-
-def _run_together(calls):
-    """Independent EC2 calls at once: {key: result}; one error naming every failure."""
-    results, errors = {}, []
-
-    def run(item):
-        try:
-            results[item[0]] = item[1]()
-        except SaltCloudException as exc:
-            errors.append(exc)
-
-    _in_pool(run, list(calls.items()), 8)
-    if errors:
-        config_only = all(isinstance(e, SaltCloudConfigError) for e in errors)
-        kind = SaltCloudConfigError if config_only else SaltCloudSystemExit
-        raise kind("; ".join(str(e) for e in errors))
-    return results
-
-
-def _in_pool(function, items, size, stopping=None):
-    """function(item) for each item, at most `size` at once, in daemon threads (a signal must
-    not wait for them); returns when all are done. The waiting main thread takes signals."""
-    pending, done = queue.SimpleQueue(), threading.Semaphore(0)
-    for item in items:
-        pending.put(item)
-
-    def work():
-        while True:
-            try:
-                item = pending.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                if stopping is None or not stopping.is_set():
-                    function(item)
-            finally:
-                done.release()
-
-    # Salt's loader dunders (__utils__, __opts__) live in a context variable: each thread runs
-    # in a copy of this one's context.
-    context = contextvars.copy_context()
-    for _ in range(min(size, len(items))):
-        threading.Thread(target=context.copy().run, args=(work,), daemon=True).start()
-    for _ in items:
-        while not done.acquire(timeout=0.5):
-            pass
+def _poll(check, timeout, what, **kwargs):
+    """ec2.poll, its sleeps cut short when the run stops (_checkpoint)."""
+    return ec2.poll(check, timeout, what, sleep=_checkpoint, **kwargs)
 
 
 def _checkpoint(delay=0):
@@ -1857,35 +1415,6 @@ def _signals():
             signal.signal(sig, handler)
 
 
-def is_transient(exc):
-    """botocore's own view: would its standard retry mode retry this error? (Plus an answer
-    that is not EC2's XML, e.g. a proxy's HTML error page.)"""
-    if isinstance(exc, botocore.parsers.ResponseParserError):
-        return True
-    response = getattr(exc, "response", None)
-    status = (response or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
-    context = botocore.retries.standard.RetryContext(
-        attempt_number=1,
-        parsed_response=response,
-        http_response=types.SimpleNamespace(status_code=status) if status else None,
-        caught_exception=None if response else exc,
-    )
-    checkers = (
-        botocore.retries.standard.TransientRetryableChecker(),
-        botocore.retries.standard.ThrottledRetryableChecker(),
-    )
-    return any(checker.is_retryable(context) for checker in checkers)
-
-
-def is_not_found(exc):
-    return (
-        (getattr(exc, "response", None) or {})
-        .get("Error", {})
-        .get("Code", "")
-        .endswith(".NotFound")
-    )
-
-
 # =========================================================================== the master
 
 
@@ -1896,49 +1425,8 @@ def _record(function, name, *args, **fields):
     return __utils__[f"dockerhosts_nodes.{function}"](__opts__, name, *args, **fields)
 
 
-@contextlib.contextmanager
-def _name_locks(nodes):
-    """A lock per name on this master for a whole create (held while it runs, so a killed
-    create leaves none held), taken without waiting: a name another salt-cloud is creating
-    refuses the run. Each lock file is removed while held: none stays."""
-    directory = os.path.join(__opts__.get("pki_dir") or __opts__["cachedir"], "boto3_ec2_locks")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if len(nodes) + 256 > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    held = []
-    try:
-        for node in nodes:
-            path = os.path.join(directory, f"{node.name}.lock")
-            held.append((path, _lock_file(path)))
-            if held[-1][1] is None:
-                raise SaltCloudSystemExit(
-                    f"{node.name} is being created by another salt-cloud "
-                    f"on this master (it holds {path}): nothing was done"
-                )
-        yield
-    finally:
-        for path, handle in held:
-            if handle is not None:
-                with contextlib.suppress(OSError):
-                    os.remove(path)
-                handle.close()
-
-
-def _lock_file(path):
-    """The open, flocked lock file, or None if another process holds it. A file its holder
-    removed between our open and flock is no lock any more: open again."""
-    while True:
-        handle = open(path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return None
-        with contextlib.suppress(FileNotFoundError):
-            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
-                return handle
-        handle.close()
+def _locks_directory():
+    return os.path.join(__opts__.get("pki_dir") or __opts__["cachedir"], "boto3_ec2_locks")
 
 
 def _remove_key_if(minion_id, pub_key):
@@ -2001,144 +1489,3 @@ def _require(name, call, *allowed):
 def _names(kwargs):
     names = (kwargs or {}).get("names") or []
     return names.split(",") if isinstance(names, str) else list(names)
-
-
-def protected_instance_id(exc, candidates):
-    """The instance EC2 names in an OperationNotPermitted refusal, if it is a candidate."""
-    if not isinstance(exc, botocore.exceptions.ClientError):
-        return None
-    error = exc.response.get("Error", {})
-    if error.get("Code") != "OperationNotPermitted":
-        return None
-    found = re.findall(r"i-[0-9a-f]+", error.get("Message", ""))
-    return next((i for i in found if i in candidates), None)
-
-
-def keeps_data(instance):
-    """Whether the instance's Docker volume outlives it (a data class's: DeleteOnTermination
-    false), the one test of it (destroy's snapshot; node.replace and node.snapshot_data read it
-    from list_nodes_full)."""
-    device = tag_dict(instance).get(VOLUME_TAG)
-    return any(
-        m.get("DeviceName") == device and m.get("Ebs", {}).get("DeleteOnTermination") is False
-        for m in instance.get("BlockDeviceMappings", [])
-    )
-
-
-def docker_volume_mapping_of(instance):
-    """The instance's Docker volume mapping: the device its docker_volume tag names."""
-    tags, iid = tag_dict(instance), instance["InstanceId"]
-    if VOLUME_TAG not in tags and "docker_volume_device" in tags:
-        device = tags["docker_volume_device"]
-        raise SaltCloudSystemExit(
-            f"{node_name(instance)} carries the old tag docker_volume_device: re-tag it (aws ec2 "
-            f"create-tags --resources {iid} --tags Key={VOLUME_TAG},Value={device}; aws ec2 "
-            f"delete-tags --resources {iid} --tags Key=docker_volume_device)"
-        )
-    for mapping in instance.get("BlockDeviceMappings", []):
-        if "Ebs" in mapping and mapping["DeviceName"] == tags.get(VOLUME_TAG):
-            return mapping
-    raise SaltCloudSystemExit(
-        f"{node_name(instance)} has no Docker volume (tag {VOLUME_TAG}: {tags.get(VOLUME_TAG)!r})"
-    )
-
-
-def _docker_device(settings):
-    return settings["block_device_mappings"][-1]["DeviceName"]
-
-
-def _docker_volume_id(instance, settings):
-    for mapping in instance.get("BlockDeviceMappings", []):
-        if mapping.get("DeviceName") == _docker_device(settings) and "Ebs" in mapping:
-            return mapping["Ebs"]["VolumeId"]
-    raise SaltCloudSystemExit(
-        f"instance {instance['InstanceId']} has no volume attached as {_docker_device(settings)}"
-    )
-
-
-def ssh_address(instance, ssh_interface):
-    """The address salt-cloud deploys to, by ssh_interface."""
-    kind = "Private" if ssh_interface == "private_ips" else "Public"
-    if not instance.get(f"{kind}IpAddress"):
-        raise SaltCloudSystemExit(
-            f"instance {instance.get('InstanceId')} has no {kind.lower()} "
-            f"address (ssh_interface: {ssh_interface})"
-        )
-    return instance[f"{kind}IpAddress"]
-
-
-def is_loopback(host):
-    """localhost or 127.0.0.0/8 (::1): a local endpoint's addresses are made up."""
-    try:
-        return host == "localhost" or ipaddress.ip_address(host or "").is_loopback
-    except ValueError:
-        return False
-
-
-def tag_dict(resource):
-    return {tag["Key"]: tag["Value"] for tag in resource.get("Tags", [])}
-
-
-def node_name(instance):
-    return tag_dict(instance).get("Name") or instance["InstanceId"]
-
-
-def node_summary(instance):
-    """The standard -Q fields of one instance."""
-    return {
-        "id": instance["InstanceId"],
-        "image": instance.get("ImageId"),
-        "size": instance.get("InstanceType"),
-        "state": instance["State"]["Name"],
-        "private_ips": [instance["PrivateIpAddress"]] if instance.get("PrivateIpAddress") else [],
-        "public_ips": [instance["PublicIpAddress"]] if instance.get("PublicIpAddress") else [],
-    }
-
-
-def node_details(instance, volumes_by_id):
-    """The -F / show_instance fields of one instance, with its volumes."""
-    tags, launched = tag_dict(instance), instance.get("LaunchTime")
-    groups = instance.get("SecurityGroups", [])
-    options = {k: v for k, v in instance.get("MetadataOptions", {}).items() if k != "State"}
-    return {
-        **node_summary(instance),
-        "name": tags.get("Name"),
-        "class": tags.get("class"),
-        "tags": tags,
-        "availability_zone": instance.get("Placement", {}).get("AvailabilityZone"),
-        "vpc_id": instance.get("VpcId"),
-        "subnet_id": instance.get("SubnetId"),
-        "key_name": instance.get("KeyName"),
-        "security_groups": {group["GroupId"]: group["GroupName"] for group in groups},
-        "iam_instance_profile": (instance.get("IamInstanceProfile") or {}).get("Arn"),
-        "lifecycle": instance.get("InstanceLifecycle", "on-demand"),
-        "metadata_options": options,
-        "launch_time": launched.isoformat() if launched else None,
-        "keeps_data": keeps_data(instance),
-        "volumes": {
-            m["DeviceName"]: volume_summary(volumes_by_id.get(m["Ebs"]["VolumeId"], {}), m)
-            for m in instance.get("BlockDeviceMappings", [])
-            if "Ebs" in m
-        },
-    }
-
-
-def volume_summary(volume, mapping):
-    fields = ("Size", "Encrypted", "Iops", "Throughput", "State", "AvailabilityZone")
-    return {
-        "device_name": mapping.get("DeviceName"),
-        "volume_id": mapping.get("Ebs", {}).get("VolumeId"),
-        "delete_on_termination": mapping.get("Ebs", {}).get("DeleteOnTermination"),
-        "type": volume.get("VolumeType"),
-        **{re.sub(r"(?<!^)([A-Z])", r"_\1", k).lower(): volume.get(k) for k in fields},
-        "tags": tag_dict(volume),
-    }
-
-
-def aws_error_message(exc):
-    """One line from a boto3/botocore error: the AWS error code and its message."""
-    if HAS_BOTO3 and isinstance(exc, botocore.exceptions.ClientError):
-        error = exc.response.get("Error", {})
-        operation = getattr(exc, "operation_name", "request")
-        return f"{operation} failed: {error.get('Code', 'Error')}: {error.get('Message', exc)}"
-    return f"{type(exc).__name__}: {exc}"

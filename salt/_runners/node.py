@@ -524,7 +524,7 @@ def _function(client, function, **kwargs):
 
 
 def _purge_command(client):
-    return f"salt-cloud -f purge_volume {next(iter(client.opts['providers']))} volume_id="
+    return __utils__["dockerhosts_ec2.purge_command"](next(iter(client.opts["providers"])))
 
 
 def live_nodes(client=None):

@@ -594,3 +594,83 @@ def deep_merge(base, override):
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+# --------------------------------------------------------------------------- a create run
+
+
+def entries_problems(entries, profiles, driver):
+    """A create run's (profile, name, overrides) entries: profiles that exist and are the
+    driver's, each name once; every problem once."""
+    problems, seen = [], {}
+    for profile, name, _ in entries:
+        hint = difflib.get_close_matches(str(profile), profiles, n=1)
+        if profile not in profiles:
+            problems.append(
+                f"profile {profile!r} is not defined"
+                + (f" (did you mean {hint[0]}?)" if hint else "")
+            )
+        elif not str(profiles[profile].get("provider")).endswith(f":{driver}"):
+            problems.append(f"profile {profile!r} is not a {driver} profile")
+        if name in seen:
+            problems.append(f"{name!r} is listed twice (profiles {seen[name]} and {profile})")
+        seen[name] = profile
+    return list(dict.fromkeys(problems))
+
+
+def run_problems(problems, nodes, limit=3):
+    """{message: [node names]} as lines; in a run of several nodes each names its nodes."""
+    lines = []
+    for text, names in problems.items():
+        shown = ", ".join(repr(n) for n in names[:limit])
+        more = f" and {len(names) - limit} more" if names[limit:] else ""
+        lines.append(f"{shown}{more}: {text}" if nodes > 1 else text)
+    return lines
+
+
+def name_problems(vm_, node_name_problem, class_name_problem):
+    """The node name (= minion id, record key, Name tag) and class, by the name rules given
+    (dockerhosts_names': utils get no __utils__)."""
+    name, minion_id, problems = vm_.get("name"), node_minion_id(vm_), []
+    for key, value in (("name", name), ("minion.id", minion_id)):
+        problem = node_name_problem(value)
+        if problem and not problems:
+            problems.append((key, problem))
+    if not problems and minion_id != name:
+        problems.append(
+            (
+                "minion.id",
+                f"{minion_id!r} is not the node name {name!r}: a node's minion id is its name",
+            )
+        )
+    if vm_.get("class") is None:
+        return [*problems, ("class", "(node class: use a class profile) is not set")]
+    problem = class_name_problem(vm_["class"])
+    return [*problems, *([("class", problem)] if problem else [])]
+
+
+def node_minion_id(vm_):
+    """The minion id salt-cloud would give the node (its name, maybe with a domain)."""
+    minion = vm_.get("minion") if isinstance(vm_.get("minion"), dict) else {}
+    domain = vm_.get("domain") if vm_.get("use_fqdn") else minion.get("append_domain")
+    minion_id = str(minion.get("id", vm_.get("name")))
+    return f"{minion_id}.{domain}" if domain else minion_id
+
+
+def deploy_problems(vm_, settings, deploy):
+    """What salt-cloud's deploy needs: a minion mapping, the SSH key file when deploying; no
+    master making or map ordering."""
+    problems, key = [], settings.get("private_key")
+    if not isinstance(vm_.get("minion") or {}, dict):
+        problems.append(("minion", f"must be a mapping, got {vm_['minion']!r}"))
+    if deploy and not (key and os.path.isfile(key)):
+        problems.append(
+            (
+                "private_key",
+                f"{key!r} is not a file: deploying salt needs the SSH "
+                "key of 'keyname' (or use --no-deploy)",
+            )
+        )
+    if vm_.get("make_master") or vm_.get("requires"):
+        problems.append(("make_master", "and 'requires' (map ordering) are not supported"))
+    return problems

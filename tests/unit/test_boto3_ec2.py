@@ -13,13 +13,17 @@ from salt.exceptions import SaltCloudConfigError, SaltCloudSystemExit
 from tools.salt_repo import load_module
 
 ec2 = load_module("clouds", "boto3_ec2")
+UTIL_MODULES = {
+    name: load_module("utils", name)
+    for name in ("dockerhosts_names", "dockerhosts_profile", "dockerhosts_ec2")
+}
 UTILS = {
     f"{name}.{function}": getattr(module, function)
-    for name in ("dockerhosts_names", "dockerhosts_profile")
-    for module in [load_module("utils", name)]
+    for name, module in UTIL_MODULES.items()
     for function in dir(module)
     if not function.startswith("_") and callable(getattr(module, function))
 }
+aws = UTIL_MODULES["dockerhosts_ec2"]  # what the driver calls ``ec2``
 PROVIDER = {"driver": "boto3_ec2", "location": "eu-west-1", "image": "ami-1", "size": "t3.nano"}
 
 
@@ -83,7 +87,7 @@ def test_entries_are_checked_whole_profiles_and_duplicates():
         ("backends", "a", {}),
     ]
     with pytest.raises(SaltCloudConfigError) as error:
-        ec2._checked_entries(entries)
+        ec2._create_run(entries)
     assert str(error.value) == (
         "profile 'backend' is not defined (did you mean backends?); profile 'other' is not a "
         "boto3_ec2 profile; 'a' is listed twice (profiles backends and backends): nothing was "
@@ -97,7 +101,7 @@ def test_map_entries_in_every_shape_salt_cloud_accepts():
         "dataserver": {"d1": {}, "d2": None},
         "single": "s1",
     }
-    assert ec2.map_entries(rendered) == [
+    assert aws.map_entries(rendered) == [
         ("backends", "w1", {}),
         ("backends", "w2", {"grains": {"x": 1}}),
         ("backends", "w3", {}),
@@ -135,22 +139,22 @@ def client_error(code, status, operation="RunInstances"):
 
 
 def test_only_a_lost_answer_or_a_server_error_may_have_launched():
-    assert not ec2._ambiguous(client_error("InsufficientInstanceCapacity", 400))
-    assert not ec2._ambiguous(client_error("RequestLimitExceeded", 400))
-    assert not ec2._ambiguous(client_error("UnauthorizedOperation", 403))
-    assert ec2._ambiguous(client_error("InternalError", 500))
-    assert ec2._ambiguous(client_error("ServiceUnavailable", 503))
-    assert ec2._ambiguous(botocore.exceptions.ReadTimeoutError(endpoint_url="http://x"))
-    assert ec2._ambiguous(botocore.exceptions.ConnectionClosedError(endpoint_url="http://x"))
+    assert not aws.ambiguous(client_error("InsufficientInstanceCapacity", 400))
+    assert not aws.ambiguous(client_error("RequestLimitExceeded", 400))
+    assert not aws.ambiguous(client_error("UnauthorizedOperation", 403))
+    assert aws.ambiguous(client_error("InternalError", 500))
+    assert aws.ambiguous(client_error("ServiceUnavailable", 503))
+    assert aws.ambiguous(botocore.exceptions.ReadTimeoutError(endpoint_url="http://x"))
+    assert aws.ambiguous(botocore.exceptions.ConnectionClosedError(endpoint_url="http://x"))
 
 
 def test_transient_errors_are_botocores():
-    assert ec2.is_transient(client_error("RequestLimitExceeded", 400, "DescribeInstances"))
-    assert ec2.is_transient(client_error("ServiceUnavailable", 503))
-    assert ec2.is_transient(botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"))
-    assert ec2.is_transient(botocore.parsers.ResponseParserError("invalid XML received"))
-    assert not ec2.is_transient(client_error("UnauthorizedOperation", 403))
-    assert not ec2.is_transient(client_error("InvalidParameterValue", 400))
+    assert aws.is_transient(client_error("RequestLimitExceeded", 400, "DescribeInstances"))
+    assert aws.is_transient(client_error("ServiceUnavailable", 503))
+    assert aws.is_transient(botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"))
+    assert aws.is_transient(botocore.parsers.ResponseParserError("invalid XML received"))
+    assert not aws.is_transient(client_error("UnauthorizedOperation", 403))
+    assert not aws.is_transient(client_error("InvalidParameterValue", 400))
 
 
 def test_the_pool_runs_every_item_at_most_size_at_once():
@@ -169,7 +173,7 @@ def test_the_pool_runs_every_item_at_most_size_at_once():
         done.append(item)
 
     done = []
-    ec2._in_pool(work, list(range(12)), 3)
+    aws.in_pool(work, list(range(12)), 3)
     assert sorted(done) == list(range(12))
     assert most[0] == 3
 
@@ -202,7 +206,7 @@ INSTANCE = {
 
 
 def test_the_docker_volume_of_a_node_is_the_one_its_tag_names():
-    assert ec2.docker_volume_mapping_of(INSTANCE)["Ebs"]["VolumeId"] == "vol-1"
+    assert aws.docker_volume_mapping_of(INSTANCE)["Ebs"]["VolumeId"] == "vol-1"
     old = {
         **INSTANCE,
         "Tags": [
@@ -211,12 +215,12 @@ def test_the_docker_volume_of_a_node_is_the_one_its_tag_names():
         ],
     }
     with pytest.raises(SaltCloudSystemExit) as error:
-        ec2.docker_volume_mapping_of(old)
+        aws.docker_volume_mapping_of(old)
     assert "db1 carries the old tag docker_volume_device: re-tag it (aws ec2 create-tags " in (
         str(error.value)
     )
     with pytest.raises(SaltCloudSystemExit, match="db1 has no Docker volume"):
-        ec2.docker_volume_mapping_of({**INSTANCE, "Tags": [{"Key": "Name", "Value": "db1"}]})
+        aws.docker_volume_mapping_of({**INSTANCE, "Tags": [{"Key": "Name", "Value": "db1"}]})
 
 
 class SnapshotsOfOneSecond:
@@ -261,7 +265,7 @@ class SnapshotInProgress:
 
 
 def test_a_restore_waits_for_its_snapshot_to_complete(monkeypatch):
-    monkeypatch.setattr(ec2, "POLL_DELAYS", (0.01,))
+    monkeypatch.setattr(aws, "POLL_DELAYS", (0.01,))
     found = ec2._completed(SnapshotInProgress("completed"), "snap", "snap-1", timeout=5)
     assert (found["State"], found["VolumeSize"]) == ("completed", 8)
     with pytest.raises(SaltCloudSystemExit, match="snap failed in EC2"):
@@ -271,14 +275,14 @@ def test_a_restore_waits_for_its_snapshot_to_complete(monkeypatch):
 
 
 def test_ssh_address_by_interface():
-    assert ec2.ssh_address(INSTANCE, "private_ips") == "10.0.0.5"
-    assert ec2.ssh_address(INSTANCE, "public_ips") == "54.1.2.3"
+    assert aws.ssh_address(INSTANCE, "private_ips") == "10.0.0.5"
+    assert aws.ssh_address(INSTANCE, "public_ips") == "54.1.2.3"
     with pytest.raises(SaltCloudSystemExit, match="has no public address"):
-        ec2.ssh_address({"InstanceId": "i-2", "PrivateIpAddress": "10.0.0.6"}, "public_ips")
+        aws.ssh_address({"InstanceId": "i-2", "PrivateIpAddress": "10.0.0.6"}, "public_ips")
 
 
 def test_node_summary_and_details():
-    assert ec2.node_summary(INSTANCE) == {
+    assert aws.node_summary(INSTANCE) == {
         "id": "i-1",
         "image": "ami-1",
         "size": "t3.medium",
@@ -287,7 +291,7 @@ def test_node_summary_and_details():
         "public_ips": ["54.1.2.3"],
     }
     volume = {"VolumeId": "vol-1", "Size": 50, "VolumeType": "gp3", "Encrypted": True}
-    details = ec2.node_details(INSTANCE, {"vol-1": volume})
+    details = aws.node_details(INSTANCE, {"vol-1": volume})
     assert details["class"] == "dataserver"
     assert details["security_groups"] == {"sg-1": "docker-hosts"}
     assert details["metadata_options"] == {"HttpTokens": "required"}
@@ -296,12 +300,12 @@ def test_node_summary_and_details():
     assert details["volumes"]["/dev/sdb"]["size"] == 50
     assert details["volumes"]["/dev/sdb"]["delete_on_termination"] is False
     assert details["keeps_data"] is True  # its docker_volume tag names /dev/sdb
-    assert ec2.keeps_data({**INSTANCE, "Tags": []}) is False
-    assert ec2.node_name({"InstanceId": "i-9"}) == "i-9"
+    assert aws.keeps_data({**INSTANCE, "Tags": []}) is False
+    assert aws.node_name({"InstanceId": "i-9"}) == "i-9"
 
 
 def test_a_destroyed_node_says_where_its_kept_volume_is():
-    result = ec2._destroyed("db1", [INSTANCE], set(), {"i-1"}, "aws", snapshots={"vol-1": "snap-1"})
+    result = aws.destroyed("db1", [INSTANCE], set(), {"i-1"}, "aws", snapshots={"vol-1": "snap-1"})
     assert result == {
         "instance_ids": ["i-1"],
         "state": "terminated",
@@ -314,7 +318,7 @@ def test_a_destroyed_node_says_where_its_kept_volume_is():
             }
         ],
     }
-    protected = ec2._destroyed("db1", [INSTANCE], {"i-1"}, set(), "aws", snapshots={})
+    protected = aws.destroyed("db1", [INSTANCE], {"i-1"}, set(), "aws", snapshots={})
     assert "salt-cloud -a disable_term_protect db1" in protected["Error"]
 
 
@@ -325,11 +329,11 @@ def test_growing_refuses_to_shrink_or_pass_the_maximum():
         ec2.check_growth(volume, 40)
     with pytest.raises(SaltCloudSystemExit, match=r"out of range for gp3 \(1-65536 GiB\)"):
         ec2.check_growth(volume, 70000)
-    assert ec2._whole_number({"size": "20"}, "size", None, "grow_docker_volume") == 20
-    assert ec2._whole_number({}, "keep", 7, "snapshot_docker_volume") == 7
+    assert aws.whole_number({"size": "20"}, "size", None, "grow_docker_volume") == 20
+    assert aws.whole_number({}, "keep", 7, "snapshot_docker_volume") == 7
     for kwargs in ({}, {"size": "big"}, {"size": "-3"}, {"size": "0"}):
         with pytest.raises(SaltCloudSystemExit, match=r"grow_docker_volume needs size=<a whole"):
-            ec2._whole_number(kwargs, "size", None, "grow_docker_volume")
+            aws.whole_number(kwargs, "size", None, "grow_docker_volume")
 
 
 def test_protected_instance_id_comes_from_ec2s_refusal():
@@ -343,8 +347,8 @@ def test_protected_instance_id_comes_from_ec2s_refusal():
         },
         "TerminateInstances",
     )
-    assert ec2.protected_instance_id(refusal, ["i-0abc", "i-1"]) == "i-0abc"
-    assert ec2.protected_instance_id(refusal, ["i-1"]) is None
+    assert aws.protected_instance_id(refusal, ["i-0abc", "i-1"]) == "i-0abc"
+    assert aws.protected_instance_id(refusal, ["i-1"]) is None
 
 
 @pytest.mark.parametrize(
@@ -352,7 +356,7 @@ def test_protected_instance_id_comes_from_ec2s_refusal():
     [("127.0.0.1", True), ("localhost", True), ("::1", True), ("10.0.0.1", False), (None, False)],
 )
 def test_loopback(host, local):
-    assert ec2.is_loopback(host) is local
+    assert aws.is_loopback(host) is local
 
 
 def test_aws_error_message_keeps_code_and_message():
@@ -360,6 +364,6 @@ def test_aws_error_message_keeps_code_and_message():
         {"Error": {"Code": "InstanceLimitExceeded", "Message": "more than your limit"}},
         "RunInstances",
     )
-    assert ec2.aws_error_message(quota) == (
+    assert aws.aws_error_message(quota) == (
         "RunInstances failed: InstanceLimitExceeded: more than your limit"
     )

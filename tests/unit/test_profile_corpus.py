@@ -19,6 +19,7 @@ PURE = sorted(entry_id for entry_id, entry in ENTRIES.items() if not entry.get("
 ec2 = load_module("clouds", "boto3_ec2")
 profile_checks = load_module("utils", "dockerhosts_profile")
 names = load_module("utils", "dockerhosts_names")
+ec2_utils = load_module("utils", "dockerhosts_ec2")
 
 
 def loader_utils(modules):
@@ -31,7 +32,13 @@ def loader_utils(modules):
     }
 
 
-UTILS = loader_utils({"dockerhosts_profile": profile_checks, "dockerhosts_names": names})
+UTILS = loader_utils(
+    {
+        "dockerhosts_profile": profile_checks,
+        "dockerhosts_names": names,
+        "dockerhosts_ec2": ec2_utils,
+    }
+)
 
 
 def repository_config():
