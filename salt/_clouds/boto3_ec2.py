@@ -558,8 +558,8 @@ class _Node:
 
 def _create_run(entries, confirm=False):
     """Create (profile, name, overrides) entries: ({name: result}, [failed names])."""
-    opts = __opts__.get("profiles") or {}
-    _raise_problems(profile_rules.entries_problems(entries, opts, __virtualname__))
+    profiles = __opts__.get("profiles") or {}
+    _raise_problems(profile_rules.entries_problems(entries, profiles, __virtualname__))
     nodes = _plan([_vm_config(*entry) for entry in entries])
     try:
         _create_nodes(nodes, confirm)
@@ -597,9 +597,8 @@ def _plan(vms):
         deploy = config.get_cloud_config_value("deploy", vm_, __opts__, default=True)
         more += profile_rules.deploy_problems(vm_, settings, deploy)
         for problem in [*profile_rules.name_problems(vm_, *names), *found, *more]:
-            problems.setdefault(profile_rules.problems_message([problem]), []).append(
-                vm_.get("name")
-            )
+            text = profile_rules.problems_message([problem])
+            problems.setdefault(text, []).append(vm_.get("name"))
         nodes.append(_Node(vm_, settings, conn, request))
     _raise_problems(profile_rules.run_problems(problems, len(vms)))
     return nodes
