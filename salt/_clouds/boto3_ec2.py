@@ -780,8 +780,8 @@ def _launch_all(nodes):
             key = {k: v for k, v in node.request.items() if k != "TagSpecifications"}
             groups.setdefault(repr(sorted(key.items())), []).append(node)
         for group in groups.values():
-            for first in range(0, len(group), LAUNCH_BATCH):
-                _launch(group[first : first + LAUNCH_BATCH], last)
+            for batch in ec2.batches(group, LAUNCH_BATCH):
+                _launch(batch, last)
 
 
 def _launch(group, last):
@@ -895,9 +895,8 @@ def _await_running(nodes):
     for node in [n for n in running if not n.done and n.settings["docker_volume_id"]]:
         _attach_docker_volume(client, node)
     volumes = [ec2.docker_volume_id(n.instance, n.settings) for n in running if not n.done]
-    for first in range(0, len(volumes), ec2.ID_BATCH):
-        batch, tags = volumes[first : first + ec2.ID_BATCH], [ec2.tag("role", ec2.VOLUME_TAG)]
-        ec2.call(client.create_tags, Resources=batch, Tags=tags)
+    for batch in ec2.batches(volumes):
+        ec2.call(client.create_tags, Resources=batch, Tags=[ec2.tag("role", ec2.VOLUME_TAG)])
 
 
 def _settle_races(client, nodes):

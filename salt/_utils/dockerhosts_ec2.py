@@ -149,12 +149,13 @@ def describe(client, filters=(), live=True, raw=False):
         return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
 
 
+def batches(items, size=ID_BATCH):
+    """items in lists of at most `size` (EC2's limit on ids per filter or call)."""
+    return [items[first : first + size] for first in range(0, len(items), size)]
+
+
 def instances_named(client, names):
-    return [
-        i
-        for first in range(0, len(names), ID_BATCH)
-        for i in describe(client, [where("tag:Name", names[first : first + ID_BATCH])])
-    ]
+    return [i for batch in batches(names) for i in describe(client, [where("tag:Name", batch)])]
 
 
 def by_name(instances):
@@ -181,22 +182,11 @@ def live_instance(client, name):
 
 
 def volumes_of(client, instances):
-    ids = [
-        m["Ebs"]["VolumeId"]
-        for i in instances
-        for m in i.get("BlockDeviceMappings", [])
-        if "Ebs" in m
-    ]
-    return {
-        v["VolumeId"]: v
-        for first in range(0, len(ids), ID_BATCH)
-        for v in pages(
-            client,
-            "describe_volumes",
-            "Volumes",
-            Filters=[where("volume-id", ids[first : first + ID_BATCH])],
-        )
-    }
+    mappings = [m for i in instances for m in i.get("BlockDeviceMappings", []) if "Ebs" in m]
+    ids = [mapping["Ebs"]["VolumeId"] for mapping in mappings]
+    filters = [[where("volume-id", batch)] for batch in batches(ids)]
+    found = [v for f in filters for v in pages(client, "describe_volumes", "Volumes", Filters=f)]
+    return {volume["VolumeId"]: volume for volume in found}
 
 
 def modification(client, volume_id):
@@ -210,14 +200,9 @@ def modification(client, volume_id):
             raise  # a wait retries it
         raise SaltCloudSystemExit(aws_error_message(exc)) from exc
     latest = max(found["VolumesModifications"], key=lambda m: str(m.get("StartTime")), default=None)
-    fields = ("ModificationState", "OriginalSize", "TargetSize", "Progress")
-    return latest and dict(
-        zip(
-            ("state", "original_size", "target_size", "progress"),
-            (latest.get(f) for f in fields),
-            strict=True,
-        )
-    )
+    fields = {"state": "ModificationState", "original_size": "OriginalSize"}
+    fields.update(target_size="TargetSize", progress="Progress")
+    return latest and {key: latest.get(field) for key, field in fields.items()}
 
 
 def protected(client, iid):
@@ -289,8 +274,8 @@ def terminate_unprotected(client, ids):
     pending, protected = list(ids), set()
     while pending:
         try:
-            for first in range(0, len(pending), ID_BATCH):
-                call(client.terminate_instances, InstanceIds=pending[first : first + ID_BATCH])
+            for batch in batches(pending):
+                call(client.terminate_instances, InstanceIds=batch)
             break
         except SaltCloudSystemExit as exc:
             refused = protected_instance_id(exc.__cause__, pending)
