@@ -154,9 +154,12 @@ def _service_problems(path, service, swarm, given, problems):
     for key in ("mem_limit", "mem_reservation"):
         if _memory(service["resources"][key]):
             found.append(f"{path}:resources:{key}: {_memory(service['resources'][key])}")
-    if any(problem.startswith(f"{path}:") for problem in problems + found):
-        return found  # the SDK's types below read values the checks above took
+    refused = {
+        p[len(path) + 1 :].split(":")[0] for p in problems + found if p.startswith(f"{path}:")
+    }
     for key, build in SPEC_PARTS.items():  # what the SDK's types refuse, by the key they read
+        if refused & SPEC_READS.get(key, {key}):
+            continue  # the schema refused a value it reads
         try:
             build(service, {"networks": {}})
         except (docker.errors.DockerException, TypeError, ValueError) as error:
@@ -232,7 +235,11 @@ def _port(port):
     }
 
 
-# Each part of a service's spec, by the pillar key it reads (``validate`` builds them too).
+# Each part of a service's spec, by the pillar key it reads (``validate`` builds them too), and
+# the other keys it reads.
+SPEC_READS = {"mode": {"mode", "replicas"}, "ports": {"ports", "endpoint_mode"}}
+SPEC_READS["preferences"] = {"preferences", "constraints", "max_replicas_per_node"}
+SPEC_READS["log_driver"] = {"log_driver", "log_opt"}
 SPEC_PARTS = {
     "mode": lambda s, _: docker.types.ServiceMode(
         s["mode"], s["replicas"] if s["mode"] == "replicated" else None

@@ -321,10 +321,14 @@ def test_bad_pillar_is_refused_naming_the_key(pillar, message):
 
 def test_every_problem_is_named_at_once():
     pillar = minimal(web=web(env={}, replicas="3", ports=[{"target": 0}]))
+    pillar["services"]["web"].update(update_config={"order": "first"}, secrets=["nope"])
+    pillar["services"]["web"]["resources"] = {"mem_limit": "5M"}
     pillar["managers"] = {"count": 2}
     with pytest.raises(CommandExecutionError) as error:
         validate(pillar)
-    for path in ("managers:count", "web:env", "web:replicas", "web:ports:0:target"):
+    paths = ("managers:count", "web:env", "web:replicas", "web:ports:0:target")
+    paths += ("web:update_config", "web:secrets:0", "web:resources:mem_limit")  # not the schema's
+    for path in paths:
         assert f"swarm:{'services:' if 'web' in path else ''}{path}: " in str(error.value), path
 
 
