@@ -1,7 +1,8 @@
 """
 Docker swarm per class on the docker SDK (Salt 3008 has no swarm module, 3007's fails on a
 node already in a swarm), driven by the ``swarm`` runner (docs/swarm.md): ``validate`` (pillar
-over defaults.yaml, checked with schema.yaml and the SDK's own types), ``converge`` (the
+checked with schema.yaml by the checker kit, over defaults.yaml, built with the SDK's own
+types), ``converge`` (the
 cluster, on a manager), membership (``node_info``, ``init``, ``join``, ``leave``, ``nodes``,
 ``node_update``, ``node_remove``, ``drain``). Objects are found by exact name, never by an ID
 prefix; every Docker or engine error is one line; a join token leaves a manager only sealed
@@ -55,232 +56,146 @@ def __virtual__():
     return __virtualname__
 
 
-# --- pillar swarm: defaults.yaml merged under it, then checked -----------------------------------
+# --- pillar swarm: checked with schema.yaml, defaults.yaml merged under it -----------------------
 
 # The part of defaults.yaml under each entry of a mapping / item of a list, by key; a list item
 # may be its first field alone (secrets: [api_token]).
 ENTRIES = {"nodes": "node", "networks": "network", "configs": "config", "services": "service"}
 ITEMS = {"secrets": "file", "configs": "file", "networks": "attachment", "ports": "port"}
 ITEMS["preferences"] = "preference"
-RENAMED = {  # earlier keys: a concept is named as the containers (docker:containers) name it
-    "env": "environment, as containers name it",
-    "workdir": "working_dir, as containers name it",
-    "limits": "cpu_limit and mem_limit",
-    "reservations": "cpu_reservation and mem_reservation",
-}
 DURATIONS = {"stop_grace_period", "delay", "monitor", "window", "interval", "timeout"}
 DURATIONS.add("start_period")
-DURATION = re.compile(r"(?:\d+(?:\.\d+)?(?:ns|us|ms|s|m|h))+")
 NS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
-KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "text", list: "a list"}
-MAP_KEY = {"environment": re.compile(r"[A-Za-z_][A-Za-z0-9_]*")}  # else a label/option key
-LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]*")
-# Secret/config names: Docker's rule, leaving room for the ".vN" version suffix.
-OBJECT_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,54}[A-Za-z0-9])?")
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _nanoseconds(value):
+    """Seconds (a number) or Go-style text (1m30s, 500ms) -> nanoseconds (0: not a duration,
+    which the schema refuses)."""
+    if _number(value):
+        return int(value * 10**9)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", value if isinstance(value, str) else "")
+    return int(sum(float(number) * NS[unit] for number, unit in parts))
+
+
+def _merged(value, default, key, parts):
+    """``value`` over ``default`` (of defaults.yaml ``parts``, under ``key``) as the converge
+    reads it: each entry and item over its part, durations in nanoseconds, numbers as the
+    default's kind, string maps' values as strings. Where the schema refused a value's shape,
+    the default's shape stands in (the refusal says why)."""
+    if key == "healthcheck" and isinstance(value, dict):
+        default = parts["healthcheck"]
+    if isinstance(default, (dict, list)) and not isinstance(value, type(default)):
+        value = type(default)()
+    if isinstance(default, dict) and default:
+        given = {k: value.get(k, copy.deepcopy(fallback)) for k, fallback in default.items()}
+        return {k: _merged(given[k], fallback, k, parts) for k, fallback in default.items()}
+    if isinstance(default, dict):  # entries over their part; a string map's values as strings
+        part, is_ref = parts.get(ENTRIES.get(key)), __utils__["dockerhosts_secrets.is_ref"]
+        return {
+            name: _merged(item, part, None, parts) if part else item if is_ref(item) else str(item)
+            for name, item in value.items()
+        }
+    if isinstance(default, list) and key in ITEMS:
+        part = parts[ITEMS[key]]
+        first = next(iter(part))
+        items = ({first: item} if isinstance(item, str) else item for item in value)
+        return [_merged(item, part, None, parts) for item in items]
+    if key in DURATIONS:
+        return _nanoseconds(value)
+    convert = _number(value) and isinstance(default, (str, float))
+    return type(default)(value) if convert else value
 
 
 def _memory(value):
     with contextlib.suppress(docker.errors.DockerException, TypeError, ValueError):
-        if docker.utils.parse_bytes(value) >= 6 * 2**20:  # Docker's least memory limit
-            return None
+        if not isinstance(value, (str, int)) or docker.utils.parse_bytes(value) >= 6 * 2**20:
+            return None  # other kinds: the schema's; 6M: Docker's least memory limit
     return f"{value!r} is not a size of 6M or more (bytes, or text like 64M, 1G)"
 
 
-def _cpus(value):
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0.01:
-        return None
-    return f"{value!r} is not a number of CPUs (0.01 or more)"
+def _names(swarm):
+    """Nodes are named by minion id, networks and services by Docker's rule."""
+    rules = {"nodes": "node_name", "networks": "docker_name", "services": "docker_name"}
+    return [
+        f"swarm:{kind}:{name}: {problem}"
+        for kind, rule in rules.items()
+        for name in swarm[kind]
+        if (problem := __utils__[f"dockerhosts_names.{rule}_problem"](name))
+    ]
 
 
-def _argv(value):
-    if isinstance(value, str) or (
-        isinstance(value, list) and all(isinstance(a, str) for a in value)
-    ):
-        return None
-    return f"{value!r} is not a list of arguments (or one line of text)"
-
-
-CHECKS = {"memory": _memory, "cpus": _cpus, "argv": _argv}
-
-
-def _rule_problem(rule, value):
-    """What ``value`` breaks of its schema.yaml ``rule``, or None."""
-    if "each" in rule:
-        return next(filter(None, (_rule_problem(rule["each"], item) for item in value)), None)
-    if "choices" in rule and value not in rule["choices"]:
-        return f"{value!r} is not one of {', '.join(map(str, rule['choices']))}"
-    integer = isinstance(value, int) and not isinstance(value, bool)
-    if "min" in rule and not (integer and rule["min"] <= value <= rule["max"]):
-        return f"{value!r} is not an integer from {rule['min']} to {rule['max']}"
-    if "pattern" in rule and not (isinstance(value, str) and re.fullmatch(rule["pattern"], value)):
-        return f"{value!r} is not {rule['what']}"
-    return CHECKS[rule["check"]](value) if "check" in rule else None
-
-
-class _Check:
-    """One pass over pillar ``swarm``: the settings merged with defaults.yaml's ``parts``, and
-    every problem as ``<key path>: <what is wrong>``."""
-
-    def __init__(self, parts, schema):
-        self.parts, self.schema, self.problems = parts, schema, []
-
-    def add(self, path, message):
-        self.problems.append(f"{path}: {message}")
-
-    def record(self, value, part, path, default=None):
-        default = self.parts[part] if default is None else default
-        if not isinstance(value, dict):
-            self.add(path, f"must be a mapping with keys {', '.join(default)}")
-            value = {}
-        for key in value:
-            if key not in default:
-                hint = __utils__["dockerhosts_checks.suggestion"](key, default)
-                hint = f"unknown key{hint}, known keys: {', '.join(default)}"
-                self.add(
-                    f"{path}:{key}", f"renamed: use {RENAMED[key]}" if key in RENAMED else hint
-                )
-        return {
-            key: self.value(value.get(key, copy.deepcopy(fallback)), fallback, part, key, path)
-            for key, fallback in default.items()
-        }
-
-    def value(self, value, default, part, key, path):
-        path, rule = f"{path}:{key}", self.schema.get(part, {}).get(key, {})
-        if key == "healthcheck" and value is not None:  # none, or a record
-            return self.record(value, key, path)
-        if isinstance(default, dict) and default:
-            return self.record(value, key, path, default)
-        if isinstance(default, (dict, list)):
-            return self.collection(value, type(default), part, key, path)
-        if key in DURATIONS:
-            return self.duration(value, path)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value) if isinstance(default, str) else value
-            value = float(value) if isinstance(default, float) else value
-        if value is None:
-            problem = "is required" if rule.get("required") else None
-        elif default is not None and type(value) is not type(default):
-            problem = f"{value!r} is not {KINDS[type(default)]}"
-        else:
-            problem = _rule_problem(rule, value)
-        if problem:
-            self.add(path, problem)
-        return value
-
-    def collection(self, value, kind, part, key, path):
-        if value is None or not isinstance(value, kind):
-            if value is not None:
-                self.add(path, f"must be a {'mapping' if kind is dict else 'list'}")
-            return kind()
-        inner = (
-            (ENTRIES if kind is dict else ITEMS).get(key) if part in ("swarm", "service") else None
-        )
-        if kind is dict:
-            return self.mapping(value, inner, key, path)
-        if not inner:
-            problem = _rule_problem(self.schema.get(part, {}).get(key, {}), value)
-            return self.add(path, problem) or value if problem else value
-        first = next(iter(self.parts[inner]))  # an item may be its first field alone
-        pairs = enumerate({first: v} if isinstance(v, str) else v for v in value)
-        return [self.record(entry, inner, f"{path}:{index}") for index, entry in pairs]
-
-    def mapping(self, value, inner, key, path):
-        if inner:
-            return {
-                name: self.record(item, inner, f"{path}:{name}") for name, item in value.items()
-            }
-        if key == "secrets":  # {secret: <key>} each, checked with the references
-            return dict(value)
-        return {name: self.map_value(item, key, f"{path}:{name}") for name, item in value.items()}
-
-    def map_value(self, value, key, path):
-        if not MAP_KEY.get(key, LABEL_KEY).fullmatch(path.rsplit(":", 1)[-1]):
-            self.add(path, "is not a valid name here")
-        if key == "environment" and __utils__["dockerhosts_secrets.is_ref"](value):
-            return value
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            self.add(path, f'{value!r} must be text or a number (write a boolean as "true")')
-        return str(value)
-
-    def duration(self, value, path):
-        """Seconds (a number) or Go-style text (1m30s, 500ms) -> nanoseconds."""
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-            return int(value * 10**9)
-        if isinstance(value, str) and DURATION.fullmatch(value):
-            parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", value)
-            return int(sum(float(number) * NS[unit] for number, unit in parts))
-        self.add(path, f"{value!r} is not a duration (seconds, or text like 1m30s, 500ms)")
-        return 0
-
-
-def _object_name_problem(name):
-    if isinstance(name, str) and OBJECT_NAME.fullmatch(name):
-        return None
-    return f"{name!r} is not a secret/config name ([A-Za-z0-9_.-], at most 56)"
-
-
-def _names(check, swarm):
-    """The names of nodes (minion ids), networks and services (Docker's), secrets/configs."""
-    rules = {
-        "nodes": __utils__["dockerhosts_names.node_name_problem"],
-        "networks": __utils__["dockerhosts_names.docker_name_problem"],
-        "services": __utils__["dockerhosts_names.docker_name_problem"],
-        "secrets": _object_name_problem,
-        "configs": _object_name_problem,
-    }
-    for kind, problem_of in rules.items():
-        for name in swarm[kind]:
-            if problem_of(name):
-                check.add(f"swarm:{kind}:{name}", problem_of(name))
-
-
-def _service_problems(check, path, service, swarm, given):
+def _references(path, service, swarm):
+    """A service's secrets, configs and networks must be the swarm's; a file's target defaults
+    to the secret's name, /<the config's name>."""
+    found = []
     for kind, key in (("secrets", "source"), ("configs", "source"), ("networks", "name")):
         for index, ref in enumerate(service[kind]):
+            if not isinstance(ref[key], str):  # refused by the schema
+                continue
             if ref[key] not in swarm[kind]:
-                check.add(f"{path}:{kind}:{index}", f"{ref[key]!r} is not under swarm:{kind}")
-            elif kind != "networks":  # default file: the secret's name, /<the config's name>
+                found.append(f"{path}:{kind}:{index}: {ref[key]!r} is not under swarm:{kind}")
+            elif kind != "networks":
                 ref["target"] = ref["target"] or ("/" if kind == "configs" else "") + ref[key]
-    if service["mode"] == "global" and "replicas" in (given or {}):
-        check.add(f"{path}:replicas", "only valid with mode: replicated")
+    return found
+
+
+def _service_problems(path, service, swarm, given, problems):
+    found = _references(path, service, swarm)
+    if service["mode"] == "global" and isinstance(given, dict) and "replicas" in given:
+        found.append(f"{path}:replicas: only valid with mode: replicated")
     if service["endpoint_mode"] == "dnsrr" and any(
         p["mode"] == "ingress" for p in service["ports"]
     ):
-        check.add(f"{path}:ports", "with endpoint_mode dnsrr, Docker publishes in mode host only")
+        found.append(f"{path}:ports: with endpoint_mode dnsrr, Docker publishes in mode host only")
+    for key in ("mem_limit", "mem_reservation"):
+        if _memory(service["resources"][key]):
+            found.append(f"{path}:resources:{key}: {_memory(service['resources'][key])}")
+    refused = {
+        p[len(path) + 1 :].split(":")[0] for p in problems + found if p.startswith(f"{path}:")
+    }
     for key, build in SPEC_PARTS.items():  # what the SDK's types refuse, by the key they read
+        if refused & SPEC_READS.get(key, {key}):
+            continue  # the schema refused a value it reads
         try:
             build(service, {"networks": {}})
         except (docker.errors.DockerException, TypeError, ValueError) as error:
-            check.add(f"{path}:{key}", " ".join(str(error).split()))
+            found.append(f"{path}:{key}: {' '.join(str(error).split())}")
+    return found
 
 
 def validate(settings=None, defaults=None, schema=None, secrets=None):
     """
-    Pillar ``swarm`` (a class's swarm) merged over ``defaults`` (salt/docker/swarm/
-    defaults.yaml) and checked with ``schema`` (schema.yaml) and the SDK's types; ``secrets``
-    (default: pillar docker_secrets) must hold every ``{secret: key}`` it uses. Returns the
-    settings; CommandExecutionError listing every problem, each with its full key path.
+    Pillar ``swarm`` (a class's swarm) checked with ``schema`` (salt/docker/swarm/schema.yaml,
+    through the checker kit), merged over ``defaults`` (defaults.yaml) and its services built
+    with the SDK's types; ``secrets`` (default: pillar docker_secrets) must hold every
+    ``{secret: key}`` it uses. Returns the settings; CommandExecutionError listing every
+    problem, each with its full key path.
     """
     if not HAS_DOCKER:
         raise CommandExecutionError("the docker Python SDK (>= 7.1) is not installed")
-    check = _Check(defaults, schema or {})
-    swarm = check.record({} if settings is None else settings, "swarm", "swarm")
-    _names(check, swarm)
+    settings = {} if settings is None else settings
+    problems = __utils__["dockerhosts_checks.validate"](settings, schema or {}, "swarm")
+    swarm = _merged(settings, defaults["swarm"], "swarm", defaults)
+    problems += _names(swarm)
     if swarm["enabled"]:
         secrets = __pillar__.get("docker_secrets") or {} if secrets is None else secrets
         uses = {f"swarm:secrets:{name}": ref for name, ref in swarm["secrets"].items()}
         for name, service in swarm["services"].items():
-            path, given = f"swarm:services:{name}", (settings.get("services") or {}).get(name)
-            _service_problems(check, path, service, swarm, given)
+            path, given = f"swarm:services:{name}", settings["services"][name]
+            problems += _service_problems(path, service, swarm, given, problems)
             env = service["environment"].items()
             uses.update({f"{path}:environment:{k}": v for k, v in env if isinstance(v, dict)})
-        for path, ref in uses.items():
-            if not __utils__["dockerhosts_secrets.is_ref"](ref):
-                check.add(path, "must be {secret: <key of pillar docker_secrets>}")
-            elif ref["secret"] not in secrets:
-                check.add(path, f"refers to {ref['secret']!r}, which is not in docker_secrets")
-    if check.problems:
-        raise CommandExecutionError("; ".join(check.problems))
+        problems += [
+            f"{path}: refers to {ref['secret']!r}, which is not in docker_secrets"
+            for path, ref in uses.items()
+            if __utils__["dockerhosts_secrets.is_ref"](ref) and ref["secret"] not in secrets
+        ]
+    if problems:
+        raise CommandExecutionError("; ".join(problems))
     return swarm
 
 
@@ -320,7 +235,11 @@ def _port(port):
     }
 
 
-# Each part of a service's spec, by the pillar key it reads (``validate`` builds them too).
+# Each part of a service's spec, by the pillar key it reads (``validate`` builds them too), and
+# the other keys it reads.
+SPEC_READS = {"mode": {"mode", "replicas"}, "ports": {"ports", "endpoint_mode"}}
+SPEC_READS["preferences"] = {"preferences", "constraints", "max_replicas_per_node"}
+SPEC_READS["log_driver"] = {"log_driver", "log_opt"}
 SPEC_PARTS = {
     "mode": lambda s, _: docker.types.ServiceMode(
         s["mode"], s["replicas"] if s["mode"] == "replicated" else None

@@ -161,7 +161,7 @@ def test_highstate_checks_the_swarm_pillar(swarm):
         del swarm.pillar.swarm["services"]["web"]["env"]
         swarm.pillar.write()
     assert refused.returncode != 0
-    assert "swarm:services:web:env: renamed: use environment" in refused.stdout
+    assert "swarm:services:web:env: is under a renamed key: use environment" in refused.stdout
 
 
 def test_host_mode_port_published_on_every_node(swarm):
