@@ -63,20 +63,22 @@ def _migrated(opts):
     return opts
 
 
-# Per loaded module: the stores migrated, and the cache of each config seen (building one
-# copies the opts and loads Salt's cache modules: a destroy of 20 nodes spent 0.7 s doing that
-# on every call). The opts stay referenced, so their id is not reused.
+# Per loaded module: the stores migrated, and the cache of each store (building one copies
+# the opts and loads Salt's cache modules: a destroy of 20 nodes spent 0.7 s doing that on
+# every call). Keyed by what names the store, so it holds one entry per store, not per opts.
 _MIGRATED, _STORES = set(), {}
+STORE_OPTIONS = ("cache", "pki_dir", "cachedir", "memcache_expire_seconds")
+STORE_OPTIONS += tuple(f"cache.redis.{k}" for k in ("host", "port", "db", "unix_socket_path"))
 
 
 def _cache(opts):
-    key = (id(opts), opts.get("cache", "localfs"), opts.get("pki_dir"), opts.get("cachedir"))
+    key = tuple(str(opts.get(option)) for option in STORE_OPTIONS)
     if key not in _STORES:
         config = dict(_migrated(opts))
         if config.get("cache", "localfs") == "localfs":
             config["cachedir"] = config["pki_dir"]
-        _STORES[key] = (opts, salt.cache.factory(config))
-    return _STORES[key][1]
+        _STORES[key] = salt.cache.factory(config)
+    return _STORES[key]
 
 
 def _redis(opts):
